@@ -1,0 +1,288 @@
+//! The crediting transaction: the one place where a verified notification moves money.
+//!
+//! Every path (HTTP, replay, re-applying a stored notification) calls [`apply`]. In one database
+//! transaction it records the delivery in the inbox, then compare-and-sets the order from
+//! `pending` to `paid`; only the transaction whose update changed exactly one row credits the
+//! balance and writes the ledger. Duplicates arriving at the same moment on other instances lose
+//! the compare-and-set inside the database and credit nothing.
+//!
+//! # Error policy: what the provider is told
+//!
+//! Every result maps to exactly one answer:
+//!
+//! - **ack** ([`Answer::Ack`]): the delivery is committed and needs nothing more from the
+//!   provider. That holds for `Credited` and `AlreadyPaid`, but also for `PaidByOtherTrade`,
+//!   `Mismatch`, `Closed` and `Ignored`: retrying them would change nothing, and the anomalies
+//!   are kept in the inbox for a human.
+//! - **retry** ([`Answer::Retry`]): nothing may be lost, so when the order is not visible yet
+//!   (`UnknownOrder`, committed to the inbox) or anything fails (the transaction rolls back:
+//!   database down, pool exhausted, conflicts beyond the retry budget) the provider is asked to
+//!   send again. Providers retry for a day or more; an ack for something not committed would
+//!   lose money.
+
+use chrono::NaiveDateTime;
+use diesel::result::Error as DieselError;
+
+use crate::db::{self, DbConnection, DbError};
+use crate::inbox::{self, Evidence};
+use crate::notify::{Notification, NotificationKind};
+use crate::orders::{self, Order, OrderStatus};
+
+/// What one delivery of a notification came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// This delivery paid the order and credited the balance.
+    Credited,
+    /// The order was already paid by this same provider trade: a duplicate.
+    AlreadyPaid,
+    /// The order was already paid by a different provider trade: never credited, for a human.
+    PaidByOtherTrade,
+    /// A pending order was closed (or was closed already).
+    Closed,
+    /// Nothing to do: a refund, a non-final status, an event we do not act on.
+    Ignored,
+    /// Amount, currency, merchant or order state disagree: never credited, for a human.
+    Mismatch,
+    /// No such order yet; its own transaction may not have committed.
+    UnknownOrder,
+}
+
+/// The two answers a provider can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Ack,
+    Retry,
+}
+
+impl Outcome {
+    pub fn answer(self) -> Answer {
+        match self {
+            Outcome::UnknownOrder => Answer::Retry,
+            _ => Answer::Ack,
+        }
+    }
+
+    /// True for outcomes a human should look at.
+    pub fn is_anomaly(self) -> bool {
+        matches!(self, Outcome::PaidByOtherTrade | Outcome::Mismatch)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Credited => "credited",
+            Outcome::AlreadyPaid => "already_paid",
+            Outcome::PaidByOtherTrade => "paid_by_other_trade",
+            Outcome::Closed => "closed",
+            Outcome::Ignored => "ignored",
+            Outcome::Mismatch => "mismatch",
+            Outcome::UnknownOrder => "unknown_order",
+        }
+    }
+}
+
+/// The committed result of [`apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// Why, for anomalies and ignored notifications.
+    pub detail: Option<String>,
+    /// The inbox row that counts this delivery.
+    pub inbox_id: i64,
+    pub delivery_count: i64,
+    /// The balance after the credit, when this delivery credited.
+    pub balance_after: Option<i64>,
+}
+
+/// Applies a verified notification exactly once. See the module doc for what the result means.
+pub fn apply(
+    conn: &mut DbConnection,
+    notification: &Notification,
+    evidence: Evidence<'_>,
+    now: NaiveDateTime,
+) -> Result<Applied, DbError> {
+    db::transact(conn, |conn| {
+        let recorded = inbox::record(conn, notification, evidence, now)?;
+        let decision = decide(conn, notification, now)?;
+        inbox::set_outcome(
+            conn,
+            &recorded,
+            decision.outcome.as_str(),
+            decision.detail.as_deref(),
+        )?;
+        Ok(Applied {
+            outcome: decision.outcome,
+            detail: decision.detail,
+            inbox_id: recorded.id,
+            delivery_count: recorded.delivery_count,
+            balance_after: decision.balance_after,
+        })
+    })
+}
+
+struct Decision {
+    outcome: Outcome,
+    detail: Option<String>,
+    balance_after: Option<i64>,
+}
+
+impl Decision {
+    fn new(outcome: Outcome, detail: Option<String>) -> Decision {
+        Decision {
+            outcome,
+            detail,
+            balance_after: None,
+        }
+    }
+}
+
+fn decide(
+    conn: &mut DbConnection,
+    n: &Notification,
+    now: NaiveDateTime,
+) -> Result<Decision, DieselError> {
+    let Some(order_no) = &n.order_no else {
+        return Ok(Decision::new(
+            Outcome::Ignored,
+            Some(format!("{} notification names no order", n.kind.as_str())),
+        ));
+    };
+    let Some(order) = orders::find(conn, order_no)? else {
+        return Ok(Decision::new(Outcome::UnknownOrder, None));
+    };
+    if let Some(why) = &n.merchant_mismatch {
+        return Ok(Decision::new(Outcome::Mismatch, Some(why.clone())));
+    }
+    if order.channel != n.channel {
+        return Ok(Decision::new(
+            Outcome::Mismatch,
+            Some(format!("order belongs to channel {}", order.channel)),
+        ));
+    }
+    match &n.kind {
+        NotificationKind::Paid => pay(conn, &order, n, now),
+        NotificationKind::Closed => close(conn, &order, now),
+        NotificationKind::Refund => Ok(Decision::new(
+            Outcome::Ignored,
+            Some("refund recorded; the balance is not changed".to_owned()),
+        )),
+        NotificationKind::Other(status) => Ok(Decision::new(
+            Outcome::Ignored,
+            Some(format!("status {status} is not final")),
+        )),
+    }
+}
+
+/// The compare-and-set from pending to paid, and the credit for the one transaction that wins it.
+fn pay(
+    conn: &mut DbConnection,
+    order: &Order,
+    n: &Notification,
+    now: NaiveDateTime,
+) -> Result<Decision, DieselError> {
+    if n.amount != Some(order.amount) || n.currency != Some(order.currency) {
+        let said = match (n.amount, n.currency) {
+            (Some(a), Some(c)) => format!("{} {c}", a.format(c)),
+            _ => "no amount".to_owned(),
+        };
+        return Ok(Decision::new(
+            Outcome::Mismatch,
+            Some(format!(
+                "notification says {said}, order is {} {}",
+                order.amount.format(order.currency),
+                order.currency
+            )),
+        ));
+    }
+    let trade_no = n.provider_trade_no.as_deref();
+    if let Some(trade_no) = trade_no {
+        if let Some(other) = orders::find_by_trade(conn, &n.channel, trade_no)? {
+            if other != order.order_no {
+                return Ok(Decision::new(
+                    Outcome::Mismatch,
+                    Some(format!("trade {trade_no} already paid order {other}")),
+                ));
+            }
+        }
+    }
+    let balance = orders::balance(conn, &order.user_id, order.currency)?;
+    if balance.and_then(|b| b.checked_add(order.amount)).is_none() {
+        return Ok(Decision::new(
+            Outcome::Mismatch,
+            Some("the account is missing or its balance would overflow".to_owned()),
+        ));
+    }
+
+    if mark_paid(conn, order, trade_no, now)? {
+        let balance_after = orders::credit(conn, order, now)?;
+        return Ok(Decision {
+            outcome: Outcome::Credited,
+            detail: None,
+            balance_after: Some(balance_after),
+        });
+    }
+    // Lost the compare-and-set: read what the winner committed.
+    let current = orders::find(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
+    Ok(match current.status {
+        OrderStatus::Paid if current.provider_trade_no.as_deref() == trade_no => {
+            Decision::new(Outcome::AlreadyPaid, None)
+        }
+        OrderStatus::Paid => Decision::new(
+            Outcome::PaidByOtherTrade,
+            Some(format!(
+                "order was paid by trade {}; this notification is for trade {}",
+                current.provider_trade_no.as_deref().unwrap_or("(none)"),
+                trade_no.unwrap_or("(none)")
+            )),
+        ),
+        OrderStatus::Closed => Decision::new(
+            Outcome::Mismatch,
+            Some("paid after the order was closed; refund the buyer".to_owned()),
+        ),
+        OrderStatus::Pending => return Err(db::conflict("order still pending after CAS")),
+    })
+}
+
+/// `UPDATE orders SET status = paid ... WHERE order_no = ? AND status = pending`: true when this
+/// transaction changed the row.
+fn mark_paid(
+    conn: &mut DbConnection,
+    order: &Order,
+    trade_no: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<bool, DieselError> {
+    use crate::db::schema::orders::dsl::*;
+    use diesel::prelude::*;
+
+    let changed = diesel::update(orders)
+        .filter(order_no.eq(order.order_no.as_str()))
+        .filter(status.eq(OrderStatus::Pending.as_str()))
+        .set((
+            status.eq(OrderStatus::Paid.as_str()),
+            provider_trade_no.eq(trade_no),
+            version.eq(version + 1),
+            paid_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(changed == 1)
+}
+
+/// A provider's close of a pending order. A paid order stays paid: the provider's word that it
+/// closed is kept for a human.
+fn close(
+    conn: &mut DbConnection,
+    order: &Order,
+    now: NaiveDateTime,
+) -> Result<Decision, DieselError> {
+    if orders::close_pending(conn, &order.order_no, None, now)? {
+        return Ok(Decision::new(Outcome::Closed, None));
+    }
+    let current = orders::find(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
+    Ok(match current.status {
+        OrderStatus::Closed => Decision::new(Outcome::Closed, Some("already closed".to_owned())),
+        OrderStatus::Paid => Decision::new(
+            Outcome::Ignored,
+            Some("provider reports closed, but the order is paid".to_owned()),
+        ),
+        OrderStatus::Pending => return Err(db::conflict("order still pending after CAS")),
+    })
+}

@@ -1,0 +1,132 @@
+//! The `payhook` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::SystemClock;
+use crate::config::{Overrides, Settings};
+use crate::db;
+use crate::http;
+
+#[derive(Debug, Parser)]
+#[command(name = "payhook", version, about = "Receives payment notifications and credits each paid order exactly once")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server (applies pending migrations first).
+    Serve {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free one).
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Apply the embedded database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// The flags every command that touches the database takes.
+#[derive(Debug, Args)]
+struct DbArgs {
+    /// Config file (TOML); also PAYHOOK_CONFIG. Nothing is read by default.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// sqlite://PATH or postgres://user:pass@host:5432/db; also PAYHOOK_DATABASE_URL.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+impl DbArgs {
+    fn settings(&self, bind: Option<String>) -> anyhow::Result<Settings> {
+        let flags = Overrides {
+            bind,
+            database_url: self.database_url.clone(),
+            admin_token: None,
+        };
+        Ok(Settings::load(
+            self.config.as_deref(),
+            &Overrides::from_env(),
+            &flags,
+        )?)
+    }
+}
+
+/// Parses the command line, runs the command, and turns an error into a message and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { db, bind } => serve(db.settings(bind)?),
+        Command::Migrate { db } => {
+            let settings = db.settings(None)?;
+            let pool = open(&settings)?;
+            let ran = db::migrate(&mut *pool.get()?)?;
+            println!("{ran} migration(s) applied");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Opens the pool; the error carries the database's own message.
+fn open(settings: &Settings) -> anyhow::Result<db::Pool> {
+    let url = settings.database_url.expose();
+    let redacted = db::DatabaseUrl::parse(url)?.redacted();
+    db::connect(url, &settings.pool).with_context(|| format!("database {redacted}"))
+}
+
+fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+    let pool = open(&settings)?;
+    let ran = db::migrate(&mut *pool.get()?)?;
+    if ran > 0 {
+        log::info!("applied {ran} migration(s)");
+    }
+    if settings.admin_token.is_none() {
+        log::warn!("no admin_token configured: /api refuses every request");
+    }
+    let state = http::AppState::new(&settings, pool, Arc::new(SystemClock))?;
+    let channels: Vec<String> = state.channels.keys().map(|c| c.to_string()).collect();
+    let bound = http::bind(&settings, state)
+        .with_context(|| format!("cannot listen on {}", settings.bind))?;
+    for addr in &bound.addrs {
+        log::info!(
+            "payhook listening on http://{addr} (database {}, channels: {})",
+            db::DatabaseUrl::parse(settings.database_url.expose())?.redacted(),
+            if channels.is_empty() {
+                "none".to_owned()
+            } else {
+                channels.join(", ")
+            }
+        );
+    }
+    actix_web::rt::System::new().block_on(bound.server)?;
+    log::info!("payhook stopped");
+    Ok(ExitCode::SUCCESS)
+}

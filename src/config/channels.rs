@@ -1,0 +1,139 @@
+//! Channel settings: one configured provider account each, named by its notify URL.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::money::Currency;
+
+/// A secret value: given inline, or as `{ file = "PATH" }` or `{ env = "NAME" }`.
+///
+/// Its `Debug` form never shows the value, so a secret cannot reach a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Source {
+            Inline(String),
+            File { file: String },
+            Env { env: String },
+        }
+        match Source::deserialize(d).map_err(|_| {
+            D::Error::custom("a secret is a string, { file = \"PATH\" } or { env = \"NAME\" }")
+        })? {
+            Source::Inline(value) => Ok(Secret(value)),
+            Source::File { file } => std::fs::read_to_string(&file)
+                .map(|s| Secret(s.trim_end_matches(['\r', '\n']).to_owned()))
+                .map_err(|e| D::Error::custom(format!("cannot read secret file {file:?}: {e}"))),
+            Source::Env { env } => std::env::var(&env)
+                .map(Secret)
+                .map_err(|_| D::Error::custom(format!("environment variable {env} is not set"))),
+        }
+    }
+}
+
+fn default_currency() -> Currency {
+    Currency::Cny
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+
+/// One channel, tagged by `provider`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "provider")]
+pub enum ChannelConfig {
+    #[serde(rename = "alipay")]
+    Alipay(AlipayConfig),
+    #[serde(rename = "wechatpay")]
+    WechatPay(WechatPayConfig),
+    #[serde(rename = "stripe")]
+    Stripe(StripeConfig),
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks(StandardWebhooksConfig),
+}
+
+impl ChannelConfig {
+    /// The currency orders on this channel are made in.
+    pub fn currency(&self) -> Currency {
+        match self {
+            ChannelConfig::Alipay(c) => c.currency,
+            ChannelConfig::WechatPay(c) => c.currency,
+            ChannelConfig::Stripe(c) => c.currency,
+            ChannelConfig::StandardWebhooks(c) => c.currency,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlipayConfig {
+    pub app_id: String,
+    /// Checked against the notification's `seller_id` when set.
+    pub seller_id: Option<String>,
+    /// Alipay's public key (not the app's own): base64 SubjectPublicKeyInfo DER, or PEM.
+    pub alipay_public_key: Secret,
+    #[serde(default = "default_currency")]
+    pub currency: Currency,
+    #[serde(default = "default_tolerance")]
+    pub timestamp_tolerance_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatPayConfig {
+    pub mchid: String,
+    pub appid: String,
+    /// The merchant's 32-character APIv3 key, used as-is as the AES-256-GCM key.
+    pub apiv3_key: Secret,
+    /// `Wechatpay-Serial` value -> PEM public key or platform certificate.
+    pub public_keys: std::collections::BTreeMap<String, Secret>,
+    #[serde(default = "default_currency")]
+    pub currency: Currency,
+    #[serde(default = "default_tolerance")]
+    pub timestamp_tolerance_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeConfig {
+    /// Endpoint signing secrets (`whsec_...`); several while one is being rolled.
+    pub secrets: Vec<Secret>,
+    #[serde(default = "default_currency")]
+    pub currency: Currency,
+    #[serde(default = "default_tolerance")]
+    pub timestamp_tolerance_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandardWebhooksConfig {
+    /// Signing secrets (`whsec_` + base64); several while one is being rolled.
+    pub secrets: Vec<Secret>,
+    #[serde(default = "default_currency")]
+    pub currency: Currency,
+    #[serde(default = "default_tolerance")]
+    pub timestamp_tolerance_secs: u64,
+}

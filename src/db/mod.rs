@@ -1,0 +1,338 @@
+//! Storage: one code path over SQLite and PostgreSQL, chosen at run time by the URL's scheme.
+//!
+//! - [`DbConnection`] is diesel's multi-backend connection; everything above this module is
+//!   written once against it.
+//! - [`Manager`] opens connections for r2d2 itself, so a refused PostgreSQL connection reports
+//!   libpq's own words rather than a generic "invalid URL".
+//! - Every SQLite connection gets the same pragmas in [`SqlitePragmas`], and every write
+//!   transaction on SQLite is `BEGIN IMMEDIATE` ([`write_transaction`]): a deferred transaction
+//!   that upgrades from read to write fails with "database is locked" under concurrency instead of
+//!   waiting its turn.
+//! - Migrations are embedded per backend and run by [`migrate`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::r2d2::{self, CustomizeConnection, ManageConnection, R2D2Connection};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::config::PoolSettings;
+
+pub mod schema;
+
+/// A connection to whichever backend the URL names.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgresql(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+pub type PooledConnection = r2d2::PooledConnection<Manager>;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRESQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgresql");
+
+/// How long a SQLite writer waits for the lock before giving up with "database is locked".
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// Where the books are, parsed from a `database_url`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgresql(String),
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    /// PostgreSQL URLs may carry a password: show only the backend.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
+            DatabaseUrl::Postgresql(_) => f.write_str("Postgresql(***)"),
+        }
+    }
+}
+
+impl DatabaseUrl {
+    /// Accepts `sqlite://PATH`, `sqlite:PATH`, `postgres://...` and `postgresql://...`.
+    pub fn parse(url: &str) -> Result<DatabaseUrl, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgresql(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| {
+                DbError::Url(
+                    "database_url must start with sqlite:// or postgres:// (e.g. sqlite://data/payhook.db)"
+                        .to_owned(),
+                )
+            })?;
+        if path.is_empty() {
+            return Err(DbError::Url("database_url sqlite:// names no file".to_owned()));
+        }
+        Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+    }
+
+    /// A description safe for logs: the SQLite path, or PostgreSQL's host and database only.
+    pub fn redacted(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DatabaseUrl::Postgresql(url) => {
+                let rest = url.split_once("://").map_or("", |(_, r)| r);
+                let host_and_db = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                let host_and_db = host_and_db.split('?').next().unwrap_or_default();
+                format!("postgres://{host_and_db}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{0}")]
+    Url(String),
+    #[error("cannot create the folder for the SQLite database {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("database: {0}")]
+    Query(#[from] DieselError),
+    #[error("no database connection free: {0}")]
+    Pool(#[from] r2d2::PoolError),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+}
+
+impl DbError {
+    /// True for failures that a later attempt of the same work may not meet: lock and
+    /// serialization conflicts, deadlocks, a racing insert of the same key.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Query(e) if is_transient(e))
+    }
+}
+
+/// Conflicts that vanish when the whole transaction is tried again.
+pub fn is_transient(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(kind, info) => match kind {
+            DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::UniqueViolation => true,
+            DatabaseErrorKind::Unknown => {
+                let message = info.message();
+                message.contains("database is locked")
+                    || message.contains("deadlock detected")
+                    || message.contains("could not serialize")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Opens connections by URL scheme for r2d2.
+#[derive(Debug)]
+pub struct Manager {
+    url: DatabaseUrl,
+}
+
+impl Manager {
+    pub fn new(url: DatabaseUrl) -> Result<Manager, DbError> {
+        if let DatabaseUrl::Sqlite(path) = &url {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        Ok(Manager { url })
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
+        let conn = match &self.url {
+            DatabaseUrl::Postgresql(url) => PgConnection::establish(url).map(DbConnection::Postgresql),
+            DatabaseUrl::Sqlite(path) => {
+                SqliteConnection::establish(&path.to_string_lossy()).map(DbConnection::Sqlite)
+            }
+        };
+        conn.map_err(r2d2::Error::ConnectionError)
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
+        conn.ping().map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+/// The pragmas every SQLite connection runs with. `busy_timeout` comes first so the others wait
+/// for a lock rather than fail; `synchronous=FULL` because a committed credit must survive power
+/// loss.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlitePragmas;
+
+impl CustomizeConnection<DbConnection, r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
+        if let DbConnection::Sqlite(conn) = conn {
+            conn.batch_execute(&format!(
+                "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};
+                 PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA foreign_keys = ON;"
+            ))
+            .map_err(r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the pool and opens one connection up front, so a wrong URL or a database that is down
+/// is reported at start with the database's own message.
+pub fn connect(url: &str, settings: &PoolSettings) -> Result<Pool, DbError> {
+    let url = DatabaseUrl::parse(url)?;
+    let manager = Manager::new(url)?;
+    // Fail fast with the real error rather than r2d2's "timed out waiting for connection".
+    let mut probe = manager.connect().map_err(|e| match e {
+        r2d2::Error::ConnectionError(e) => DbError::Connect(e),
+        r2d2::Error::QueryError(e) => DbError::Query(e),
+    })?;
+    SqlitePragmas.on_acquire(&mut probe).map_err(|e| match e {
+        r2d2::Error::ConnectionError(e) => DbError::Connect(e),
+        r2d2::Error::QueryError(e) => DbError::Query(e),
+    })?;
+    drop(probe);
+    let pool = r2d2::Pool::builder()
+        .max_size(settings.max_size)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(settings.connection_timeout_secs))
+        .test_on_check_out(settings.test_on_checkout)
+        .connection_customizer(Box::new(SqlitePragmas))
+        .error_handler(Box::new(LogErrors))
+        .build_unchecked(manager);
+    Ok(pool)
+}
+
+/// Sends r2d2's background connection errors to the log instead of stderr.
+#[derive(Debug)]
+struct LogErrors;
+
+impl r2d2::HandleError<r2d2::Error> for LogErrors {
+    fn handle_error(&self, error: r2d2::Error) {
+        log::warn!("database connection: {error}");
+    }
+}
+
+/// Applies the embedded migrations that have not run yet; returns how many ran.
+pub fn migrate(conn: &mut DbConnection) -> Result<usize, DbError> {
+    let applied = match conn {
+        DbConnection::Postgresql(c) => c.run_pending_migrations(POSTGRESQL_MIGRATIONS),
+        DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+    }
+    .map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(applied.len())
+}
+
+/// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite, a plain `BEGIN` on PostgreSQL.
+/// Commits when `f` succeeds and rolls back when it fails.
+pub fn write_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+    E: From<DieselError>,
+{
+    match conn {
+        DbConnection::Sqlite(inner) => {
+            AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
+        }
+        DbConnection::Postgresql(_) => {
+            <DbConnection as Connection>::TransactionManager::begin_transaction(conn)?;
+        }
+    }
+    match f(conn) {
+        Ok(value) => {
+            <DbConnection as Connection>::TransactionManager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) =
+                <DbConnection as Connection>::TransactionManager::rollback_transaction(conn)
+            {
+                log::warn!("rollback failed: {rollback}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// How often a transaction that met a transient conflict is tried again before giving up.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// Runs `f` in a write transaction, and runs it again from the start, a bounded number of times,
+/// when it fails with a transient conflict (see [`is_transient`]). Under SERIALIZABLE isolation or
+/// a distributed SQL engine the loser of a race gets SQLSTATE 40001 and lands here.
+pub fn transact<T, F>(conn: &mut DbConnection, mut f: F) -> Result<T, DbError>
+where
+    F: FnMut(&mut DbConnection) -> Result<T, DieselError>,
+{
+    let mut attempt = 1;
+    loop {
+        match write_transaction(conn, &mut f) {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
+                log::debug!("transient conflict, attempt {attempt} of {MAX_ATTEMPTS}: {e}");
+                std::thread::sleep(backoff(attempt));
+                attempt += 1;
+            }
+            Err(e) => return Err(DbError::Query(e)),
+        }
+    }
+}
+
+/// Exponential backoff from 2 ms, with jitter so that racing transactions fall out of step.
+fn backoff(attempt: u32) -> Duration {
+    let base = 2u64 << attempt.min(8);
+    let jitter = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos(),
+    ) % base;
+    Duration::from_millis(base + jitter)
+}
+
+/// An error that makes [`transact`] run the transaction again: for a state that a concurrent
+/// transaction is about to change.
+pub fn conflict(message: &str) -> DieselError {
+    DieselError::DatabaseError(
+        DatabaseErrorKind::SerializationFailure,
+        Box::new(message.to_owned()),
+    )
+}
+
+/// Runs `f` in a read-only transaction, so a report sees one consistent state of the books.
+pub fn read_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+    E: From<DieselError>,
+{
+    conn.transaction(|conn| {
+        if let DbConnection::Postgresql(pg) = conn {
+            pg.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        }
+        f(conn)
+    })
+}

@@ -1,0 +1,65 @@
+//! Table definitions shared by every backend; the migrations under `migrations/<backend>/` create
+//! the same tables with each backend's own column types.
+
+diesel::table! {
+    accounts (user_id, currency) {
+        user_id -> Text,
+        currency -> Text,
+        balance_minor -> BigInt,
+        version -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    orders (order_no) {
+        order_no -> Text,
+        user_id -> Text,
+        channel -> Text,
+        amount_minor -> BigInt,
+        currency -> Text,
+        status -> Text,
+        provider_trade_no -> Nullable<Text>,
+        version -> BigInt,
+        created_at -> Timestamp,
+        paid_at -> Nullable<Timestamp>,
+        closed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    ledger (id) {
+        id -> BigInt,
+        user_id -> Text,
+        currency -> Text,
+        order_no -> Text,
+        kind -> Text,
+        amount_minor -> BigInt,
+        balance_after -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    notifications (id) {
+        id -> BigInt,
+        channel -> Text,
+        notification_id -> Text,
+        order_no -> Nullable<Text>,
+        provider_trade_no -> Nullable<Text>,
+        kind -> Text,
+        amount_minor -> Nullable<BigInt>,
+        currency -> Nullable<Text>,
+        verified -> Bool,
+        verify_error -> Nullable<Text>,
+        outcome -> Text,
+        detail -> Nullable<Text>,
+        raw_headers -> Text,
+        raw_body -> Binary,
+        delivery_count -> BigInt,
+        first_seen_at -> Timestamp,
+        last_seen_at -> Timestamp,
+    }
+}
+

@@ -1,0 +1,27 @@
+//! payhook receives payment providers' notifications and credits each paid order exactly once.
+//!
+//! How a notification flows, module by module:
+//!
+//! - [`http`]: the actix-web server; takes the raw body and answers in the provider's protocol.
+//! - [`notify`]: one adapter per provider (Alipay, WeChat Pay, Stripe, Standard Webhooks) turns
+//!   the raw request into a verified, provider-neutral [`notify::Notification`].
+//! - [`apply`]: the crediting transaction, the one place money moves; compare-and-set on the
+//!   order, then balance, ledger and inbox in one commit.
+//! - [`orders`] and [`inbox`]: the rows the transaction works on.
+//! - [`db`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations.
+//! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).
+//! - [`config`] and [`cli`]: layered settings and the `payhook` command line.
+
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod ids;
+pub mod inbox;
+pub mod money;
+pub mod notify;
+pub mod orders;

@@ -1,0 +1,379 @@
+//! Test harness: real databases and a real server.
+//!
+//! - SQLite: a file in a temporary folder.
+//! - PostgreSQL: one throwaway cluster per test binary (`initdb` + `pg_ctl` in a temporary folder,
+//!   on a free port, `fsync=off`), started on first use, with a fresh database for every test. A
+//!   small guardian process stops the cluster and removes its folder when the test process exits.
+//! - `spawn_app` starts the real HTTP server on port 0 with an injected clock.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::Connection;
+use payhook::clock::{Clock, FixedClock};
+use payhook::config::Settings;
+use payhook::db::{self, DbConnection, Pool};
+use payhook::ids::{ChannelName, OrderNo, UserId};
+use payhook::money::{AmountMinor, Currency};
+use payhook::orders::{self, NewOrder};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgresql,
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("payhook.db").display());
+                TestDb {
+                    backend,
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgresql => TestDb {
+                backend,
+                url: pg_cluster().new_database(),
+                _dir: None,
+            },
+        }
+    }
+
+    /// A migrated pool of `size` connections.
+    pub fn pool(&self, size: u32) -> Pool {
+        let settings = Settings::from_toml(&format!("[pool]\nmax_size = {size}\n")).unwrap();
+        let pool = db::connect(&self.url, &settings.pool).expect("connect");
+        db::migrate(&mut pool.get().unwrap()).expect("migrate");
+        pool
+    }
+}
+
+/// Runs a statement directly, bypassing payhook: for setting up or corrupting state.
+pub fn exec(pool: &Pool, sql: &str) {
+    pool.get().unwrap().batch_execute(sql).expect(sql);
+}
+
+/// One count from a `SELECT COUNT(*)`-like query returning a single BigInt.
+pub fn count(pool: &Pool, sql: &str) -> i64 {
+    use diesel::sql_types::BigInt;
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = pool.get().unwrap();
+    let rows: Vec<N> = diesel::sql_query(sql).load(&mut *conn).expect(sql);
+    rows[0].n
+}
+
+pub fn now() -> NaiveDateTime {
+    Utc::now().naive_utc()
+}
+
+static ORDER_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Creates a pending order through the library; returns its number.
+pub fn create_order(
+    conn: &mut DbConnection,
+    user: &str,
+    channel: &str,
+    amount: &str,
+    currency: &str,
+    order_no: Option<&str>,
+) -> OrderNo {
+    let currency = Currency::parse(currency).unwrap();
+    let order_no = order_no.map(|s| s.to_owned()).unwrap_or_else(|| {
+        format!(
+            "T{}x{}",
+            std::process::id(),
+            ORDER_SEQ.fetch_add(1, Ordering::SeqCst)
+        )
+    });
+    let new = NewOrder {
+        order_no: OrderNo::parse(&order_no).unwrap(),
+        user_id: UserId::parse(user).unwrap(),
+        channel: ChannelName::parse(channel).unwrap(),
+        amount: AmountMinor::parse(amount, currency).unwrap(),
+        currency,
+    };
+    match orders::create(conn, &new, now()).expect("create order") {
+        orders::Created::New(o) | orders::Created::Existing(o) => o.order_no,
+        orders::Created::Conflict(_, f) => panic!("order conflict on {f:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+pub struct PgCluster {
+    port: u16,
+    dir: PathBuf,
+    databases: AtomicUsize,
+}
+
+/// The cluster for this test process, started on first use.
+pub fn pg_cluster() -> &'static PgCluster {
+    static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+    CLUSTER.get_or_init(PgCluster::start)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Finds a PostgreSQL server program on PATH or in Debian's versioned folders.
+fn pg_bin(name: &str) -> PathBuf {
+    if let Ok(out) = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+    {
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() && !path.is_empty() {
+            return PathBuf::from(path);
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL's `{name}` was not found on PATH or under /usr/lib/postgresql/*/bin. \
+             The PostgreSQL tests need the server binaries: apt-get install postgresql"
+        )
+    })
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a server program, as the `postgres` user when this process is root (PostgreSQL refuses
+/// to run as root).
+fn run_pg(program: &Path, args: &[&str], as_postgres: bool) {
+    let mut cmd = if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let out = cmd.args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {}: {e}", program.display());
+    });
+    assert!(
+        out.status.success(),
+        "{} {:?} failed: {}{}",
+        program.display(),
+        args,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl PgCluster {
+    fn start() -> PgCluster {
+        let initdb = pg_bin("initdb");
+        let pg_ctl = pg_bin("pg_ctl");
+        let root = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("payhook-pg-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        if root {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "cannot chown {} to postgres", dir.display());
+        }
+        let data = dir.join("data");
+        let data_s = data.to_string_lossy().into_owned();
+        let dir_s = dir.to_string_lossy().into_owned();
+        run_pg(
+            &initdb,
+            &["-D", &data_s, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            root,
+        );
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        );
+        let log = dir.join("postgres.log").to_string_lossy().into_owned();
+        run_pg(
+            &pg_ctl,
+            &["-D", &data_s, "-o", &opts, "-l", &log, "-w", "start"],
+            root,
+        );
+        spawn_guardian(&pg_ctl, &data_s, &dir_s, root);
+        PgCluster {
+            port,
+            dir,
+            databases: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Creates an empty database and returns its URL.
+    pub fn new_database(&self) -> String {
+        let n = self.databases.fetch_add(1, Ordering::SeqCst);
+        let name = format!("payhook_test_{n}");
+        let mut admin = diesel::PgConnection::establish(&self.admin_url()).expect("admin conn");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create database");
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Runs SQL as the superuser on the `postgres` database.
+    pub fn admin_exec(&self, sql: &str) {
+        let mut admin = diesel::PgConnection::establish(&self.admin_url()).expect("admin conn");
+        admin.batch_execute(sql).expect(sql);
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Stops the cluster and removes its folder once this test process has exited, however it exits.
+fn spawn_guardian(pg_ctl: &Path, data: &str, dir: &str, root: bool) {
+    let stop = format!(
+        "{} -D {data} -m immediate stop",
+        pg_ctl.to_string_lossy()
+    );
+    let stop = if root {
+        format!("runuser -u postgres -- {stop}")
+    } else {
+        stop
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cluster guardian");
+}
+
+// ---------------------------------------------------------------- the server
+
+/// A running server on a free port.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub pool: Pool,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        actix_web::rt::System::new().block_on(handle.stop(false));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the real server on the test database, with `extra` config TOML and a fixed clock.
+pub fn spawn_app(db: &TestDb, extra: &str, now: DateTime<Utc>) -> TestApp {
+    let clock: Arc<dyn Clock> = Arc::new(FixedClock(now));
+    spawn_app_with_clock(db, extra, clock)
+}
+
+pub fn spawn_app_with_clock(db: &TestDb, extra: &str, clock: Arc<dyn Clock>) -> TestApp {
+    let toml = format!(
+        "bind = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\n{extra}\n[http]\nworkers = 2\n",
+        db.url
+    );
+    let settings = Settings::from_toml(&toml).expect("settings");
+    let pool = db::connect(&db.url, &settings.pool).expect("connect");
+    db::migrate(&mut pool.get().unwrap()).expect("migrate");
+    let state = payhook::http::AppState::new(&settings, pool.clone(), clock).expect("state");
+    let bound = payhook::http::bind(&settings, state).expect("bind");
+    let addr = bound.addrs[0];
+    let handle = bound.server.handle();
+    let server = bound.server;
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new()
+            .block_on(server)
+            .expect("server");
+    });
+    TestApp {
+        addr,
+        pool,
+        handle,
+        thread: Some(thread),
+    }
+}
+
+/// Declares one test per backend: `name::sqlite` and `name::postgresql`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name($crate::common::TestDb::new($crate::common::Backend::Sqlite));
+                }
+                #[test]
+                fn postgresql() {
+                    super::$name($crate::common::TestDb::new($crate::common::Backend::Postgresql));
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,397 @@
+//! The crediting transaction against real SQLite and PostgreSQL databases: every outcome, and
+//! real concurrency on one notification and on one account.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use common::{count, create_order, exec, now, pg_cluster, Backend, TestDb};
+use payhook::apply::{apply, Answer, Outcome};
+use payhook::db::Pool;
+use payhook::ids::{ChannelName, OrderNo};
+use payhook::inbox::{self, Evidence};
+use payhook::money::{AmountMinor, Currency};
+use payhook::notify::{Notification, NotificationKind};
+use payhook::orders::{self, OrderStatus};
+
+const EVIDENCE: Evidence<'static> = Evidence {
+    headers_json: "{}",
+    body: b"raw body",
+};
+
+fn paid(order_no: &OrderNo, trade_no: &str, minor: i64, currency: &str) -> Notification {
+    Notification {
+        channel: ChannelName::parse("alipay").unwrap(),
+        notification_id: format!("n-{trade_no}"),
+        order_no: Some(order_no.clone()),
+        provider_trade_no: Some(trade_no.to_owned()),
+        amount: Some(AmountMinor::new(minor).unwrap()),
+        currency: Some(Currency::parse(currency).unwrap()),
+        kind: NotificationKind::Paid,
+        merchant_mismatch: None,
+    }
+}
+
+fn run(pool: &Pool, n: &Notification) -> payhook::apply::Applied {
+    apply(&mut pool.get().unwrap(), n, EVIDENCE, now()).expect("apply")
+}
+
+fn balance(pool: &Pool, user: &str) -> i64 {
+    count(
+        pool,
+        &format!("SELECT CAST(COALESCE(SUM(balance_minor), 0) AS BIGINT) AS n FROM accounts WHERE user_id = '{user}'"),
+    )
+}
+
+fn ledger_rows(pool: &Pool, order_no: &OrderNo) -> i64 {
+    count(
+        pool,
+        &format!("SELECT COUNT(*) AS n FROM ledger WHERE order_no = '{order_no}'"),
+    )
+}
+
+fn status(pool: &Pool, order_no: &OrderNo) -> OrderStatus {
+    orders::find(&mut pool.get().unwrap(), order_no)
+        .unwrap()
+        .expect("order exists")
+        .status
+}
+
+/// Balances equal their ledgers, and every paid order has exactly one credit of its amount.
+fn assert_books_balance(pool: &Pool) {
+    let unbalanced = count(
+        pool,
+        "SELECT COUNT(*) AS n FROM accounts a WHERE a.balance_minor <> \
+         (SELECT CAST(COALESCE(SUM(l.amount_minor), 0) AS BIGINT) FROM ledger l \
+          WHERE l.user_id = a.user_id AND l.currency = a.currency)",
+    );
+    assert_eq!(unbalanced, 0, "an account balance differs from its ledger");
+    let bad_paid = count(
+        pool,
+        "SELECT COUNT(*) AS n FROM orders o WHERE o.status = 'paid' AND \
+         (SELECT COUNT(*) FROM ledger l WHERE l.order_no = o.order_no AND l.amount_minor = o.amount_minor) <> 1",
+    );
+    assert_eq!(bad_paid, 0, "a paid order without exactly one credit");
+    let credited_unpaid = count(
+        pool,
+        "SELECT COUNT(*) AS n FROM ledger l JOIN orders o ON o.order_no = l.order_no WHERE o.status <> 'paid'",
+    );
+    assert_eq!(credited_unpaid, 0, "a credit for an order that is not paid");
+}
+
+fn a_paid_notification_credits_the_order_once(db: TestDb) {
+    let pool = db.pool(4);
+    let order = create_order(&mut pool.get().unwrap(), "u1", "alipay", "10.00", "CNY", None);
+    let n = paid(&order, "T1", 1000, "CNY");
+
+    let first = run(&pool, &n);
+    assert_eq!(first.outcome, Outcome::Credited);
+    assert_eq!(first.outcome.answer(), Answer::Ack);
+    assert_eq!(first.balance_after, Some(1000));
+    assert_eq!(balance(&pool, "u1"), 1000);
+    assert_eq!(ledger_rows(&pool, &order), 1);
+    let stored = orders::find(&mut pool.get().unwrap(), &order).unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::Paid);
+    assert_eq!(stored.provider_trade_no.as_deref(), Some("T1"));
+    assert_eq!(stored.version, 1);
+    assert!(stored.paid_at.is_some());
+
+    let again = run(&pool, &n);
+    assert_eq!(again.outcome, Outcome::AlreadyPaid);
+    assert_eq!(again.outcome.answer(), Answer::Ack);
+    assert_eq!(again.inbox_id, first.inbox_id);
+    assert_eq!(again.delivery_count, 2);
+    assert_eq!(balance(&pool, "u1"), 1000);
+    assert_eq!(ledger_rows(&pool, &order), 1);
+
+    let row = inbox::find(&mut pool.get().unwrap(), &n.channel, &n.notification_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.delivery_count, 2);
+    assert_eq!(row.outcome, "credited", "the crediting delivery keeps its outcome");
+    assert!(row.verified);
+    assert_books_balance(&pool);
+}
+
+fn a_second_trade_for_a_paid_order_is_an_anomaly_and_never_credits(db: TestDb) {
+    let pool = db.pool(2);
+    let order = create_order(&mut pool.get().unwrap(), "u2", "alipay", "5.00", "CNY", None);
+    assert_eq!(run(&pool, &paid(&order, "TA", 500, "CNY")).outcome, Outcome::Credited);
+    let other = run(&pool, &paid(&order, "TB", 500, "CNY"));
+    assert_eq!(other.outcome, Outcome::PaidByOtherTrade);
+    assert!(other.outcome.is_anomaly());
+    assert_eq!(other.outcome.answer(), Answer::Ack);
+    assert!(other.detail.unwrap().contains("TA"));
+    assert_eq!(balance(&pool, "u2"), 500);
+    let row = inbox::find(&mut pool.get().unwrap(), &ChannelName::parse("alipay").unwrap(), "n-TB")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.outcome, "paid_by_other_trade");
+    assert_books_balance(&pool);
+}
+
+fn a_trade_that_already_paid_another_order_never_pays_a_second(db: TestDb) {
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let first = create_order(&mut conn, "u3", "alipay", "1.00", "CNY", None);
+    let second = create_order(&mut conn, "u3", "alipay", "1.00", "CNY", None);
+    drop(conn);
+    assert_eq!(run(&pool, &paid(&first, "SAME", 100, "CNY")).outcome, Outcome::Credited);
+    let mut reuse = paid(&second, "SAME", 100, "CNY");
+    reuse.notification_id = "n-reuse".into();
+    let applied = run(&pool, &reuse);
+    assert_eq!(applied.outcome, Outcome::Mismatch);
+    assert_eq!(status(&pool, &second), OrderStatus::Pending);
+    assert_eq!(balance(&pool, "u3"), 100);
+    assert_books_balance(&pool);
+}
+
+fn amount_currency_and_merchant_mismatches_are_recorded_and_never_credit(db: TestDb) {
+    let pool = db.pool(2);
+    let order = create_order(&mut pool.get().unwrap(), "u4", "alipay", "10.00", "CNY", None);
+
+    let wrong_amount = paid(&order, "T-amount", 999, "CNY");
+    let applied = run(&pool, &wrong_amount);
+    assert_eq!(applied.outcome, Outcome::Mismatch);
+    assert!(applied.detail.as_deref().unwrap().contains("9.99 CNY"));
+
+    let wrong_currency = paid(&order, "T-currency", 1000, "USD");
+    assert_eq!(run(&pool, &wrong_currency).outcome, Outcome::Mismatch);
+
+    let mut other_merchant = paid(&order, "T-merchant", 1000, "CNY");
+    other_merchant.merchant_mismatch = Some("app_id 999 is not ours".into());
+    assert_eq!(run(&pool, &other_merchant).outcome, Outcome::Mismatch);
+
+    let mut other_channel = paid(&order, "T-channel", 1000, "CNY");
+    other_channel.channel = ChannelName::parse("stripe").unwrap();
+    assert_eq!(run(&pool, &other_channel).outcome, Outcome::Mismatch);
+
+    assert_eq!(status(&pool, &order), OrderStatus::Pending);
+    assert_eq!(balance(&pool, "u4"), 0);
+    assert_eq!(ledger_rows(&pool, &order), 0);
+    let anomalies = count(
+        &pool,
+        &format!("SELECT COUNT(*) AS n FROM notifications WHERE order_no = '{order}' AND outcome = 'mismatch'"),
+    );
+    assert_eq!(anomalies, 4, "every mismatch is recorded against the order");
+
+    // The right notification still credits afterwards.
+    assert_eq!(run(&pool, &paid(&order, "T-ok", 1000, "CNY")).outcome, Outcome::Credited);
+    assert_books_balance(&pool);
+}
+
+fn a_notification_for_an_unknown_order_asks_for_a_retry_and_credits_once_the_order_exists(
+    db: TestDb,
+) {
+    let pool = db.pool(2);
+    let order_no = OrderNo::parse("LATE-ORDER-1").unwrap();
+    let n = paid(&order_no, "T-late", 700, "CNY");
+    let first = run(&pool, &n);
+    assert_eq!(first.outcome, Outcome::UnknownOrder);
+    assert_eq!(first.outcome.answer(), Answer::Retry);
+    let row = inbox::find(&mut pool.get().unwrap(), &n.channel, &n.notification_id)
+        .unwrap()
+        .expect("the delivery is recorded even though it is retried");
+    assert_eq!(row.outcome, "unknown_order");
+
+    create_order(&mut pool.get().unwrap(), "u5", "alipay", "7.00", "CNY", Some("LATE-ORDER-1"));
+    let second = run(&pool, &n);
+    assert_eq!(second.outcome, Outcome::Credited);
+    assert_eq!(second.delivery_count, 2);
+    assert_eq!(balance(&pool, "u5"), 700);
+    assert_books_balance(&pool);
+}
+
+fn a_closed_order_is_never_credited_by_a_late_paid_notification(db: TestDb) {
+    let pool = db.pool(2);
+    let order = create_order(&mut pool.get().unwrap(), "u6", "alipay", "3.00", "CNY", None);
+    let mut closed = paid(&order, "T-close", 300, "CNY");
+    closed.kind = NotificationKind::Closed;
+    closed.notification_id = "n-close".into();
+    assert_eq!(run(&pool, &closed).outcome, Outcome::Closed);
+    assert_eq!(status(&pool, &order), OrderStatus::Closed);
+    // The same close again is still Closed, not an error.
+    assert_eq!(run(&pool, &closed).outcome, Outcome::Closed);
+
+    let late = run(&pool, &paid(&order, "T-late-pay", 300, "CNY"));
+    assert_eq!(late.outcome, Outcome::Mismatch);
+    assert!(late.outcome.is_anomaly());
+    assert!(late.detail.unwrap().contains("closed"));
+    assert_eq!(status(&pool, &order), OrderStatus::Closed);
+    assert_eq!(balance(&pool, "u6"), 0);
+    assert_books_balance(&pool);
+}
+
+fn refunds_closes_and_other_statuses_never_credit_and_a_paid_order_stays_paid(db: TestDb) {
+    let pool = db.pool(2);
+    let order = create_order(&mut pool.get().unwrap(), "u7", "alipay", "2.00", "CNY", None);
+
+    let mut waiting = paid(&order, "T-wait", 200, "CNY");
+    waiting.kind = NotificationKind::Other("WAIT_BUYER_PAY".into());
+    waiting.notification_id = "n-wait".into();
+    assert_eq!(run(&pool, &waiting).outcome, Outcome::Ignored);
+    assert_eq!(status(&pool, &order), OrderStatus::Pending);
+
+    let mut refund_first = paid(&order, "T-pay", 200, "CNY");
+    refund_first.kind = NotificationKind::Refund;
+    refund_first.notification_id = "n-refund-early".into();
+    assert_eq!(run(&pool, &refund_first).outcome, Outcome::Ignored);
+    assert_eq!(balance(&pool, "u7"), 0);
+
+    assert_eq!(run(&pool, &paid(&order, "T-pay", 200, "CNY")).outcome, Outcome::Credited);
+
+    let mut refund = paid(&order, "T-pay", 200, "CNY");
+    refund.kind = NotificationKind::Refund;
+    refund.notification_id = "n-refund".into();
+    assert_eq!(run(&pool, &refund).outcome, Outcome::Ignored);
+
+    let mut close = paid(&order, "T-pay", 200, "CNY");
+    close.kind = NotificationKind::Closed;
+    close.notification_id = "n-close-after-pay".into();
+    assert_eq!(run(&pool, &close).outcome, Outcome::Ignored);
+    assert_eq!(status(&pool, &order), OrderStatus::Paid, "a paid order never leaves paid");
+    assert_eq!(balance(&pool, "u7"), 200);
+    assert_eq!(ledger_rows(&pool, &order), 1);
+
+    let mut no_order = paid(&order, "T-x", 200, "CNY");
+    no_order.order_no = None;
+    no_order.kind = NotificationKind::Other("customer.created".into());
+    no_order.notification_id = "n-no-order".into();
+    assert_eq!(run(&pool, &no_order).outcome, Outcome::Ignored);
+    assert_books_balance(&pool);
+}
+
+fn the_database_itself_refuses_a_second_credit_for_one_order(db: TestDb) {
+    let pool = db.pool(2);
+    let order = create_order(&mut pool.get().unwrap(), "u8", "alipay", "1.00", "CNY", None);
+    assert_eq!(run(&pool, &paid(&order, "T8", 100, "CNY")).outcome, Outcome::Credited);
+    let second = format!(
+        "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at) \
+         VALUES ('u8', 'CNY', '{order}', 'credit', 100, 200, CURRENT_TIMESTAMP)"
+    );
+    let refused = {
+        use diesel::connection::SimpleConnection;
+        pool.get().unwrap().batch_execute(&second)
+    };
+    assert!(refused.is_err(), "a second ledger credit for one order was accepted");
+}
+
+/// Runs `f(i)` on `threads` threads released at the same instant.
+fn race<T: Send + 'static>(threads: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
+    let f = Arc::new(f);
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (f, barrier) = (f.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                f(i)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("thread")).collect()
+}
+
+fn thirty_two_threads_applying_one_paid_notification_credit_once(db: TestDb) {
+    let pool = db.pool(32);
+    let order = create_order(&mut pool.get().unwrap(), "racer", "alipay", "12.34", "CNY", None);
+    let n = paid(&order, "T-race", 1234, "CNY");
+    let p = pool.clone();
+    let outcomes = race(32, move |_| run(&p, &n).outcome);
+    let credited = outcomes.iter().filter(|o| **o == Outcome::Credited).count();
+    let duplicates = outcomes.iter().filter(|o| **o == Outcome::AlreadyPaid).count();
+    assert_eq!((credited, duplicates), (1, 31), "outcomes: {outcomes:?}");
+    assert_eq!(ledger_rows(&pool, &order), 1);
+    assert_eq!(balance(&pool, "racer"), 1234);
+    let deliveries = count(
+        &pool,
+        "SELECT delivery_count AS n FROM notifications WHERE notification_id = 'n-T-race'",
+    );
+    assert_eq!(deliveries, 32);
+    assert_books_balance(&pool);
+}
+
+fn thirty_two_threads_paying_different_orders_of_one_user_add_up(db: TestDb) {
+    let pool = db.pool(32);
+    let orders: Vec<OrderNo> = (0..32)
+        .map(|i| {
+            create_order(
+                &mut pool.get().unwrap(),
+                "many",
+                "alipay",
+                &format!("{}.01", i + 1),
+                "CNY",
+                None,
+            )
+        })
+        .collect();
+    let expected: i64 = (0..32).map(|i| (i + 1) * 100 + 1).sum();
+    let p = pool.clone();
+    let outcomes = race(32, move |i| {
+        let minor = (i as i64 + 1) * 100 + 1;
+        run(&p, &paid(&orders[i], &format!("T-many-{i}"), minor, "CNY")).outcome
+    });
+    assert!(outcomes.iter().all(|o| *o == Outcome::Credited), "{outcomes:?}");
+    assert_eq!(balance(&pool, "many"), expected);
+    assert_eq!(
+        count(&pool, "SELECT COUNT(*) AS n FROM ledger WHERE user_id = 'many'"),
+        32
+    );
+    assert_books_balance(&pool);
+}
+
+on_both_backends!(
+    a_paid_notification_credits_the_order_once,
+    a_second_trade_for_a_paid_order_is_an_anomaly_and_never_credits,
+    a_trade_that_already_paid_another_order_never_pays_a_second,
+    amount_currency_and_merchant_mismatches_are_recorded_and_never_credit,
+    a_notification_for_an_unknown_order_asks_for_a_retry_and_credits_once_the_order_exists,
+    a_closed_order_is_never_credited_by_a_late_paid_notification,
+    refunds_closes_and_other_statuses_never_credit_and_a_paid_order_stays_paid,
+    the_database_itself_refuses_a_second_credit_for_one_order,
+    thirty_two_threads_applying_one_paid_notification_credit_once,
+    thirty_two_threads_paying_different_orders_of_one_user_add_up,
+);
+
+/// Under SERIALIZABLE the losers of the compare-and-set get SQLSTATE 40001; the bounded retry
+/// loop must turn every one of them into a clean duplicate, never an error or a second credit.
+#[test]
+fn serializable_isolation_conflicts_are_retried_into_exactly_one_credit() {
+    let db = TestDb::new(Backend::Postgresql);
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    pg_cluster().admin_exec(&format!(
+        "ALTER DATABASE {name} SET default_transaction_isolation = 'serializable'"
+    ));
+    let pool = db.pool(16);
+    let isolation = count(
+        &pool,
+        "SELECT CASE WHEN current_setting('transaction_isolation') = 'serializable' THEN 1 ELSE 0 END::bigint AS n",
+    );
+    assert_eq!(isolation, 1, "the test database must run SERIALIZABLE");
+
+    let order = create_order(&mut pool.get().unwrap(), "ser", "alipay", "1.00", "CNY", None);
+    let n = paid(&order, "T-ser", 100, "CNY");
+    let p = pool.clone();
+    let outcomes = race(16, move |_| {
+        apply(&mut p.get().unwrap(), &n, EVIDENCE, now()).map(|a| a.outcome)
+    });
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|r| r.expect("every racer ends cleanly after retries"))
+        .collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == Outcome::Credited).count(), 1);
+    assert_eq!(outcomes.iter().filter(|o| **o == Outcome::AlreadyPaid).count(), 15);
+
+    let others: Vec<OrderNo> = (0..16)
+        .map(|_| create_order(&mut pool.get().unwrap(), "ser", "alipay", "1.00", "CNY", None))
+        .collect();
+    let p = pool.clone();
+    let outcomes = race(16, move |i| {
+        apply(&mut p.get().unwrap(), &paid(&others[i], &format!("T-ser-{i}"), 100, "CNY"), EVIDENCE, now())
+            .map(|a| a.outcome)
+    });
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Credited))), "{outcomes:?}");
+    assert_eq!(balance(&pool, "ser"), 1700);
+    assert_books_balance(&pool);
+    exec(&pool, "SELECT 1");
+}
