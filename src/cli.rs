@@ -13,7 +13,11 @@ use crate::db;
 use crate::http;
 
 #[derive(Debug, Parser)]
-#[command(name = "payhook", version, about = "Receives payment notifications and credits each paid order exactly once")]
+#[command(
+    name = "payhook",
+    version,
+    about = "Receives payment notifications and credits each paid order exactly once"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,7 +73,6 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            log::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

@@ -34,8 +34,8 @@ impl AppState {
     pub fn new(settings: &Settings, pool: Pool, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
         let mut channels = HashMap::new();
         for (name, cfg) in &settings.channels {
-            let provider = notify::from_config(cfg)
-                .map_err(|e| anyhow::anyhow!("channel {name}: {e}"))?;
+            let provider =
+                notify::from_config(cfg).map_err(|e| anyhow::anyhow!("channel {name}: {e}"))?;
             channels.insert(name.clone(), Arc::from(provider));
         }
         Ok(AppState {
@@ -172,7 +172,14 @@ async fn notify(
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     let now = state.clock.now();
-    let verified = provider.verify(&channel, &RawRequest { headers: &headers, body: &body }, now);
+    let verified = provider.verify(
+        &channel,
+        &RawRequest {
+            headers: &headers,
+            body: &body,
+        },
+        now,
+    );
     let headers_json = evidence_headers(provider.as_ref(), &headers);
     let pool = state.pool.clone();
 
@@ -235,7 +242,13 @@ async fn notify(
                     headers_json: &headers_json,
                     body: &body,
                 };
-                inbox::record_rejection(&mut conn, &channel, &stored_reason, evidence, now.naive_utc())
+                inbox::record_rejection(
+                    &mut conn,
+                    &channel,
+                    &stored_reason,
+                    evidence,
+                    now.naive_utc(),
+                )
             })
             .await;
             let stored = match recorded {

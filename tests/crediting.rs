@@ -81,7 +81,14 @@ fn assert_books_balance(pool: &Pool) {
 
 fn a_paid_notification_credits_the_order_once(db: TestDb) {
     let pool = db.pool(4);
-    let order = create_order(&mut pool.get().unwrap(), "u1", "alipay", "10.00", "CNY", None);
+    let order = create_order(
+        &mut pool.get().unwrap(),
+        "u1",
+        "alipay",
+        "10.00",
+        "CNY",
+        None,
+    );
     let n = paid(&order, "T1", 1000, "CNY");
 
     let first = run(&pool, &n);
@@ -90,7 +97,9 @@ fn a_paid_notification_credits_the_order_once(db: TestDb) {
     assert_eq!(first.balance_after, Some(1000));
     assert_eq!(balance(&pool, "u1"), 1000);
     assert_eq!(ledger_rows(&pool, &order), 1);
-    let stored = orders::find(&mut pool.get().unwrap(), &order).unwrap().unwrap();
+    let stored = orders::find(&mut pool.get().unwrap(), &order)
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.status, OrderStatus::Paid);
     assert_eq!(stored.provider_trade_no.as_deref(), Some("T1"));
     assert_eq!(stored.version, 1);
@@ -108,24 +117,41 @@ fn a_paid_notification_credits_the_order_once(db: TestDb) {
         .unwrap()
         .unwrap();
     assert_eq!(row.delivery_count, 2);
-    assert_eq!(row.outcome, "credited", "the crediting delivery keeps its outcome");
+    assert_eq!(
+        row.outcome, "credited",
+        "the crediting delivery keeps its outcome"
+    );
     assert!(row.verified);
     assert_books_balance(&pool);
 }
 
 fn a_second_trade_for_a_paid_order_is_an_anomaly_and_never_credits(db: TestDb) {
     let pool = db.pool(2);
-    let order = create_order(&mut pool.get().unwrap(), "u2", "alipay", "5.00", "CNY", None);
-    assert_eq!(run(&pool, &paid(&order, "TA", 500, "CNY")).outcome, Outcome::Credited);
+    let order = create_order(
+        &mut pool.get().unwrap(),
+        "u2",
+        "alipay",
+        "5.00",
+        "CNY",
+        None,
+    );
+    assert_eq!(
+        run(&pool, &paid(&order, "TA", 500, "CNY")).outcome,
+        Outcome::Credited
+    );
     let other = run(&pool, &paid(&order, "TB", 500, "CNY"));
     assert_eq!(other.outcome, Outcome::PaidByOtherTrade);
     assert!(other.outcome.is_anomaly());
     assert_eq!(other.outcome.answer(), Answer::Ack);
     assert!(other.detail.unwrap().contains("TA"));
     assert_eq!(balance(&pool, "u2"), 500);
-    let row = inbox::find(&mut pool.get().unwrap(), &ChannelName::parse("alipay").unwrap(), "n-TB")
-        .unwrap()
-        .unwrap();
+    let row = inbox::find(
+        &mut pool.get().unwrap(),
+        &ChannelName::parse("alipay").unwrap(),
+        "n-TB",
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(row.outcome, "paid_by_other_trade");
     assert_books_balance(&pool);
 }
@@ -136,7 +162,10 @@ fn a_trade_that_already_paid_another_order_never_pays_a_second(db: TestDb) {
     let first = create_order(&mut conn, "u3", "alipay", "1.00", "CNY", None);
     let second = create_order(&mut conn, "u3", "alipay", "1.00", "CNY", None);
     drop(conn);
-    assert_eq!(run(&pool, &paid(&first, "SAME", 100, "CNY")).outcome, Outcome::Credited);
+    assert_eq!(
+        run(&pool, &paid(&first, "SAME", 100, "CNY")).outcome,
+        Outcome::Credited
+    );
     let mut reuse = paid(&second, "SAME", 100, "CNY");
     reuse.notification_id = "n-reuse".into();
     let applied = run(&pool, &reuse);
@@ -148,7 +177,14 @@ fn a_trade_that_already_paid_another_order_never_pays_a_second(db: TestDb) {
 
 fn amount_currency_and_merchant_mismatches_are_recorded_and_never_credit(db: TestDb) {
     let pool = db.pool(2);
-    let order = create_order(&mut pool.get().unwrap(), "u4", "alipay", "10.00", "CNY", None);
+    let order = create_order(
+        &mut pool.get().unwrap(),
+        "u4",
+        "alipay",
+        "10.00",
+        "CNY",
+        None,
+    );
 
     let wrong_amount = paid(&order, "T-amount", 999, "CNY");
     let applied = run(&pool, &wrong_amount);
@@ -176,7 +212,10 @@ fn amount_currency_and_merchant_mismatches_are_recorded_and_never_credit(db: Tes
     assert_eq!(anomalies, 4, "every mismatch is recorded against the order");
 
     // The right notification still credits afterwards.
-    assert_eq!(run(&pool, &paid(&order, "T-ok", 1000, "CNY")).outcome, Outcome::Credited);
+    assert_eq!(
+        run(&pool, &paid(&order, "T-ok", 1000, "CNY")).outcome,
+        Outcome::Credited
+    );
     assert_books_balance(&pool);
 }
 
@@ -194,7 +233,14 @@ fn a_notification_for_an_unknown_order_asks_for_a_retry_and_credits_once_the_ord
         .expect("the delivery is recorded even though it is retried");
     assert_eq!(row.outcome, "unknown_order");
 
-    create_order(&mut pool.get().unwrap(), "u5", "alipay", "7.00", "CNY", Some("LATE-ORDER-1"));
+    create_order(
+        &mut pool.get().unwrap(),
+        "u5",
+        "alipay",
+        "7.00",
+        "CNY",
+        Some("LATE-ORDER-1"),
+    );
     let second = run(&pool, &n);
     assert_eq!(second.outcome, Outcome::Credited);
     assert_eq!(second.delivery_count, 2);
@@ -204,7 +250,14 @@ fn a_notification_for_an_unknown_order_asks_for_a_retry_and_credits_once_the_ord
 
 fn a_closed_order_is_never_credited_by_a_late_paid_notification(db: TestDb) {
     let pool = db.pool(2);
-    let order = create_order(&mut pool.get().unwrap(), "u6", "alipay", "3.00", "CNY", None);
+    let order = create_order(
+        &mut pool.get().unwrap(),
+        "u6",
+        "alipay",
+        "3.00",
+        "CNY",
+        None,
+    );
     let mut closed = paid(&order, "T-close", 300, "CNY");
     closed.kind = NotificationKind::Closed;
     closed.notification_id = "n-close".into();
@@ -224,7 +277,14 @@ fn a_closed_order_is_never_credited_by_a_late_paid_notification(db: TestDb) {
 
 fn refunds_closes_and_other_statuses_never_credit_and_a_paid_order_stays_paid(db: TestDb) {
     let pool = db.pool(2);
-    let order = create_order(&mut pool.get().unwrap(), "u7", "alipay", "2.00", "CNY", None);
+    let order = create_order(
+        &mut pool.get().unwrap(),
+        "u7",
+        "alipay",
+        "2.00",
+        "CNY",
+        None,
+    );
 
     let mut waiting = paid(&order, "T-wait", 200, "CNY");
     waiting.kind = NotificationKind::Other("WAIT_BUYER_PAY".into());
@@ -238,7 +298,10 @@ fn refunds_closes_and_other_statuses_never_credit_and_a_paid_order_stays_paid(db
     assert_eq!(run(&pool, &refund_first).outcome, Outcome::Ignored);
     assert_eq!(balance(&pool, "u7"), 0);
 
-    assert_eq!(run(&pool, &paid(&order, "T-pay", 200, "CNY")).outcome, Outcome::Credited);
+    assert_eq!(
+        run(&pool, &paid(&order, "T-pay", 200, "CNY")).outcome,
+        Outcome::Credited
+    );
 
     let mut refund = paid(&order, "T-pay", 200, "CNY");
     refund.kind = NotificationKind::Refund;
@@ -249,7 +312,11 @@ fn refunds_closes_and_other_statuses_never_credit_and_a_paid_order_stays_paid(db
     close.kind = NotificationKind::Closed;
     close.notification_id = "n-close-after-pay".into();
     assert_eq!(run(&pool, &close).outcome, Outcome::Ignored);
-    assert_eq!(status(&pool, &order), OrderStatus::Paid, "a paid order never leaves paid");
+    assert_eq!(
+        status(&pool, &order),
+        OrderStatus::Paid,
+        "a paid order never leaves paid"
+    );
     assert_eq!(balance(&pool, "u7"), 200);
     assert_eq!(ledger_rows(&pool, &order), 1);
 
@@ -263,8 +330,18 @@ fn refunds_closes_and_other_statuses_never_credit_and_a_paid_order_stays_paid(db
 
 fn the_database_itself_refuses_a_second_credit_for_one_order(db: TestDb) {
     let pool = db.pool(2);
-    let order = create_order(&mut pool.get().unwrap(), "u8", "alipay", "1.00", "CNY", None);
-    assert_eq!(run(&pool, &paid(&order, "T8", 100, "CNY")).outcome, Outcome::Credited);
+    let order = create_order(
+        &mut pool.get().unwrap(),
+        "u8",
+        "alipay",
+        "1.00",
+        "CNY",
+        None,
+    );
+    assert_eq!(
+        run(&pool, &paid(&order, "T8", 100, "CNY")).outcome,
+        Outcome::Credited
+    );
     let second = format!(
         "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at) \
          VALUES ('u8', 'CNY', '{order}', 'credit', 100, 200, CURRENT_TIMESTAMP)"
@@ -273,11 +350,17 @@ fn the_database_itself_refuses_a_second_credit_for_one_order(db: TestDb) {
         use diesel::connection::SimpleConnection;
         pool.get().unwrap().batch_execute(&second)
     };
-    assert!(refused.is_err(), "a second ledger credit for one order was accepted");
+    assert!(
+        refused.is_err(),
+        "a second ledger credit for one order was accepted"
+    );
 }
 
 /// Runs `f(i)` on `threads` threads released at the same instant.
-fn race<T: Send + 'static>(threads: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
+fn race<T: Send + 'static>(
+    threads: usize,
+    f: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
     let f = Arc::new(f);
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
@@ -289,17 +372,30 @@ fn race<T: Send + 'static>(threads: usize, f: impl Fn(usize) -> T + Send + Sync 
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect()
 }
 
 fn thirty_two_threads_applying_one_paid_notification_credit_once(db: TestDb) {
     let pool = db.pool(32);
-    let order = create_order(&mut pool.get().unwrap(), "racer", "alipay", "12.34", "CNY", None);
+    let order = create_order(
+        &mut pool.get().unwrap(),
+        "racer",
+        "alipay",
+        "12.34",
+        "CNY",
+        None,
+    );
     let n = paid(&order, "T-race", 1234, "CNY");
     let p = pool.clone();
     let outcomes = race(32, move |_| run(&p, &n).outcome);
     let credited = outcomes.iter().filter(|o| **o == Outcome::Credited).count();
-    let duplicates = outcomes.iter().filter(|o| **o == Outcome::AlreadyPaid).count();
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::AlreadyPaid)
+        .count();
     assert_eq!((credited, duplicates), (1, 31), "outcomes: {outcomes:?}");
     assert_eq!(ledger_rows(&pool, &order), 1);
     assert_eq!(balance(&pool, "racer"), 1234);
@@ -331,10 +427,16 @@ fn thirty_two_threads_paying_different_orders_of_one_user_add_up(db: TestDb) {
         let minor = (i as i64 + 1) * 100 + 1;
         run(&p, &paid(&orders[i], &format!("T-many-{i}"), minor, "CNY")).outcome
     });
-    assert!(outcomes.iter().all(|o| *o == Outcome::Credited), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Credited),
+        "{outcomes:?}"
+    );
     assert_eq!(balance(&pool, "many"), expected);
     assert_eq!(
-        count(&pool, "SELECT COUNT(*) AS n FROM ledger WHERE user_id = 'many'"),
+        count(
+            &pool,
+            "SELECT COUNT(*) AS n FROM ledger WHERE user_id = 'many'"
+        ),
         32
     );
     assert_books_balance(&pool);
@@ -369,7 +471,14 @@ fn serializable_isolation_conflicts_are_retried_into_exactly_one_credit() {
     );
     assert_eq!(isolation, 1, "the test database must run SERIALIZABLE");
 
-    let order = create_order(&mut pool.get().unwrap(), "ser", "alipay", "1.00", "CNY", None);
+    let order = create_order(
+        &mut pool.get().unwrap(),
+        "ser",
+        "alipay",
+        "1.00",
+        "CNY",
+        None,
+    );
     let n = paid(&order, "T-ser", 100, "CNY");
     let p = pool.clone();
     let outcomes = race(16, move |_| {
@@ -379,18 +488,44 @@ fn serializable_isolation_conflicts_are_retried_into_exactly_one_credit() {
         .into_iter()
         .map(|r| r.expect("every racer ends cleanly after retries"))
         .collect();
-    assert_eq!(outcomes.iter().filter(|o| **o == Outcome::Credited).count(), 1);
-    assert_eq!(outcomes.iter().filter(|o| **o == Outcome::AlreadyPaid).count(), 15);
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Outcome::Credited).count(),
+        1
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == Outcome::AlreadyPaid)
+            .count(),
+        15
+    );
 
     let others: Vec<OrderNo> = (0..16)
-        .map(|_| create_order(&mut pool.get().unwrap(), "ser", "alipay", "1.00", "CNY", None))
+        .map(|_| {
+            create_order(
+                &mut pool.get().unwrap(),
+                "ser",
+                "alipay",
+                "1.00",
+                "CNY",
+                None,
+            )
+        })
         .collect();
     let p = pool.clone();
     let outcomes = race(16, move |i| {
-        apply(&mut p.get().unwrap(), &paid(&others[i], &format!("T-ser-{i}"), 100, "CNY"), EVIDENCE, now())
-            .map(|a| a.outcome)
+        apply(
+            &mut p.get().unwrap(),
+            &paid(&others[i], &format!("T-ser-{i}"), 100, "CNY"),
+            EVIDENCE,
+            now(),
+        )
+        .map(|a| a.outcome)
     });
-    assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Credited))), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Ok(Outcome::Credited))),
+        "{outcomes:?}"
+    );
     assert_eq!(balance(&pool, "ser"), 1700);
     assert_books_balance(&pool);
     exec(&pool, "SELECT 1");

@@ -160,7 +160,11 @@ impl Settings {
         if self.http.body_limit_bytes == 0 {
             return invalid("http.body_limit_bytes must be at least 1");
         }
-        if self.admin_token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().is_empty())
+        {
             return invalid("admin_token must not be empty");
         }
         Ok(())
@@ -231,8 +235,9 @@ mod tests {
         assert!(err.to_string().contains("channels.ali"), "{err}");
         assert!(err.to_string().contains("app_idd"), "{err}");
 
-        let err = Settings::from_toml("[channels.\"bad name\"]\nprovider = \"stripe\"\nsecrets = []\n")
-            .unwrap_err();
+        let err =
+            Settings::from_toml("[channels.\"bad name\"]\nprovider = \"stripe\"\nsecrets = []\n")
+                .unwrap_err();
         assert!(err.to_string().contains("bad name"), "{err}");
 
         let err = Settings::from_toml("[pool]\nmax_size = 0\n").unwrap_err();
@@ -254,7 +259,10 @@ mod tests {
             panic!("expected a stripe channel");
         };
         let values: Vec<&str> = stripe.secrets.iter().map(Secret::expose).collect();
-        assert_eq!(values, ["whsec_inline", "whsec_from_file", "whsec_from_env"]);
+        assert_eq!(
+            values,
+            ["whsec_inline", "whsec_from_file", "whsec_from_env"]
+        );
         let printed = format!("{s:?}");
         for v in values {
             assert!(!printed.contains(v), "secret {v} leaked into Debug output");

@@ -74,7 +74,9 @@ impl DatabaseUrl {
                 )
             })?;
         if path.is_empty() {
-            return Err(DbError::Url("database_url sqlite:// names no file".to_owned()));
+            return Err(DbError::Url(
+                "database_url sqlite:// names no file".to_owned(),
+            ));
         }
         Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
     }
@@ -102,14 +104,28 @@ pub enum DbError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[from] diesel::ConnectionError),
+    // The causes are part of the message (not `#[source]`), so that a log line shows them whole
+    // and an error chain does not print them twice.
+    #[error("cannot connect to the database: {}", .0.to_string().trim_end())]
+    Connect(diesel::ConnectionError),
     #[error("database: {0}")]
-    Query(#[from] DieselError),
+    Query(DieselError),
     #[error("no database connection free: {0}")]
-    Pool(#[from] r2d2::PoolError),
+    Pool(r2d2::PoolError),
     #[error("migrations failed: {0}")]
     Migration(String),
+}
+
+impl From<DieselError> for DbError {
+    fn from(e: DieselError) -> DbError {
+        DbError::Query(e)
+    }
+}
+
+impl From<r2d2::PoolError> for DbError {
+    fn from(e: r2d2::PoolError) -> DbError {
+        DbError::Pool(e)
+    }
 }
 
 impl DbError {
@@ -163,7 +179,9 @@ impl ManageConnection for Manager {
 
     fn connect(&self) -> Result<DbConnection, r2d2::Error> {
         let conn = match &self.url {
-            DatabaseUrl::Postgresql(url) => PgConnection::establish(url).map(DbConnection::Postgresql),
+            DatabaseUrl::Postgresql(url) => {
+                PgConnection::establish(url).map(DbConnection::Postgresql)
+            }
             DatabaseUrl::Sqlite(path) => {
                 SqliteConnection::establish(&path.to_string_lossy()).map(DbConnection::Sqlite)
             }

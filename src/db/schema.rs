@@ -62,4 +62,3 @@ diesel::table! {
         last_seen_at -> Timestamp,
     }
 }
-

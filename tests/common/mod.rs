@@ -225,7 +225,17 @@ impl PgCluster {
         let dir_s = dir.to_string_lossy().into_owned();
         run_pg(
             &initdb,
-            &["-D", &data_s, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            &[
+                "-D",
+                &data_s,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
             root,
         );
         let port = free_port();
@@ -278,10 +288,7 @@ impl PgCluster {
 
 /// Stops the cluster and removes its folder once this test process has exited, however it exits.
 fn spawn_guardian(pg_ctl: &Path, data: &str, dir: &str, root: bool) {
-    let stop = format!(
-        "{} -D {data} -m immediate stop",
-        pg_ctl.to_string_lossy()
-    );
+    let stop = format!("{} -D {data} -m immediate stop", pg_ctl.to_string_lossy());
     let stop = if root {
         format!("runuser -u postgres -- {stop}")
     } else {
@@ -291,6 +298,8 @@ fn spawn_guardian(pg_ctl: &Path, data: &str, dir: &str, root: bool) {
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
         pid = std::process::id()
     );
+    // Deliberately not waited for: it must outlive this process.
+    #[allow(clippy::zombie_processes)]
     Command::new("sh")
         .arg("-c")
         .arg(script)

@@ -1,0 +1,169 @@
+//! The `payhook` binary itself: `migrate` and `serve` on the SQLite default and on PostgreSQL, and
+//! the errors a user sees when something is wrong.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, Backend, TestDb};
+
+fn payhook(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payhook"));
+    cmd.current_dir(cwd)
+        .env_remove("PAYHOOK_CONFIG")
+        .env_remove("PAYHOOK_DATABASE_URL")
+        .env_remove("PAYHOOK_BIND")
+        .env_remove("PAYHOOK_ADMIN_TOKEN")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (Output, String) {
+    let out = cmd.output().expect("run payhook");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+/// A `payhook serve` process, killed when dropped.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(cmd: &mut Command) -> Served {
+    Served(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn payhook serve"),
+    )
+}
+
+/// Polls `url` until it answers `status`, for up to 20 s.
+fn wait_for(url: &str, status: u16) {
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = client.get(url).send() {
+            if resp.status().as_u16() == status {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never answered {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn migrate_and_serve_use_the_sqlite_default_path_with_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, text) = output(payhook(dir.path()).arg("migrate"));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 migration(s) applied"), "{text}");
+    assert!(dir.path().join("data/payhook.db").exists());
+
+    let (out, text) = output(payhook(dir.path()).arg("migrate"));
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("0 migration(s) applied"),
+        "a second migrate is a no-op: {text}"
+    );
+
+    let port = free_port();
+    let _server =
+        serve(payhook(dir.path()).args(["serve", "--bind", &format!("127.0.0.1:{port}")]));
+    wait_for(&format!("http://127.0.0.1:{port}/readyz"), 200);
+    let health = reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz")).unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}
+
+#[test]
+fn migrate_and_serve_work_against_a_postgresql_url() {
+    let db = TestDb::new(Backend::Postgresql);
+    let dir = tempfile::tempdir().unwrap();
+    let (out, text) = output(payhook(dir.path()).args(["migrate", "--database-url", &db.url]));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 migration(s) applied"), "{text}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "no SQLite file when PostgreSQL is named"
+    );
+
+    let port = free_port();
+    let _server = serve(
+        payhook(dir.path())
+            .env("PAYHOOK_DATABASE_URL", &db.url)
+            .env("PAYHOOK_BIND", format!("127.0.0.1:{port}"))
+            .arg("serve"),
+    );
+    wait_for(&format!("http://127.0.0.1:{port}/readyz"), 200);
+}
+
+#[test]
+fn a_database_that_is_down_is_reported_with_its_own_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("postgres://postgres:hunter2@127.0.0.1:{port}/nowhere");
+    let (out, text) = output(payhook(dir.path()).args(["migrate", "--database-url", &url]));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("Connection refused") || text.contains("connection to server"),
+        "libpq's own words are shown: {text}"
+    );
+    assert!(!text.contains("Invalid connection url"), "{text}");
+    assert!(
+        !text.contains("hunter2"),
+        "the password is never printed: {text}"
+    );
+}
+
+#[test]
+fn a_wrong_config_key_or_url_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("payhook.toml");
+    std::fs::write(&config, "[pool]\nmax_sise = 4\n").unwrap();
+    let (out, text) = output(
+        payhook(dir.path())
+            .args(["migrate", "--config"])
+            .arg(&config),
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("pool") && text.contains("max_sise"), "{text}");
+
+    let (out, text) = output(payhook(dir.path()).args(["migrate", "--database-url", "mysql://x"]));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("sqlite://") && text.contains("postgres://"),
+        "{text}"
+    );
+
+    let (out, text) = output(
+        payhook(dir.path())
+            .env("PAYHOOK_CONFIG", dir.path().join("missing.toml"))
+            .arg("migrate"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("missing.toml"), "{text}");
+}
+
+#[test]
+fn serve_refuses_a_port_that_is_taken() {
+    let db = TestDb::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (out, text) =
+        output(payhook(dir.path()).args(["serve", "--database-url", &db.url, "--bind", &addr]));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&addr), "{text}");
+}
