@@ -23,6 +23,7 @@
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
+use crate::accounts;
 use crate::db::{self, DbConnection, DbError};
 use crate::inbox::{self, Evidence};
 use crate::notify::{Notification, NotificationKind};
@@ -204,7 +205,7 @@ fn pay(
             }
         }
     }
-    let balance = orders::balance(conn, &order.user_id, order.currency)?;
+    let balance = accounts::balance(conn, &order.user_id, order.currency)?;
     if balance.and_then(|b| b.checked_add(order.amount)).is_none() {
         return Ok(Decision::new(
             Outcome::Mismatch,
@@ -213,7 +214,7 @@ fn pay(
     }
 
     if mark_paid(conn, order, trade_no, now)? {
-        let balance_after = orders::credit(conn, order, now)?;
+        let balance_after = accounts::credit(conn, order, now)?;
         return Ok(Decision {
             outcome: Outcome::Credited,
             detail: None,

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::accounts;
 use crate::clock::SystemClock;
 use crate::config::{Overrides, Settings};
 use crate::db;
 use crate::http;
+use crate::ids::UserId;
+use crate::orders::{self, Created, OrderRequest, OrderView};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +40,51 @@ enum Command {
     Migrate {
         #[command(flatten)]
         db: DbArgs,
+    },
+    /// Create orders without the server.
+    Order {
+        #[command(subcommand)]
+        command: OrderCommand,
+    },
+    /// Show accounts without the server.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrderCommand {
+    /// Create a pending order (or find the identical one) and print it as JSON.
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        user_id: String,
+        /// Decimal amount in the currency's unit, e.g. 10.00.
+        #[arg(long)]
+        amount: String,
+        #[arg(long, default_value = "CNY")]
+        currency: String,
+        /// A configured channel (see --config).
+        #[arg(long)]
+        channel: String,
+        /// The idempotency key; a new one is issued when left out.
+        #[arg(long)]
+        order_no: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Print a user's balances and ledger (newest first) as JSON.
+    Show {
+        #[command(flatten)]
+        db: DbArgs,
+        user_id: String,
+        /// Most ledger rows to print.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
     },
 }
 
@@ -95,7 +143,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{ran} migration(s) applied");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Order {
+            command:
+                OrderCommand::Create {
+                    db,
+                    user_id,
+                    amount,
+                    currency,
+                    channel,
+                    order_no,
+                },
+        } => {
+            let settings = db.settings(None)?;
+            let request = OrderRequest {
+                order_no,
+                user_id,
+                amount,
+                currency,
+                channel,
+            };
+            let new = request
+                .validate(|c| settings.channels.get(c).map(|cfg| cfg.terms()))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let pool = open_migrated(&settings)?;
+            let now = chrono::Utc::now().naive_utc();
+            match orders::create(&mut *pool.get()?, &new, now)? {
+                Created::New(order) | Created::Existing(order) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&OrderView::from(&order))?
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Created::Conflict(order, fields) => anyhow::bail!(
+                    "order {} exists with a different {}",
+                    order.order_no,
+                    fields.join(", ")
+                ),
+            }
+        }
+        Command::Account {
+            command: AccountCommand::Show { db, user_id, limit },
+        } => {
+            let settings = db.settings(None)?;
+            let user = UserId::parse(&user_id)?;
+            let pool = open_migrated(&settings)?;
+            let statement = accounts::statement(&mut *pool.get()?, &user, limit.max(1), None)?;
+            if statement.balances.is_empty() {
+                anyhow::bail!("no account for user {user}");
+            }
+            println!("{}", serde_json::to_string_pretty(&statement)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Opens the pool and applies pending migrations, for commands that work on the books directly.
+fn open_migrated(settings: &Settings) -> anyhow::Result<db::Pool> {
+    let pool = open(settings)?;
+    db::migrate(&mut *pool.get()?)?;
+    Ok(pool)
 }
 
 /// Opens the pool; the error carries the database's own message.

@@ -195,3 +195,58 @@ pub fn find(
         .first(conn)
         .optional()
 }
+
+/// A stored notification with, on request, the bytes and headers it arrived with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub notification: StoredNotification,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawEvidence>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RawEvidence {
+    pub headers: serde_json::Value,
+    /// The body as text when it is UTF-8.
+    pub body: Option<String>,
+    pub body_base64: String,
+}
+
+/// Every stored notification for one order, oldest first; with `with_raw`, their evidence too.
+pub fn list_for_order(
+    conn: &mut DbConnection,
+    order_no: &str,
+    with_raw: bool,
+) -> Result<Vec<Listed>, DieselError> {
+    use base64::Engine;
+    let stored = for_order(conn, order_no)?;
+    let mut raws: std::collections::HashMap<i64, (String, Vec<u8>)> = if with_raw {
+        notifications::table
+            .filter(notifications::order_no.eq(order_no))
+            .select((
+                notifications::id,
+                notifications::raw_headers,
+                notifications::raw_body,
+            ))
+            .load::<(i64, String, Vec<u8>)>(conn)?
+            .into_iter()
+            .map(|(id, h, b)| (id, (h, b)))
+            .collect()
+    } else {
+        Default::default()
+    };
+    Ok(stored
+        .into_iter()
+        .map(|notification| {
+            let raw = raws
+                .remove(&notification.id)
+                .map(|(headers, body)| RawEvidence {
+                    headers: serde_json::from_str(&headers).unwrap_or(serde_json::Value::Null),
+                    body_base64: base64::engine::general_purpose::STANDARD.encode(&body),
+                    body: String::from_utf8(body).ok(),
+                });
+            Listed { notification, raw }
+        })
+        .collect())
+}

@@ -7,13 +7,14 @@
 //!   the raw request into a verified, provider-neutral [`notify::Notification`].
 //! - [`apply`]: the crediting transaction, the one place money moves; compare-and-set on the
 //!   order, then balance, ledger and inbox in one commit.
-//! - [`orders`] and [`inbox`]: the rows the transaction works on.
+//! - [`orders`], [`accounts`] and [`inbox`]: the rows the transaction works on.
 //! - [`db`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations.
 //! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).
 //! - [`config`] and [`cli`]: layered settings and the `payhook` command line.
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod apply;
 pub mod cli;
 pub mod clock;

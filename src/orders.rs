@@ -9,7 +9,8 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use serde::Serialize;
 
-use crate::db::schema::{accounts, ledger, orders};
+use crate::accounts;
+use crate::db::schema::orders;
 use crate::db::{self, DbConnection, DbError};
 use crate::ids::{ChannelName, OrderNo, UserId};
 use crate::money::{AmountMinor, Currency};
@@ -136,6 +137,75 @@ impl From<&Order> for OrderView {
     }
 }
 
+/// A new order number: a UUIDv7 in 32 hex characters, so numbers sort by time and never collide
+/// across instances; valid for every provider.
+pub fn new_order_no() -> OrderNo {
+    OrderNo::parse(&uuid::Uuid::now_v7().simple().to_string()).expect("32 hex characters")
+}
+
+/// What a channel accepts in an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelTerms {
+    pub currency: Currency,
+    /// The order-number lengths the provider accepts (WeChat Pay: 6 to 32).
+    pub order_no_len: std::ops::RangeInclusive<usize>,
+}
+
+/// A create request as it arrives (API body or command line), not yet trusted.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub order_no: Option<String>,
+    pub user_id: String,
+    pub amount: String,
+    pub currency: String,
+    pub channel: String,
+}
+
+impl OrderRequest {
+    /// Checks the request field by field against the channel's terms; the error names the
+    /// first field at fault. Without an order number, a new one is issued.
+    pub fn validate(
+        self,
+        terms_of: impl Fn(&ChannelName) -> Option<ChannelTerms>,
+    ) -> Result<NewOrder, String> {
+        let channel = ChannelName::parse(&self.channel).map_err(|e| e.to_string())?;
+        let terms = terms_of(&channel)
+            .ok_or_else(|| format!("channel: no channel named {channel} is configured"))?;
+        let currency = Currency::parse(&self.currency).map_err(|e| format!("currency: {e}"))?;
+        if currency != terms.currency {
+            return Err(format!(
+                "currency: channel {channel} takes {}, not {currency}",
+                terms.currency
+            ));
+        }
+        let amount =
+            AmountMinor::parse(&self.amount, currency).map_err(|e| format!("amount: {e}"))?;
+        if amount == AmountMinor::ZERO {
+            return Err("amount: must be more than zero".to_owned());
+        }
+        let user_id = UserId::parse(&self.user_id).map_err(|e| e.to_string())?;
+        let order_no = match self.order_no {
+            Some(no) => OrderNo::parse(&no).map_err(|e| e.to_string())?,
+            None => new_order_no(),
+        };
+        if !terms.order_no_len.contains(&order_no.as_str().len()) {
+            return Err(format!(
+                "order_no: channel {channel} takes {} to {} characters",
+                terms.order_no_len.start(),
+                terms.order_no_len.end()
+            ));
+        }
+        Ok(NewOrder {
+            order_no,
+            user_id,
+            channel,
+            amount,
+            currency,
+        })
+    }
+}
+
 /// What a client asks for when it creates an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
@@ -197,7 +267,7 @@ pub fn create(
                 Created::Conflict(existing, differs)
             });
         }
-        ensure_account(conn, &new.user_id, new.currency, now)?;
+        accounts::ensure(conn, &new.user_id, new.currency, now)?;
         // A racing create of the same number fails here with a unique violation; the retry
         // then finds the row above.
         diesel::insert_into(orders::table)
@@ -234,84 +304,6 @@ fn differing_fields(existing: &Order, new: &NewOrder) -> Vec<&'static str> {
     fields
 }
 
-/// Inserts the (user, currency) account with a zero balance unless it exists.
-pub fn ensure_account(
-    conn: &mut DbConnection,
-    user: &UserId,
-    currency: Currency,
-    now: NaiveDateTime,
-) -> Result<(), DieselError> {
-    let exists = accounts::table
-        .find((user.as_str(), currency.code()))
-        .select(accounts::version)
-        .first::<i64>(conn)
-        .optional()?
-        .is_some();
-    if !exists {
-        diesel::insert_into(accounts::table)
-            .values((
-                accounts::user_id.eq(user.as_str()),
-                accounts::currency.eq(currency.code()),
-                accounts::balance_minor.eq(0i64),
-                accounts::version.eq(0i64),
-                accounts::created_at.eq(now),
-                accounts::updated_at.eq(now),
-            ))
-            .execute(conn)?;
-    }
-    Ok(())
-}
-
-/// The balance of one account, if it exists.
-pub fn balance(
-    conn: &mut DbConnection,
-    user: &UserId,
-    currency: Currency,
-) -> Result<Option<AmountMinor>, DieselError> {
-    let minor: Option<i64> = accounts::table
-        .find((user.as_str(), currency.code()))
-        .select(accounts::balance_minor)
-        .first(conn)
-        .optional()?;
-    Ok(minor.map(|m| AmountMinor::new(m).unwrap_or(AmountMinor::ZERO)))
-}
-
-/// Adds `amount` to the account in the database (never read-modify-write in the application, so
-/// concurrent credits cannot lose each other) and writes the ledger row. Returns the new balance.
-///
-/// The ledger's unique (order_no, kind) key refuses a second credit for one order even if every
-/// check above this line were wrong.
-pub fn credit(
-    conn: &mut DbConnection,
-    order: &Order,
-    now: NaiveDateTime,
-) -> Result<i64, DieselError> {
-    let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
-    let changed = diesel::update(account)
-        .set((
-            accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
-            accounts::version.eq(accounts::version + 1),
-            accounts::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-    if changed != 1 {
-        return Err(DieselError::NotFound);
-    }
-    let balance_after: i64 = account.select(accounts::balance_minor).first(conn)?;
-    diesel::insert_into(ledger::table)
-        .values((
-            ledger::user_id.eq(order.user_id.as_str()),
-            ledger::currency.eq(order.currency.code()),
-            ledger::order_no.eq(order.order_no.as_str()),
-            ledger::kind.eq("credit"),
-            ledger::amount_minor.eq(order.amount.get()),
-            ledger::balance_after.eq(balance_after),
-            ledger::created_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(balance_after)
-}
-
 /// `UPDATE orders SET status = closed ... WHERE order_no = ? AND status = pending [AND version = ?]`:
 /// true when this call closed the order. With `expected_version`, a stale request (an old
 /// `If-Match`) changes nothing.
@@ -336,4 +328,35 @@ pub fn close_pending(
         None => diesel::update(target).set(set).execute(conn)?,
     };
     Ok(changed == 1)
+}
+
+/// How a versioned close ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closing {
+    Closed(Order),
+    NotFound,
+    /// Paid or closed already: nothing to close.
+    NotPending(Order),
+    /// The caller's version is stale: someone changed the order since they read it.
+    VersionMismatch(Order),
+}
+
+/// Closes a pending order if it is still at `expected_version`, in one transaction.
+pub fn close(
+    conn: &mut DbConnection,
+    order_no: &OrderNo,
+    expected_version: i64,
+    now: NaiveDateTime,
+) -> Result<Closing, DbError> {
+    db::transact(conn, |conn| {
+        if close_pending(conn, order_no, Some(expected_version), now)? {
+            let order = find(conn, order_no)?.ok_or(DieselError::NotFound)?;
+            return Ok(Closing::Closed(order));
+        }
+        Ok(match find(conn, order_no)? {
+            None => Closing::NotFound,
+            Some(order) if order.status != OrderStatus::Pending => Closing::NotPending(order),
+            Some(order) => Closing::VersionMismatch(order),
+        })
+    })
 }

@@ -76,6 +76,18 @@ pub enum ChannelConfig {
 }
 
 impl ChannelConfig {
+    /// What orders on this channel must look like.
+    pub fn terms(&self) -> crate::orders::ChannelTerms {
+        let order_no_len = match self {
+            ChannelConfig::WechatPay(_) => 6..=32,
+            _ => 1..=crate::ids::OrderNo::MAX,
+        };
+        crate::orders::ChannelTerms {
+            currency: self.currency(),
+            order_no_len,
+        }
+    }
+
     /// The currency orders on this channel are made in.
     pub fn currency(&self) -> Currency {
         match self {

@@ -1,1 +1,620 @@
+//! Alipay asynchronous notifications (异步通知): an RSA-signed form.
+//!
+//! The signature covers the decoded parameters rather than the raw body, so the form is split
+//! before anything is verified; nothing in it is trusted until the signature holds. Alipay
+//! resends until the answer body is exactly `success`.
 
+use chrono::{DateTime, Utc};
+use percent_encoding::percent_decode;
+use ring::signature::{self, RsaParameters};
+
+use super::common::{self, shown, RsaPublicKey};
+use super::{Answer, Notification, NotificationKind, Provider, RawRequest, Rejection, RetryReason};
+use crate::config::AlipayConfig;
+use crate::ids::ChannelName;
+use crate::money::{AmountMinor, Currency};
+
+pub struct Alipay {
+    app_id: String,
+    seller_id: Option<String>,
+    public_key: RsaPublicKey,
+    currency: Currency,
+}
+
+impl Alipay {
+    pub fn new(cfg: &AlipayConfig) -> Result<Self, String> {
+        let public_key = RsaPublicKey::from_text(cfg.alipay_public_key.expose())
+            .map_err(|e| format!("alipay_public_key: {e}"))?;
+        Ok(Alipay {
+            app_id: cfg.app_id.clone(),
+            seller_id: cfg.seller_id.clone(),
+            public_key,
+            currency: cfg.currency,
+        })
+    }
+
+    fn check_signature(&self, form: &Form) -> Result<(), Rejection> {
+        let algorithm = sign_algorithm(form.text("sign_type")?)?;
+        let sign = form
+            .text("sign")?
+            .ok_or_else(|| Rejection::Signature("no sign parameter".to_owned()))?;
+        let signature = common::signature_from_base64(sign)?;
+        if self
+            .public_key
+            .verifies(algorithm, &form.signed_content(), &signature)
+        {
+            Ok(())
+        } else {
+            Err(Rejection::Signature(
+                "sign does not verify with alipay_public_key".to_owned(),
+            ))
+        }
+    }
+
+    fn notification(&self, channel: &ChannelName, form: &Form) -> Result<Notification, Rejection> {
+        let notification_id = form
+            .text("notify_id")?
+            .ok_or_else(|| Rejection::Format("no notify_id".to_owned()))?;
+        let amount = form
+            .text("total_amount")?
+            .map(|text| {
+                AmountMinor::parse(text, self.currency)
+                    .map_err(|e| Rejection::Format(format!("total_amount: {e}")))
+            })
+            .transpose()?;
+        Ok(Notification {
+            channel: channel.clone(),
+            notification_id: notification_id.to_owned(),
+            order_no: form
+                .text("out_trade_no")?
+                .map(common::order_no)
+                .transpose()?,
+            provider_trade_no: form.text("trade_no")?.map(str::to_owned),
+            amount,
+            currency: Some(self.currency),
+            kind: kind(form)?,
+            merchant_mismatch: self.merchant_mismatch(form)?,
+        })
+    }
+
+    /// The signature proves Alipay sent it, not that it is for this app: apps can share
+    /// Alipay's key.
+    fn merchant_mismatch(&self, form: &Form) -> Result<Option<String>, Rejection> {
+        let app_id = form.text("app_id")?;
+        if app_id != Some(self.app_id.as_str()) {
+            let shown_id = shown(app_id.unwrap_or_default());
+            return Ok(Some(format!("app_id {shown_id} is not this channel's")));
+        }
+        if let Some(ours) = &self.seller_id {
+            let seller_id = form.text("seller_id")?;
+            if seller_id != Some(ours.as_str()) {
+                let shown_id = shown(seller_id.unwrap_or_default());
+                return Ok(Some(format!("seller_id {shown_id} is not this channel's")));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Provider for Alipay {
+    fn name(&self) -> &'static str {
+        "alipay"
+    }
+
+    /// Alipay defines no freshness check and resends for 25 hours, so `now` plays no part; a
+    /// replay is harmless because `notify_id` stays the same.
+    fn verify(
+        &self,
+        channel: &ChannelName,
+        request: &RawRequest<'_>,
+        _now: DateTime<Utc>,
+    ) -> Result<Notification, Rejection> {
+        let form = Form::parse(request.body)?;
+        self.check_signature(&form)?;
+        self.notification(channel, &form)
+    }
+
+    fn signed_headers(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn ack(&self) -> Answer {
+        common::text_answer(200, "success")
+    }
+
+    fn retry(&self, _reason: RetryReason, _message: &str) -> Answer {
+        // Alipay resends on any body but `success`; a 5xx also keeps every hop in between from
+        // counting the request as handled.
+        common::text_answer(500, "fail")
+    }
+}
+
+/// `sign_type` is left out of what Alipay signs, and some notifications omit it: RSA2 then.
+fn sign_algorithm(sign_type: Option<&str>) -> Result<&'static RsaParameters, Rejection> {
+    match sign_type {
+        None | Some("RSA2") => Ok(&signature::RSA_PKCS1_2048_8192_SHA256),
+        Some("RSA") => Ok(&signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY),
+        Some(other) => Err(Rejection::Signature(format!(
+            "sign_type {} is neither RSA2 nor RSA",
+            shown(other)
+        ))),
+    }
+}
+
+/// A refund arrives as the trade's status with `refund_fee` added; it must never read as a
+/// second payment.
+fn kind(form: &Form) -> Result<NotificationKind, Rejection> {
+    let refunded = form.text("refund_fee")?.is_some_and(|fee| !fee.is_empty());
+    let status = form.text("trade_status")?.unwrap_or_default();
+    Ok(match status {
+        "TRADE_SUCCESS" | "TRADE_FINISHED" | "TRADE_CLOSED" if refunded => NotificationKind::Refund,
+        "TRADE_SUCCESS" | "TRADE_FINISHED" => NotificationKind::Paid,
+        "TRADE_CLOSED" => NotificationKind::Closed,
+        other => NotificationKind::Other(other.to_owned()),
+    })
+}
+
+/// A form body decoded exactly once into bytes, sorted by key, each key present once.
+///
+/// Values stay bytes because the signature covers them in the notification's own charset: a
+/// `gbk` notification verifies over its GBK bytes as sent. `form_urlencoded` would decode to
+/// UTF-8 lossily, hiding malformed input and losing those bytes, so the pairs are split here and
+/// only the percent-decoding is left to `percent_encoding`.
+struct Form {
+    params: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Form {
+    fn parse(body: &[u8]) -> Result<Form, Rejection> {
+        let mut params: Vec<(Vec<u8>, Vec<u8>)> = body
+            .split(|&b| b == b'&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let mut parts = pair.splitn(2, |&b| b == b'=');
+                let key = parts.next().unwrap_or_default();
+                let value = parts.next().unwrap_or_default();
+                (form_decode(key), form_decode(value))
+            })
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let repeated = params.windows(2).find_map(|pair| match pair {
+            [a, b] if a.0 == b.0 => Some(String::from_utf8_lossy(&a.0)),
+            _ => None,
+        });
+        if let Some(key) = repeated {
+            return Err(Rejection::Format(format!(
+                "parameter {} appears more than once",
+                shown(&key)
+            )));
+        }
+        let form = Form { params };
+        form.check_charset()?;
+        Ok(form)
+    }
+
+    /// A UTF-8 notification must decode as UTF-8 throughout; GBK ones are verified as bytes and
+    /// only their ASCII fields are read.
+    fn check_charset(&self) -> Result<(), Rejection> {
+        let charset = self.text("charset")?.unwrap_or("utf-8");
+        if charset.eq_ignore_ascii_case("gbk") || charset.eq_ignore_ascii_case("gb2312") {
+            return Ok(());
+        }
+        if !charset.eq_ignore_ascii_case("utf-8") {
+            return Err(Rejection::Format(format!(
+                "charset {} is not supported",
+                shown(charset)
+            )));
+        }
+        let utf8 = |bytes: &[u8]| std::str::from_utf8(bytes).is_ok();
+        if self.params.iter().all(|(k, v)| utf8(k) && utf8(v)) {
+            Ok(())
+        } else {
+            Err(Rejection::Format("form is not valid UTF-8".to_owned()))
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        let index = self
+            .params
+            .binary_search_by(|(k, _)| k.as_slice().cmp(key.as_bytes()))
+            .ok()?;
+        self.params.get(index).map(|(_, value)| value.as_slice())
+    }
+
+    fn text(&self, key: &str) -> Result<Option<&str>, Rejection> {
+        self.get(key)
+            .map(|value| {
+                std::str::from_utf8(value)
+                    .map_err(|_| Rejection::Format(format!("{key} is not UTF-8")))
+            })
+            .transpose()
+    }
+
+    /// What Alipay signs: every parameter but `sign` and `sign_type`, empty ones included,
+    /// sorted by key and joined as `k=v` with `&`.
+    fn signed_content(&self) -> Vec<u8> {
+        let mut content = Vec::new();
+        let signed = self
+            .params
+            .iter()
+            .filter(|(key, _)| key != b"sign" && key != b"sign_type");
+        for (key, value) in signed {
+            if !content.is_empty() {
+                content.push(b'&');
+            }
+            content.extend_from_slice(key);
+            content.push(b'=');
+            content.extend_from_slice(value);
+        }
+        content
+    }
+}
+
+/// Form decoding: `+` is a space, then percent-escapes are bytes.
+fn form_decode(encoded: &[u8]) -> Vec<u8> {
+    let spaced: Vec<u8> = encoded
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_decode(&spaced).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use percent_encoding::{percent_encode, NON_ALPHANUMERIC};
+    use proptest::prelude::*;
+    use ring::rand::SystemRandom;
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::config::Secret;
+    use crate::notify::testing::{self, Case};
+
+    #[derive(Deserialize)]
+    struct Vectors {
+        alipay_public_key: String,
+        app_id: String,
+        seller_id: String,
+        cases: Vec<Case>,
+    }
+
+    #[derive(Deserialize)]
+    struct RealVector {
+        alipay_public_key: String,
+        app_id: String,
+        seller_id: String,
+        body: String,
+        out_trade_no: String,
+        amount_minor: i64,
+    }
+
+    fn config(public_key: &str, app_id: &str, seller_id: &str) -> AlipayConfig {
+        AlipayConfig {
+            app_id: app_id.to_owned(),
+            seller_id: Some(seller_id.to_owned()),
+            alipay_public_key: Secret::new(public_key),
+            currency: Currency::Cny,
+            timestamp_tolerance_secs: 300,
+        }
+    }
+
+    fn vectors() -> (Alipay, Vectors) {
+        let v: Vectors = testing::load("alipay.json");
+        let alipay = Alipay::new(&config(&v.alipay_public_key, &v.app_id, &v.seller_id)).unwrap();
+        (alipay, v)
+    }
+
+    fn verify(alipay: &Alipay, body: &[u8]) -> Result<Notification, Rejection> {
+        let request = testing::request(&[], body);
+        alipay.verify(&testing::channel(), &request, testing::at(1_795_375_716))
+    }
+
+    /// What each case of `alipay.json` means, by name.
+    fn expected_kind(case: &str) -> NotificationKind {
+        match case {
+            "closed" => NotificationKind::Closed,
+            "partial-refund" => NotificationKind::Refund,
+            _ => NotificationKind::Paid,
+        }
+    }
+
+    /// A form signed (RSA2) with the test key, for cases the vector file does not hold.
+    fn signed_form(params: &[(&str, &[u8])], sign_type: Option<&str>) -> Vec<u8> {
+        let mut sorted = params.to_vec();
+        sorted.sort_by_key(|(key, _)| *key);
+        let content: Vec<u8> = sorted
+            .iter()
+            .map(|(k, v)| [k.as_bytes(), b"=", v].concat())
+            .collect::<Vec<_>>()
+            .join(&b'&');
+        let key = testing::signer("alipay-test-private-key.pem");
+        let mut sign = vec![0; key.public().modulus_len()];
+        key.sign(
+            &signature::RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            &content,
+            &mut sign,
+        )
+        .unwrap();
+        let sign = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sign);
+        let mut fields: Vec<(&str, &[u8])> = params.to_vec();
+        fields.push(("sign", sign.as_bytes()));
+        if let Some(sign_type) = sign_type {
+            fields.push(("sign_type", sign_type.as_bytes()));
+        }
+        let encoded: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", percent_encode(v, NON_ALPHANUMERIC)))
+            .collect();
+        encoded.join("&").into_bytes()
+    }
+
+    /// Form fields that add to or replace a test trade's, as raw (unencoded) bytes.
+    type Fields<'a> = &'a [(&'static str, &'a [u8])];
+
+    fn trade(status: &str, extra: Fields<'_>) -> Vec<(&'static str, Vec<u8>)> {
+        let mut params: Vec<(&str, Vec<u8>)> = vec![
+            ("notify_id", b"Nextra".to_vec()),
+            ("app_id", b"2021000000000001".to_vec()),
+            ("seller_id", b"2088000000000001".to_vec()),
+            ("out_trade_no", b"A20261122000099".to_vec()),
+            ("trade_no", b"2026112222001800000000000099".to_vec()),
+            ("total_amount", b"12.34".to_vec()),
+            ("trade_status", status.as_bytes().to_vec()),
+        ];
+        params.retain(|(key, _)| extra.iter().all(|(replaced, _)| replaced != key));
+        params.extend(extra.iter().map(|(k, v)| (*k, v.to_vec())));
+        params
+    }
+
+    fn signed_trade(params: &[(&str, Vec<u8>)], sign_type: Option<&str>) -> Vec<u8> {
+        let borrowed: Vec<(&str, &[u8])> = params.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        signed_form(&borrowed, sign_type)
+    }
+
+    #[test]
+    fn every_vector_verifies_or_is_rejected_as_its_file_says() {
+        let (alipay, vectors) = vectors();
+        assert_eq!(vectors.cases.len(), 8);
+        for case in &vectors.cases {
+            let result = verify(&alipay, case.body.as_bytes());
+            if case.is_valid() {
+                let notification = result.unwrap_or_else(|e| panic!("{}: {e}", case.name));
+                case.assert_pays(&notification, expected_kind(&case.name));
+                assert_eq!(notification.currency, Some(Currency::Cny));
+                assert!(notification.notification_id.starts_with('N'));
+            } else {
+                assert!(testing::is_signature_rejection(&result), "{}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_real_2019_notification_verifies_with_or_without_sign_type() {
+        let v: RealVector = testing::load("alipay-real.json");
+        let alipay = Alipay::new(&config(&v.alipay_public_key, &v.app_id, &v.seller_id)).unwrap();
+        for body in [v.body.clone(), format!("{}&sign_type=RSA2", v.body)] {
+            let notification = verify(&alipay, body.as_bytes()).unwrap();
+            assert_eq!(
+                notification.order_no.unwrap().as_str(),
+                v.out_trade_no.as_str()
+            );
+            assert_eq!(notification.amount.unwrap().get(), v.amount_minor);
+            assert_eq!(notification.kind, NotificationKind::Paid);
+            assert_eq!(
+                notification.notification_id,
+                "2019081500222155624068450559358070"
+            );
+            assert_eq!(
+                notification.provider_trade_no.as_deref(),
+                Some("2019081522001468450512505578")
+            );
+        }
+        let sha1 = format!("{}&sign_type=RSA", v.body);
+        assert!(testing::is_signature_rejection(&verify(
+            &alipay,
+            sha1.as_bytes()
+        )));
+        let test_keys = vectors().0;
+        assert!(testing::is_signature_rejection(&verify(
+            &test_keys,
+            v.body.as_bytes()
+        )));
+    }
+
+    #[test]
+    fn a_notification_for_another_app_or_seller_is_authentic_but_flagged() {
+        let (_, v) = vectors();
+        let paid = &v.cases[0];
+        let other_app =
+            Alipay::new(&config(&v.alipay_public_key, "2021999", &v.seller_id)).unwrap();
+        let mismatch = verify(&other_app, paid.body.as_bytes())
+            .unwrap()
+            .merchant_mismatch;
+        assert!(mismatch.unwrap().contains("app_id"));
+        let other_seller =
+            Alipay::new(&config(&v.alipay_public_key, &v.app_id, "2088999")).unwrap();
+        let mismatch = verify(&other_seller, paid.body.as_bytes())
+            .unwrap()
+            .merchant_mismatch;
+        assert!(mismatch.unwrap().contains("seller_id"));
+        let mut any_seller = config(&v.alipay_public_key, &v.app_id, "");
+        any_seller.seller_id = None;
+        let any_seller = Alipay::new(&any_seller).unwrap();
+        assert_eq!(
+            verify(&any_seller, paid.body.as_bytes())
+                .unwrap()
+                .merchant_mismatch,
+            None
+        );
+    }
+
+    #[test]
+    fn a_repeated_parameter_is_a_format_rejection_even_when_signed() {
+        let (alipay, v) = vectors();
+        let repeated = format!("{}&out_trade_no=A20261122000001", v.cases[0].body);
+        let result = verify(&alipay, repeated.as_bytes());
+        assert!(testing::is_format_rejection_about(
+            &result,
+            "more than once"
+        ));
+        let mut params = trade("TRADE_SUCCESS", &[]);
+        params.push(("out_trade_no", b"B1".to_vec()));
+        let result = verify(&alipay, &signed_trade(&params, Some("RSA2")));
+        assert!(testing::is_format_rejection_about(&result, "out_trade_no"));
+    }
+
+    #[test]
+    fn trade_status_and_refund_fee_decide_the_kind() {
+        let (alipay, _) = vectors();
+        let cases: [(&str, Fields, NotificationKind); 5] = [
+            (
+                "TRADE_CLOSED",
+                &[("refund_fee", b"12.34")],
+                NotificationKind::Refund,
+            ),
+            (
+                "TRADE_FINISHED",
+                &[("refund_fee", b"1.00")],
+                NotificationKind::Refund,
+            ),
+            (
+                "TRADE_SUCCESS",
+                &[("refund_fee", b"")],
+                NotificationKind::Paid,
+            ),
+            ("TRADE_CLOSED", &[], NotificationKind::Closed),
+            (
+                "WAIT_BUYER_PAY",
+                &[],
+                NotificationKind::Other("WAIT_BUYER_PAY".to_owned()),
+            ),
+        ];
+        for (status, extra, kind) in cases {
+            let body = signed_trade(&trade(status, extra), None);
+            let notification = verify(&alipay, &body).unwrap();
+            assert_eq!(notification.kind, kind, "{status} {extra:?}");
+            assert_eq!(notification.amount.unwrap().get(), 1234);
+        }
+    }
+
+    #[test]
+    fn a_gbk_notification_verifies_over_its_own_bytes() {
+        let (alipay, _) = vectors();
+        // "充值" in GBK.
+        let subject: &[u8] = &[0xB3, 0xE4, 0xD6, 0xB5];
+        let gbk = trade(
+            "TRADE_SUCCESS",
+            &[("charset", b"gbk"), ("subject", subject)],
+        );
+        let notification = verify(&alipay, &signed_trade(&gbk, Some("RSA2"))).unwrap();
+        assert_eq!(notification.kind, NotificationKind::Paid);
+        let mislabelled = trade(
+            "TRADE_SUCCESS",
+            &[("charset", b"utf-8"), ("subject", subject)],
+        );
+        let result = verify(&alipay, &signed_trade(&mislabelled, Some("RSA2")));
+        assert!(testing::is_format_rejection_about(&result, "UTF-8"));
+        let latin1 = trade("TRADE_SUCCESS", &[("charset", b"iso-8859-1")]);
+        let result = verify(&alipay, &signed_trade(&latin1, Some("RSA2")));
+        assert!(testing::is_format_rejection_about(&result, "charset"));
+    }
+
+    #[test]
+    fn malformed_fields_of_an_authentic_notification_are_format_rejections() {
+        let (alipay, _) = vectors();
+        let bad_amount = signed_trade(&trade("TRADE_SUCCESS", &[("total_amount", b"1.234")]), None);
+        let result = verify(&alipay, &bad_amount);
+        assert!(testing::is_format_rejection_about(&result, "total_amount"));
+        let mut no_notify_id = trade("TRADE_SUCCESS", &[]);
+        no_notify_id.retain(|(k, _)| *k != "notify_id");
+        let result = verify(&alipay, &signed_trade(&no_notify_id, None));
+        assert!(testing::is_format_rejection_about(&result, "notify_id"));
+    }
+
+    #[test]
+    fn a_missing_sign_or_unknown_sign_type_is_a_signature_rejection() {
+        let (alipay, v) = vectors();
+        let body = &v.cases[0].body;
+        let without_sign: Vec<&str> = body
+            .split('&')
+            .filter(|p| !p.starts_with("sign="))
+            .collect();
+        let result = verify(&alipay, without_sign.join("&").as_bytes());
+        assert!(testing::is_signature_rejection(&result));
+        let md5 = body.replace("sign_type=RSA2", "sign_type=MD5");
+        assert!(testing::is_signature_rejection(&verify(
+            &alipay,
+            md5.as_bytes()
+        )));
+    }
+
+    #[test]
+    fn a_bad_public_key_is_a_startup_error_that_does_not_show_the_key() {
+        let (_, v) = vectors();
+        let truncated = v.alipay_public_key.get(..200).unwrap();
+        let error = Alipay::new(&config(truncated, &v.app_id, &v.seller_id))
+            .err()
+            .unwrap();
+        assert!(error.starts_with("alipay_public_key: "), "{error}");
+        assert!(!error.contains(&truncated[..40]), "{error}");
+        let pem =
+            |body: &str| format!("-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n");
+        let lines: Vec<String> = v
+            .alipay_public_key
+            .as_bytes()
+            .chunks(64)
+            .map(|line| String::from_utf8_lossy(line).into_owned())
+            .collect();
+        assert!(Alipay::new(&config(&pem(&lines.join("\n")), &v.app_id, &v.seller_id)).is_ok());
+        let one_line = Alipay::new(&config(&pem(&v.alipay_public_key), &v.app_id, &v.seller_id));
+        let error = one_line.err().unwrap();
+        assert!(error.contains("PEM"), "{error}");
+    }
+
+    #[test]
+    fn only_success_stops_alipay_resending() {
+        let (alipay, _) = vectors();
+        assert_eq!(alipay.ack().body, b"success");
+        assert_eq!(alipay.ack().status, 200);
+        for reason in [
+            RetryReason::Unverified,
+            RetryReason::BadRequest,
+            RetryReason::Unavailable,
+        ] {
+            let answer = alipay.retry(reason, "database down");
+            assert_eq!(answer.body, b"fail");
+            assert!(!(200..300).contains(&answer.status));
+        }
+        assert!(alipay.signed_headers().is_empty());
+    }
+
+    /// The parameters a form decodes to, by an independent decoder.
+    fn decoded(body: &[u8]) -> Vec<(String, String)> {
+        let mut params: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).unwrap_or_default();
+        params.sort();
+        params
+    }
+
+    proptest! {
+        #[test]
+        fn random_bodies_never_verify(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let (alipay, _) = vectors();
+            prop_assert!(verify(&alipay, &body).is_err());
+        }
+
+        #[test]
+        fn flipping_a_bit_that_changes_a_parameter_breaks_the_signature(
+            case in 0usize..6, index in any::<usize>(), bit in 0u8..8
+        ) {
+            let (alipay, v) = vectors();
+            let valid: Vec<&Case> = v.cases.iter().filter(|c| c.is_valid()).collect();
+            let original = valid[case % valid.len()].body.as_bytes();
+            let flipped = testing::flip_bit(original, index, bit);
+            // `%2F` and `%2f` decode alike: such a flip changes nothing that is signed.
+            prop_assume!(decoded(&flipped) != decoded(original));
+            prop_assert!(verify(&alipay, &flipped).is_err());
+        }
+    }
+}

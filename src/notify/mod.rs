@@ -129,7 +129,46 @@ pub trait Provider: Send + Sync {
     fn retry(&self, reason: RetryReason, message: &str) -> Answer;
 }
 
-/// Builds the adapter for one configured channel.
+mod common;
+#[cfg(test)]
+mod testing;
+
+/// Builds the adapter a channel names, reading its keys now: a bad key stops startup instead of
+/// failing every notification.
 pub fn from_config(cfg: &crate::config::ChannelConfig) -> Result<Box<dyn Provider>, String> {
-    Err(format!("provider for {cfg:?} is not available"))
+    use crate::config::ChannelConfig;
+    Ok(match cfg {
+        ChannelConfig::Alipay(c) => Box::new(alipay::Alipay::new(c)?),
+        ChannelConfig::WechatPay(c) => Box::new(wechatpay::WechatPay::new(c)?),
+        ChannelConfig::Stripe(c) => Box::new(stripe::Stripe::new(c)?),
+        ChannelConfig::StandardWebhooks(c) => {
+            Box::new(standard_webhooks::StandardWebhooks::new(c)?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ChannelConfig, Secret, StandardWebhooksConfig, StripeConfig};
+
+    #[test]
+    fn each_configured_provider_is_built_by_name_and_bad_keys_stop_it() {
+        let stripe = ChannelConfig::Stripe(StripeConfig {
+            secrets: vec![Secret::new("whsec_x")],
+            currency: Currency::Usd,
+            timestamp_tolerance_secs: 300,
+        });
+        assert_eq!(from_config(&stripe).unwrap().name(), "stripe");
+        let hooks = |secret: &str| {
+            ChannelConfig::StandardWebhooks(StandardWebhooksConfig {
+                secrets: vec![Secret::new(secret)],
+                currency: Currency::Cny,
+                timestamp_tolerance_secs: 300,
+            })
+        };
+        let built = from_config(&hooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).unwrap();
+        assert_eq!(built.name(), "standard-webhooks");
+        assert!(from_config(&hooks("whsec_%%%")).is_err());
+    }
 }

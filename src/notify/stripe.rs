@@ -1,1 +1,518 @@
+//! Stripe webhook events: an HMAC-SHA256 `Stripe-Signature` over the timestamp and raw body.
+//!
+//! Only payments that settled the order are `Paid`; every other event is recorded as `Other`
+//! with what can be read from it, so an event type we do not act on is never retried for days.
 
+use chrono::{DateTime, Utc};
+use ring::hmac;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::common::{self, signed_header};
+use super::{Answer, Notification, NotificationKind, Provider, RawRequest, Rejection, RetryReason};
+use crate::config::StripeConfig;
+use crate::ids::ChannelName;
+
+pub struct Stripe {
+    /// One per configured endpoint secret; several while one is being rolled.
+    secrets: Vec<hmac::Key>,
+    tolerance_secs: u64,
+}
+
+impl Stripe {
+    pub fn new(cfg: &StripeConfig) -> Result<Self, String> {
+        if cfg.secrets.is_empty() {
+            return Err("secrets: at least one signing secret is needed".to_owned());
+        }
+        let secrets = cfg
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(i, secret)| match secret.expose() {
+                "" => Err(format!("secrets[{i}] is empty")),
+                // The key is the secret's text, `whsec_` prefix and all.
+                text => Ok(hmac::Key::new(hmac::HMAC_SHA256, text.as_bytes())),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Stripe {
+            secrets,
+            tolerance_secs: cfg.timestamp_tolerance_secs,
+        })
+    }
+
+    fn check_signature(
+        &self,
+        request: &RawRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Rejection> {
+        let header = SignatureHeader::parse(signed_header(request, &["Stripe-Signature"])?)?;
+        common::check_timestamp(header.timestamp, now, self.tolerance_secs)?;
+        let payload = [header.timestamp.as_bytes(), b".", request.body].concat();
+        common::check_hmac(&self.secrets, &payload, &header.v1)
+    }
+}
+
+impl Provider for Stripe {
+    fn name(&self) -> &'static str {
+        "stripe"
+    }
+
+    fn verify(
+        &self,
+        channel: &ChannelName,
+        request: &RawRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Notification, Rejection> {
+        self.check_signature(request, now)?;
+        let event: Event = common::from_json(request.body, "event")?;
+        notification(channel, event)
+    }
+
+    fn signed_headers(&self) -> &'static [&'static str] {
+        &["Stripe-Signature"]
+    }
+
+    fn ack(&self) -> Answer {
+        common::json_answer(200, &json!({ "received": true }))
+    }
+
+    fn retry(&self, reason: RetryReason, message: &str) -> Answer {
+        let status = match reason {
+            RetryReason::Unverified | RetryReason::BadRequest => 400,
+            RetryReason::Unavailable => 503,
+        };
+        common::json_answer(status, &json!({ "error": message }))
+    }
+}
+
+/// `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`.
+struct SignatureHeader<'a> {
+    timestamp: &'a str,
+    v1: Vec<Vec<u8>>,
+}
+
+impl<'a> SignatureHeader<'a> {
+    /// Other schemes (`v0`, ...) are ignored, as Stripe's own libraries do; a `v1` that is not
+    /// hex cannot match, so it is dropped.
+    fn parse(value: &'a str) -> Result<Self, Rejection> {
+        let mut timestamp = None;
+        let mut v1 = Vec::new();
+        for (scheme, item) in value
+            .split(',')
+            .filter_map(|item| item.trim().split_once('='))
+        {
+            match scheme {
+                "t" if timestamp.is_some() => {
+                    return Err(Rejection::Signature(
+                        "Stripe-Signature has two timestamps".to_owned(),
+                    ))
+                }
+                "t" => timestamp = Some(item),
+                "v1" => v1.extend(hex::decode(item).ok()),
+                _ => {}
+            }
+        }
+        let timestamp = timestamp
+            .ok_or_else(|| Rejection::Signature("Stripe-Signature has no timestamp".to_owned()))?;
+        Ok(SignatureHeader { timestamp, v1 })
+    }
+}
+
+fn notification(channel: &ChannelName, event: Event) -> Result<Notification, Rejection> {
+    let kind = kind(&event.event_type, &event.data.object);
+    let object = event.data.object;
+    // A payment's fields must be well formed; other events keep whatever can be read.
+    let strict = kind == NotificationKind::Paid;
+    let order_no = object
+        .client_reference_id
+        .as_deref()
+        .or(object.metadata.as_ref().and_then(|m| m.order_no.as_deref()))
+        .map(common::order_no)
+        .transpose();
+    let currency = object.currency.as_deref().map(common::currency).transpose();
+    let amount = object
+        .amount_total
+        .or(object.amount_received)
+        .map(common::minor_units)
+        .transpose();
+    let provider_trade_no = match object.object.as_deref() {
+        Some("payment_intent") => object.id,
+        _ => object.payment_intent.map(Expandable::into_id),
+    };
+    Ok(Notification {
+        channel: channel.clone(),
+        notification_id: event.id,
+        order_no: lenient(order_no, strict)?,
+        provider_trade_no,
+        amount: lenient(amount, strict)?,
+        currency: lenient(currency, strict)?,
+        kind,
+        merchant_mismatch: None,
+    })
+}
+
+fn lenient<T>(value: Result<Option<T>, Rejection>, strict: bool) -> Result<Option<T>, Rejection> {
+    match value {
+        Err(_) if !strict => Ok(None),
+        value => value,
+    }
+}
+
+/// A completed checkout is paid only when its `payment_status` says so: delayed methods
+/// complete first and settle with `async_payment_succeeded` later.
+fn kind(event_type: &str, object: &EventObject) -> NotificationKind {
+    match event_type {
+        "checkout.session.completed" if object.payment_status.as_deref() == Some("paid") => {
+            NotificationKind::Paid
+        }
+        "checkout.session.async_payment_succeeded" | "payment_intent.succeeded" => {
+            NotificationKind::Paid
+        }
+        other => NotificationKind::Other(other.to_owned()),
+    }
+}
+
+#[derive(Deserialize)]
+struct Event {
+    id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    data: EventData,
+}
+
+#[derive(Deserialize)]
+struct EventData {
+    object: EventObject,
+}
+
+/// The fields of a checkout session or payment intent that name the order and its amount.
+#[derive(Deserialize)]
+struct EventObject {
+    id: Option<String>,
+    object: Option<String>,
+    client_reference_id: Option<String>,
+    metadata: Option<Metadata>,
+    amount_total: Option<i64>,
+    amount_received: Option<i64>,
+    currency: Option<String>,
+    payment_status: Option<String>,
+    payment_intent: Option<Expandable>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    order_no: Option<String>,
+}
+
+/// A related object: its id, or the object itself when the endpoint expands it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Expandable {
+    Id(String),
+    Object { id: String },
+}
+
+impl Expandable {
+    fn into_id(self) -> String {
+        match self {
+            Expandable::Id(id) | Expandable::Object { id } => id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::Secret;
+    use crate::money::Currency;
+    use crate::notify::testing::{self, Case};
+
+    #[derive(Deserialize)]
+    struct Vectors {
+        secret: String,
+        timestamp: i64,
+        cases: Vec<Case>,
+    }
+
+    #[derive(Deserialize)]
+    struct Published {
+        #[serde(rename = "stripe-derived")]
+        stripe: PublishedVector,
+    }
+
+    #[derive(Deserialize)]
+    struct PublishedVector {
+        secret: String,
+        timestamp: i64,
+        body: String,
+        signature: String,
+    }
+
+    fn stripe_with(secrets: &[&str]) -> Stripe {
+        Stripe::new(&StripeConfig {
+            secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            currency: Currency::Cny,
+            timestamp_tolerance_secs: 300,
+        })
+        .unwrap()
+    }
+
+    fn vectors() -> (Stripe, Vectors) {
+        let v: Vectors = testing::load("stripe.json");
+        (stripe_with(&[&v.secret]), v)
+    }
+
+    fn verify_at(
+        stripe: &Stripe,
+        headers: &[(String, String)],
+        body: &[u8],
+        now: i64,
+    ) -> Result<Notification, Rejection> {
+        stripe.verify(
+            &testing::channel(),
+            &testing::request(headers, body),
+            testing::at(now),
+        )
+    }
+
+    /// `body` signed at `timestamp` with the vectors' secret.
+    fn signed(v: &Vectors, body: &serde_json::Value) -> (Vec<(String, String)>, Vec<u8>) {
+        let body = body.to_string().into_bytes();
+        let key = hmac::Key::new(hmac::HMAC_SHA256, v.secret.as_bytes());
+        let payload = [v.timestamp.to_string().as_bytes(), b".", &body].concat();
+        let signature = hex::encode(hmac::sign(&key, &payload));
+        let header = format!("t={},v1={signature}", v.timestamp);
+        (vec![("Stripe-Signature".to_owned(), header)], body)
+    }
+
+    fn event(event_type: &str, object: serde_json::Value) -> serde_json::Value {
+        json!({ "id": "evt_extra", "object": "event", "type": event_type, "data": { "object": object } })
+    }
+
+    #[test]
+    fn every_vector_verifies_or_is_rejected_as_its_file_says() {
+        let (stripe, v) = vectors();
+        assert_eq!(v.cases.len(), 4);
+        for case in &v.cases {
+            let result = verify_at(
+                &stripe,
+                &case.header_list(),
+                case.body.as_bytes(),
+                v.timestamp,
+            );
+            if case.is_valid() {
+                let notification = result.unwrap_or_else(|e| panic!("{}: {e}", case.name));
+                case.assert_pays(&notification, NotificationKind::Paid);
+                assert_eq!(notification.currency, Some(Currency::Usd));
+                assert!(notification.notification_id.starts_with("evt_"));
+                assert!(notification.provider_trade_no.unwrap().starts_with("pi_"));
+            } else {
+                assert!(testing::is_signature_rejection(&result), "{}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_timestamp_holds_only_within_the_tolerance() {
+        let (stripe, v) = vectors();
+        let paid = &v.cases[0];
+        let verify = |now| verify_at(&stripe, &paid.header_list(), paid.body.as_bytes(), now);
+        assert!(verify(v.timestamp + 300).is_ok());
+        assert!(testing::is_signature_rejection(&verify(v.timestamp + 301)));
+        assert!(testing::is_signature_rejection(&verify(v.timestamp - 301)));
+    }
+
+    #[test]
+    fn any_configured_secret_matches_any_v1() {
+        let (_, v) = vectors();
+        let rotation = &v.cases[1];
+        let rolled = stripe_with(&["whsec_retired", &v.secret]);
+        assert!(verify_at(
+            &rolled,
+            &rotation.header_list(),
+            rotation.body.as_bytes(),
+            v.timestamp
+        )
+        .is_ok());
+        let other = stripe_with(&["whsec_someone_else"]);
+        let result = verify_at(
+            &other,
+            &rotation.header_list(),
+            rotation.body.as_bytes(),
+            v.timestamp,
+        );
+        assert!(testing::is_signature_rejection(&result));
+    }
+
+    #[test]
+    fn the_published_vector_verifies() {
+        let published: Published = testing::load("published.json");
+        let p = published.stripe;
+        let stripe = stripe_with(&[&p.secret]);
+        let header = [(
+            "stripe-signature".to_owned(),
+            format!("t={},{}", p.timestamp, p.signature),
+        )];
+        let request = testing::request(&header, p.body.as_bytes());
+        assert!(stripe
+            .check_signature(&request, testing::at(p.timestamp))
+            .is_ok());
+        let tampered = p.body.replace("evt_test_webhook", "evt_test_webhooK");
+        let request = testing::request(&header, tampered.as_bytes());
+        assert!(stripe
+            .check_signature(&request, testing::at(p.timestamp))
+            .is_err());
+    }
+
+    #[test]
+    fn malformed_signature_headers_are_signature_rejections() {
+        let (stripe, v) = vectors();
+        let paid = &v.cases[0];
+        let header = paid.headers.get("Stripe-Signature").unwrap();
+        let signature = header.split_once(",v1=").unwrap().1;
+        for value in [
+            String::new(),
+            format!("v1={signature}"),
+            format!("t={0},t={0},v1={signature}", v.timestamp),
+            format!("t={},v1=zz", v.timestamp),
+            format!("t={},v1={}", v.timestamp, &signature[..10]),
+        ] {
+            let headers = [("Stripe-Signature".to_owned(), value.clone())];
+            let result = verify_at(&stripe, &headers, paid.body.as_bytes(), v.timestamp);
+            assert!(testing::is_signature_rejection(&result), "{value}");
+        }
+        let result = verify_at(&stripe, &[], paid.body.as_bytes(), v.timestamp);
+        assert!(testing::is_signature_rejection(&result));
+    }
+
+    #[test]
+    fn payment_intents_carry_the_order_in_metadata() {
+        let (stripe, v) = vectors();
+        let body = event(
+            "payment_intent.succeeded",
+            json!({ "id": "pi_1", "object": "payment_intent", "amount": 500, "amount_received": 500,
+                    "currency": "jpy", "metadata": { "order_no": "S1" } }),
+        );
+        let (headers, body) = signed(&v, &body);
+        let notification = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
+        assert_eq!(notification.kind, NotificationKind::Paid);
+        assert_eq!(notification.order_no.unwrap().as_str(), "S1");
+        assert_eq!(notification.amount.unwrap().get(), 500);
+        assert_eq!(notification.currency, Some(Currency::Jpy));
+        assert_eq!(notification.provider_trade_no.as_deref(), Some("pi_1"));
+        assert_eq!(notification.notification_id, "evt_extra");
+    }
+
+    #[test]
+    fn only_settled_payments_are_paid() {
+        let (stripe, v) = vectors();
+        let session = |status: &str| {
+            json!({ "id": "cs_1", "object": "checkout.session", "client_reference_id": "S2",
+                    "amount_total": 100, "currency": "usd", "payment_status": status,
+                    "payment_intent": { "id": "pi_2", "object": "payment_intent" } })
+        };
+        let cases = [
+            (
+                "checkout.session.completed",
+                session("unpaid"),
+                NotificationKind::Other("checkout.session.completed".to_owned()),
+            ),
+            (
+                "checkout.session.async_payment_succeeded",
+                session("paid"),
+                NotificationKind::Paid,
+            ),
+            (
+                "checkout.session.expired",
+                session("unpaid"),
+                NotificationKind::Other("checkout.session.expired".to_owned()),
+            ),
+        ];
+        for (event_type, object, kind) in cases {
+            let (headers, body) = signed(&v, &event(event_type, object));
+            let notification = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
+            assert_eq!(notification.kind, kind, "{event_type}");
+            assert_eq!(notification.order_no.unwrap().as_str(), "S2");
+            assert_eq!(notification.provider_trade_no.as_deref(), Some("pi_2"));
+        }
+    }
+
+    #[test]
+    fn malformed_fields_reject_a_payment_but_not_another_event() {
+        let (stripe, v) = vectors();
+        let object = json!({ "id": "pi_3", "object": "payment_intent", "amount_received": 100,
+                             "currency": "xbt", "metadata": { "order_no": "not ours!" } });
+        for (field, value, complaint) in [
+            ("currency", json!("usd"), "order number"),
+            ("metadata", json!({ "order_no": "S3" }), "currency"),
+        ] {
+            let mut payment = object.clone();
+            payment[field] = value;
+            let (headers, body) = signed(&v, &event("payment_intent.succeeded", payment));
+            let result = verify_at(&stripe, &headers, &body, v.timestamp);
+            assert!(
+                testing::is_format_rejection_about(&result, complaint),
+                "{result:?}"
+            );
+        }
+        let (headers, body) = signed(&v, &event("payment_intent.created", object));
+        let notification = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
+        assert_eq!(notification.order_no, None);
+        assert_eq!(notification.currency, None);
+        assert_eq!(notification.amount.unwrap().get(), 100);
+        let (headers, body) = signed(&v, &json!({ "id": "evt_no_data" }));
+        let result = verify_at(&stripe, &headers, &body, v.timestamp);
+        assert!(testing::is_format_rejection_about(&result, "event"));
+    }
+
+    #[test]
+    fn an_empty_secret_list_or_secret_is_a_startup_error() {
+        let config = |secrets: Vec<Secret>| StripeConfig {
+            secrets,
+            currency: Currency::Usd,
+            timestamp_tolerance_secs: 300,
+        };
+        assert!(Stripe::new(&config(vec![])).is_err());
+        let error = Stripe::new(&config(vec![Secret::new("whsec_a"), Secret::new("")]))
+            .err()
+            .unwrap();
+        assert!(error.contains("secrets[1]"), "{error}");
+    }
+
+    #[test]
+    fn failures_are_never_answered_with_a_success_status() {
+        let (stripe, _) = vectors();
+        assert_eq!(stripe.ack().status, 200);
+        assert_eq!(stripe.retry(RetryReason::Unverified, "x").status, 400);
+        assert_eq!(stripe.retry(RetryReason::BadRequest, "x").status, 400);
+        assert_eq!(stripe.retry(RetryReason::Unavailable, "x").status, 503);
+        assert_eq!(stripe.signed_headers(), ["Stripe-Signature"]);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bodies_never_verify(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let (stripe, v) = vectors();
+            let result = verify_at(&stripe, &v.cases[0].header_list(), &body, v.timestamp);
+            prop_assert!(testing::is_signature_rejection(&result));
+        }
+
+        #[test]
+        fn a_flipped_bit_anywhere_in_the_body_breaks_the_signature(index in any::<usize>(), bit in 0u8..8) {
+            let (stripe, v) = vectors();
+            let paid = &v.cases[0];
+            let flipped = testing::flip_bit(paid.body.as_bytes(), index, bit);
+            let result = verify_at(&stripe, &paid.header_list(), &flipped, v.timestamp);
+            prop_assert!(testing::is_signature_rejection(&result));
+        }
+
+        #[test]
+        fn random_signature_headers_are_rejected_without_panicking(header in "\\PC{0,300}") {
+            let (stripe, v) = vectors();
+            let headers = [("Stripe-Signature".to_owned(), header)];
+            prop_assert!(verify_at(&stripe, &headers, v.cases[0].body.as_bytes(), v.timestamp).is_err());
+        }
+    }
+}

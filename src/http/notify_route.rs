@@ -1,121 +1,15 @@
-//! The HTTP server: notify routes answered in each provider's protocol, and health probes.
-//!
-//! The notify handler takes the body as raw bytes, lets the channel's adapter verify and parse
-//! it, then runs the crediting transaction on the blocking pool (diesel is synchronous). The
-//! answer follows [`crate::apply`]'s policy: ack only after a commit; anything that failed asks
-//! the provider to retry.
+//! `POST /notify/{channel}`: verify, apply, answer in the provider's protocol.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::AppState;
 use crate::apply::{self, Answer};
-use crate::clock::Clock;
-use crate::config::{Secret, Settings};
-use crate::db::{DbError, Pool};
 use crate::ids::ChannelName;
 use crate::inbox::{self, Evidence};
 use crate::notify::{self, Provider, RawRequest, Rejection, RetryReason};
-
-/// What every handler shares.
-pub struct AppState {
-    pub pool: Pool,
-    pub channels: HashMap<ChannelName, Arc<dyn Provider>>,
-    pub clock: Arc<dyn Clock>,
-    pub admin_token: Option<Secret>,
-}
-
-impl AppState {
-    /// Builds every configured channel's adapter; a bad key stops start-up with the channel named.
-    pub fn new(settings: &Settings, pool: Pool, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
-        let mut channels = HashMap::new();
-        for (name, cfg) in &settings.channels {
-            let provider =
-                notify::from_config(cfg).map_err(|e| anyhow::anyhow!("channel {name}: {e}"))?;
-            channels.insert(name.clone(), Arc::from(provider));
-        }
-        Ok(AppState {
-            pool,
-            channels,
-            clock,
-            admin_token: settings.admin_token.clone(),
-        })
-    }
-}
-
-/// A server bound to its address, not yet running.
-pub struct Bound {
-    pub addrs: Vec<SocketAddr>,
-    pub server: actix_web::dev::Server,
-}
-
-/// Binds the server to `settings.bind` (port 0 picks a free port).
-pub fn bind(settings: &Settings, state: AppState) -> std::io::Result<Bound> {
-    let state = web::Data::new(state);
-    let body_limit = settings.http.body_limit_bytes;
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(web::PayloadConfig::new(body_limit))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .service(
-                web::resource("/notify/{channel}")
-                    .route(web::post().to(notify))
-                    .default_service(web::to(method_not_allowed)),
-            )
-    })
-    .client_request_timeout(Duration::from_secs(settings.http.request_timeout_secs))
-    .shutdown_timeout(settings.http.shutdown_timeout_secs);
-    if settings.http.workers > 0 {
-        server = server.workers(settings.http.workers);
-    }
-    let server = server.bind(&settings.bind)?;
-    let addrs = server.addrs();
-    Ok(Bound {
-        addrs,
-        server: server.run(),
-    })
-}
-
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok")
-}
-
-/// 200 when a pooled connection answers, 503 when not.
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let pool = state.pool.clone();
-    let ready = web::block(move || -> Result<(), DbError> {
-        use diesel::r2d2::R2D2Connection;
-        let mut conn = pool.get()?;
-        conn.ping()?;
-        Ok(())
-    })
-    .await;
-    match ready {
-        Ok(Ok(())) => HttpResponse::Ok().content_type("text/plain").body("ready"),
-        Ok(Err(e)) => {
-            log::warn!("readyz: {e}");
-            HttpResponse::ServiceUnavailable()
-                .content_type("text/plain")
-                .body("database unavailable")
-        }
-        Err(e) => {
-            log::error!("readyz: {e}");
-            HttpResponse::ServiceUnavailable().finish()
-        }
-    }
-}
-
-async fn method_not_allowed() -> HttpResponse {
-    HttpResponse::MethodNotAllowed()
-        .insert_header(("Allow", "POST"))
-        .finish()
-}
 
 fn reply(answer: notify::Answer) -> HttpResponse {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -150,7 +44,7 @@ fn evidence_headers(provider: &dyn Provider, headers: &[(String, String)]) -> St
     serde_json::Value::Object(kept).to_string()
 }
 
-async fn notify(
+pub(super) async fn notify(
     state: web::Data<AppState>,
     path: web::Path<String>,
     req: HttpRequest,
@@ -158,10 +52,12 @@ async fn notify(
 ) -> HttpResponse {
     let started = Instant::now();
     let request_id = request_id(&req);
-    let Some((channel, provider)) = ChannelName::parse(&path)
-        .ok()
-        .and_then(|name| state.channels.get(&name).map(|p| (name, p.clone())))
-    else {
+    let Some((channel, provider)) = ChannelName::parse(&path).ok().and_then(|name| {
+        state
+            .channels
+            .get(&name)
+            .map(|c| (name, c.provider.clone()))
+    }) else {
         return HttpResponse::NotFound()
             .content_type("text/plain")
             .body("unknown channel");
