@@ -384,7 +384,8 @@ fn bad_input_gets_a_clear_refusal_and_never_credits(db: TestDb) {
     let mut non_utf8 = alipay_body.clone().into_bytes();
     non_utf8.extend_from_slice(b"&subject=\xff\xfe");
 
-    let cases: Vec<(&str, &str, Vec<(String, String)>, Vec<u8>)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(String, String)>, Vec<u8>);
+    let cases: Vec<Case> = vec![
         ("empty alipay body", "alipay", vec![form.clone()], vec![]),
         ("empty wechat body", "wxpay", wechat_headers.clone(), vec![]),
         (
@@ -474,8 +475,14 @@ fn bad_input_gets_a_clear_refusal_and_never_credits(db: TestDb) {
     assert!(matches!(status, Ok(413) | Err(_)), "10 MB body: {status:?}");
 
     // Unknown channel and wrong method.
-    assert_eq!(post(&app, "nope", &[form.clone()], b"a=1").status, 404);
-    assert_eq!(post(&app, "bad name!", &[form.clone()], b"a=1").status, 404);
+    assert_eq!(
+        post(&app, "nope", std::slice::from_ref(&form), b"a=1").status,
+        404
+    );
+    assert_eq!(
+        post(&app, "bad name!", std::slice::from_ref(&form), b"a=1").status,
+        404
+    );
     let get = client.get(app.url("/notify/alipay")).send().unwrap();
     assert_eq!(get.status().as_u16(), 405);
 
