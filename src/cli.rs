@@ -14,6 +14,7 @@ use crate::db;
 use crate::http;
 use crate::ids::UserId;
 use crate::orders::{self, Created, OrderRequest, OrderView};
+use crate::verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +39,11 @@ enum Command {
     },
     /// Apply the embedded database migrations and exit.
     Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Check that the books balance: exit 0 when they do, 1 with a report of the offending rows.
+    Verify {
         #[command(flatten)]
         db: DbArgs,
     },
@@ -142,6 +148,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ran = db::migrate(&mut *pool.get()?)?;
             println!("{ran} migration(s) applied");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { db } => {
+            let settings = db.settings(None)?;
+            let pool = open_migrated(&settings)?;
+            let report = verify::verify(&mut *pool.get()?)?;
+            println!("{report}");
+            Ok(if report.balanced() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Order {
             command:

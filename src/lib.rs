@@ -10,6 +10,7 @@
 //! - [`orders`], [`accounts`] and [`inbox`]: the rows the transaction works on.
 //! - [`db`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations.
 //! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).
+//! - [`verify`]: the one-command proof that the books balance.
 //! - [`config`] and [`cli`]: layered settings and the `payhook` command line.
 
 #![forbid(unsafe_code)]
@@ -26,3 +27,4 @@ pub mod inbox;
 pub mod money;
 pub mod notify;
 pub mod orders;
+pub mod verify;

@@ -1,0 +1,224 @@
+//! `payhook verify` on good books and on books corrupted by direct SQL, on both backends.
+
+mod common;
+
+use std::process::Command;
+
+use common::{create_order, exec, now, TestDb};
+use payhook::apply::{apply, Outcome};
+use payhook::db::Pool;
+use payhook::ids::{ChannelName, OrderNo};
+use payhook::inbox::Evidence;
+use payhook::money::{AmountMinor, Currency};
+use payhook::notify::{Notification, NotificationKind};
+use payhook::verify::verify;
+
+/// Three users, four paid orders, one pending, one closed, one duplicate and one anomaly.
+fn good_books(db: &TestDb) -> (Pool, Vec<OrderNo>) {
+    let pool = db.pool(4);
+    let mut conn = pool.get().unwrap();
+    let mut paid = Vec::new();
+    for (i, (user, amount)) in [
+        ("v1", "10.00"),
+        ("v1", "0.50"),
+        ("v2", "3.00"),
+        ("v3", "99.99"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let order = create_order(
+            &mut conn,
+            user,
+            "alipay",
+            amount,
+            "CNY",
+            Some(&format!("VER-{i}")),
+        );
+        let minor = AmountMinor::parse(amount, Currency::Cny).unwrap();
+        let n = Notification {
+            channel: ChannelName::parse("alipay").unwrap(),
+            notification_id: format!("vn-{i}"),
+            order_no: Some(order.clone()),
+            provider_trade_no: Some(format!("vt-{i}")),
+            amount: Some(minor),
+            currency: Some(Currency::Cny),
+            kind: NotificationKind::Paid,
+            merchant_mismatch: None,
+        };
+        let evidence = Evidence {
+            headers_json: "{}",
+            body: b"x",
+        };
+        assert_eq!(
+            apply(&mut conn, &n, evidence, now()).unwrap().outcome,
+            Outcome::Credited
+        );
+        assert_eq!(
+            apply(&mut conn, &n, evidence, now()).unwrap().outcome,
+            Outcome::AlreadyPaid
+        );
+        let mut wrong = n.clone();
+        wrong.notification_id = format!("vn-wrong-{i}");
+        wrong.amount = Some(AmountMinor::new(1).unwrap());
+        assert_eq!(
+            apply(&mut conn, &wrong, evidence, now()).unwrap().outcome,
+            Outcome::Mismatch
+        );
+        paid.push(order);
+    }
+    create_order(
+        &mut conn,
+        "v2",
+        "alipay",
+        "1.00",
+        "CNY",
+        Some("VER-PENDING"),
+    );
+    create_order(&mut conn, "v3", "alipay", "2.00", "CNY", Some("VER-CLOSED"));
+    exec(
+        &pool,
+        "UPDATE orders SET status = 'closed' WHERE order_no = 'VER-CLOSED'",
+    );
+    drop(conn);
+    (pool, paid)
+}
+
+fn broken_rules(pool: &Pool) -> Vec<(String, Vec<String>)> {
+    let report = verify(&mut pool.get().unwrap()).unwrap();
+    report
+        .checks
+        .into_iter()
+        .filter(|c| c.violations > 0)
+        .map(|c| (c.rule.to_owned(), c.examples))
+        .collect()
+}
+
+fn payhook_verify(db: &TestDb) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_payhook"))
+        .args(["verify", "--database-url", &db.url])
+        .env_remove("PAYHOOK_CONFIG")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+fn good_books_verify_with_exit_zero(db: TestDb) {
+    let (pool, _) = good_books(&db);
+    assert!(broken_rules(&pool).is_empty(), "{:?}", broken_rules(&pool));
+    let (code, text) = payhook_verify(&db);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("the books balance"), "{text}");
+    assert!(
+        text.contains("4 paid orders") && text.contains("4 ledger entries"),
+        "{text}"
+    );
+    assert!(text.contains("4 anomalies"), "{text}");
+}
+
+fn a_bumped_balance_is_found_and_named(db: TestDb) {
+    let (pool, _) = good_books(&db);
+    exec(
+        &pool,
+        "UPDATE accounts SET balance_minor = balance_minor + 1 WHERE user_id = 'v2'",
+    );
+    let broken = broken_rules(&pool);
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(broken[0].0.contains("balance equals the sum of its ledger"));
+    assert_eq!(broken[0].1, ["account v2 CNY: balance 301, ledger sum 300"]);
+    let (code, text) = payhook_verify(&db);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("account v2 CNY") && text.contains("do NOT balance"),
+        "{text}"
+    );
+}
+
+fn a_duplicate_ledger_row_is_found_and_named(db: TestDb) {
+    let (pool, paid) = good_books(&db);
+    exec(&pool, "DROP INDEX ledger_order_kind");
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at) \
+             VALUES ('v3', 'CNY', '{}', 'credit', 9999, 19998, CURRENT_TIMESTAMP); \
+             UPDATE accounts SET balance_minor = balance_minor + 9999 WHERE user_id = 'v3'",
+            paid[3]
+        ),
+    );
+    let broken = broken_rules(&pool);
+    let rules: Vec<&str> = broken.iter().map(|(r, _)| r.as_str()).collect();
+    assert!(
+        rules.contains(&"every paid order has exactly one credit of its amount"),
+        "{broken:?}"
+    );
+    assert!(
+        rules.contains(&"every credit has exactly one crediting notification"),
+        "{broken:?}"
+    );
+    let examples: Vec<&String> = broken.iter().flat_map(|(_, e)| e).collect();
+    assert!(
+        examples
+            .iter()
+            .any(|e| e.contains("VER-3") && e.contains("2 credit(s)")),
+        "{examples:?}"
+    );
+}
+
+fn a_missing_credit_is_found_and_named(db: TestDb) {
+    let (pool, paid) = good_books(&db);
+    exec(
+        &pool,
+        &format!(
+            "DELETE FROM ledger WHERE order_no = '{0}'; \
+             UPDATE accounts SET balance_minor = balance_minor - 300 WHERE user_id = 'v2'",
+            paid[2]
+        ),
+    );
+    let broken = broken_rules(&pool);
+    let examples: Vec<&String> = broken.iter().flat_map(|(_, e)| e).collect();
+    assert!(
+        examples
+            .iter()
+            .any(|e| e.contains("VER-2") && e.contains("0 credit(s)")),
+        "{broken:?}"
+    );
+    assert!(
+        examples
+            .iter()
+            .any(|e| e.contains("vn-2") && e.contains("has no credit")),
+        "the inbox disagrees too: {broken:?}"
+    );
+}
+
+fn a_credit_on_an_unpaid_order_is_found_and_named(db: TestDb) {
+    let (pool, paid) = good_books(&db);
+    exec(
+        &pool,
+        &format!(
+            "UPDATE orders SET status = 'closed' WHERE order_no = '{}'",
+            paid[0]
+        ),
+    );
+    let broken = broken_rules(&pool);
+    let examples: Vec<&String> = broken.iter().flat_map(|(_, e)| e).collect();
+    assert!(
+        examples
+            .iter()
+            .any(|e| e.contains("VER-0 is closed but ledger")),
+        "{broken:?}"
+    );
+}
+
+on_both_backends!(
+    good_books_verify_with_exit_zero,
+    a_bumped_balance_is_found_and_named,
+    a_duplicate_ledger_row_is_found_and_named,
+    a_missing_credit_is_found_and_named,
+    a_credit_on_an_unpaid_order_is_found_and_named,
+);
