@@ -14,6 +14,7 @@ use crate::db;
 use crate::http;
 use crate::ids::UserId;
 use crate::orders::{self, Created, OrderRequest, OrderView};
+use crate::telemetry::{self, LogFormat};
 use crate::verify;
 
 #[derive(Debug, Parser)]
@@ -25,6 +26,12 @@ use crate::verify;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Append log lines to this file instead of writing them to stderr.
+    #[arg(long, global = true, value_name = "PATH")]
+    log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +130,10 @@ impl DbArgs {
 /// Parses the command line, runs the command, and turns an error into a message and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(e) = telemetry::init_logging(cli.log_format, cli.log_file.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -131,12 +141,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

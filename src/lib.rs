@@ -11,6 +11,7 @@
 //! - [`db`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations.
 //! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).
 //! - [`verify`]: the one-command proof that the books balance.
+//! - [`telemetry`]: log lines to tail and Prometheus metrics.
 //! - [`config`] and [`cli`]: layered settings and the `payhook` command line.
 
 #![forbid(unsafe_code)]
@@ -27,4 +28,5 @@ pub mod inbox;
 pub mod money;
 pub mod notify;
 pub mod orders;
+pub mod telemetry;
 pub mod verify;

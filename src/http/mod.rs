@@ -67,6 +67,7 @@ pub struct Bound {
 
 /// Binds the server to `settings.bind` (port 0 picks a free port).
 pub fn bind(settings: &Settings, state: AppState) -> std::io::Result<Bound> {
+    crate::telemetry::prometheus();
     let state = web::Data::new(state);
     let body_limit = settings.http.body_limit_bytes;
     let mut server = HttpServer::new(move || {
@@ -76,6 +77,7 @@ pub fn bind(settings: &Settings, state: AppState) -> std::io::Result<Bound> {
             .route("/healthz", web::get().to(healthz))
             .service(api::scope())
             .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
             .service(
                 web::resource("/notify/{channel}")
                     .route(web::post().to(notify_route::notify))
@@ -122,6 +124,12 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             HttpResponse::ServiceUnavailable().finish()
         }
     }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::telemetry::render(&state.pool))
 }
 
 async fn method_not_allowed() -> HttpResponse {

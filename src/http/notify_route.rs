@@ -6,10 +6,11 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
-use crate::apply::{self, Answer};
+use crate::apply::{self, Answer, Applied};
 use crate::ids::ChannelName;
 use crate::inbox::{self, Evidence};
-use crate::notify::{self, Provider, RawRequest, Rejection, RetryReason};
+use crate::notify::{self, Notification, Provider, RawRequest, Rejection, RetryReason};
+use crate::telemetry;
 
 fn reply(answer: notify::Answer) -> HttpResponse {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -68,14 +69,11 @@ pub(super) async fn notify(
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     let now = state.clock.now();
-    let verified = provider.verify(
-        &channel,
-        &RawRequest {
-            headers: &headers,
-            body: &body,
-        },
-        now,
-    );
+    let request = RawRequest {
+        headers: &headers,
+        body: &body,
+    };
+    let verified = provider.verify(&channel, &request, now);
     let headers_json = evidence_headers(provider.as_ref(), &headers);
     let pool = state.pool.clone();
 
@@ -88,30 +86,24 @@ pub(super) async fn notify(
                     headers_json: &headers_json,
                     body: &body,
                 };
-                apply::apply(&mut conn, &n, evidence, now.naive_utc())
+                let started = Instant::now();
+                let applied = apply::apply(&mut conn, &n, evidence, now.naive_utc());
+                telemetry::record_apply_seconds(started.elapsed().as_secs_f64());
+                applied
             })
-            .await;
-            let elapsed = started.elapsed().as_millis();
-            let order_no = notification.order_no.as_ref().map_or("-", |o| o.as_str());
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            let line = LogLine {
+                request_id: &request_id,
+                channel: &channel,
+                notification: Some(&notification),
+                started,
+            };
             match result {
-                Ok(Ok(applied)) => {
+                Ok(applied) => {
                     let answer = applied.outcome.answer();
-                    let line = format!(
-                        "request_id={request_id} channel={channel} notification_id={} order_no={order_no} kind={} amount={} outcome={} answer={} deliveries={} duration_ms={elapsed}",
-                        notification.notification_id,
-                        notification.kind.as_str(),
-                        notification.amount.map_or(-1, |a| a.get()),
-                        applied.outcome.as_str(),
-                        answer_word(answer),
-                        applied.delivery_count,
-                    );
-                    if applied.outcome.is_anomaly() {
-                        log::error!("{line} detail={:?}", applied.detail.unwrap_or_default());
-                    } else if answer == Answer::Retry {
-                        log::warn!("{line}");
-                    } else {
-                        log::info!("{line}");
-                    }
+                    line.applied(&applied);
                     match answer {
                         Answer::Ack => reply(provider.ack()),
                         Answer::Retry => {
@@ -119,12 +111,8 @@ pub(super) async fn notify(
                         }
                     }
                 }
-                Ok(Err(e)) => {
-                    log::warn!("request_id={request_id} channel={channel} notification_id={} order_no={order_no} outcome=error answer=retry duration_ms={elapsed} error={e}", notification.notification_id);
-                    reply(provider.retry(RetryReason::Unavailable, "temporarily unavailable"))
-                }
-                Err(e) => {
-                    log::error!("request_id={request_id} channel={channel} outcome=error answer=retry error={e}");
+                Err(error) => {
+                    line.failed("error", &error);
                     reply(provider.retry(RetryReason::Unavailable, "temporarily unavailable"))
                 }
             }
@@ -132,6 +120,7 @@ pub(super) async fn notify(
         Err(rejection) => {
             let reason = rejection.to_string();
             let stored_reason = reason.clone();
+            let record_channel = channel.clone();
             let recorded = web::block(move || {
                 let mut conn = pool.get()?;
                 let evidence = Evidence {
@@ -140,7 +129,7 @@ pub(super) async fn notify(
                 };
                 inbox::record_rejection(
                     &mut conn,
-                    &channel,
+                    &record_channel,
                     &stored_reason,
                     evidence,
                     now.naive_utc(),
@@ -148,15 +137,16 @@ pub(super) async fn notify(
             })
             .await;
             let stored = match recorded {
-                Ok(Ok(id)) => format!("inbox_id={id}"),
-                Ok(Err(e)) => format!("not stored: {e}"),
-                Err(e) => format!("not stored: {e}"),
+                Ok(Ok(_)) => "stored",
+                Ok(Err(_)) | Err(_) => "not stored",
             };
-            log::warn!(
-                "request_id={request_id} channel={} outcome=rejected answer=retry reason={reason:?} {stored} duration_ms={}",
-                path.as_str(),
-                started.elapsed().as_millis()
-            );
+            let line = LogLine {
+                request_id: &request_id,
+                channel: &channel,
+                notification: None,
+                started,
+            };
+            line.failed("rejected", &format!("{reason} ({stored})"));
             let why = match rejection {
                 Rejection::Signature(_) => RetryReason::Unverified,
                 Rejection::Format(_) => RetryReason::BadRequest,
@@ -171,6 +161,64 @@ pub(super) async fn notify(
         );
     }
     response
+}
+
+/// The one log line (and the metrics) of one notification.
+struct LogLine<'a> {
+    request_id: &'a str,
+    channel: &'a ChannelName,
+    notification: Option<&'a Notification>,
+    started: Instant,
+}
+
+impl LogLine<'_> {
+    fn applied(&self, applied: &Applied) {
+        let answer = answer_word(applied.outcome.answer());
+        let outcome = applied.outcome.as_str();
+        telemetry::record_notification(self.channel.as_str(), outcome, answer);
+        let level = if applied.outcome.is_anomaly() {
+            telemetry::record_anomaly(self.channel.as_str());
+            log::Level::Error
+        } else if applied.outcome.answer() == Answer::Retry {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        let n = self.notification;
+        log::log!(
+            target: "payhook::notify",
+            level,
+            request_id = self.request_id,
+            channel = self.channel.as_str(),
+            notification_id = n.map_or("-", |n| n.notification_id.as_str()),
+            order_no = n.and_then(|n| n.order_no.as_ref()).map_or("-", |o| o.as_str()),
+            kind = n.map_or("-", |n| n.kind.as_str()),
+            amount = n.and_then(|n| n.amount).map_or(-1, |a| a.get()),
+            outcome = outcome,
+            answer = answer,
+            deliveries = applied.delivery_count,
+            detail = applied.detail.as_deref().unwrap_or(""),
+            duration_ms = self.started.elapsed().as_millis() as u64;
+            "notification"
+        );
+    }
+
+    fn failed(&self, outcome: &'static str, error: &str) {
+        telemetry::record_notification(self.channel.as_str(), outcome, "retry");
+        let n = self.notification;
+        log::warn!(
+            target: "payhook::notify",
+            request_id = self.request_id,
+            channel = self.channel.as_str(),
+            notification_id = n.map_or("-", |n| n.notification_id.as_str()),
+            order_no = n.and_then(|n| n.order_no.as_ref()).map_or("-", |o| o.as_str()),
+            outcome = outcome,
+            answer = "retry",
+            error = error,
+            duration_ms = self.started.elapsed().as_millis() as u64;
+            "notification"
+        );
+    }
 }
 
 fn answer_word(answer: Answer) -> &'static str {

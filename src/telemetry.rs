@@ -1,0 +1,155 @@
+//! What operators watch: log lines to tail and Prometheus metrics to scrape.
+//!
+//! Log lines carry their facts as key-value pairs (`request_id`, `channel`, `outcome`, ...), so
+//! the text format reads `key=value` and the JSON format gives one object per line with the same
+//! keys. Secrets, signatures and bodies are never logged: callers only pass ids, amounts and
+//! outcomes.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-11-22T10:00:00.000Z INFO payhook::notify notification request_id=... outcome=credited`
+    Text,
+    /// One JSON object per line: `{"ts":..,"level":..,"target":..,"msg":..,"request_id":..}`
+    Json,
+}
+
+/// Collects a record's key-value pairs.
+struct Pairs(Vec<(String, String)>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Pairs {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        self.0.push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+}
+
+fn pairs(record: &log::Record<'_>) -> Vec<(String, String)> {
+    let mut pairs = Pairs(Vec::new());
+    let _ = record.key_values().visit(&mut pairs);
+    pairs.0
+}
+
+/// Installs the logger: level from `RUST_LOG` (default `info`), to stderr or appended to `file`.
+pub fn init_logging(format: LogFormat, file: Option<&Path>) -> anyhow::Result<()> {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(path) = file {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open log file {}: {e}", path.display()))?;
+        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    builder.format(move |buf, record| {
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        match format {
+            LogFormat::Text => {
+                write!(
+                    buf,
+                    "{ts} {:<5} {} {}",
+                    record.level(),
+                    record.target(),
+                    record.args()
+                )?;
+                for (k, v) in pairs(record) {
+                    if v.contains([' ', '"', '=']) || v.is_empty() {
+                        write!(buf, " {k}={v:?}")?;
+                    } else {
+                        write!(buf, " {k}={v}")?;
+                    }
+                }
+                writeln!(buf)
+            }
+            LogFormat::Json => {
+                let mut line = serde_json::Map::new();
+                line.insert("ts".into(), ts.into());
+                line.insert("level".into(), record.level().as_str().into());
+                line.insert("target".into(), record.target().into());
+                line.insert("msg".into(), record.args().to_string().into());
+                for (k, v) in pairs(record) {
+                    let value = v
+                        .parse::<i64>()
+                        .map(serde_json::Value::from)
+                        .unwrap_or_else(|_| v.into());
+                    line.insert(k, value);
+                }
+                writeln!(buf, "{}", serde_json::Value::Object(line))
+            }
+        }
+    });
+    builder
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+/// Bucket bounds (seconds) for the crediting transaction's latency.
+const APPLY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+];
+
+/// The process's Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(APPLY_SECONDS.to_owned()),
+                &APPLY_BUCKETS,
+            )
+            .expect("bucket bounds are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (an embedding program's): keep ours local
+        // to /metrics then, rather than fail.
+        if metrics::set_global_recorder(recorder).is_err() {
+            log::warn!(
+                "a metrics recorder was already installed; /metrics shows only payhook's own"
+            );
+        }
+        handle
+    })
+}
+
+pub const NOTIFICATIONS: &str = "payhook_notifications_total";
+pub const ANSWERS: &str = "payhook_answers_total";
+pub const ANOMALIES: &str = "payhook_anomalies_total";
+pub const APPLY_SECONDS: &str = "payhook_apply_seconds";
+pub const POOL_CONNECTIONS: &str = "payhook_pool_connections";
+
+/// Counts one notification's outcome and the answer it got.
+pub fn record_notification(channel: &str, outcome: &'static str, answer: &'static str) {
+    metrics::counter!(NOTIFICATIONS, "channel" => channel.to_owned(), "outcome" => outcome)
+        .increment(1);
+    metrics::counter!(ANSWERS, "channel" => channel.to_owned(), "answer" => answer).increment(1);
+}
+
+pub fn record_anomaly(channel: &str) {
+    metrics::counter!(ANOMALIES, "channel" => channel.to_owned()).increment(1);
+}
+
+pub fn record_apply_seconds(seconds: f64) {
+    metrics::histogram!(APPLY_SECONDS).record(seconds);
+}
+
+/// Renders every metric, with the pool's gauges read now.
+pub fn render(pool: &crate::db::Pool) -> String {
+    let handle = prometheus();
+    let state = pool.state();
+    let idle = f64::from(state.idle_connections);
+    let in_use = f64::from(state.connections.saturating_sub(state.idle_connections));
+    metrics::gauge!(POOL_CONNECTIONS, "state" => "in_use").set(in_use);
+    metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(idle);
+    handle.render()
+}
