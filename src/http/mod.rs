@@ -35,6 +35,10 @@ pub struct AppState {
     pub channels: HashMap<ChannelName, Channel>,
     pub clock: Arc<dyn Clock>,
     pub admin_token: Option<Secret>,
+    /// Largest notification body; larger ones are answered 413.
+    pub body_limit: usize,
+    /// How long a client may take to send a whole notification body; slower ones get 408.
+    pub body_timeout: Duration,
 }
 
 impl AppState {
@@ -55,6 +59,8 @@ impl AppState {
             channels,
             clock,
             admin_token: settings.admin_token.clone(),
+            body_limit: settings.http.body_limit_bytes,
+            body_timeout: Duration::from_secs(settings.http.request_timeout_secs),
         })
     }
 }

@@ -49,7 +49,7 @@ pub(super) async fn notify(
     state: web::Data<AppState>,
     path: web::Path<String>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
     let started = Instant::now();
     let request_id = request_id(&req);
@@ -62,6 +62,10 @@ pub(super) async fn notify(
         return HttpResponse::NotFound()
             .content_type("text/plain")
             .body("unknown channel");
+    };
+    let body = match read_body(payload, state.body_limit, state.body_timeout).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let headers: Vec<(String, String)> = req
         .headers()
@@ -161,6 +165,28 @@ pub(super) async fn notify(
         );
     }
     response
+}
+
+/// Reads the whole body, refusing one that is too large (413) or too slow to arrive (408), so a
+/// slow or endless client cannot hold the request open.
+async fn read_body(
+    payload: web::Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<web::Bytes, HttpResponse> {
+    // `to_bytes_limited` answers `Err(BodyLimitExceeded)` outside, a read error inside.
+    match actix_web::rt::time::timeout(timeout, payload.to_bytes_limited(limit)).await {
+        Ok(Ok(Ok(body))) => Ok(body),
+        Ok(Err(_too_large)) => Err(HttpResponse::PayloadTooLarge()
+            .content_type("text/plain")
+            .body("body too large")),
+        Ok(Ok(Err(e))) => Err(HttpResponse::BadRequest()
+            .content_type("text/plain")
+            .body(format!("cannot read body: {e}"))),
+        Err(_elapsed) => Err(HttpResponse::RequestTimeout()
+            .content_type("text/plain")
+            .body("body not received in time")),
+    }
 }
 
 /// The one log line (and the metrics) of one notification.

@@ -344,10 +344,11 @@ pub fn spawn_app(db: &TestDb, extra: &str, now: DateTime<Utc>) -> TestApp {
 
 pub fn spawn_app_with_clock(db: &TestDb, extra: &str, clock: Arc<dyn Clock>) -> TestApp {
     let toml = format!(
-        "bind = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\n{extra}\n[http]\nworkers = 2\n",
+        "bind = \"127.0.0.1:0\"\ndatabase_url = \"{}\"\n{extra}\n",
         db.url
     );
-    let settings = Settings::from_toml(&toml).expect("settings");
+    let mut settings = Settings::from_toml(&toml).expect("settings");
+    settings.http.workers = 2;
     let pool = db::connect(&db.url, &settings.pool).expect("connect");
     db::migrate(&mut pool.get().unwrap()).expect("migrate");
     let state = payhook::http::AppState::new(&settings, pool.clone(), clock).expect("state");

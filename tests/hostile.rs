@@ -1,0 +1,179 @@
+//! Hostile clients against the real server: slow senders, oversized bodies, wrong methods and a
+//! thousand connections at once. None of them may credit, crash the server or hold it hostage.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::{count, create_order, spawn_app, Backend, TestApp, TestDb};
+use serde_json::Value;
+
+const VECTOR_TIME: i64 = 1_795_375_716;
+
+fn paid_case() -> (String, Value) {
+    let path = format!(
+        "{}/../shared/vectors/standard-webhooks.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let set: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    (
+        set["secret"].as_str().unwrap().to_owned(),
+        set["cases"][0].clone(),
+    )
+}
+
+fn app(db: &TestDb) -> TestApp {
+    let (secret, _) = paid_case();
+    let config = format!(
+        "[http]\nrequest_timeout_secs = 1\nbody_limit_bytes = 4096\n\
+         [channels.gateway]\nprovider = \"standard-webhooks\"\nsecrets = [{secret:?}]\n"
+    );
+    spawn_app(
+        db,
+        &config,
+        DateTime::<Utc>::from_timestamp(VECTOR_TIME, 0).unwrap(),
+    )
+}
+
+/// The raw HTTP/1.1 request for the paid vector, closing the connection after the answer.
+fn raw_request(case: &Value, body: &str) -> String {
+    let mut head = String::from("POST /notify/gateway HTTP/1.1\r\nHost: payhook\r\nConnection: close\r\nContent-Type: application/json\r\n");
+    for (k, v) in case["headers"].as_object().unwrap() {
+        head.push_str(&format!("{k}: {}\r\n", v.as_str().unwrap()));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    head
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+/// Reads until the server answers or closes, for at most `limit`.
+fn read_answer(stream: &mut TcpStream, limit: Duration) -> String {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn slow_clients_are_cut_off_by_the_request_timeout() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = app(&db);
+    let (_, case) = paid_case();
+
+    // Headers that never finish.
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(app.addr).unwrap();
+    stream
+        .write_all(b"POST /notify/gateway HTTP/1.1\r\nHost: payhook\r\n")
+        .unwrap();
+    let answer = read_answer(&mut stream, Duration::from_secs(10));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a slow head was held {:?}",
+        started.elapsed()
+    );
+    assert!(
+        answer.is_empty() || status_line(&answer).contains("408"),
+        "{answer:?}"
+    );
+
+    // A body that stops half-way.
+    let body = case["body"].as_str().unwrap();
+    let request = raw_request(&case, body);
+    let cut = request.len() - body.len() / 2;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(app.addr).unwrap();
+    stream.write_all(&request.as_bytes()[..cut]).unwrap();
+    let answer = read_answer(&mut stream, Duration::from_secs(10));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a slow body was held {:?}",
+        started.elapsed()
+    );
+    assert!(
+        answer.is_empty() || status_line(&answer).contains("408"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        count(&app.pool, "SELECT COUNT(*) AS n FROM notifications"),
+        0
+    );
+}
+
+#[test]
+fn bodies_over_the_limit_get_413_and_wrong_methods_405() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = app(&db);
+    let client = reqwest::blocking::Client::new();
+    let post = |len: usize| {
+        client
+            .post(app.url("/notify/gateway"))
+            .header("Content-Type", "application/json")
+            .body(vec![b'x'; len])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post(4097), 413);
+    assert_ne!(
+        post(4096),
+        413,
+        "a body at the limit is read (and refused for its signature)"
+    );
+    for method in ["GET", "PUT", "DELETE", "PATCH"] {
+        let status = client
+            .request(method.parse().unwrap(), app.url("/notify/gateway"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 405, "{method}");
+    }
+}
+
+/// A thousand connections open at once, each delivering the same paid notification: every one is
+/// answered with an ack, and the order is credited once.
+#[test]
+fn a_thousand_concurrent_connections_are_all_answered_and_credit_once() {
+    let db = TestDb::new(Backend::Postgresql);
+    let app = app(&db);
+    let (_, case) = paid_case();
+    let order_no = case["out_trade_no"].as_str().unwrap();
+    create_order(
+        &mut app.pool.get().unwrap(),
+        "thousand",
+        "gateway",
+        "12.34",
+        "CNY",
+        Some(order_no),
+    );
+    let request = raw_request(&case, case["body"].as_str().unwrap());
+
+    let mut streams: Vec<TcpStream> = (0..1000)
+        .map(|i| TcpStream::connect(app.addr).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    for stream in &mut streams {
+        stream.write_all(request.as_bytes()).unwrap();
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for stream in &mut streams {
+        let answer = read_answer(stream, Duration::from_secs(60));
+        *statuses.entry(status_line(&answer).to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    let (line, n) = statuses.iter().next().unwrap();
+    assert!(line.starts_with("HTTP/1.1 2"), "{statuses:?}");
+    assert_eq!(*n, 1000);
+    assert_eq!(count(&app.pool, "SELECT COUNT(*) AS n FROM ledger"), 1);
+    assert_eq!(
+        count(&app.pool, "SELECT delivery_count AS n FROM notifications"),
+        1000
+    );
+}
