@@ -147,12 +147,13 @@ fn decide(
             Some(format!("{} notification names no order", n.kind.as_str())),
         ));
     };
-    let Some(order) = orders::find(conn, order_no)? else {
-        return Ok(Decision::new(Outcome::UnknownOrder, None));
-    };
+    // Another merchant's notification never becomes ours, whether or not the order exists.
     if let Some(why) = &n.merchant_mismatch {
         return Ok(Decision::new(Outcome::Mismatch, Some(why.clone())));
     }
+    let Some(order) = orders::find(conn, order_no)? else {
+        return Ok(Decision::new(Outcome::UnknownOrder, None));
+    };
     if order.channel != n.channel {
         return Ok(Decision::new(
             Outcome::Mismatch,

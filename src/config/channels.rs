@@ -75,7 +75,38 @@ pub enum ChannelConfig {
     StandardWebhooks(StandardWebhooksConfig),
 }
 
+/// The widest timestamp tolerance accepted: beyond it, replay protection means little.
+pub const MAX_TOLERANCE_SECS: u64 = 3600;
+
 impl ChannelConfig {
+    /// Refuses settings that would lose every notification or switch a protection off.
+    pub fn check(&self) -> Result<(), String> {
+        let (ids, tolerance): (Vec<(&str, &str)>, u64) = match self {
+            ChannelConfig::Alipay(c) => {
+                let mut ids = vec![("app_id", c.app_id.as_str())];
+                if let Some(seller) = &c.seller_id {
+                    ids.push(("seller_id", seller.as_str()));
+                }
+                (ids, c.timestamp_tolerance_secs)
+            }
+            ChannelConfig::WechatPay(c) => (
+                vec![("mchid", c.mchid.as_str()), ("appid", c.appid.as_str())],
+                c.timestamp_tolerance_secs,
+            ),
+            ChannelConfig::Stripe(c) => (vec![], c.timestamp_tolerance_secs),
+            ChannelConfig::StandardWebhooks(c) => (vec![], c.timestamp_tolerance_secs),
+        };
+        if let Some((key, _)) = ids.iter().find(|(_, v)| v.trim().is_empty()) {
+            return Err(format!("{key} must not be empty"));
+        }
+        if !(1..=MAX_TOLERANCE_SECS).contains(&tolerance) {
+            return Err(format!(
+                "timestamp_tolerance_secs must be 1 to {MAX_TOLERANCE_SECS}"
+            ));
+        }
+        Ok(())
+    }
+
     /// What orders on this channel must look like.
     pub fn terms(&self) -> crate::orders::ChannelTerms {
         let order_no_len = match self {
@@ -133,6 +164,9 @@ pub struct WechatPayConfig {
 pub struct StripeConfig {
     /// Endpoint signing secrets (`whsec_...`); several while one is being rolled.
     pub secrets: Vec<Secret>,
+    /// When set, events whose `livemode` differs are kept as anomalies and never credit: a live
+    /// endpoint also receives connected accounts' test events.
+    pub livemode: Option<bool>,
     #[serde(default = "default_currency")]
     pub currency: Currency,
     #[serde(default = "default_tolerance")]

@@ -240,6 +240,25 @@ mod tests {
                 .unwrap_err();
         assert!(err.to_string().contains("bad name"), "{err}");
 
+        let err = Settings::from_toml(
+            "[channels.s]\nprovider = \"stripe\"\nsecrets = [\"k\"]\ntimestamp_tolerance_secs = 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("channels.s: timestamp_tolerance_secs"),
+            "{err}"
+        );
+        let err = Settings::from_toml(
+            "[channels.a]\nprovider = \"alipay\"\napp_id = \" \"\nalipay_public_key = \"k\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("channels.a: app_id must not be empty"),
+            "{err}"
+        );
+
         let err = Settings::from_toml("[pool]\nmax_size = 0\n").unwrap_err();
         assert!(err.to_string().contains("pool.max_size"), "{err}");
     }

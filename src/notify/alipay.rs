@@ -58,8 +58,9 @@ impl Alipay {
         let amount = form
             .text("total_amount")?
             .map(|text| {
-                AmountMinor::parse(text, self.currency)
-                    .map_err(|e| Rejection::Format(format!("total_amount: {e}")))
+                AmountMinor::parse(text, self.currency).map_err(|_| {
+                    Rejection::Format(format!("total_amount {} is not an amount", shown(text)))
+                })
             })
             .transpose()?;
         Ok(Notification {
@@ -144,7 +145,10 @@ fn sign_algorithm(sign_type: Option<&str>) -> Result<&'static RsaParameters, Rej
 /// A refund arrives as the trade's status with `refund_fee` added; it must never read as a
 /// second payment.
 fn kind(form: &Form) -> Result<NotificationKind, Rejection> {
-    let refunded = form.text("refund_fee")?.is_some_and(|fee| !fee.is_empty());
+    // Only a positive fee is a refund: some notifications carry `refund_fee=0.00`.
+    let refunded = form
+        .text("refund_fee")?
+        .is_some_and(|fee| !fee.is_empty() && fee.bytes().any(|b| (b'1'..=b'9').contains(&b)));
     let status = form.text("trade_status")?.unwrap_or_default();
     Ok(match status {
         "TRADE_SUCCESS" | "TRADE_FINISHED" | "TRADE_CLOSED" if refunded => NotificationKind::Refund,

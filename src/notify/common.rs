@@ -164,6 +164,24 @@ pub(crate) fn check_timestamp(
     Ok(())
 }
 
+/// Checks only that a unix-seconds timestamp is not older than the tolerance.
+pub(crate) fn check_timestamp_age(
+    value: &str,
+    now: DateTime<Utc>,
+    tolerance_secs: u64,
+) -> Result<(), Rejection> {
+    let sent = unix_seconds(value).ok_or_else(|| {
+        Rejection::Signature(format!("timestamp {} is not unix seconds", shown(value)))
+    })?;
+    let age = now.timestamp().saturating_sub(sent);
+    if age > 0 && age.unsigned_abs() > tolerance_secs {
+        return Err(Rejection::Signature(format!(
+            "timestamp is {age} s old; {tolerance_secs} s are allowed"
+        )));
+    }
+    Ok(())
+}
+
 /// Plain digits only: `i64::from_str` would also take a sign.
 fn unix_seconds(value: &str) -> Option<i64> {
     let plain = !value.is_empty() && value.len() <= 18 && value.bytes().all(|b| b.is_ascii_digit());
@@ -207,7 +225,16 @@ pub(crate) fn signature_from_base64(text: &str) -> Result<Vec<u8>, Rejection> {
 
 /// Parses a verified JSON document into its typed form.
 pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Rejection> {
-    serde_json::from_slice(bytes).map_err(|e| Rejection::Format(format!("{what}: {e}")))
+    // serde's message names the field at fault but may also quote the offending value
+    // (decrypted plaintext included): keep it short.
+    serde_json::from_slice(bytes).map_err(|e| {
+        let message = e.to_string();
+        let cut = message
+            .char_indices()
+            .nth(96)
+            .map_or(message.len(), |(i, _)| i);
+        Rejection::Format(format!("{what}: {}", &message[..cut]))
+    })
 }
 
 pub(crate) fn order_no(value: &str) -> Result<OrderNo, Rejection> {
@@ -216,7 +243,8 @@ pub(crate) fn order_no(value: &str) -> Result<OrderNo, Rejection> {
 }
 
 pub(crate) fn currency(code: &str) -> Result<Currency, Rejection> {
-    Currency::parse(code).map_err(|e| Rejection::Format(format!("currency {}: {e}", shown(code))))
+    Currency::parse(code)
+        .map_err(|_| Rejection::Format(format!("currency {} is not supported", shown(code))))
 }
 
 pub(crate) fn minor_units(value: i64) -> Result<AmountMinor, Rejection> {

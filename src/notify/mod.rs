@@ -155,6 +155,7 @@ mod tests {
     #[test]
     fn each_configured_provider_is_built_by_name_and_bad_keys_stop_it() {
         let stripe = ChannelConfig::Stripe(StripeConfig {
+            livemode: None,
             secrets: vec![Secret::new("whsec_x")],
             currency: Currency::Usd,
             timestamp_tolerance_secs: 300,
