@@ -167,6 +167,11 @@ impl Settings {
         {
             return invalid("admin_token must not be empty");
         }
+        for (name, channel) in &self.channels {
+            channel
+                .check()
+                .map_err(|e| ConfigError::Invalid(format!("channels.{name}: {e}")))?;
+        }
         Ok(())
     }
 }
