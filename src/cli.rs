@@ -51,6 +51,8 @@ enum Command {
         #[command(subcommand)]
         command: AccountCommand,
     },
+    /// Send recorded notifications to a server and check its answers (also a load generator).
+    Replay(crate::replay::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +138,7 @@ fn init_logging() {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { db, bind } => serve(db.settings(bind)?),
+        Command::Replay(args) => crate::replay::run(args),
         Command::Migrate { db } => {
             let settings = db.settings(None)?;
             let pool = open(&settings)?;

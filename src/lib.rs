@@ -11,6 +11,8 @@
 //! - [`db`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations.
 //! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).
 //! - [`config`] and [`cli`]: layered settings and the `payhook` command line.
+//! - [`replay`]: a client that sends recorded notifications and checks the answers; also the
+//!   load generator for benchmarks.
 
 #![forbid(unsafe_code)]
 
@@ -26,3 +28,4 @@ pub mod inbox;
 pub mod money;
 pub mod notify;
 pub mod orders;
+pub mod replay;
