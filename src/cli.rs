@@ -53,6 +53,8 @@ enum Command {
     },
     /// Send recorded notifications to a server and check its answers (also a load generator).
     Replay(crate::replay::Args),
+    /// Create pending orders on a channel and write the signed notifications that pay them.
+    Fixtures(crate::fixtures::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { db, bind } => serve(db.settings(bind)?),
         Command::Replay(args) => crate::replay::run(args),
+        Command::Fixtures(args) => crate::fixtures::run(args),
         Command::Migrate { db } => {
             let settings = db.settings(None)?;
             let pool = open(&settings)?;

@@ -11,8 +11,8 @@
 //! - [`db`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations.
 //! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).
 //! - [`config`] and [`cli`]: layered settings and the `payhook` command line.
-//! - [`replay`]: a client that sends recorded notifications and checks the answers; also the
-//!   load generator for benchmarks.
+//! - [`fixtures`] and [`replay`]: tools around the server; signed notifications for new orders,
+//!   and a client that sends recorded notifications and checks the answers (also for load).
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +22,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod fixtures;
 pub mod http;
 pub mod ids;
 pub mod inbox;
