@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub channel: String,
     /// How many orders (and notifications) to make.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub count: u32,
     /// The user the orders credit; with --users above 1, the prefix of ID-1 ... ID-N.
     #[arg(long, value_name = "ID", default_value = "demo-user")]

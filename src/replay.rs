@@ -8,9 +8,10 @@
 //! `name`, `expect` (`ack` or `retry`) and `provider`. A folder stands for its `.ndjson` and
 //! `.json` files, in name order. An error names the file and the line (or array item).
 //!
-//! Each item is POSTed to `BASE_URL/notify/{channel}` with its headers and body as given; only
-//! the framing headers (`Host`, `Content-Length`, `Transfer-Encoding`, `Connection`) are left to
-//! the client, which sets them for the body actually sent.
+//! Each item is POSTed to `BASE_URL/notify/{channel}` with its headers and body as given. The
+//! framing headers (`Host`, `Content-Length`, `Transfer-Encoding`, `Connection`) are left to the
+//! client, which sets them for the body actually sent; it also adds `Accept: */*` when an item
+//! has no `Accept`.
 //!
 //! # Which answer is which
 //!
