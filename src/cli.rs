@@ -64,6 +64,10 @@ enum Command {
         #[command(subcommand)]
         command: AccountCommand,
     },
+    /// Send recorded notifications to a server and check its answers (also a load generator).
+    Replay(crate::replay::Args),
+    /// Create pending orders on a channel and write the signed notifications that pay them.
+    Fixtures(crate::fixtures::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +150,8 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { db, bind } => serve(db.settings(bind)?),
+        Command::Replay(args) => crate::replay::run(args),
+        Command::Fixtures(args) => crate::fixtures::run(args),
         Command::Migrate { db } => {
             let settings = db.settings(None)?;
             let pool = open(&settings)?;

@@ -13,6 +13,8 @@
 //! - [`verify`]: the one-command proof that the books balance.
 //! - [`telemetry`]: log lines to tail and Prometheus metrics.
 //! - [`config`] and [`cli`]: layered settings and the `payhook` command line.
+//! - [`fixtures`] and [`replay`]: tools around the server; signed notifications for new orders,
+//!   and a client that sends recorded notifications and checks the answers (also for load).
 
 #![forbid(unsafe_code)]
 
@@ -22,11 +24,13 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod fixtures;
 pub mod http;
 pub mod ids;
 pub mod inbox;
 pub mod money;
 pub mod notify;
 pub mod orders;
+pub mod replay;
 pub mod telemetry;
 pub mod verify;

@@ -265,13 +265,12 @@ fn form_decode(encoded: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use percent_encoding::{percent_encode, NON_ALPHANUMERIC};
     use proptest::prelude::*;
-    use ring::rand::SystemRandom;
     use serde::Deserialize;
 
     use super::*;
     use crate::config::Secret;
+    use crate::notify::sign;
     use crate::notify::testing::{self, Case};
 
     #[derive(Deserialize)]
@@ -324,33 +323,14 @@ mod tests {
 
     /// A form signed (RSA2) with the test key, for cases the vector file does not hold.
     fn signed_form(params: &[(&str, &[u8])], sign_type: Option<&str>) -> Vec<u8> {
-        let mut sorted = params.to_vec();
-        sorted.sort_by_key(|(key, _)| *key);
-        let content: Vec<u8> = sorted
-            .iter()
-            .map(|(k, v)| [k.as_bytes(), b"=", v].concat())
-            .collect::<Vec<_>>()
-            .join(&b'&');
         let key = testing::signer("alipay-test-private-key.pem");
-        let mut sign = vec![0; key.public().modulus_len()];
-        key.sign(
-            &signature::RSA_PKCS1_SHA256,
-            &SystemRandom::new(),
-            &content,
-            &mut sign,
-        )
-        .unwrap();
-        let sign = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sign);
+        let sign = sign::alipay_rsa2(params, &key);
         let mut fields: Vec<(&str, &[u8])> = params.to_vec();
         fields.push(("sign", sign.as_bytes()));
         if let Some(sign_type) = sign_type {
             fields.push(("sign_type", sign_type.as_bytes()));
         }
-        let encoded: Vec<String> = fields
-            .iter()
-            .map(|(k, v)| format!("{k}={}", percent_encode(v, NON_ALPHANUMERIC)))
-            .collect();
-        encoded.join("&").into_bytes()
+        sign::form_encode(&fields).into_bytes()
     }
 
     /// Form fields that add to or replace a test trade's, as raw (unencoded) bytes.

@@ -10,6 +10,7 @@ use crate::ids::{ChannelName, OrderNo};
 use crate::money::{AmountMinor, Currency};
 
 pub mod alipay;
+pub mod sign;
 pub mod standard_webhooks;
 pub mod stripe;
 pub mod wechatpay;

@@ -71,7 +71,7 @@ impl StandardWebhooks {
 }
 
 /// The secret is `whsec_` and base64; the libraries also take it without the prefix.
-fn signing_key(secret: &str) -> Option<hmac::Key> {
+pub(super) fn signing_key(secret: &str) -> Option<hmac::Key> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
     let key = STANDARD
         .decode(encoded)
@@ -169,6 +169,7 @@ mod tests {
     use super::*;
     use crate::config::Secret;
     use crate::money::Currency;
+    use crate::notify::sign;
     use crate::notify::testing::{self, Case};
 
     #[derive(Deserialize)]
@@ -222,13 +223,12 @@ mod tests {
     /// `body` signed with the vectors' secret at their timestamp.
     fn signed(v: &Vectors, body: &serde_json::Value) -> (Vec<(String, String)>, Vec<u8>) {
         let body = body.to_string().into_bytes();
-        let key = signing_key(&v.secret).unwrap();
-        let content = [format!("msg_extra.{}.", v.timestamp).as_bytes(), &body].concat();
-        let signature = STANDARD.encode(hmac::sign(&key, &content));
+        let signature =
+            sign::standard_webhooks_signature(&v.secret, "msg_extra", v.timestamp, &body).unwrap();
         let headers = [
             ("webhook-id", "msg_extra".to_owned()),
             ("webhook-timestamp", v.timestamp.to_string()),
-            ("webhook-signature", format!("v1a,ignored v1,{signature}")),
+            ("webhook-signature", format!("v1a,ignored {signature}")),
         ];
         (headers.map(|(k, v)| (k.to_owned(), v)).to_vec(), body)
     }

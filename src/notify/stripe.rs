@@ -244,6 +244,7 @@ mod tests {
     use super::*;
     use crate::config::Secret;
     use crate::money::Currency;
+    use crate::notify::sign;
     use crate::notify::testing::{self, Case};
 
     #[derive(Deserialize)]
@@ -298,10 +299,7 @@ mod tests {
     /// `body` signed at `timestamp` with the vectors' secret.
     fn signed(v: &Vectors, body: &serde_json::Value) -> (Vec<(String, String)>, Vec<u8>) {
         let body = body.to_string().into_bytes();
-        let key = hmac::Key::new(hmac::HMAC_SHA256, v.secret.as_bytes());
-        let payload = [v.timestamp.to_string().as_bytes(), b".", &body].concat();
-        let signature = hex::encode(hmac::sign(&key, &payload));
-        let header = format!("t={},v1={signature}", v.timestamp);
+        let header = sign::stripe_signature(&v.secret, v.timestamp, &body);
         (vec![("Stripe-Signature".to_owned(), header)], body)
     }
 

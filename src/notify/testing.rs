@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use ring::signature::RsaKeyPair;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::sign::RsaSigner;
 use super::{Notification, NotificationKind, RawRequest, Rejection};
 use crate::ids::ChannelName;
 
@@ -97,11 +97,9 @@ pub fn channel() -> ChannelName {
     ChannelName::parse("test-channel").expect("valid channel name")
 }
 
-/// A test key pair from the vectors folder, to sign cases the files do not hold.
-pub fn signer(file: &str) -> RsaKeyPair {
-    let pem = read(file);
-    let (_, der) = spki::der::pem::decode_vec(pem.as_bytes()).expect("PEM");
-    RsaKeyPair::from_pkcs8(&der).expect("PKCS #8 RSA key")
+/// A test key from the vectors folder, to sign cases the files do not hold.
+pub fn signer(file: &str) -> RsaSigner {
+    RsaSigner::from_pem(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
 pub fn is_signature_rejection(result: &Result<Notification, Rejection>) -> bool {

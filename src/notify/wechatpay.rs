@@ -281,11 +281,10 @@ struct ResourceAmount {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use ring::rand::SystemRandom;
-    use ring::signature::RSA_PKCS1_SHA256;
 
     use super::*;
     use crate::config::Secret;
+    use crate::notify::sign;
     use crate::notify::testing::{self, Case};
 
     const SENT_AT: i64 = 1_795_375_716;
@@ -355,44 +354,33 @@ mod tests {
         event_type: &str,
         resource: &serde_json::Value,
     ) -> (Vec<(String, String)>, Vec<u8>) {
-        let key = aead::UnboundKey::new(&aead::AES_256_GCM, v.apiv3_key.as_bytes()).unwrap();
         let nonce = "0123456789ab";
-        let mut sealed = resource.to_string().into_bytes();
-        aead::LessSafeKey::new(key)
-            .seal_in_place_append_tag(
-                aead::Nonce::try_assume_unique_for_key(nonce.as_bytes()).unwrap(),
-                aead::Aad::from(b"transaction"),
-                &mut sealed,
-            )
-            .unwrap();
+        let ciphertext = sign::wechatpay_encrypt(
+            &v.apiv3_key,
+            nonce,
+            "transaction",
+            resource.to_string().as_bytes(),
+        )
+        .unwrap();
         let body = json!({
             "id": "extra-notification",
             "event_type": event_type,
             "resource_type": "encrypt-resource",
             "resource": {
                 "algorithm": "AEAD_AES_256_GCM",
-                "ciphertext": STANDARD.encode(sealed),
+                "ciphertext": ciphertext,
                 "nonce": nonce,
                 "associated_data": "transaction",
             },
         })
         .to_string();
         let timestamp = SENT_AT.to_string();
-        let message = format!("{timestamp}\nNONCE\n{body}\n");
         let signer = testing::signer("wechatpay-test-private-key.pem");
-        let mut signature = vec![0; signer.public().modulus_len()];
-        signer
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                message.as_bytes(),
-                &mut signature,
-            )
-            .unwrap();
+        let signature = sign::wechatpay_signature(&signer, &timestamp, "NONCE", body.as_bytes());
         let headers = [
             ("Wechatpay-Timestamp", timestamp),
             ("Wechatpay-Nonce", "NONCE".to_owned()),
-            ("Wechatpay-Signature", STANDARD.encode(signature)),
+            ("Wechatpay-Signature", signature),
             ("Wechatpay-Serial", v.public_key_id.clone()),
         ];
         let headers = headers.map(|(k, v)| (k.to_owned(), v)).to_vec();

@@ -1,0 +1,706 @@
+//! `payhook fixtures`: creates pending orders on a configured channel and writes the signed
+//! notifications that pay them, as a fixture file for `payhook replay`.
+//!
+//! Orders take the same path as `payhook order create`: validated against the channel's terms,
+//! then [`orders::create`] after the migrations are applied. The notifications are signed as the
+//! provider signs them ([`crate::notify::sign`]): HMAC providers with the channel's first
+//! configured secret, RSA providers (Alipay, WeChat Pay) with `--private-key`, since the channel
+//! holds only the public half. The first notification is verified with the channel's own adapter
+//! before any order is created, so a key that does not match fails at once instead of leaving
+//! orders that nothing can pay.
+//!
+//! Notifications are signed at the current time. WeChat Pay, Stripe and Standard Webhooks
+//! channels refuse them once they are older than `timestamp_tolerance_secs` (300 s by default);
+//! Alipay's carry no time limit.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use serde_json::json;
+
+use crate::config::{ChannelConfig, Overrides, Settings};
+use crate::db;
+use crate::ids::{ChannelName, OrderNo};
+use crate::money::{AmountMinor, Currency};
+use crate::notify::sign::{self, RsaSigner};
+use crate::notify::{self, NotificationKind, RawRequest};
+use crate::orders::{self, Created, NewOrder, OrderRequest};
+use crate::replay::{Expect, Fixture, ProviderName};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+The notifications are signed now: WeChat Pay, Stripe and Standard Webhooks channels accept them \
+for timestamp_tolerance_secs (default 300 s), so replay them within five minutes. Alipay's carry \
+no time limit.
+
+Example, with the test-only demo configuration:
+  payhook fixtures --config config/demo.toml --channel alipay --count 100 \\
+      --private-key config/demo-keys/alipay-test-private-key.pem --out alipay.ndjson
+  payhook replay --url http://127.0.0.1:8080 alipay.ndjson")]
+pub struct Args {
+    /// Config file (TOML) that configures the channel; also PAYHOOK_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// sqlite://PATH or postgres://user:pass@host:5432/db; also PAYHOOK_DATABASE_URL.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// The configured channel the orders are paid through.
+    #[arg(long, value_name = "NAME")]
+    pub channel: String,
+    /// How many orders (and notifications) to make.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub count: u32,
+    /// The user the orders credit; with --users above 1, the prefix of ID-1 ... ID-N.
+    #[arg(long, value_name = "ID", default_value = "demo-user")]
+    pub user_id: String,
+    /// Spread the orders round-robin over this many users.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub users: u32,
+    /// Each order's amount in the channel's currency.
+    #[arg(long, default_value = "10.00")]
+    pub amount: String,
+    /// PEM private key (PKCS #8 or PKCS #1) that signs as Alipay or WeChat Pay: the pair of the
+    /// public key the channel is configured with.
+    #[arg(long, value_name = "PEM_FILE")]
+    pub private_key: Option<PathBuf>,
+    /// WeChat Pay: the Wechatpay-Serial to sign as (default: the channel's first public key id).
+    #[arg(long, value_name = "ID")]
+    pub serial: Option<String>,
+    /// Write the fixtures to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// The order a notification pays.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub order_no: OrderNo,
+    pub amount: AmountMinor,
+    pub currency: Currency,
+}
+
+impl From<&NewOrder> for Payment {
+    fn from(order: &NewOrder) -> Payment {
+        Payment {
+            order_no: order.order_no.clone(),
+            amount: order.amount,
+            currency: order.currency,
+        }
+    }
+}
+
+/// A signed request: what a fixture item carries.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// A channel's keys, ready to sign its provider's payment notifications.
+pub enum Signer {
+    Alipay {
+        app_id: String,
+        seller_id: Option<String>,
+        key: RsaSigner,
+    },
+    WechatPay {
+        mchid: String,
+        appid: String,
+        apiv3_key: String,
+        serial: String,
+        key: RsaSigner,
+    },
+    Stripe {
+        secret: String,
+    },
+    StandardWebhooks {
+        secret: String,
+    },
+}
+
+impl Signer {
+    /// `private_key` is PEM text, needed by the RSA providers and ignored by the others.
+    pub fn new(
+        cfg: &ChannelConfig,
+        private_key: Option<&str>,
+        serial: Option<&str>,
+    ) -> Result<Signer, String> {
+        let rsa_key = |provider: &str, public: &str| {
+            let pem = private_key.ok_or_else(|| {
+                format!(
+                    "signing as {provider} needs --private-key PEM_FILE, the private half of the \
+                     channel's {public}"
+                )
+            })?;
+            RsaSigner::from_pem(pem).map_err(|e| format!("--private-key: {e}"))
+        };
+        let first_secret = |secrets: &[crate::config::Secret]| {
+            secrets
+                .first()
+                .map(|s| s.expose().to_owned())
+                .ok_or_else(|| "the channel has no signing secret".to_owned())
+        };
+        Ok(match cfg {
+            ChannelConfig::Alipay(c) => Signer::Alipay {
+                app_id: c.app_id.clone(),
+                seller_id: c.seller_id.clone(),
+                key: rsa_key("Alipay", "alipay_public_key")?,
+            },
+            ChannelConfig::WechatPay(c) => {
+                let serial = match serial {
+                    Some(s) if c.public_keys.contains_key(s) => s.to_owned(),
+                    Some(s) => {
+                        let known: Vec<&str> = c.public_keys.keys().map(String::as_str).collect();
+                        return Err(format!(
+                            "--serial {s} is not one of the channel's public_keys ({})",
+                            known.join(", ")
+                        ));
+                    }
+                    None => c
+                        .public_keys
+                        .keys()
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| "the channel has no public_keys".to_owned())?,
+                };
+                Signer::WechatPay {
+                    mchid: c.mchid.clone(),
+                    appid: c.appid.clone(),
+                    apiv3_key: c.apiv3_key.expose().to_owned(),
+                    serial,
+                    key: rsa_key("WeChat Pay", "public key")?,
+                }
+            }
+            ChannelConfig::Stripe(c) => Signer::Stripe {
+                secret: first_secret(&c.secrets)?,
+            },
+            ChannelConfig::StandardWebhooks(c) => Signer::StandardWebhooks {
+                secret: first_secret(&c.secrets)?,
+            },
+        })
+    }
+
+    pub fn provider(&self) -> ProviderName {
+        match self {
+            Signer::Alipay { .. } => ProviderName::Alipay,
+            Signer::WechatPay { .. } => ProviderName::WechatPay,
+            Signer::Stripe { .. } => ProviderName::Stripe,
+            Signer::StandardWebhooks { .. } => ProviderName::StandardWebhooks,
+        }
+    }
+
+    /// The notification that reports `payment` paid, signed at `now`, with fresh notification
+    /// and trade ids.
+    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<Signed, String> {
+        match self {
+            Signer::Alipay {
+                app_id,
+                seller_id,
+                key,
+            } => Ok(alipay(app_id, seller_id.as_deref(), key, payment, now)),
+            Signer::WechatPay {
+                mchid,
+                appid,
+                apiv3_key,
+                serial,
+                key,
+            } => wechatpay(mchid, appid, apiv3_key, serial, key, payment, now),
+            Signer::Stripe { secret } => Ok(stripe(secret, payment, now)),
+            Signer::StandardWebhooks { secret } => standard_webhooks(secret, payment, now),
+        }
+    }
+}
+
+/// China Standard Time, in which Alipay and WeChat Pay write their times.
+fn china(now: DateTime<Utc>) -> DateTime<FixedOffset> {
+    now.with_timezone(&FixedOffset::east_opt(8 * 3600).expect("a valid offset"))
+}
+
+/// `n` random decimal digits.
+fn digits(n: usize) -> String {
+    (0..n).map(|_| fastrand::digit(10)).collect()
+}
+
+/// A fresh id: 32 hex digits, time-ordered and unique.
+fn unique_hex() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+fn alipay(
+    app_id: &str,
+    seller_id: Option<&str>,
+    key: &RsaSigner,
+    payment: &Payment,
+    now: DateTime<Utc>,
+) -> Signed {
+    let local = china(now);
+    let time = |t: DateTime<FixedOffset>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    let amount = payment.amount.format(payment.currency);
+    let trade_no = format!("{}22001{}", local.format("%Y%m%d"), digits(15));
+    let buyer_id = format!("2088{}", digits(12));
+    let seller_id = seller_id.map_or_else(|| format!("2088{}", digits(12)), str::to_owned);
+    let fund_bill_list = json!([{ "amount": amount, "fundChannel": "ALIPAYACCOUNT" }]).to_string();
+    let fields = [
+        ("gmt_create", time(local - chrono::Duration::seconds(5))),
+        ("charset", "utf-8".to_owned()),
+        ("subject", "充值 (payhook fixture)".to_owned()),
+        ("buyer_id", buyer_id),
+        ("invoice_amount", amount.clone()),
+        ("notify_id", unique_hex()),
+        ("fund_bill_list", fund_bill_list),
+        ("notify_type", "trade_status_sync".to_owned()),
+        ("trade_status", "TRADE_SUCCESS".to_owned()),
+        ("receipt_amount", amount.clone()),
+        ("buyer_pay_amount", amount.clone()),
+        ("app_id", app_id.to_owned()),
+        ("seller_id", seller_id),
+        ("gmt_payment", time(local - chrono::Duration::seconds(1))),
+        ("notify_time", time(local)),
+        ("version", "1.0".to_owned()),
+        ("out_trade_no", payment.order_no.to_string()),
+        ("total_amount", amount),
+        ("trade_no", trade_no),
+        ("auth_app_id", app_id.to_owned()),
+        ("point_amount", "0.00".to_owned()),
+    ];
+    let mut params: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    let signature = sign::alipay_rsa2(&params, key);
+    params.push(("sign", signature.as_bytes()));
+    params.push(("sign_type", b"RSA2"));
+    Signed {
+        headers: vec![(
+            "Content-Type".to_owned(),
+            "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
+        )],
+        body: sign::form_encode(&params),
+    }
+}
+
+fn wechatpay(
+    mchid: &str,
+    appid: &str,
+    apiv3_key: &str,
+    serial: &str,
+    key: &RsaSigner,
+    payment: &Payment,
+    now: DateTime<Utc>,
+) -> Result<Signed, String> {
+    let local = china(now);
+    let time = local.to_rfc3339_opts(SecondsFormat::Secs, false);
+    let transaction = json!({
+        "mchid": mchid,
+        "appid": appid,
+        "out_trade_no": payment.order_no,
+        "transaction_id": format!("42000{}{}{}", digits(5), local.format("%Y%m%d"), digits(10)),
+        "trade_type": "JSAPI",
+        "trade_state": "SUCCESS",
+        "trade_state_desc": "支付成功",
+        "bank_type": "OTHERS",
+        "attach": "",
+        "success_time": time,
+        "payer": { "openid": format!("o{}", &unique_hex()[..27]) },
+        "amount": {
+            "total": payment.amount.get(),
+            "payer_total": payment.amount.get(),
+            "currency": payment.currency.code(),
+            "payer_currency": payment.currency.code(),
+        },
+    });
+    let resource_nonce: String = (0..12).map(|_| fastrand::alphanumeric()).collect();
+    let ciphertext = sign::wechatpay_encrypt(
+        apiv3_key,
+        &resource_nonce,
+        "transaction",
+        transaction.to_string().as_bytes(),
+    )?;
+    let body = json!({
+        "id": uuid::Uuid::now_v7().hyphenated().to_string(),
+        "create_time": time,
+        "resource_type": "encrypt-resource",
+        "event_type": "TRANSACTION.SUCCESS",
+        "summary": "支付成功",
+        "resource": {
+            "original_type": "transaction",
+            "algorithm": "AEAD_AES_256_GCM",
+            "ciphertext": ciphertext,
+            "associated_data": "transaction",
+            "nonce": resource_nonce,
+        },
+    })
+    .to_string();
+    let timestamp = now.timestamp().to_string();
+    let nonce = unique_hex().to_uppercase();
+    let signature = sign::wechatpay_signature(key, &timestamp, &nonce, body.as_bytes());
+    let headers = [
+        ("Content-Type", "application/json".to_owned()),
+        ("Wechatpay-Nonce", nonce),
+        ("Wechatpay-Serial", serial.to_owned()),
+        ("Wechatpay-Signature", signature),
+        (
+            "Wechatpay-Signature-Type",
+            "WECHATPAY2-SHA256-RSA2048".to_owned(),
+        ),
+        ("Wechatpay-Timestamp", timestamp),
+    ];
+    Ok(Signed {
+        headers: headers.map(|(k, v)| (k.to_owned(), v)).to_vec(),
+        body,
+    })
+}
+
+fn stripe(secret: &str, payment: &Payment, now: DateTime<Utc>) -> Signed {
+    let id = unique_hex();
+    let body = json!({
+        "id": format!("evt_{id}"),
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": now.timestamp(),
+        "livemode": false,
+        "pending_webhooks": 1,
+        "type": "checkout.session.completed",
+        "data": {
+            "object": {
+                "id": format!("cs_test_{id}"),
+                "object": "checkout.session",
+                "client_reference_id": payment.order_no,
+                "amount_subtotal": payment.amount.get(),
+                "amount_total": payment.amount.get(),
+                "currency": payment.currency.code().to_ascii_lowercase(),
+                "mode": "payment",
+                "payment_status": "paid",
+                "status": "complete",
+                "payment_intent": format!("pi_{id}"),
+                "metadata": { "order_no": payment.order_no },
+            }
+        },
+    })
+    .to_string();
+    let header = sign::stripe_signature(secret, now.timestamp(), body.as_bytes());
+    Signed {
+        headers: vec![
+            (
+                "Content-Type".to_owned(),
+                "application/json; charset=utf-8".to_owned(),
+            ),
+            ("Stripe-Signature".to_owned(), header),
+        ],
+        body,
+    }
+}
+
+fn standard_webhooks(
+    secret: &str,
+    payment: &Payment,
+    now: DateTime<Utc>,
+) -> Result<Signed, String> {
+    let id = unique_hex();
+    let body = json!({
+        "type": "payment.succeeded",
+        "data": {
+            "order_no": payment.order_no,
+            "amount": payment.amount.get(),
+            "currency": payment.currency.code(),
+            "transaction_id": format!("tx_{id}"),
+        },
+    })
+    .to_string();
+    let message_id = format!("msg_{id}");
+    let signature =
+        sign::standard_webhooks_signature(secret, &message_id, now.timestamp(), body.as_bytes())?;
+    let headers = [
+        ("Content-Type", "application/json".to_owned()),
+        ("webhook-id", message_id),
+        ("webhook-signature", signature),
+        ("webhook-timestamp", now.timestamp().to_string()),
+    ];
+    Ok(Signed {
+        headers: headers.map(|(k, v)| (k.to_owned(), v)).to_vec(),
+        body,
+    })
+}
+
+/// Verifies `signed` with the channel's own adapter, as the server would at `now`, and checks it
+/// pays `payment`.
+pub fn check(
+    cfg: &ChannelConfig,
+    channel: &ChannelName,
+    payment: &Payment,
+    signed: &Signed,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let provider = notify::from_config(cfg)?;
+    let request = RawRequest {
+        headers: &signed.headers,
+        body: signed.body.as_bytes(),
+    };
+    let n = provider
+        .verify(channel, &request, now)
+        .map_err(|e| e.to_string())?;
+    let pays = n.kind == NotificationKind::Paid
+        && n.order_no.as_ref() == Some(&payment.order_no)
+        && n.amount == Some(payment.amount)
+        && n.currency == Some(payment.currency)
+        && n.merchant_mismatch.is_none();
+    if pays {
+        Ok(())
+    } else {
+        Err(format!("it verifies but does not pay the order: {n:?}"))
+    }
+}
+
+/// The user of the `i`th order.
+fn user_of(args: &Args, i: u32) -> String {
+    if args.users == 1 {
+        args.user_id.clone()
+    } else {
+        format!("{}-{}", args.user_id, i % args.users + 1)
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let flags = Overrides {
+        database_url: args.database_url.clone(),
+        ..Overrides::default()
+    };
+    let settings = Settings::load(args.config.as_deref(), &Overrides::from_env(), &flags)?;
+    let channel = ChannelName::parse(&args.channel)?;
+    let Some(cfg) = settings.channels.get(&channel) else {
+        let known: Vec<String> = settings.channels.keys().map(|c| c.to_string()).collect();
+        bail!(
+            "no channel named {channel} is configured (configured: {}); name the config with --config",
+            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+        );
+    };
+    let private_key = args
+        .private_key
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --private-key {}", path.display()))
+        })
+        .transpose()?;
+    let signer = Signer::new(cfg, private_key.as_deref(), args.serial.as_deref())
+        .map_err(|e| anyhow!("channel {channel}: {e}"))?;
+
+    let currency = cfg.currency();
+    let new_orders = (0..args.count)
+        .map(|i| {
+            let request = OrderRequest {
+                order_no: None,
+                user_id: user_of(&args, i),
+                amount: args.amount.clone(),
+                currency: currency.code().to_owned(),
+                channel: channel.to_string(),
+            };
+            request
+                .validate(|c| settings.channels.get(c).map(ChannelConfig::terms))
+                .map_err(|e| anyhow!("order: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<NewOrder>>>()?;
+
+    // One notification is verified before any order exists, so a wrong key leaves nothing behind.
+    let now = Utc::now();
+    let first = Payment::from(&new_orders[0]);
+    let probe = signer
+        .paid(&first, now)
+        .map_err(|e| anyhow!("channel {channel}: {e}"))?;
+    if let Err(e) = check(cfg, &channel, &first, &probe, now) {
+        let hint = match signer.provider() {
+            ProviderName::Alipay | ProviderName::WechatPay => {
+                " Is --private-key the pair of the channel's configured public key?"
+            }
+            _ => "",
+        };
+        bail!("channel {channel} would refuse these notifications: {e}.{hint}");
+    }
+
+    let url = settings.database_url.expose();
+    let redacted = db::DatabaseUrl::parse(url)?.redacted();
+    let pool = db::connect(url, &settings.pool).with_context(|| format!("database {redacted}"))?;
+    let mut conn = pool.get()?;
+    db::migrate(&mut conn)?;
+
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for (i, new) in new_orders.iter().enumerate() {
+        match orders::create(&mut conn, new, Utc::now().naive_utc())? {
+            Created::New(_) => {}
+            Created::Existing(order) | Created::Conflict(order, _) => {
+                bail!("order number {} is taken", order.order_no)
+            }
+        }
+        let payment = Payment::from(new);
+        let signed = signer
+            .paid(&payment, Utc::now())
+            .map_err(|e| anyhow!("channel {channel}: {e}"))?;
+        let fixture = Fixture {
+            name: Some(format!("{channel} #{} {}", i + 1, new.order_no)),
+            channel: channel.to_string(),
+            provider: Some(signer.provider()),
+            expect: Some(Expect::Ack),
+            headers: signed.headers.into_iter().collect(),
+            body: signed.body,
+        };
+        serde_json::to_writer(&mut out, &fixture)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    let users = if args.users == 1 {
+        args.user_id.clone()
+    } else {
+        format!(
+            "{} users {}-1 ... {}-{}",
+            args.users, args.user_id, args.user_id, args.users
+        )
+    };
+    let written_to = args
+        .out
+        .as_ref()
+        .map_or_else(|| "stdout".to_owned(), |p| p.display().to_string());
+    log::info!(
+        "created {} pending order(s) of {} {currency} on channel {channel} for {users}; \
+         wrote their signed notifications to {written_to}",
+        args.count,
+        new_orders[0].amount.format(currency),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> Settings {
+        Settings::from_toml(include_str!("../config/demo.toml")).expect("demo config")
+    }
+
+    fn demo_key(file: &str) -> String {
+        let path = format!("{}/config/demo-keys/{file}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn key_for(channel: &str) -> Option<String> {
+        match channel {
+            "alipay" => Some(demo_key("alipay-test-private-key.pem")),
+            "wxpay" => Some(demo_key("wechatpay-test-private-key.pem")),
+            _ => None,
+        }
+    }
+
+    fn payment(cfg: &ChannelConfig) -> Payment {
+        Payment {
+            order_no: orders::new_order_no(),
+            amount: AmountMinor::new(1234).unwrap(),
+            currency: cfg.currency(),
+        }
+    }
+
+    #[test]
+    fn every_demo_channel_gets_notifications_that_verify_and_pay_the_order() {
+        let settings = demo();
+        let mut providers = Vec::new();
+        for (channel, cfg) in &settings.channels {
+            let key = key_for(channel.as_str());
+            let signer = Signer::new(cfg, key.as_deref(), None).unwrap();
+            providers.push(signer.provider());
+            let payment = payment(cfg);
+            let now = Utc::now();
+            let first = signer.paid(&payment, now).unwrap();
+            let second = signer.paid(&payment, now).unwrap();
+            check(cfg, channel, &payment, &first, now).unwrap_or_else(|e| panic!("{channel}: {e}"));
+            check(cfg, channel, &payment, &second, now)
+                .unwrap_or_else(|e| panic!("{channel}: {e}"));
+
+            // Each notification is a new one: its own notification id and trade number.
+            let adapter = notify::from_config(cfg).unwrap();
+            let verify = |s: &Signed| {
+                let request = RawRequest {
+                    headers: &s.headers,
+                    body: s.body.as_bytes(),
+                };
+                adapter.verify(channel, &request, now).unwrap()
+            };
+            let (a, b) = (verify(&first), verify(&second));
+            assert_ne!(a.notification_id, b.notification_id, "{channel}");
+            assert_ne!(a.provider_trade_no, b.provider_trade_no, "{channel}");
+            assert!(a.provider_trade_no.is_some(), "{channel}");
+        }
+        providers.sort_by_key(|p| format!("{p:?}"));
+        assert_eq!(
+            providers,
+            [
+                ProviderName::Alipay,
+                ProviderName::StandardWebhooks,
+                ProviderName::Stripe,
+                ProviderName::WechatPay
+            ]
+        );
+    }
+
+    #[test]
+    fn notifications_signed_now_go_stale_after_the_channel_tolerance() {
+        let settings = demo();
+        for name in ["wxpay", "stripe", "gateway"] {
+            let channel = ChannelName::parse(name).unwrap();
+            let cfg = &settings.channels[&channel];
+            let key = key_for(name);
+            let signer = Signer::new(cfg, key.as_deref(), None).unwrap();
+            let payment = payment(cfg);
+            let now = Utc::now();
+            let signed = signer.paid(&payment, now).unwrap();
+            let late = now + chrono::Duration::seconds(301);
+            assert!(check(
+                cfg,
+                &channel,
+                &payment,
+                &signed,
+                now + chrono::Duration::seconds(299)
+            )
+            .is_ok());
+            let error = check(cfg, &channel, &payment, &signed, late).unwrap_err();
+            assert!(error.contains("timestamp"), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_private_key_that_is_not_the_channel_pair_is_caught_before_orders_are_made() {
+        let settings = demo();
+        let channel = ChannelName::parse("alipay").unwrap();
+        let cfg = &settings.channels[&channel];
+        let wrong = demo_key("wechatpay-test-private-key.pem");
+        let signer = Signer::new(cfg, Some(&wrong), None).unwrap();
+        let payment = payment(cfg);
+        let signed = signer.paid(&payment, Utc::now()).unwrap();
+        let error = check(cfg, &channel, &payment, &signed, Utc::now()).unwrap_err();
+        assert!(error.contains("signature"), "{error}");
+    }
+
+    #[test]
+    fn rsa_channels_need_a_private_key_and_a_configured_serial() {
+        let settings = demo();
+        let channel = |name: &str| &settings.channels[&ChannelName::parse(name).unwrap()];
+        let error = Signer::new(channel("alipay"), None, None).err().unwrap();
+        assert!(error.contains("--private-key"), "{error}");
+        let key = demo_key("wechatpay-test-private-key.pem");
+        let error = Signer::new(channel("wxpay"), Some(&key), Some("PUB_KEY_ID_NOPE"))
+            .err()
+            .unwrap();
+        assert!(
+            error.contains("PUB_KEY_ID_NOPE") && error.contains("PUB_KEY_ID_0119"),
+            "{error}"
+        );
+        let error = Signer::new(channel("wxpay"), Some("not a key"), None)
+            .err()
+            .unwrap();
+        assert!(error.contains("--private-key"), "{error}");
+        assert!(Signer::new(channel("stripe"), None, None).is_ok());
+    }
+}

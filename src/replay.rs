@@ -1,0 +1,867 @@
+//! `payhook replay`: sends recorded notifications to a payhook server and checks its answers. It
+//! is also the load generator for benchmarks.
+//!
+//! # Fixture files
+//!
+//! A file holds JSON lines (blank lines skipped) or, when its first character is `[`, a JSON
+//! array. Each item is one request: `{"channel", "headers": {...}, "body"}`, with optional
+//! `name`, `expect` (`ack` or `retry`) and `provider`. A folder stands for its `.ndjson` and
+//! `.json` files, in name order. An error names the file and the line (or array item).
+//!
+//! Each item is POSTed to `BASE_URL/notify/{channel}` with its headers and body as given. The
+//! framing headers (`Host`, `Content-Length`, `Transfer-Encoding`, `Connection`) are left to the
+//! client, which sets them for the body actually sent; it also adds `Accept: */*` when an item
+//! has no `Accept`.
+//!
+//! # Which answer is which
+//!
+//! A transport error is a request that got no answer (refused, reset, timed out). 404 (no such
+//! channel), 405 and 413 are HTTP errors: the request never reached a provider adapter. Any other
+//! non-2xx status is a retry, as payhook answers every retry with 4xx or 5xx. A 2xx is an ack,
+//! except for Alipay, whose protocol acks only with the exact body `success`.
+//!
+//! Alipay is therefore the one provider replay must recognise. An item's `provider` field says
+//! which it is; without one, an item whose body is a form with both `notify_id` and `sign` keys is
+//! Alipay's, and every other item is judged by its status alone. Fixtures made by
+//! `payhook fixtures` always carry `provider`.
+//!
+//! # As a load generator
+//!
+//! `--concurrency` tasks share one client (one connection pool, HTTP/1.1 keep-alive, no proxy,
+//! no redirects) and take the next request from one precomputed send list until it is empty.
+//! Each task counts answers and records latency (requests that got an answer, in microseconds)
+//! in its own HDR histogram; nothing is logged per request. The progress bar is drawn only when
+//! stdout is a terminal.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ChannelName;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server's base URL, e.g. http://127.0.0.1:8080; items go to BASE_URL/notify/{channel}.
+    #[arg(long, value_name = "BASE_URL")]
+    pub url: String,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Send every item K times (each round sends all items once, in file order).
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Shuffle the whole send list, repeats included.
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds before a request without an answer counts as a transport error.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// Fixture files (.ndjson or .json) or folders of them.
+    #[arg(required = true, value_name = "FILE_OR_DIR")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// The answer an item is expected to get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Ack,
+    Retry,
+}
+
+impl Expect {
+    fn as_str(self) -> &'static str {
+        match self {
+            Expect::Ack => "ack",
+            Expect::Retry => "retry",
+        }
+    }
+}
+
+/// The provider protocol an item speaks, named as in the config's `provider` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProviderName {
+    #[serde(rename = "alipay")]
+    Alipay,
+    #[serde(rename = "wechatpay")]
+    WechatPay,
+    #[serde(rename = "stripe")]
+    Stripe,
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
+}
+
+/// One recorded request, as a fixture file holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub channel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The raw body, byte for byte.
+    pub body: String,
+}
+
+/// A fixture and where it was read: `FILE:LINE` or `FILE item N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub fixture: Fixture,
+    pub location: String,
+}
+
+/// How the server answered one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Ack,
+    Retry,
+    HttpError,
+    TransportError,
+}
+
+impl Answer {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Answer::Ack => "ack",
+            Answer::Retry => "retry",
+            Answer::HttpError => "HTTP error",
+            Answer::TransportError => "transport error",
+        }
+    }
+
+    fn is(self, expect: Expect) -> bool {
+        matches!(
+            (self, expect),
+            (Answer::Ack, Expect::Ack) | (Answer::Retry, Expect::Retry)
+        )
+    }
+}
+
+/// Classifies an HTTP answer; see the module doc. `alipay` says the item is Alipay's.
+pub fn classify(alipay: bool, status: u16, body: &[u8]) -> Answer {
+    match status {
+        404 | 405 | 413 => Answer::HttpError,
+        200..=299 if !alipay || body == b"success" => Answer::Ack,
+        _ => Answer::Retry,
+    }
+}
+
+/// Whether an item without a `provider` field is Alipay's: a form body with `notify_id` and
+/// `sign`. Alipay's key names are plain ASCII, so they are compared undecoded.
+pub fn looks_like_alipay(body: &str) -> bool {
+    if body.trim_start().starts_with(['{', '[']) {
+        return false;
+    }
+    let has = |name: &str| {
+        body.split('&')
+            .any(|pair| pair.split_once('=').map_or(pair, |(key, _)| key) == name)
+    };
+    has("notify_id") && has("sign")
+}
+
+/// Parses one fixture file's text; `source` names it in errors and locations.
+pub fn parse(text: &str, source: &str) -> anyhow::Result<Vec<Located>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim_start().starts_with('[') {
+        let items: Vec<serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| anyhow!("{source}:{}:{}: {}", e.line(), e.column(), bare(&e)))?;
+        return items
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let location = format!("{source} item {}", i + 1);
+                match serde_json::from_value(value) {
+                    Ok(fixture) => Ok(Located { fixture, location }),
+                    Err(e) => Err(anyhow!("{location}: {}", bare(&e))),
+                }
+            })
+            .collect();
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            let location = format!("{source}:{}", n + 1);
+            match serde_json::from_str(line) {
+                Ok(fixture) => Ok(Located { fixture, location }),
+                Err(e) => Err(anyhow!("{location}:{}: {}", e.column(), bare(&e))),
+            }
+        })
+        .collect()
+}
+
+/// serde_json's message without its own " at line L column C", which would count from the start
+/// of the line or item rather than the file.
+fn bare(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    text.strip_suffix(&suffix).unwrap_or(&text).to_owned()
+}
+
+/// Reads every fixture the command line names; a folder stands for its fixture files.
+pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Located>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot read folder {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_fixture_file(p))
+                .collect();
+            if found.is_empty() {
+                bail!(
+                    "{}: no .ndjson or .json files in this folder",
+                    path.display()
+                );
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut all = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        all.extend(parse(&text, &file.display().to_string())?);
+    }
+    Ok(all)
+}
+
+fn is_fixture_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("ndjson" | "json")
+    )
+}
+
+/// A fixture made ready to send: everything that can be checked is checked before the first
+/// request.
+struct Target {
+    url: Url,
+    headers: HeaderMap,
+    body: Bytes,
+    alipay: bool,
+    expect: Option<Expect>,
+    label: String,
+}
+
+/// Headers the client sets itself, for the body it actually sends.
+const FRAMING_HEADERS: [&str; 4] = ["host", "content-length", "transfer-encoding", "connection"];
+
+impl Target {
+    fn new(base: &str, located: Located) -> anyhow::Result<Target> {
+        let Located { fixture, location } = located;
+        let label = match &fixture.name {
+            Some(name) => format!("{name} ({location})"),
+            None => location,
+        };
+        let channel = ChannelName::parse(&fixture.channel).map_err(|e| anyhow!("{label}: {e}"))?;
+        let url = Url::parse(&format!("{base}/notify/{channel}"))
+            .with_context(|| format!("{label}: cannot build the notify URL"))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &fixture.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| anyhow!("{label}: header name {name:?} is not valid in HTTP"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| anyhow!("{label}: header {name}'s value is not valid in HTTP"))?;
+            if !FRAMING_HEADERS.contains(&name.as_str()) {
+                headers.insert(name, value);
+            }
+        }
+        let alipay = match fixture.provider {
+            Some(provider) => provider == ProviderName::Alipay,
+            None => looks_like_alipay(&fixture.body),
+        };
+        Ok(Target {
+            url,
+            headers,
+            body: Bytes::from(fixture.body),
+            alipay,
+            expect: fixture.expect,
+            label,
+        })
+    }
+}
+
+/// `--url` without its trailing slash, refused unless plain HTTP without query or fragment.
+fn base_url(text: &str) -> anyhow::Result<String> {
+    let url = Url::parse(text).with_context(|| format!("--url {text:?} is not a URL"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => bail!(
+            "--url {text}: replay speaks plain HTTP (it is built without TLS); \
+             point it at payhook's own listener"
+        ),
+        other => bail!("--url {text}: the scheme must be http, not {other}"),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("--url {text}: give the base URL only, without a query or fragment");
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// A request that did not get the answer its item expects.
+#[derive(Debug, Clone, Copy)]
+struct Mismatch {
+    item: u32,
+    expected: Expect,
+    answer: Answer,
+    status: Option<u16>,
+}
+
+/// What one sending task saw; merged at the end.
+struct Tally {
+    counts: [u64; 4],
+    /// Microseconds, for requests that got an answer.
+    latency: Histogram<u64>,
+    mismatches: Vec<Mismatch>,
+    first_transport_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            counts: [0; 4],
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            mismatches: Vec::new(),
+            first_transport_error: None,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine += theirs;
+        }
+        self.latency
+            .add(&other.latency)
+            .map_err(|e| anyhow!("latency histogram: {e:?}"))?;
+        self.mismatches.extend(other.mismatches);
+        if self.first_transport_error.is_none() {
+            self.first_transport_error = other.first_transport_error;
+        }
+        Ok(())
+    }
+}
+
+/// The send list and everything the tasks share.
+struct Plan {
+    client: reqwest::Client,
+    targets: Vec<Target>,
+    /// Indexes into `targets`, in sending order.
+    order: Vec<u32>,
+    next: AtomicUsize,
+    progress: ProgressBar,
+}
+
+async fn send_all(plan: Arc<Plan>, concurrency: usize) -> anyhow::Result<Tally> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(plan.order.len()) {
+        tasks.spawn(sender(plan.clone()));
+    }
+    let mut total = Tally::new();
+    while let Some(done) = tasks.join_next().await {
+        total.merge(done.context("a sending task failed")?)?;
+    }
+    Ok(total)
+}
+
+async fn sender(plan: Arc<Plan>) -> Tally {
+    let mut tally = Tally::new();
+    loop {
+        let slot = plan.next.fetch_add(1, Ordering::Relaxed);
+        let Some(&item) = plan.order.get(slot) else {
+            break;
+        };
+        let target = &plan.targets[item as usize];
+        let started = Instant::now();
+        let sent = plan
+            .client
+            .post(target.url.clone())
+            .headers(target.headers.clone())
+            .body(target.body.clone())
+            .send()
+            .await;
+        let answered = match sent {
+            // The body is always read: Alipay's ack is in it, and a connection goes back to the
+            // pool only once its response is read to the end.
+            Ok(response) => {
+                let status = response.status().as_u16();
+                response.bytes().await.map(|body| (status, body))
+            }
+            Err(e) => Err(e),
+        };
+        let (answer, status) = match answered {
+            Ok((status, body)) => {
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                tally.latency.saturating_record(micros);
+                (classify(target.alipay, status, &body), Some(status))
+            }
+            Err(e) => {
+                if tally.first_transport_error.is_none() {
+                    tally.first_transport_error = Some(error_chain(&e));
+                }
+                (Answer::TransportError, None)
+            }
+        };
+        tally.counts[answer.index()] += 1;
+        if let Some(expected) = target.expect.filter(|e| !answer.is(*e)) {
+            tally.mismatches.push(Mismatch {
+                item,
+                expected,
+                answer,
+                status,
+            });
+        }
+        plan.progress.inc(1);
+    }
+    tally
+}
+
+/// An error with its causes, which is where reqwest keeps "Connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let words = cause.to_string();
+        if !text.contains(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Counts by answer.
+#[derive(Debug, Serialize)]
+struct Counts {
+    ack: u64,
+    retry: u64,
+    http_error: u64,
+    transport_error: u64,
+}
+
+/// Milliseconds.
+#[derive(Debug, Serialize)]
+struct Latency {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct MismatchView {
+    item: String,
+    expected: Expect,
+    got: &'static str,
+    status: Option<u16>,
+}
+
+/// What `--json` prints, and the text summary is made from.
+#[derive(Debug, Serialize)]
+struct Summary {
+    url: String,
+    items: usize,
+    repeat: u32,
+    requests: u64,
+    concurrency: u16,
+    elapsed_secs: f64,
+    requests_per_sec: f64,
+    answers: Counts,
+    latency_ms: Option<Latency>,
+    items_with_expect: usize,
+    mismatched_items: usize,
+    /// The first few, in item order.
+    mismatches: Vec<MismatchView>,
+    first_transport_error: Option<String>,
+}
+
+/// How many mismatched items the summary names.
+const MISMATCHES_SHOWN: usize = 10;
+
+impl Summary {
+    fn new(args: &Args, plan: &Plan, mut tally: Tally, elapsed: Duration) -> Summary {
+        let requests: u64 = tally.counts.iter().sum();
+        let secs = elapsed.as_secs_f64();
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let latency = (!tally.latency.is_empty()).then(|| Latency {
+            p50: ms(tally.latency.value_at_quantile(0.50)),
+            p95: ms(tally.latency.value_at_quantile(0.95)),
+            p99: ms(tally.latency.value_at_quantile(0.99)),
+            max: ms(tally.latency.max()),
+        });
+        tally.mismatches.sort_by_key(|m| m.item);
+        tally.mismatches.dedup_by_key(|m| m.item);
+        let count = |answer: Answer| tally.counts[answer.index()];
+        Summary {
+            url: args.url.clone(),
+            items: plan.targets.len(),
+            repeat: args.repeat,
+            requests,
+            concurrency: args.concurrency,
+            elapsed_secs: secs,
+            requests_per_sec: if secs > 0.0 {
+                requests as f64 / secs
+            } else {
+                0.0
+            },
+            answers: Counts {
+                ack: count(Answer::Ack),
+                retry: count(Answer::Retry),
+                http_error: count(Answer::HttpError),
+                transport_error: count(Answer::TransportError),
+            },
+            latency_ms: latency,
+            items_with_expect: plan.targets.iter().filter(|t| t.expect.is_some()).count(),
+            mismatched_items: tally.mismatches.len(),
+            mismatches: tally
+                .mismatches
+                .iter()
+                .take(MISMATCHES_SHOWN)
+                .map(|m| MismatchView {
+                    item: plan.targets[m.item as usize].label.clone(),
+                    expected: m.expected,
+                    got: m.answer.as_str(),
+                    status: m.status,
+                })
+                .collect(),
+            first_transport_error: tally.first_transport_error,
+        }
+    }
+
+    fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "sent {} requests ({} items x {}) to {} in {:.2} s: {:.1} requests/s at concurrency {}",
+            self.requests,
+            self.items,
+            self.repeat,
+            self.url,
+            self.elapsed_secs,
+            self.requests_per_sec,
+            self.concurrency
+        );
+        let a = &self.answers;
+        let _ = writeln!(
+            out,
+            "answers: {} ack, {} retry, {} HTTP error, {} transport error",
+            a.ack, a.retry, a.http_error, a.transport_error
+        );
+        match &self.latency_ms {
+            Some(l) => {
+                let _ = writeln!(
+                    out,
+                    "latency: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    l.p50, l.p95, l.p99, l.max
+                );
+            }
+            None => out.push_str("latency: no request was answered\n"),
+        }
+        if let Some(e) = &self.first_transport_error {
+            let _ = writeln!(out, "first transport error: {e}");
+        }
+        if self.items_with_expect == 0 {
+            out.push_str("expect: no item states an expected answer\n");
+        } else if self.mismatched_items == 0 {
+            let _ = writeln!(
+                out,
+                "expect: all {} items that state an answer got it",
+                self.items_with_expect
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "expect: {} of {} items got another answer than expected:",
+                self.mismatched_items, self.items_with_expect
+            );
+            for m in &self.mismatches {
+                let status = m.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  {}: expected {}, got {}{status}",
+                    m.item,
+                    m.expected.as_str(),
+                    m.got
+                );
+            }
+            if self.mismatched_items > self.mismatches.len() {
+                let _ = writeln!(
+                    out,
+                    "  ... and {} more",
+                    self.mismatched_items - self.mismatches.len()
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Most requests one run may send; the send list is kept in memory.
+const MAX_REQUESTS: usize = 100_000_000;
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let base = base_url(&args.url)?;
+    let fixtures = load(&args.paths)?;
+    if fixtures.is_empty() {
+        bail!("the fixture files hold no items");
+    }
+    let targets = fixtures
+        .into_iter()
+        .map(|located| Target::new(&base, located))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let requests = targets
+        .len()
+        .checked_mul(args.repeat as usize)
+        .filter(|n| *n <= MAX_REQUESTS)
+        .ok_or_else(|| {
+            anyhow!(
+                "--repeat {}: more than {MAX_REQUESTS} requests",
+                args.repeat
+            )
+        })?;
+    let items = u32::try_from(targets.len()).context("too many items")?;
+    let mut order: Vec<u32> = Vec::with_capacity(requests);
+    for _ in 0..args.repeat {
+        order.extend(0..items);
+    }
+    if args.shuffle {
+        fastrand::shuffle(&mut order);
+    }
+    let progress = if std::io::stdout().is_terminal() {
+        let style = ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        ProgressBar::new(requests as u64).with_style(style)
+    } else {
+        ProgressBar::hidden()
+    };
+    let concurrency = usize::from(args.concurrency);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(args.timeout))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let plan = Arc::new(Plan {
+        client,
+        targets,
+        order,
+        next: AtomicUsize::new(0),
+        progress,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let started = Instant::now();
+    let tally = runtime.block_on(send_all(plan.clone(), concurrency))?;
+    let elapsed = started.elapsed();
+    plan.progress.finish_and_clear();
+    let summary = Summary::new(&args, &plan, tally, elapsed);
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", summary.text());
+    }
+    Ok(if summary.mismatched_items > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STRIPE: &str = r#"{"channel": "stripe", "headers": {"Stripe-Signature": "t=1,v1=00"}, "body": "{\"id\": \"evt_1\"}", "expect": "ack"}"#;
+    const ALIPAY: &str = r#"{"name": "paid", "channel": "alipay", "body": "notify_id=N1&sign=abc%3D&total_amount=1.00", "expect": "retry"}"#;
+
+    #[test]
+    fn json_lines_and_json_arrays_read_alike() {
+        let lines = format!("{STRIPE}\n\n{ALIPAY}\n");
+        let from_lines = parse(&lines, "a.ndjson").unwrap();
+        assert_eq!(from_lines.len(), 2);
+        assert_eq!(from_lines[0].location, "a.ndjson:1");
+        assert_eq!(from_lines[1].location, "a.ndjson:3");
+        let array = format!("\u{feff} [\n{STRIPE},\n{ALIPAY}\n]");
+        let from_array = parse(&array, "a.json").unwrap();
+        assert_eq!(from_array[1].location, "a.json item 2");
+        for (a, b) in from_lines.iter().zip(&from_array) {
+            assert_eq!(a.fixture, b.fixture);
+        }
+        let stripe = &from_lines[0].fixture;
+        assert_eq!(stripe.channel, "stripe");
+        assert_eq!(stripe.body, r#"{"id": "evt_1"}"#);
+        assert_eq!(stripe.headers["Stripe-Signature"], "t=1,v1=00");
+        assert_eq!(stripe.expect, Some(Expect::Ack));
+        assert_eq!(from_lines[1].fixture.name.as_deref(), Some("paid"));
+        assert_eq!(from_lines[1].fixture.expect, Some(Expect::Retry));
+    }
+
+    #[test]
+    fn a_bad_line_or_item_is_named_in_the_error() {
+        let missing_body = r#"{"channel": "stripe"}"#;
+        let text = format!("{STRIPE}\n{STRIPE}\n{missing_body}\n");
+        let error = parse(&text, "f.ndjson").unwrap_err().to_string();
+        assert!(error.starts_with("f.ndjson:3:"), "{error}");
+        assert!(error.contains("body"), "{error}");
+        assert!(!error.contains("at line 1"), "{error}");
+
+        let broken = format!("{STRIPE}\n{{\"channel\": \n");
+        let error = parse(&broken, "f.ndjson").unwrap_err().to_string();
+        assert!(error.starts_with("f.ndjson:2:"), "{error}");
+
+        let typo = STRIPE.replace("\"expect\": \"ack\"", "\"expect\": \"acked\"");
+        let error = parse(&format!("[{STRIPE}, {typo}]"), "f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("f.json item 2: "), "{error}");
+        assert!(error.contains("acked"), "{error}");
+
+        let unknown = STRIPE.replace("\"expect\"", "\"expcet\"");
+        let error = parse(&unknown, "f.ndjson").unwrap_err().to_string();
+        assert!(error.contains("expcet"), "{error}");
+
+        let error = parse("[1, 2", "f.json").unwrap_err().to_string();
+        assert!(error.starts_with("f.json:1:"), "{error}");
+    }
+
+    #[test]
+    fn a_folder_stands_for_its_fixture_files_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.ndjson"), format!("{ALIPAY}\n")).unwrap();
+        std::fs::write(dir.path().join("a.json"), format!("[{STRIPE}]")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a fixture").unwrap();
+        let loaded = load(&[dir.path().to_path_buf()]).unwrap();
+        let channels: Vec<&str> = loaded.iter().map(|l| l.fixture.channel.as_str()).collect();
+        assert_eq!(channels, ["stripe", "alipay"]);
+
+        let empty = tempfile::tempdir().unwrap();
+        let error = load(&[empty.path().to_path_buf()]).unwrap_err().to_string();
+        assert!(error.contains("no .ndjson or .json files"), "{error}");
+        let error = load(&[dir.path().join("missing.ndjson")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("missing.ndjson"), "{error}");
+    }
+
+    #[test]
+    fn answers_follow_each_provider_protocol() {
+        let cases: [(bool, u16, &[u8], Answer); 12] = [
+            (false, 200, b"", Answer::Ack),
+            (false, 204, b"", Answer::Ack),
+            (false, 200, b"fail", Answer::Ack),
+            (true, 200, b"success", Answer::Ack),
+            (true, 200, b"fail", Answer::Retry),
+            (true, 200, b"success\n", Answer::Retry),
+            (true, 500, b"success", Answer::Retry),
+            (false, 400, b"", Answer::Retry),
+            (false, 401, b"", Answer::Retry),
+            (false, 503, b"", Answer::Retry),
+            (true, 404, b"unknown channel", Answer::HttpError),
+            (false, 413, b"", Answer::HttpError),
+        ];
+        for (alipay, status, body, answer) in cases {
+            assert_eq!(
+                classify(alipay, status, body),
+                answer,
+                "alipay={alipay} status={status} body={:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(classify(false, 405, b""), Answer::HttpError);
+        assert_eq!(classify(false, 302, b""), Answer::Retry);
+        assert!(Answer::Ack.is(Expect::Ack) && Answer::Retry.is(Expect::Retry));
+        assert!(!Answer::TransportError.is(Expect::Retry));
+        assert!(!Answer::HttpError.is(Expect::Retry));
+    }
+
+    #[test]
+    fn alipay_is_told_by_the_provider_field_or_else_by_its_form() {
+        assert!(looks_like_alipay("a=1&notify_id=N&sign=x%3D"));
+        assert!(!looks_like_alipay("notify_id=N&total_amount=1.00"));
+        assert!(!looks_like_alipay(r#"{"q": "notify_id=N&sign=x"}"#));
+        assert!(!looks_like_alipay("x_notify_id=N&sign=x"));
+        let base = "http://127.0.0.1:1";
+        let mut located = parse(ALIPAY, "a").unwrap().remove(0);
+        assert!(Target::new(base, located.clone()).unwrap().alipay);
+        located.fixture.provider = Some(ProviderName::Stripe);
+        assert!(!Target::new(base, located.clone()).unwrap().alipay);
+        located.fixture.body = "{}".to_owned();
+        located.fixture.provider = Some(ProviderName::Alipay);
+        assert!(Target::new(base, located).unwrap().alipay);
+    }
+
+    #[test]
+    fn targets_are_checked_before_anything_is_sent() {
+        let base = base_url("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(base, "http://127.0.0.1:8080");
+        let target = Target::new(&base, parse(STRIPE, "s").unwrap().remove(0)).unwrap();
+        assert_eq!(target.url.as_str(), "http://127.0.0.1:8080/notify/stripe");
+        assert_eq!(target.label, "s:1");
+        let named = Target::new(&base, parse(ALIPAY, "a").unwrap().remove(0)).unwrap();
+        assert_eq!(named.label, "paid (a:1)");
+
+        let mut bad = parse(STRIPE, "s").unwrap().remove(0);
+        bad.fixture.channel = "../api".to_owned();
+        let error = Target::new(&base, bad.clone()).err().unwrap().to_string();
+        assert!(error.starts_with("s:1: channel"), "{error}");
+        bad.fixture.channel = "stripe".to_owned();
+        bad.fixture.headers.insert("bad header".into(), "x".into());
+        let error = Target::new(&base, bad).err().unwrap().to_string();
+        assert!(error.contains("bad header"), "{error}");
+
+        let mut framed = parse(STRIPE, "s").unwrap().remove(0);
+        framed
+            .fixture
+            .headers
+            .insert("Content-Length".into(), "999".into());
+        let target = Target::new(&base, framed).unwrap();
+        assert!(target.headers.get("content-length").is_none());
+        assert!(target.headers.get("stripe-signature").is_some());
+
+        for url in [
+            "https://example.com",
+            "ftp://x",
+            "http://x/?a=1",
+            "nonsense",
+        ] {
+            assert!(base_url(url).is_err(), "{url}");
+        }
+        assert_eq!(base_url("http://h:1/prefix/").unwrap(), "http://h:1/prefix");
+    }
+}
