@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,9 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write one JSON line per item to FILE: its name, how often it was sent and acked.
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
     /// Seconds before a request without an answer counts as a transport error.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
@@ -377,6 +380,8 @@ struct Plan {
     order: Vec<u32>,
     next: AtomicUsize,
     progress: ProgressBar,
+    /// Acks per item, for `--results`.
+    acks: Vec<AtomicU32>,
 }
 
 async fn send_all(plan: Arc<Plan>, concurrency: usize) -> anyhow::Result<Tally> {
@@ -430,6 +435,9 @@ async fn sender(plan: Arc<Plan>) -> Tally {
             }
         };
         tally.counts[answer.index()] += 1;
+        if answer == Answer::Ack {
+            plan.acks[item as usize].fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(expected) = target.expect.filter(|e| !answer.is(*e)) {
             tally.mismatches.push(Mismatch {
                 item,
@@ -681,6 +689,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         order,
         next: AtomicUsize::new(0),
         progress,
+        acks: (0..items).map(|_| AtomicU32::new(0)).collect(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -690,6 +699,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tally = runtime.block_on(send_all(plan.clone(), concurrency))?;
     let elapsed = started.elapsed();
     plan.progress.finish_and_clear();
+    if let Some(path) = &args.results {
+        write_results(path, &plan, args.repeat)?;
+    }
     let summary = Summary::new(&args, &plan, tally, elapsed);
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -701,6 +713,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One line per item: which it was, how often it was sent, and how often it was acked.
+fn write_results(path: &Path, plan: &Plan, repeat: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot write results to {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for (target, acks) in plan.targets.iter().zip(&plan.acks) {
+        let line = serde_json::json!({
+            "item": target.label,
+            "sent": repeat,
+            "acks": acks.load(Ordering::Relaxed),
+        });
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write results to {}", path.display()))
 }
 
 #[cfg(test)]

@@ -256,14 +256,34 @@ impl r2d2::HandleError<r2d2::Error> for LogErrors {
 }
 
 /// Applies the embedded migrations that have not run yet; returns how many ran.
+///
+/// Several instances starting at once against one PostgreSQL database take turns through an
+/// advisory lock, so only the first applies a migration and the others find it done.
 pub fn migrate(conn: &mut DbConnection) -> Result<usize, DbError> {
-    let applied = match conn {
-        DbConnection::Postgresql(c) => c.run_pending_migrations(POSTGRESQL_MIGRATIONS),
-        DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+    match conn {
+        DbConnection::Postgresql(c) => {
+            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
+            let applied = run_migrations(c, POSTGRESQL_MIGRATIONS);
+            let unlocked = c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
+            let applied = applied?;
+            unlocked?;
+            Ok(applied)
+        }
+        DbConnection::Sqlite(c) => run_migrations(c, SQLITE_MIGRATIONS),
     }
-    .map_err(|e| DbError::Migration(e.to_string()))?;
-    Ok(applied.len())
 }
+
+fn run_migrations<B: diesel::backend::Backend>(
+    conn: &mut impl MigrationHarness<B>,
+    migrations: EmbeddedMigrations,
+) -> Result<usize, DbError> {
+    conn.run_pending_migrations(migrations)
+        .map(|applied| applied.len())
+        .map_err(|e| DbError::Migration(e.to_string()))
+}
+
+/// The advisory lock key that serialises migrations across instances ("payhook" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0070_6179_686f_6f6b;
 
 /// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite, a plain `BEGIN` on PostgreSQL.
 /// Commits when `f` succeeds and rolls back when it fails.

@@ -107,12 +107,15 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
+const READYZ_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// 200 when a pooled connection answers, 503 when not.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let pool = state.pool.clone();
     let ready = web::block(move || -> Result<(), DbError> {
         use diesel::r2d2::R2D2Connection;
-        let mut conn = pool.get()?;
+        // Shorter than a request's checkout wait: a probe should say "not now" promptly.
+        let mut conn = pool.get_timeout(READYZ_TIMEOUT)?;
         conn.ping()?;
         Ok(())
     })

@@ -125,6 +125,10 @@ pub fn create_order(
 pub struct PgCluster {
     port: u16,
     dir: PathBuf,
+    pg_ctl: PathBuf,
+    /// The server options it was started with, to start it again the same way.
+    opts: String,
+    root: bool,
     databases: AtomicUsize,
 }
 
@@ -202,7 +206,8 @@ fn run_pg(program: &Path, args: &[&str], as_postgres: bool) {
 }
 
 impl PgCluster {
-    fn start() -> PgCluster {
+    /// A cluster of the caller's own, for tests that restart it; stopped when the process exits.
+    pub fn start() -> PgCluster {
         let initdb = pg_bin("initdb");
         let pg_ctl = pg_bin("pg_ctl");
         let root = is_root();
@@ -252,8 +257,30 @@ impl PgCluster {
         PgCluster {
             port,
             dir,
+            pg_ctl,
+            opts,
+            root,
             databases: AtomicUsize::new(0),
         }
+    }
+
+    /// `pg_ctl restart -m fast`, with the server down for `down` in between: every connection
+    /// is cut, and the server comes back on the same port with the same options.
+    pub fn restart(&self, down: std::time::Duration) {
+        let data = self.dir.join("data").to_string_lossy().into_owned();
+        // With its log named, the restarted server does not hold this process's pipes open.
+        let log = self.dir.join("postgres.log").to_string_lossy().into_owned();
+        run_pg(
+            &self.pg_ctl,
+            &["-D", &data, "-m", "fast", "-w", "stop"],
+            self.root,
+        );
+        std::thread::sleep(down);
+        run_pg(
+            &self.pg_ctl,
+            &["-D", &data, "-o", &self.opts, "-l", &log, "-w", "start"],
+            self.root,
+        );
     }
 
     pub fn port(&self) -> u16 {
