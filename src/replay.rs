@@ -68,6 +68,9 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Stop sending after this many seconds even if the list is not done (for benchmarks).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration: Option<u64>,
     /// Also write one JSON line per item to FILE: its name, how often it was sent and acked.
     #[arg(long, value_name = "FILE")]
     pub results: Option<PathBuf>,
@@ -380,8 +383,11 @@ struct Plan {
     order: Vec<u32>,
     next: AtomicUsize,
     progress: ProgressBar,
-    /// Acks per item, for `--results`.
+    /// Sends and acks per item, for `--results`.
+    sends: Vec<AtomicU32>,
     acks: Vec<AtomicU32>,
+    /// When `--duration` runs out.
+    deadline: Option<Instant>,
 }
 
 async fn send_all(plan: Arc<Plan>, concurrency: usize) -> anyhow::Result<Tally> {
@@ -399,6 +405,9 @@ async fn send_all(plan: Arc<Plan>, concurrency: usize) -> anyhow::Result<Tally> 
 async fn sender(plan: Arc<Plan>) -> Tally {
     let mut tally = Tally::new();
     loop {
+        if plan.deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
         let slot = plan.next.fetch_add(1, Ordering::Relaxed);
         let Some(&item) = plan.order.get(slot) else {
             break;
@@ -435,6 +444,7 @@ async fn sender(plan: Arc<Plan>) -> Tally {
             }
         };
         tally.counts[answer.index()] += 1;
+        plan.sends[item as usize].fetch_add(1, Ordering::Relaxed);
         if answer == Answer::Ack {
             plan.acks[item as usize].fetch_add(1, Ordering::Relaxed);
         }
@@ -689,7 +699,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         order,
         next: AtomicUsize::new(0),
         progress,
+        sends: (0..items).map(|_| AtomicU32::new(0)).collect(),
         acks: (0..items).map(|_| AtomicU32::new(0)).collect(),
+        deadline: args
+            .duration
+            .map(|secs| Instant::now() + Duration::from_secs(secs)),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -700,7 +714,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed();
     plan.progress.finish_and_clear();
     if let Some(path) = &args.results {
-        write_results(path, &plan, args.repeat)?;
+        write_results(path, &plan)?;
     }
     let summary = Summary::new(&args, &plan, tally, elapsed);
     if args.json {
@@ -716,15 +730,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// One line per item: which it was, how often it was sent, and how often it was acked.
-fn write_results(path: &Path, plan: &Plan, repeat: u32) -> anyhow::Result<()> {
+fn write_results(path: &Path, plan: &Plan) -> anyhow::Result<()> {
     use std::io::Write;
     let file = std::fs::File::create(path)
         .with_context(|| format!("cannot write results to {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
-    for (target, acks) in plan.targets.iter().zip(&plan.acks) {
+    for ((target, sends), acks) in plan.targets.iter().zip(&plan.sends).zip(&plan.acks) {
         let line = serde_json::json!({
             "item": target.label,
-            "sent": repeat,
+            "sent": sends.load(Ordering::Relaxed),
             "acks": acks.load(Ordering::Relaxed),
         });
         writeln!(out, "{line}")?;

@@ -285,6 +285,8 @@ fn run_migrations<B: diesel::backend::Backend>(
 /// The advisory lock key that serialises migrations across instances ("payhook" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0070_6179_686f_6f6b;
 
+static SQLITE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite, a plain `BEGIN` on PostgreSQL.
 /// Commits when `f` succeeds and rolls back when it fails.
 pub fn write_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
@@ -292,14 +294,20 @@ where
     F: FnOnce(&mut DbConnection) -> Result<T, E>,
     E: From<DieselError>,
 {
-    match conn {
+    // SQLite has one writer at a time. Writers of this process queue on a mutex, which wakes the
+    // next one at once; left to SQLite's busy handler they would poll with sleeps of up to 100 ms.
+    // Other processes still meet `busy_timeout`.
+    let _writer = match conn {
         DbConnection::Sqlite(inner) => {
+            let writer = SQLITE_WRITER.lock().unwrap_or_else(|e| e.into_inner());
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
+            Some(writer)
         }
         DbConnection::Postgresql(_) => {
             <DbConnection as Connection>::TransactionManager::begin_transaction(conn)?;
+            None
         }
-    }
+    };
     match f(conn) {
         Ok(value) => {
             <DbConnection as Connection>::TransactionManager::commit_transaction(conn)?;

@@ -1,0 +1,94 @@
+"""The SQLite reference: payhook's crediting SQL for first-time paid notifications, run in one
+process through the sqlite3 library with payhook's pragmas, one BEGIN IMMEDIATE transaction per
+notification, for a fixed time. Prints one JSON object: transactions, seconds, latencies (ms).
+
+usage: sqlite_reference.py DB_FILE SECONDS
+The database must hold payhook's schema, accounts u0..u9999 and pending orders R1..RN.
+"""
+
+import json
+import sqlite3
+import sys
+import time
+
+
+def main() -> None:
+    path, seconds = sys.argv[1], float(sys.argv[2])
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 5000")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA foreign_keys = ON")
+    now = "2026-11-22 10:00:00"
+    latencies = []
+    n = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        n += 1
+        order, trade, nid, user = f"R{n}", f"T{n}", f"ref-{n}", f"u{n % 10000}"
+        started = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "UPDATE notifications SET delivery_count = delivery_count + 1, last_seen_at = ? "
+            "WHERE channel = 'bench' AND notification_id = ?",
+            (now, nid),
+        )
+        db.execute(
+            "INSERT INTO notifications (channel, notification_id, order_no, provider_trade_no, kind, "
+            "amount_minor, currency, verified, outcome, raw_headers, raw_body, delivery_count, "
+            "first_seen_at, last_seen_at) VALUES ('bench', ?, ?, ?, 'paid', 1000, 'CNY', 1, "
+            "'received', '{}', x'7b7d', 1, ?, ?)",
+            (nid, order, trade, now, now),
+        )
+        db.execute(
+            "SELECT id, outcome, delivery_count FROM notifications "
+            "WHERE channel = 'bench' AND notification_id = ?",
+            (nid,),
+        ).fetchall()
+        db.execute("SELECT * FROM orders WHERE order_no = ?", (order,)).fetchall()
+        db.execute(
+            "SELECT order_no FROM orders WHERE channel = 'bench' AND provider_trade_no = ?",
+            (trade,),
+        ).fetchall()
+        db.execute(
+            "SELECT balance_minor FROM accounts WHERE user_id = ? AND currency = 'CNY'", (user,)
+        ).fetchall()
+        changed = db.execute(
+            "UPDATE orders SET status = 'paid', provider_trade_no = ?, version = version + 1, "
+            "paid_at = ? WHERE order_no = ? AND status = 'pending'",
+            (trade, now, order),
+        ).rowcount
+        if changed != 1:
+            raise SystemExit(f"order {order} was not pending: prepare more orders")
+        db.execute(
+            "UPDATE accounts SET balance_minor = balance_minor + 1000, version = version + 1, "
+            "updated_at = ? WHERE user_id = ? AND currency = 'CNY'",
+            (now, user),
+        )
+        db.execute(
+            "SELECT balance_minor FROM accounts WHERE user_id = ? AND currency = 'CNY'", (user,)
+        ).fetchall()
+        db.execute(
+            "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, "
+            "created_at) VALUES (?, 'CNY', ?, 'credit', 1000, 1000, ?)",
+            (user, order, now),
+        )
+        db.execute(
+            "UPDATE notifications SET outcome = 'credited', detail = NULL "
+            "WHERE channel = 'bench' AND notification_id = ?",
+            (nid,),
+        )
+        db.execute("COMMIT")
+        latencies.append((time.perf_counter() - started) * 1000)
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+    print(json.dumps({
+        "transactions": n,
+        "seconds": seconds,
+        "p50_ms": pick(0.50),
+        "p99_ms": pick(0.99),
+    }))
+
+
+if __name__ == "__main__":
+    main()
