@@ -101,6 +101,9 @@ pub fn apply(
     evidence: Evidence<'_>,
     now: NaiveDateTime,
 ) -> Result<Applied, DbError> {
+    if let Some(applied) = repeat_of_a_credit(conn, notification, now)? {
+        return Ok(applied);
+    }
     db::transact(conn, |conn| {
         let recorded = inbox::record(conn, notification, evidence, now)?;
         let decision = decide(conn, notification, now)?;
@@ -118,6 +121,41 @@ pub fn apply(
             balance_after: decision.balance_after,
         })
     })
+}
+
+/// The commonest repeat, answered cheaply: a paid notification for an order already paid by the
+/// same trade, under an id the inbox holds. A paid order never leaves `paid`, so one committed read
+/// decides it, and only the delivery count is written. Anything else takes the full transaction.
+fn repeat_of_a_credit(
+    conn: &mut DbConnection,
+    n: &Notification,
+    now: NaiveDateTime,
+) -> Result<Option<Applied>, DbError> {
+    if n.kind != NotificationKind::Paid || n.merchant_mismatch.is_some() {
+        return Ok(None);
+    }
+    let Some(order_no) = &n.order_no else {
+        return Ok(None);
+    };
+    let Some(order) = orders::find(conn, order_no)? else {
+        return Ok(None);
+    };
+    let same_payment = order.status == OrderStatus::Paid
+        && order.channel == n.channel
+        && order.provider_trade_no == n.provider_trade_no
+        && Some(order.amount) == n.amount
+        && Some(order.currency) == n.currency;
+    if !same_payment {
+        return Ok(None);
+    }
+    let bumped = db::transact(conn, |conn| inbox::bump(conn, n, now))?;
+    Ok(bumped.map(|recorded| Applied {
+        outcome: Outcome::AlreadyPaid,
+        detail: None,
+        inbox_id: recorded.id,
+        delivery_count: recorded.delivery_count,
+        balance_after: None,
+    }))
 }
 
 struct Decision {

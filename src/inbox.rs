@@ -42,47 +42,72 @@ pub fn record(
     evidence: Evidence<'_>,
     now: NaiveDateTime,
 ) -> Result<Recorded, DieselError> {
-    let row = notifications::table
+    if let Some(recorded) = bump(conn, notification, now)? {
+        return Ok(recorded);
+    }
+    diesel::insert_into(notifications::table)
+        .values((
+            notifications::channel.eq(notification.channel.as_str()),
+            notifications::notification_id.eq(&notification.notification_id),
+            notifications::order_no.eq(notification.order_no.as_ref().map(|o| o.as_str())),
+            notifications::provider_trade_no.eq(notification.provider_trade_no.as_deref()),
+            notifications::kind.eq(notification.kind.as_str()),
+            notifications::amount_minor.eq(notification.amount.map(|a| a.get())),
+            notifications::currency.eq(notification.currency.map(|c| c.code())),
+            notifications::verified.eq(true),
+            notifications::outcome.eq(RECEIVED),
+            notifications::raw_headers.eq(evidence.headers_json),
+            notifications::raw_body.eq(evidence.body),
+            notifications::delivery_count.eq(1i64),
+            notifications::first_seen_at.eq(now),
+            notifications::last_seen_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(Recorded {
+        id: row_of(notification).select(notifications::id).first(conn)?,
+        previous_outcome: RECEIVED.to_owned(),
+        delivery_count: 1,
+    })
+}
+
+fn row_of(
+    notification: &Notification,
+) -> diesel::dsl::Filter<
+    diesel::dsl::Filter<notifications::table, diesel::dsl::Eq<notifications::channel, &str>>,
+    diesel::dsl::Eq<notifications::notification_id, &str>,
+> {
+    notifications::table
         .filter(notifications::channel.eq(notification.channel.as_str()))
-        .filter(notifications::notification_id.eq(&notification.notification_id));
-    let bumped = diesel::update(row)
+        .filter(notifications::notification_id.eq(notification.notification_id.as_str()))
+}
+
+/// Counts another delivery of a notification the inbox already holds; `None` when it holds none.
+pub fn bump(
+    conn: &mut DbConnection,
+    notification: &Notification,
+    now: NaiveDateTime,
+) -> Result<Option<Recorded>, DieselError> {
+    let bumped = diesel::update(row_of(notification))
         .set((
             notifications::delivery_count.eq(notifications::delivery_count + 1),
             notifications::last_seen_at.eq(now),
         ))
         .execute(conn)?;
     if bumped == 0 {
-        diesel::insert_into(notifications::table)
-            .values((
-                notifications::channel.eq(notification.channel.as_str()),
-                notifications::notification_id.eq(&notification.notification_id),
-                notifications::order_no.eq(notification.order_no.as_ref().map(|o| o.as_str())),
-                notifications::provider_trade_no.eq(notification.provider_trade_no.as_deref()),
-                notifications::kind.eq(notification.kind.as_str()),
-                notifications::amount_minor.eq(notification.amount.map(|a| a.get())),
-                notifications::currency.eq(notification.currency.map(|c| c.code())),
-                notifications::verified.eq(true),
-                notifications::outcome.eq(RECEIVED),
-                notifications::raw_headers.eq(evidence.headers_json),
-                notifications::raw_body.eq(evidence.body),
-                notifications::delivery_count.eq(1i64),
-                notifications::first_seen_at.eq(now),
-                notifications::last_seen_at.eq(now),
-            ))
-            .execute(conn)?;
+        return Ok(None);
     }
-    let (id, previous_outcome, delivery_count) = row
+    let (id, previous_outcome, delivery_count) = row_of(notification)
         .select((
             notifications::id,
             notifications::outcome,
             notifications::delivery_count,
         ))
         .first(conn)?;
-    Ok(Recorded {
+    Ok(Some(Recorded {
         id,
         previous_outcome,
         delivery_count,
-    })
+    }))
 }
 
 /// Writes what this delivery came to. A row that once credited keeps saying so: later
