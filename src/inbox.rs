@@ -70,12 +70,13 @@ pub fn record(
     })
 }
 
-fn row_of(
-    notification: &Notification,
-) -> diesel::dsl::Filter<
-    diesel::dsl::Filter<notifications::table, diesel::dsl::Eq<notifications::channel, &str>>,
-    diesel::dsl::Eq<notifications::notification_id, &str>,
-> {
+/// The inbox row of one (channel, provider notification id).
+type RowOf<'a> = diesel::dsl::Filter<
+    diesel::dsl::Filter<notifications::table, diesel::dsl::Eq<notifications::channel, &'a str>>,
+    diesel::dsl::Eq<notifications::notification_id, &'a str>,
+>;
+
+fn row_of(notification: &Notification) -> RowOf<'_> {
     notifications::table
         .filter(notifications::channel.eq(notification.channel.as_str()))
         .filter(notifications::notification_id.eq(notification.notification_id.as_str()))
