@@ -145,38 +145,33 @@ pub(crate) fn signed_header<'a>(
         .ok_or_else(|| Rejection::Signature(format!("missing {} header", names.join(" or "))))
 }
 
-/// Checks a unix-seconds timestamp against `now` in both directions: a timestamp from the
-/// future is as unverifiable as a stale one.
+/// Which side of `now` a timestamp's tolerance covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Window {
+    /// Too old or too far ahead: a timestamp from the future is as unverifiable as a stale one.
+    Both,
+    /// Too old only, for providers whose own libraries accept a sender's clock running ahead.
+    PastOnly,
+}
+
+/// Checks a unix-seconds timestamp against `now`.
 pub(crate) fn check_timestamp(
     value: &str,
     now: DateTime<Utc>,
     tolerance_secs: u64,
-) -> Result<(), Rejection> {
-    let sent = unix_seconds(value).ok_or_else(|| {
-        Rejection::Signature(format!("timestamp {} is not unix seconds", shown(value)))
-    })?;
-    let skew = now.timestamp().abs_diff(sent);
-    if skew > tolerance_secs {
-        return Err(Rejection::Signature(format!(
-            "timestamp is {skew} s from now; {tolerance_secs} s are allowed"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks only that a unix-seconds timestamp is not older than the tolerance.
-pub(crate) fn check_timestamp_age(
-    value: &str,
-    now: DateTime<Utc>,
-    tolerance_secs: u64,
+    window: Window,
 ) -> Result<(), Rejection> {
     let sent = unix_seconds(value).ok_or_else(|| {
         Rejection::Signature(format!("timestamp {} is not unix seconds", shown(value)))
     })?;
     let age = now.timestamp().saturating_sub(sent);
-    if age > 0 && age.unsigned_abs() > tolerance_secs {
+    let off = match window {
+        Window::Both => age.unsigned_abs(),
+        Window::PastOnly => age.max(0).unsigned_abs(),
+    };
+    if off > tolerance_secs {
         return Err(Rejection::Signature(format!(
-            "timestamp is {age} s old; {tolerance_secs} s are allowed"
+            "timestamp is {off} s from now; {tolerance_secs} s are allowed"
         )));
     }
     Ok(())
@@ -351,9 +346,13 @@ ZgDSOvuCZCwx9P1P5C1Z8+gMZQs5+qBTEOlz8u8aJF9Gvc3oSunrr3e3yRO3A7S3
     #[test]
     fn timestamps_hold_within_the_tolerance_in_both_directions() {
         let now = testing::at(1_000_000);
-        assert!(check_timestamp("1000000", now, 300).is_ok());
-        assert!(check_timestamp("999700", now, 300).is_ok());
-        assert!(check_timestamp("1000300", now, 300).is_ok());
+        let both = |value| check_timestamp(value, now, 300, Window::Both);
+        assert!(both("1000000").is_ok());
+        assert!(both("999700").is_ok());
+        assert!(both("1000300").is_ok());
+        let past_only = |value| check_timestamp(value, now, 300, Window::PastOnly);
+        assert!(past_only("2000000").is_ok(), "ahead of our clock is fine");
+        assert!(past_only("999699").is_err());
         for bad in [
             "999699",
             "1000301",
@@ -363,10 +362,7 @@ ZgDSOvuCZCwx9P1P5C1Z8+gMZQs5+qBTEOlz8u8aJF9Gvc3oSunrr3e3yRO3A7S3
             "1e6",
             "99999999999999999999",
         ] {
-            assert!(
-                matches!(check_timestamp(bad, now, 300), Err(Rejection::Signature(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(both(bad), Err(Rejection::Signature(_))), "{bad:?}");
         }
     }
 

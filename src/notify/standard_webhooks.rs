@@ -56,7 +56,7 @@ impl StandardWebhooks {
         let id = signed_header(request, ID_HEADERS)?;
         let timestamp = signed_header(request, TIMESTAMP_HEADERS)?;
         let signatures = signed_header(request, SIGNATURE_HEADERS)?;
-        common::check_timestamp(timestamp, now, self.tolerance_secs)?;
+        common::check_timestamp(timestamp, now, self.tolerance_secs, common::Window::Both)?;
         let content = [
             id.as_bytes(),
             b".",

@@ -49,7 +49,12 @@ impl Stripe {
     ) -> Result<(), Rejection> {
         let header = SignatureHeader::parse(signed_header(request, &["Stripe-Signature"])?)?;
         // Stripe's own libraries refuse only old timestamps, not ones ahead of our clock.
-        common::check_timestamp_age(header.timestamp, now, self.tolerance_secs)?;
+        common::check_timestamp(
+            header.timestamp,
+            now,
+            self.tolerance_secs,
+            common::Window::PastOnly,
+        )?;
         let payload = [header.timestamp.as_bytes(), b".", request.body].concat();
         common::check_hmac(&self.secrets, &payload, &header.v1)
     }

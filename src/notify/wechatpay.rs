@@ -94,7 +94,7 @@ impl WechatPay {
         let key = self.public_keys.get(serial).ok_or_else(|| {
             Rejection::Signature(format!("unknown Wechatpay-Serial {}", shown(serial)))
         })?;
-        common::check_timestamp(timestamp, now, self.tolerance_secs)?;
+        common::check_timestamp(timestamp, now, self.tolerance_secs, common::Window::Both)?;
         let signature = common::signature_from_base64(signature)?;
         let message = [
             timestamp.as_bytes(),
