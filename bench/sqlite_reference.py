@@ -28,30 +28,10 @@ def main() -> None:
         order, trade, nid, user = f"R{n}", f"T{n}", f"ref-{n}", f"u{n % 10000}"
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
-        db.execute(
-            "UPDATE notifications SET delivery_count = delivery_count + 1, last_seen_at = ? "
-            "WHERE channel = 'bench' AND notification_id = ?",
-            (now, nid),
-        )
-        db.execute(
-            "INSERT INTO notifications (channel, notification_id, order_no, provider_trade_no, kind, "
-            "amount_minor, currency, verified, outcome, raw_headers, raw_body, delivery_count, "
-            "first_seen_at, last_seen_at) VALUES ('bench', ?, ?, ?, 'paid', 1000, 'CNY', 1, "
-            "'received', '{}', x'7b7d', 1, ?, ?)",
-            (nid, order, trade, now, now),
-        )
-        db.execute(
-            "SELECT id, outcome, delivery_count FROM notifications "
-            "WHERE channel = 'bench' AND notification_id = ?",
-            (nid,),
-        ).fetchall()
         db.execute("SELECT * FROM orders WHERE order_no = ?", (order,)).fetchall()
         db.execute(
             "SELECT order_no FROM orders WHERE channel = 'bench' AND provider_trade_no = ?",
             (trade,),
-        ).fetchall()
-        db.execute(
-            "SELECT balance_minor FROM accounts WHERE user_id = ? AND currency = 'CNY'", (user,)
         ).fetchall()
         changed = db.execute(
             "UPDATE orders SET status = 'paid', provider_trade_no = ?, version = version + 1, "
@@ -74,10 +54,20 @@ def main() -> None:
             (user, order, now),
         )
         db.execute(
-            "UPDATE notifications SET outcome = 'credited', detail = NULL "
+            "UPDATE notifications SET delivery_count = delivery_count + 1, last_seen_at = ? "
             "WHERE channel = 'bench' AND notification_id = ?",
-            (nid,),
+            (now, nid),
         )
+        db.execute(
+            "INSERT INTO notifications (channel, notification_id, order_no, provider_trade_no, kind, "
+            "amount_minor, currency, verified, outcome, raw_headers, raw_body, delivery_count, "
+            "first_seen_at, last_seen_at) VALUES ('bench', ?, ?, ?, 'paid', 1000, 'CNY', 1, "
+            "'credited', '{}', x'7b7d', 1, ?, ?)",
+            (nid, order, trade, now, now),
+        )
+        db.execute(
+            "SELECT id FROM notifications WHERE channel = 'bench' AND notification_id = ?", (nid,)
+        ).fetchall()
         db.execute("COMMIT")
         latencies.append((time.perf_counter() - started) * 1000)
     latencies.sort()

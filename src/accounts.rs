@@ -39,20 +39,6 @@ pub fn ensure(
     Ok(())
 }
 
-/// The balance of one account, if it exists.
-pub fn balance(
-    conn: &mut DbConnection,
-    user: &UserId,
-    currency: Currency,
-) -> Result<Option<AmountMinor>, DieselError> {
-    let minor: Option<i64> = accounts::table
-        .find((user.as_str(), currency.code()))
-        .select(accounts::balance_minor)
-        .first(conn)
-        .optional()?;
-    Ok(minor.map(|m| AmountMinor::new(m).unwrap_or(AmountMinor::ZERO)))
-}
-
 /// Adds `amount` to the account in the database (never read-modify-write in the application, so
 /// concurrent credits cannot lose each other) and writes the ledger row. Returns the new balance.
 ///

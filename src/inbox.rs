@@ -28,21 +28,28 @@ pub struct Recorded {
     pub delivery_count: i64,
 }
 
-/// The outcome written before the crediting transaction decides; never seen after a commit.
-const RECEIVED: &str = "received";
 pub const REJECTED: &str = "rejected";
 
-/// Counts a delivery of `notification`: bumps its row, or inserts the first one.
-///
-/// The bump comes before the read so that, on PostgreSQL, a concurrent delivery of the same
-/// notification waits for this row's lock and then reads the committed outcome.
+/// Records one delivery of `notification` and what it came to: bumps the delivery count of its
+/// row, or inserts the first one. A row that once credited keeps saying so: later duplicates count
+/// as deliveries, not as new outcomes.
 pub fn record(
     conn: &mut DbConnection,
     notification: &Notification,
     evidence: Evidence<'_>,
+    outcome: &str,
+    detail: Option<&str>,
     now: NaiveDateTime,
 ) -> Result<Recorded, DieselError> {
     if let Some(recorded) = bump(conn, notification, now)? {
+        if recorded.previous_outcome != crate::apply::Outcome::Credited.as_str() {
+            diesel::update(notifications::table.find(recorded.id))
+                .set((
+                    notifications::outcome.eq(outcome),
+                    notifications::detail.eq(detail),
+                ))
+                .execute(conn)?;
+        }
         return Ok(recorded);
     }
     diesel::insert_into(notifications::table)
@@ -55,7 +62,8 @@ pub fn record(
             notifications::amount_minor.eq(notification.amount.map(|a| a.get())),
             notifications::currency.eq(notification.currency.map(|c| c.code())),
             notifications::verified.eq(true),
-            notifications::outcome.eq(RECEIVED),
+            notifications::outcome.eq(outcome),
+            notifications::detail.eq(detail),
             notifications::raw_headers.eq(evidence.headers_json),
             notifications::raw_body.eq(evidence.body),
             notifications::delivery_count.eq(1i64),
@@ -65,7 +73,7 @@ pub fn record(
         .execute(conn)?;
     Ok(Recorded {
         id: row_of(notification).select(notifications::id).first(conn)?,
-        previous_outcome: RECEIVED.to_owned(),
+        previous_outcome: String::new(),
         delivery_count: 1,
     })
 }
@@ -109,26 +117,6 @@ pub fn bump(
         previous_outcome,
         delivery_count,
     }))
-}
-
-/// Writes what this delivery came to. A row that once credited keeps saying so: later
-/// duplicates count as deliveries, not as new outcomes.
-pub fn set_outcome(
-    conn: &mut DbConnection,
-    recorded: &Recorded,
-    outcome: &str,
-    detail: Option<&str>,
-) -> Result<(), DieselError> {
-    if recorded.previous_outcome == crate::apply::Outcome::Credited.as_str() {
-        return Ok(());
-    }
-    diesel::update(notifications::table.find(recorded.id))
-        .set((
-            notifications::outcome.eq(outcome),
-            notifications::detail.eq(detail),
-        ))
-        .execute(conn)?;
-    Ok(())
 }
 
 /// Records a request that failed verification or parsing, keyed by a digest of its body so a
