@@ -167,3 +167,71 @@ fn serve_refuses_a_port_that_is_taken() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains(&addr), "{text}");
 }
+
+#[test]
+fn order_create_and_account_show_work_without_the_server() {
+    let db = TestDb::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("payhook.toml");
+    std::fs::write(
+        &config,
+        "[channels.gateway]\nprovider = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+    )
+    .unwrap();
+    let create = |amount: &str, channel: &str| {
+        let mut cmd = payhook(dir.path());
+        cmd.args(["order", "create", "--config"])
+            .arg(&config)
+            .args([
+                "--database-url",
+                &db.url,
+                "--user-id",
+                "cli-user",
+                "--amount",
+                amount,
+            ])
+            .args([
+                "--currency",
+                "CNY",
+                "--channel",
+                channel,
+                "--order-no",
+                "CLI-ORDER-1",
+            ]);
+        output(&mut cmd)
+    };
+    let (out, text) = create("3.50", "gateway");
+    assert!(out.status.success(), "{text}");
+    let order: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(order["order_no"], "CLI-ORDER-1");
+    assert_eq!(order["amount"], "3.50");
+    assert_eq!(order["amount_minor"], 350);
+    assert_eq!(order["status"], "pending");
+
+    let (out, _) = create("3.50", "gateway");
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again, order, "an identical repeat prints the same order");
+    let (out, text) = create("4.00", "gateway");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("different amount"), "{text}");
+    let (out, text) = create("3.50", "elsewhere");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("channel"), "{text}");
+
+    let show = |user: &str| {
+        let mut cmd = payhook(dir.path());
+        cmd.args(["account", "show", "--database-url", &db.url, user]);
+        output(&mut cmd)
+    };
+    let (out, text) = show("cli-user");
+    assert!(out.status.success(), "{text}");
+    let account: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        account["balances"],
+        serde_json::json!([{"currency": "CNY", "amount": "0.00", "amount_minor": 0}])
+    );
+    assert_eq!(account["ledger"], serde_json::json!([]));
+    let (out, text) = show("nobody");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("no account"), "{text}");
+}
