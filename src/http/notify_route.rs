@@ -141,8 +141,9 @@ pub(super) async fn notify(
             })
             .await;
             let stored = match recorded {
-                Ok(Ok(_)) => "stored",
-                Ok(Err(_)) | Err(_) => "not stored",
+                Ok(Ok(_)) => "stored".to_owned(),
+                Ok(Err(e)) => format!("not stored: {e}"),
+                Err(e) => format!("not stored: {e}"),
             };
             let line = LogLine {
                 request_id: &request_id,
