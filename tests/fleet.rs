@@ -18,6 +18,15 @@ use std::time::{Duration, Instant};
 use common::{free_port, PgCluster};
 use serde_json::Value;
 
+/// Prints a figure straight to stderr, past the test harness's capture, so that every run (CI's
+/// too) shows what each scenario did.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// One scenario at a time: each times its faults against its own load.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -489,7 +498,7 @@ impl Fleet {
 
 fn report(scenario: &str, r: &Replayed) {
     let (ack, retry, http, transport) = answers(r);
-    eprintln!(
+    say!(
         "{scenario}: {} requests, {ack} ack, {retry} retry, {http} HTTP error, {transport} transport error, {:.0} requests/s",
         r.summary["requests"], r.summary["requests_per_sec"].as_f64().unwrap_or(0.0)
     );
@@ -524,7 +533,7 @@ fn three_instances_behind_nginx_credit_2000_orders_once_under_duplicate_storms()
         let log = std::fs::read_to_string(&instance.log).unwrap();
         let credited = log.matches("outcome=credited").count();
         let duplicates = log.matches("outcome=already_paid").count();
-        eprintln!(
+        say!(
             "  instance :{}: {credited} credited, {duplicates} duplicates",
             instance.port
         );
@@ -572,7 +581,7 @@ fn a_killed_instance_loses_no_ack_and_a_second_replay_completes_everything() {
         "the provider's retry is acked for every order"
     );
     assert_eq!(credits_by_order(&fleet.database_url).len(), 1500);
-    eprintln!("  {acked} orders acked during the crash run, all credited once");
+    say!("  {acked} orders acked during the crash run, all credited once");
     verify(&fleet.database_url);
     assert_no_secrets_in(&fleet.logs());
 }
@@ -621,7 +630,7 @@ fn a_database_restart_gets_retries_never_false_acks_and_instances_reconnect() {
     watching.store(false, Ordering::Relaxed);
     watcher.join().unwrap();
     let seen = seen.lock().unwrap().clone();
-    eprintln!("  /readyz went {seen:?}");
+    say!("  /readyz went {seen:?}");
     assert!(
         seen.windows(2).any(|w| w == [503, 200]),
         "/readyz never went 503 then 200: {seen:?}"
@@ -640,7 +649,7 @@ fn a_database_restart_gets_retries_never_false_acks_and_instances_reconnect() {
     report("second replay", &after);
     assert_eq!(answers(&after).0, 1500);
     assert_eq!(credits_by_order(&fleet.database_url).len(), 1500);
-    eprintln!("  {acked} orders acked during the restart run, all credited once");
+    say!("  {acked} orders acked during the restart run, all credited once");
     verify(&fleet.database_url);
 }
 
@@ -671,7 +680,7 @@ fn killed_database_connections_heal_with_the_same_guarantees() {
     }
     let during = finish(child, &results);
     report("pg_terminate_backend x3 mid-replay", &during);
-    eprintln!("  {terminated} connections terminated");
+    say!("  {terminated} connections terminated");
     assert!(terminated > 0);
     let acked = assert_acked_are_credited(&during, &fleet.database_url);
     for instance in &fleet.instances {
@@ -686,7 +695,7 @@ fn killed_database_connections_heal_with_the_same_guarantees() {
     );
     report("second replay", &after);
     assert_eq!(answers(&after).0, 1500);
-    eprintln!("  {acked} orders acked during the run, all credited once");
+    say!("  {acked} orders acked during the run, all credited once");
     verify(&fleet.database_url);
 }
 
@@ -713,7 +722,7 @@ fn one_sqlite_instance_under_64_concurrent_duplicates_of_500_notifications() {
         .lines()
         .filter(|l| l.contains("database is locked") && !l.contains("answer=retry"))
         .count();
-    eprintln!("  {locked} 'database is locked' lines, all answered retry");
+    say!("  {locked} 'database is locked' lines, all answered retry");
     assert_eq!(
         locked_acked, 0,
         "a locked database reached a provider as something other than retry"
@@ -753,7 +762,7 @@ fn one_sqlite_instance_under_64_concurrent_duplicates_of_500_notifications() {
         16,
     );
     assert_eq!(answers(&after).0, 500);
-    eprintln!("  {credited} orders acked in the storm; the second replay acked all 500");
+    say!("  {credited} orders acked in the storm; the second replay acked all 500");
     let books = verify(&database_url);
     assert!(
         books.contains("500 paid orders") && books.contains("500 ledger entries"),
