@@ -108,9 +108,12 @@ pub fn apply(
             None => None,
         };
         // The commonest repeat costs one more statement: a paid order never leaves `paid`, so
-        // once it is paid by this very trade, only the delivery count is left to write.
+        // once it is paid by this very trade, only the delivery count is left to write. That
+        // count is bookkeeping, not money, and the credit it repeats was flushed when it
+        // committed: this commit need not wait for the disk.
         if order.as_ref().is_some_and(|o| repeats_its_credit(o, n)) {
             if let Some(recorded) = inbox::bump(conn, n, now)? {
+                db::commit_without_waiting_for_flush(conn)?;
                 return Ok(Applied {
                     outcome: Outcome::AlreadyPaid,
                     detail: None,

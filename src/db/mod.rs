@@ -369,6 +369,16 @@ pub fn conflict(message: &str) -> DieselError {
     )
 }
 
+/// Lets the current transaction commit without waiting for its WAL flush (PostgreSQL's
+/// `synchronous_commit = off`, for this transaction only). Only for writes whose loss in a crash
+/// loses no money; SQLite keeps its full sync.
+pub fn commit_without_waiting_for_flush(conn: &mut DbConnection) -> Result<(), DieselError> {
+    match conn {
+        DbConnection::Postgresql(pg) => pg.batch_execute("SET LOCAL synchronous_commit = off"),
+        DbConnection::Sqlite(_) => Ok(()),
+    }
+}
+
 /// Runs `f` in a read-only transaction, so a report sees one consistent state of the books.
 pub fn read_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
 where
