@@ -107,7 +107,7 @@ enum AccountCommand {
 
 /// The flags every command that touches the database takes.
 #[derive(Debug, Args)]
-struct DbArgs {
+pub struct DbArgs {
     /// Config file (TOML); also PAYHOOK_CONFIG. Nothing is read by default.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -117,7 +117,8 @@ struct DbArgs {
 }
 
 impl DbArgs {
-    fn settings(&self, bind: Option<String>) -> anyhow::Result<Settings> {
+    /// The settings these flags name, over the file, the environment and the defaults.
+    pub fn settings(&self, bind: Option<String>) -> anyhow::Result<Settings> {
         let flags = Overrides {
             bind,
             database_url: self.database_url.clone(),
@@ -226,7 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Opens the pool and applies pending migrations, for commands that work on the books directly.
-fn open_migrated(settings: &Settings) -> anyhow::Result<db::Pool> {
+pub fn open_migrated(settings: &Settings) -> anyhow::Result<db::Pool> {
     let pool = open(settings)?;
     db::migrate(&mut *pool.get()?)?;
     Ok(pool)

@@ -21,8 +21,7 @@ use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde_json::json;
 
-use crate::config::{ChannelConfig, Overrides, Settings};
-use crate::db;
+use crate::config::ChannelConfig;
 use crate::ids::{ChannelName, OrderNo};
 use crate::money::{AmountMinor, Currency};
 use crate::notify::sign::{self, RsaSigner};
@@ -41,12 +40,9 @@ Example, with the test-only demo configuration:
       --private-key config/demo-keys/alipay-test-private-key.pem --out alipay.ndjson
   payhook replay --url http://127.0.0.1:8080 alipay.ndjson")]
 pub struct Args {
-    /// Config file (TOML) that configures the channel; also PAYHOOK_CONFIG.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// sqlite://PATH or postgres://user:pass@host:5432/db; also PAYHOOK_DATABASE_URL.
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
+    /// The config file that configures the channel, and the database.
+    #[command(flatten)]
+    pub db: crate::cli::DbArgs,
     /// The configured channel the orders are paid through.
     #[arg(long, value_name = "NAME")]
     pub channel: String,
@@ -461,11 +457,7 @@ fn user_of(args: &Args, i: u32) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let flags = Overrides {
-        database_url: args.database_url.clone(),
-        ..Overrides::default()
-    };
-    let settings = Settings::load(args.config.as_deref(), &Overrides::from_env(), &flags)?;
+    let settings = args.db.settings(None)?;
     let channel = ChannelName::parse(&args.channel)?;
     let Some(cfg) = settings.channels.get(&channel) else {
         let known: Vec<String> = settings.channels.keys().map(|c| c.to_string()).collect();
@@ -517,11 +509,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("channel {channel} would refuse these notifications: {e}.{hint}");
     }
 
-    let url = settings.database_url.expose();
-    let redacted = db::DatabaseUrl::parse(url)?.redacted();
-    let pool = db::connect(url, &settings.pool).with_context(|| format!("database {redacted}"))?;
+    let pool = crate::cli::open_migrated(&settings)?;
     let mut conn = pool.get()?;
-    db::migrate(&mut conn)?;
 
     let mut out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(std::io::BufWriter::new(
@@ -577,6 +566,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Settings;
 
     fn demo() -> Settings {
         Settings::from_toml(include_str!("../config/demo.toml")).expect("demo config")
