@@ -101,7 +101,7 @@ impl TryFrom<OrderRow> for Order {
     }
 }
 
-/// The JSON form of an order, as `../INTERFACE` fixes it.
+/// The JSON form of an order, as the API and the command line print it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct OrderView {
     pub order_no: OrderNo,

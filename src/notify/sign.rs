@@ -1,7 +1,7 @@
 //! Signing notifications the way each provider does: the inverse of the adapters, for
 //! `payhook fixtures` and for tests. Nothing on the receiving path uses it.
 //!
-//! Each function follows the same rule its adapter checks (`../shared/PROTOCOLS.md`), so a
+//! Each function follows the same rule its adapter checks, so a
 //! notification made here verifies with the channel's configured keys and nothing else.
 
 use base64::engine::general_purpose::STANDARD;
