@@ -10,13 +10,8 @@ use std::time::{Duration, Instant};
 use common::{free_port, Backend, TestDb};
 
 fn payhook(cwd: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payhook"));
-    cmd.current_dir(cwd)
-        .env_remove("PAYHOOK_CONFIG")
-        .env_remove("PAYHOOK_DATABASE_URL")
-        .env_remove("PAYHOOK_BIND")
-        .env_remove("PAYHOOK_ADMIN_TOKEN")
-        .env("RUST_LOG", "info");
+    let mut cmd = common::payhook();
+    cmd.current_dir(cwd);
     cmd
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, PgCluster};
+use common::{free_port, payhook, PgCluster};
 use serde_json::Value;
 
 /// Prints a figure straight to stderr, past the test harness's capture, so that every run (CI's
@@ -36,16 +36,6 @@ fn demo_config() -> PathBuf {
 
 fn alipay_key() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-keys/alipay-test-private-key.pem")
-}
-
-fn payhook() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payhook"));
-    cmd.env_remove("PAYHOOK_CONFIG")
-        .env_remove("PAYHOOK_DATABASE_URL")
-        .env_remove("PAYHOOK_BIND")
-        .env_remove("PAYHOOK_ADMIN_TOKEN")
-        .env("RUST_LOG", "info");
-    cmd
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -191,7 +181,11 @@ impl Nginx {
             servers_written,
             "deploy/nginx.conf has no upstream servers to replace"
         );
-        let user = if common_is_root() { "user root;\n" } else { "" };
+        let user = if common::is_root() {
+            "user root;\n"
+        } else {
+            ""
+        };
         let conf = format!(
             "daemon off;\nmaster_process on;\nworker_processes 1;\n{user}pid {d}/nginx.pid;\nerror_log {d}/error.log;\n{conf}"
         );
@@ -236,14 +230,6 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = &self.dir;
     }
-}
-
-fn common_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 /// Creates `count` pending Alipay orders spread over 50 users, and the signed notifications that
@@ -460,7 +446,7 @@ impl Fleet {
         let cluster = PgCluster::start();
         let database_url = cluster.new_database();
         let dir = tempfile::tempdir().unwrap();
-        if common_is_root() {
+        if common::is_root() {
             // nginx's workers write their temporary files under it.
             let _ = Command::new("chmod").args(["755"]).arg(dir.path()).status();
         }

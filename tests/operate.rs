@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{free_port, Backend, TestDb};
+use common::{free_port, payhook, Backend, TestDb};
 use serde_json::Value;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -28,16 +28,6 @@ fn write_config(dir: &Path, db: &TestDb, port: u16) -> std::path::PathBuf {
     )
     .unwrap();
     path
-}
-
-fn payhook() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payhook"));
-    cmd.env_remove("PAYHOOK_CONFIG")
-        .env_remove("PAYHOOK_DATABASE_URL")
-        .env_remove("PAYHOOK_BIND")
-        .env_remove("PAYHOOK_ADMIN_TOKEN")
-        .env("RUST_LOG", "info");
-    cmd
 }
 
 struct Served(Child);

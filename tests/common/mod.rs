@@ -120,6 +120,17 @@ pub fn create_order(
     }
 }
 
+/// The `payhook` binary, with none of the `PAYHOOK_*` settings of the calling environment.
+pub fn payhook() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payhook"));
+    cmd.env_remove("PAYHOOK_CONFIG")
+        .env_remove("PAYHOOK_DATABASE_URL")
+        .env_remove("PAYHOOK_BIND")
+        .env_remove("PAYHOOK_ADMIN_TOKEN")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
 // ---------------------------------------------------------------- PostgreSQL
 
 pub struct PgCluster {
@@ -138,7 +149,7 @@ pub fn pg_cluster() -> &'static PgCluster {
     CLUSTER.get_or_init(PgCluster::start)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
