@@ -94,7 +94,9 @@ pub struct Applied {
     pub balance_after: Option<i64>,
 }
 
-/// Applies a verified notification exactly once. See the module doc for what the result means.
+/// Applies a verified notification exactly once, in a transaction of its own. See the module doc
+/// for what the result means. The HTTP path batches many notifications into one transaction with
+/// [`crate::committer`]; both run [`apply_in`].
 pub fn apply(
     conn: &mut DbConnection,
     notification: &Notification,
@@ -102,44 +104,68 @@ pub fn apply(
     now: NaiveDateTime,
 ) -> Result<Applied, DbError> {
     db::transact(conn, |conn| {
-        let n = notification;
-        let order = match &n.order_no {
-            Some(order_no) => orders::find(conn, order_no)?,
-            None => None,
-        };
-        // The commonest repeat costs one more statement: a paid order never leaves `paid`, so
-        // once it is paid by this very trade, only the delivery count is left to write. That
-        // count is bookkeeping, not money, and the credit it repeats was flushed when it
-        // committed: this commit need not wait for the disk.
-        if order.as_ref().is_some_and(|o| repeats_its_credit(o, n)) {
-            if let Some(recorded) = inbox::bump(conn, n, now)? {
-                db::commit_without_waiting_for_flush(conn)?;
-                return Ok(Applied {
-                    outcome: Outcome::AlreadyPaid,
-                    detail: None,
-                    inbox_id: recorded.id,
-                    delivery_count: recorded.delivery_count,
-                    balance_after: None,
-                });
-            }
+        let (applied, durability) = apply_in(conn, notification, evidence, now)?;
+        if durability == Durability::NoWait {
+            db::commit_without_waiting_for_flush(conn)?;
         }
-        let decision = decide(conn, n, order, now)?;
-        let recorded = inbox::record(
-            conn,
-            n,
-            evidence,
-            decision.outcome.as_str(),
-            decision.detail.as_deref(),
-            now,
-        )?;
-        Ok(Applied {
-            outcome: decision.outcome,
-            detail: decision.detail,
-            inbox_id: recorded.id,
-            delivery_count: recorded.delivery_count,
-            balance_after: decision.balance_after,
-        })
+        Ok(applied)
     })
+}
+
+/// Whether the commit of what [`apply_in`] wrote must wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Money moved or a notification was stored for the first time: the commit must be flushed
+    /// before anyone is told.
+    Flush,
+    /// Only a delivery count was bumped on a notification whose effect was flushed when it first
+    /// committed: losing this write in a crash loses no money.
+    NoWait,
+}
+
+/// The work of [`apply`] inside a transaction the caller opened and will commit.
+pub fn apply_in(
+    conn: &mut DbConnection,
+    notification: &Notification,
+    evidence: Evidence<'_>,
+    now: NaiveDateTime,
+) -> Result<(Applied, Durability), DieselError> {
+    let n = notification;
+    let order = match &n.order_no {
+        Some(order_no) => orders::find(conn, order_no)?,
+        None => None,
+    };
+    // The commonest repeat costs one more statement: a paid order never leaves `paid`, so once
+    // it is paid by this very trade, only the delivery count is left to write.
+    if order.as_ref().is_some_and(|o| repeats_its_credit(o, n)) {
+        if let Some(recorded) = inbox::bump(conn, n, now)? {
+            let applied = Applied {
+                outcome: Outcome::AlreadyPaid,
+                detail: None,
+                inbox_id: recorded.id,
+                delivery_count: recorded.delivery_count,
+                balance_after: None,
+            };
+            return Ok((applied, Durability::NoWait));
+        }
+    }
+    let decision = decide(conn, n, order, now)?;
+    let recorded = inbox::record(
+        conn,
+        n,
+        evidence,
+        decision.outcome.as_str(),
+        decision.detail.as_deref(),
+        now,
+    )?;
+    let applied = Applied {
+        outcome: decision.outcome,
+        detail: decision.detail,
+        inbox_id: recorded.id,
+        delivery_count: recorded.delivery_count,
+        balance_after: decision.balance_after,
+    };
+    Ok((applied, Durability::Flush))
 }
 
 /// A paid notification for an order already paid by the same trade.

@@ -127,6 +127,8 @@ pub const ANSWERS: &str = "payhook_answers_total";
 pub const ANOMALIES: &str = "payhook_anomalies_total";
 pub const APPLY_SECONDS: &str = "payhook_apply_seconds";
 pub const POOL_CONNECTIONS: &str = "payhook_pool_connections";
+pub const BATCH_NOTIFICATIONS: &str = "payhook_batch_notifications";
+pub const BATCH_SECONDS: &str = "payhook_batch_seconds";
 
 /// Counts one notification's outcome and the answer it got.
 pub fn record_notification(channel: &str, outcome: &'static str, answer: &'static str) {
@@ -141,6 +143,12 @@ pub fn record_anomaly(channel: &str) {
 
 pub fn record_apply_seconds(seconds: f64) {
     metrics::histogram!(APPLY_SECONDS).record(seconds);
+}
+
+/// One group commit: how many notifications it held and how long it took.
+pub fn record_batch(notifications: usize, seconds: f64) {
+    metrics::histogram!(BATCH_NOTIFICATIONS).record(notifications as f64);
+    metrics::histogram!(BATCH_SECONDS).record(seconds);
 }
 
 /// Renders every metric, with the pool's gauges read now.

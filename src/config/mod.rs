@@ -28,6 +28,7 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     pub pool: PoolSettings,
     pub http: HttpSettings,
+    pub commit: CommitSettings,
     #[serde(default)]
     pub channels: BTreeMap<ChannelName, ChannelConfig>,
 }
@@ -47,6 +48,14 @@ pub struct HttpSettings {
     pub request_timeout_secs: u64,
     pub workers: usize,
     pub shutdown_timeout_secs: u64,
+}
+
+/// How notifications share transactions (see [`crate::committer`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitSettings {
+    pub max_batch: usize,
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +165,12 @@ impl Settings {
         }
         if self.pool.connection_timeout_secs == 0 {
             return invalid("pool.connection_timeout_secs must be at least 1");
+        }
+        if !(1..=1024).contains(&self.commit.max_batch) {
+            return invalid("commit.max_batch must be between 1 and 1024");
+        }
+        if self.commit.timeout_secs == 0 {
+            return invalid("commit.timeout_secs must be at least 1");
         }
         if self.http.body_limit_bytes == 0 {
             return invalid("http.body_limit_bytes must be at least 1");

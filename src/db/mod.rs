@@ -349,7 +349,7 @@ where
 }
 
 /// Exponential backoff from 2 ms, with jitter so that racing transactions fall out of step.
-fn backoff(attempt: u32) -> Duration {
+pub fn backoff(attempt: u32) -> Duration {
     let base = 2u64 << attempt.min(8);
     let jitter = u64::from(
         std::time::SystemTime::now()

@@ -1,9 +1,9 @@
 //! The HTTP server: notify routes answered in each provider's protocol, and health probes.
 //!
 //! The notify handler takes the body as raw bytes, lets the channel's adapter verify and parse
-//! it, then runs the crediting transaction on the blocking pool (diesel is synchronous). The
-//! answer follows [`crate::apply`]'s policy: ack only after a commit; anything that failed asks
-//! the provider to retry.
+//! it on the worker, then hands the verified notification to the [`Committer`], whose writer
+//! thread applies it in the next group commit. The answer follows [`crate::apply`]'s policy: ack
+//! only after a commit; anything that failed asks the provider to retry.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use actix_web::{web, App, HttpResponse, HttpServer};
 
 use crate::clock::Clock;
+use crate::committer::Committer;
 use crate::config::{Secret, Settings};
 use crate::db::{DbError, Pool};
 use crate::ids::ChannelName;
@@ -32,6 +33,8 @@ pub struct Channel {
 /// What every handler shares.
 pub struct AppState {
     pub pool: Pool,
+    /// The group-commit writer that applies verified notifications.
+    pub committer: Committer,
     pub channels: HashMap<ChannelName, Channel>,
     pub clock: Arc<dyn Clock>,
     pub admin_token: Option<Secret>,
@@ -54,8 +57,15 @@ impl AppState {
             };
             channels.insert(name.clone(), channel);
         }
+        let committer = Committer::start(
+            pool.clone(),
+            settings.commit.max_batch,
+            Duration::from_secs(settings.commit.timeout_secs),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot start the writer thread: {e}"))?;
         Ok(AppState {
             pool,
+            committer,
             channels,
             clock,
             admin_token: settings.admin_token.clone(),

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
-use crate::apply::{self, Answer, Applied};
+use crate::apply::{Answer, Applied};
 use crate::ids::ChannelName;
 use crate::inbox::{self, Evidence};
 use crate::notify::{self, Notification, Provider, RawRequest, Rejection, RetryReason};
@@ -83,21 +83,13 @@ pub(super) async fn notify(
 
     let mut response = match verified {
         Ok(notification) => {
-            let n = notification.clone();
-            let result = web::block(move || {
-                let mut conn = pool.get()?;
-                let evidence = Evidence {
-                    headers_json: &headers_json,
-                    body: &body,
-                };
-                let started = Instant::now();
-                let applied = apply::apply(&mut conn, &n, evidence, now.naive_utc());
-                telemetry::record_apply_seconds(started.elapsed().as_secs_f64());
-                applied
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            let started_apply = Instant::now();
+            let result = state
+                .committer
+                .apply(notification.clone(), headers_json, body, now.naive_utc())
+                .await
+                .map_err(|e| e.to_string());
+            telemetry::record_apply_seconds(started_apply.elapsed().as_secs_f64());
             let line = LogLine {
                 request_id: &request_id,
                 channel: &channel,
