@@ -50,17 +50,23 @@ pub fn credit(
     now: NaiveDateTime,
 ) -> Result<i64, DieselError> {
     let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
-    let changed = diesel::update(account)
-        .set((
-            accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
-            accounts::version.eq(accounts::version + 1),
-            accounts::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-    if changed != 1 {
-        return Err(DieselError::NotFound);
-    }
-    let balance_after: i64 = account.select(accounts::balance_minor).first(conn)?;
+    let increment = diesel::update(account).set((
+        accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
+        accounts::version.eq(accounts::version + 1),
+        accounts::updated_at.eq(now),
+    ));
+    // The new balance comes back from the update itself (RETURNING, on both backends).
+    let balance_after: Option<i64> = match conn {
+        DbConnection::Postgresql(pg) => increment
+            .returning(accounts::balance_minor)
+            .get_result(pg)
+            .optional()?,
+        DbConnection::Sqlite(lite) => increment
+            .returning(accounts::balance_minor)
+            .get_result(lite)
+            .optional()?,
+    };
+    let balance_after = balance_after.ok_or(DieselError::NotFound)?;
     diesel::insert_into(ledger::table)
         .values((
             ledger::user_id.eq(order.user_id.as_str()),

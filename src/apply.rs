@@ -25,6 +25,7 @@ use diesel::result::Error as DieselError;
 
 use crate::accounts;
 use crate::db::{self, DbConnection, DbError};
+use crate::ids::OrderNo;
 use crate::inbox::{self, Evidence};
 use crate::notify::{Notification, NotificationKind};
 use crate::orders::{self, Order, OrderStatus};
@@ -131,9 +132,11 @@ pub fn apply_in(
     now: NaiveDateTime,
 ) -> Result<(Applied, Durability), DieselError> {
     let n = notification;
-    let order = match &n.order_no {
-        Some(order_no) => orders::find(conn, order_no)?,
-        None => None,
+    let (order, trade_paid) = match &n.order_no {
+        Some(order_no) => {
+            orders::find_with_trade(conn, order_no, &n.channel, n.provider_trade_no.as_deref())?
+        }
+        None => (None, None),
     };
     // The commonest repeat costs one more statement: a paid order never leaves `paid`, so once
     // it is paid by this very trade, only the delivery count is left to write.
@@ -149,7 +152,7 @@ pub fn apply_in(
             return Ok((applied, Durability::NoWait));
         }
     }
-    let decision = decide(conn, n, order, now)?;
+    let decision = decide(conn, n, order, trade_paid, now)?;
     let recorded = inbox::record(
         conn,
         n,
@@ -195,11 +198,13 @@ impl Decision {
     }
 }
 
-/// What the notification does to its order, `order` as read at the start of this transaction.
+/// What the notification does to its order. `order` is the order as read at the start of this
+/// transaction, and `trade_paid` another order that the notification's trade already paid.
 fn decide(
     conn: &mut DbConnection,
     n: &Notification,
     order: Option<Order>,
+    trade_paid: Option<OrderNo>,
     now: NaiveDateTime,
 ) -> Result<Decision, DieselError> {
     if n.order_no.is_none() {
@@ -222,7 +227,7 @@ fn decide(
         ));
     }
     match &n.kind {
-        NotificationKind::Paid => pay(conn, &order, n, now),
+        NotificationKind::Paid => pay(conn, &order, trade_paid, n, now),
         NotificationKind::Closed => close(conn, &order, now),
         NotificationKind::Refund => Ok(Decision::new(
             Outcome::Ignored,
@@ -239,6 +244,7 @@ fn decide(
 fn pay(
     conn: &mut DbConnection,
     order: &Order,
+    trade_paid: Option<OrderNo>,
     n: &Notification,
     now: NaiveDateTime,
 ) -> Result<Decision, DieselError> {
@@ -257,18 +263,13 @@ fn pay(
         ));
     }
     let trade_no = n.provider_trade_no.as_deref();
-    if let Some(trade_no) = trade_no {
-        if let Some(other) = orders::find_by_trade(conn, &n.channel, trade_no)? {
-            if other != order.order_no {
-                return Ok(Decision::new(
-                    Outcome::Mismatch,
-                    Some(format!("trade {trade_no} already paid order {other}")),
-                ));
-            }
-        }
+    if let (Some(trade_no), Some(other)) = (trade_no, trade_paid) {
+        return Ok(Decision::new(
+            Outcome::Mismatch,
+            Some(format!("trade {trade_no} already paid order {other}")),
+        ));
     }
-    if mark_paid(conn, order, trade_no, now)? {
-        let balance_after = accounts::credit(conn, order, now)?;
+    if let Some(balance_after) = pay_and_credit(conn, order, trade_no, now)? {
         return Ok(Decision {
             outcome: Outcome::Credited,
             detail: None,
@@ -295,6 +296,66 @@ fn pay(
         ),
         OrderStatus::Pending => return Err(db::conflict("order still pending after CAS")),
     })
+}
+
+/// The compare-and-set, and for the transaction that wins it the balance increment and the ledger
+/// row. Returns the balance after the credit, or `None` when the order was no longer pending.
+///
+/// On PostgreSQL the three writes are one statement (data-modifying CTEs), one round trip; on
+/// SQLite, which runs in-process, they are three.
+fn pay_and_credit(
+    conn: &mut DbConnection,
+    order: &Order,
+    trade_no: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<Option<i64>, DieselError> {
+    use diesel::prelude::*;
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+
+    #[derive(QueryableByName)]
+    struct Paid {
+        #[diesel(sql_type = BigInt)]
+        paid: i64,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        balance_after: Option<i64>,
+    }
+
+    if !matches!(conn, DbConnection::Postgresql(_)) {
+        if !mark_paid(conn, order, trade_no, now)? {
+            return Ok(None);
+        }
+        return accounts::credit(conn, order, now).map(Some);
+    }
+    let result: Paid = diesel::sql_query(
+        "WITH paid AS ( \
+             UPDATE orders SET status = 'paid', provider_trade_no = $2, version = version + 1, \
+                 paid_at = $3 \
+             WHERE order_no = $1 AND status = 'pending' \
+             RETURNING order_no, user_id, currency, amount_minor), \
+         credited AS ( \
+             UPDATE accounts AS a SET balance_minor = a.balance_minor + paid.amount_minor, \
+                 version = a.version + 1, updated_at = $3 \
+             FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
+             RETURNING a.user_id, a.currency, a.balance_minor, paid.order_no, paid.amount_minor), \
+         booked AS ( \
+             INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, \
+                 created_at) \
+             SELECT user_id, currency, order_no, 'credit', amount_minor, balance_minor, $3 \
+             FROM credited \
+             RETURNING balance_after) \
+         SELECT (SELECT count(*) FROM paid) AS paid, \
+                (SELECT balance_after FROM booked) AS balance_after",
+    )
+    .bind::<Text, _>(order.order_no.as_str())
+    .bind::<Nullable<Text>, _>(trade_no)
+    .bind::<Timestamp, _>(now)
+    .get_result(conn)?;
+    match (result.paid, result.balance_after) {
+        (0, _) => Ok(None),
+        (_, Some(balance_after)) => Ok(Some(balance_after)),
+        // Paid but nothing credited: the account is missing. Fail the transaction.
+        (_, None) => Err(DieselError::NotFound),
+    }
 }
 
 /// `UPDATE orders SET status = paid ... WHERE order_no = ? AND status = pending`: true when this

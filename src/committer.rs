@@ -53,22 +53,43 @@ pub enum CommitError {
     TimedOut(Duration),
 }
 
-/// The handle that request handlers hold; the writer thread stops when the last one is dropped.
+/// The handle that request handlers hold; the writer threads stop when the last one is dropped.
 #[derive(Clone)]
 pub struct Committer {
-    queue: mpsc::Sender<Job>,
+    lanes: Vec<mpsc::Sender<Job>>,
     timeout: Duration,
 }
 
 impl Committer {
-    /// Starts the writer thread. `max_batch` bounds how many notifications share a transaction;
-    /// `timeout` bounds how long a caller waits for its commit before it answers "retry".
-    pub fn start(pool: Pool, max_batch: usize, timeout: Duration) -> std::io::Result<Committer> {
-        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        std::thread::Builder::new()
-            .name("payhook-committer".to_owned())
-            .spawn(move || run(pool, receiver, max_batch.max(1)))?;
-        Ok(Committer { queue, timeout })
+    /// Starts `writers` writer threads, each with its own queue and, per batch, its own
+    /// connection. A notification goes to the writer its order number hashes to, so every
+    /// delivery of one order meets the same writer and writers do not wait on each other's row
+    /// locks. `max_batch` bounds how many notifications share a transaction; `timeout` bounds how
+    /// long a caller waits for its commit before it answers "retry".
+    pub fn start(
+        pool: Pool,
+        writers: usize,
+        max_batch: usize,
+        timeout: Duration,
+    ) -> std::io::Result<Committer> {
+        let mut lanes = Vec::with_capacity(writers.max(1));
+        for lane in 0..writers.max(1) {
+            let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+            let pool = pool.clone();
+            std::thread::Builder::new()
+                .name(format!("payhook-writer-{lane}"))
+                .spawn(move || run(pool, receiver, max_batch.max(1)))?;
+            lanes.push(queue);
+        }
+        Ok(Committer { lanes, timeout })
+    }
+
+    fn lane(&self, notification: &Notification) -> &mpsc::Sender<Job> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        notification.order_no.hash(&mut hasher);
+        // The modulo is below `lanes.len()`, which is a `usize`.
+        &self.lanes[(hasher.finish() % self.lanes.len() as u64) as usize]
     }
 
     /// Applies `notification` in the next batch and returns what it came to once that batch has
@@ -89,7 +110,7 @@ impl Committer {
             reply,
         };
         let waited = async {
-            self.queue
+            self.lane(&job.notification)
                 .send(job)
                 .await
                 .map_err(|_| CommitError::Stopped)?;

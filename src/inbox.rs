@@ -20,19 +20,18 @@ pub struct Evidence<'a> {
     pub body: &'a [u8],
 }
 
-/// A row's id and the outcome it held before this delivery.
+/// The inbox row that counts a delivery, and how many deliveries it has counted.
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub id: i64,
-    pub previous_outcome: String,
     pub delivery_count: i64,
 }
 
 pub const REJECTED: &str = "rejected";
 
-/// Records one delivery of `notification` and what it came to: bumps the delivery count of its
-/// row, or inserts the first one. A row that once credited keeps saying so: later duplicates count
-/// as deliveries, not as new outcomes.
+/// Records one delivery of `notification` and what it came to, in one statement: inserts its
+/// row, or (same channel and provider id) bumps the delivery count of the row it has. A row that
+/// once credited keeps saying so: later duplicates count as deliveries, not as new outcomes.
 pub fn record(
     conn: &mut DbConnection,
     notification: &Notification,
@@ -41,41 +40,49 @@ pub fn record(
     detail: Option<&str>,
     now: NaiveDateTime,
 ) -> Result<Recorded, DieselError> {
-    if let Some(recorded) = bump(conn, notification, now)? {
-        if recorded.previous_outcome != crate::apply::Outcome::Credited.as_str() {
-            diesel::update(notifications::table.find(recorded.id))
-                .set((
-                    notifications::outcome.eq(outcome),
-                    notifications::detail.eq(detail),
-                ))
-                .execute(conn)?;
-        }
-        return Ok(recorded);
-    }
-    diesel::insert_into(notifications::table)
-        .values((
-            notifications::channel.eq(notification.channel.as_str()),
-            notifications::notification_id.eq(&notification.notification_id),
-            notifications::order_no.eq(notification.order_no.as_ref().map(|o| o.as_str())),
-            notifications::provider_trade_no.eq(notification.provider_trade_no.as_deref()),
-            notifications::kind.eq(notification.kind.as_str()),
-            notifications::amount_minor.eq(notification.amount.map(|a| a.get())),
-            notifications::currency.eq(notification.currency.map(|c| c.code())),
-            notifications::verified.eq(true),
-            notifications::outcome.eq(outcome),
-            notifications::detail.eq(detail),
-            notifications::raw_headers.eq(evidence.headers_json),
-            notifications::raw_body.eq(evidence.body),
-            notifications::delivery_count.eq(1i64),
-            notifications::first_seen_at.eq(now),
-            notifications::last_seen_at.eq(now),
-        ))
-        .execute(conn)?;
+    use diesel::sql_types::{BigInt, Binary, Nullable, Text, Timestamp};
+
+    // `$N` placeholders read the same on both backends (SQLite takes them as named parameters
+    // numbered in order of first appearance).
+    let row: RecordedRow = diesel::sql_query(
+        "INSERT INTO notifications (channel, notification_id, order_no, provider_trade_no, kind, \
+         amount_minor, currency, verified, outcome, detail, raw_headers, raw_body, delivery_count, \
+         first_seen_at, last_seen_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE, $8, $9, $10, $11, 1, $12, $12) \
+         ON CONFLICT (channel, notification_id) DO UPDATE SET \
+         delivery_count = notifications.delivery_count + 1, \
+         last_seen_at = excluded.last_seen_at, \
+         outcome = CASE WHEN notifications.outcome = 'credited' THEN notifications.outcome \
+         ELSE excluded.outcome END, \
+         detail = CASE WHEN notifications.outcome = 'credited' THEN notifications.detail \
+         ELSE excluded.detail END \
+         RETURNING id, delivery_count",
+    )
+    .bind::<Text, _>(notification.channel.as_str())
+    .bind::<Text, _>(&notification.notification_id)
+    .bind::<Nullable<Text>, _>(notification.order_no.as_ref().map(|o| o.as_str()))
+    .bind::<Nullable<Text>, _>(notification.provider_trade_no.as_deref())
+    .bind::<Text, _>(notification.kind.as_str())
+    .bind::<Nullable<BigInt>, _>(notification.amount.map(|a| a.get()))
+    .bind::<Nullable<Text>, _>(notification.currency.map(|c| c.code()))
+    .bind::<Text, _>(outcome)
+    .bind::<Nullable<Text>, _>(detail)
+    .bind::<Text, _>(evidence.headers_json)
+    .bind::<Binary, _>(evidence.body)
+    .bind::<Timestamp, _>(now)
+    .get_result(conn)?;
     Ok(Recorded {
-        id: row_of(notification).select(notifications::id).first(conn)?,
-        previous_outcome: String::new(),
-        delivery_count: 1,
+        id: row.id,
+        delivery_count: row.delivery_count,
     })
+}
+
+#[derive(QueryableByName)]
+struct RecordedRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    delivery_count: i64,
 }
 
 /// The inbox row of one (channel, provider notification id).
@@ -96,27 +103,16 @@ pub fn bump(
     notification: &Notification,
     now: NaiveDateTime,
 ) -> Result<Option<Recorded>, DieselError> {
-    let bumped = diesel::update(row_of(notification))
-        .set((
-            notifications::delivery_count.eq(notifications::delivery_count + 1),
-            notifications::last_seen_at.eq(now),
-        ))
-        .execute(conn)?;
-    if bumped == 0 {
-        return Ok(None);
-    }
-    let (id, previous_outcome, delivery_count) = row_of(notification)
-        .select((
-            notifications::id,
-            notifications::outcome,
-            notifications::delivery_count,
-        ))
-        .first(conn)?;
-    Ok(Some(Recorded {
-        id,
-        previous_outcome,
-        delivery_count,
-    }))
+    let update = diesel::update(row_of(notification)).set((
+        notifications::delivery_count.eq(notifications::delivery_count + 1),
+        notifications::last_seen_at.eq(now),
+    ));
+    let returning = (notifications::id, notifications::delivery_count);
+    let bumped: Option<(i64, i64)> = match conn {
+        DbConnection::Postgresql(pg) => update.returning(returning).get_result(pg).optional()?,
+        DbConnection::Sqlite(lite) => update.returning(returning).get_result(lite).optional()?,
+    };
+    Ok(bumped.map(|(id, delivery_count)| Recorded { id, delivery_count }))
 }
 
 /// Records a request that failed verification or parsing, keyed by a digest of its body so a

@@ -237,19 +237,35 @@ pub fn find(conn: &mut DbConnection, order_no: &OrderNo) -> Result<Option<Order>
         .transpose()
 }
 
-/// The order a provider trade number already paid, if any.
-pub fn find_by_trade(
+/// The order a notification names and, read by the same statement, the other order that its
+/// provider trade already paid, if there is one.
+pub fn find_with_trade(
     conn: &mut DbConnection,
+    order_no: &OrderNo,
     channel: &ChannelName,
-    trade_no: &str,
-) -> Result<Option<OrderNo>, DieselError> {
-    let found: Option<String> = orders::table
-        .filter(orders::channel.eq(channel.as_str()))
-        .filter(orders::provider_trade_no.eq(trade_no))
-        .select(orders::order_no)
-        .first(conn)
-        .optional()?;
-    Ok(found.and_then(|no| OrderNo::parse(&no).ok()))
+    trade_no: Option<&str>,
+) -> Result<(Option<Order>, Option<OrderNo>), DieselError> {
+    let Some(trade_no) = trade_no else {
+        return Ok((find(conn, order_no)?, None));
+    };
+    let rows: Vec<OrderRow> = orders::table
+        .filter(
+            orders::order_no.eq(order_no.as_str()).or(orders::channel
+                .eq(channel.as_str())
+                .and(orders::provider_trade_no.eq(trade_no))),
+        )
+        .select(OrderRow::as_select())
+        .load(conn)?;
+    let mut named = None;
+    let mut other = None;
+    for row in rows {
+        if row.order_no == order_no.as_str() {
+            named = Some(Order::try_from(row)?);
+        } else {
+            other = OrderNo::parse(&row.order_no).ok();
+        }
+    }
+    Ok((named, other))
 }
 
 /// Creates the order, or recognises a repeat of it. The account is created on first use.

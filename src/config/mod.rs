@@ -54,6 +54,7 @@ pub struct HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommitSettings {
+    pub writers: usize,
     pub max_batch: usize,
     pub timeout_secs: u64,
 }
@@ -165,6 +166,9 @@ impl Settings {
         }
         if self.pool.connection_timeout_secs == 0 {
             return invalid("pool.connection_timeout_secs must be at least 1");
+        }
+        if self.commit.writers > 64 {
+            return invalid("commit.writers must be at most 64 (0 picks for the backend)");
         }
         if !(1..=1024).contains(&self.commit.max_batch) {
             return invalid("commit.max_batch must be between 1 and 1024");

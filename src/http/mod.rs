@@ -57,8 +57,14 @@ impl AppState {
             };
             channels.insert(name.clone(), channel);
         }
+        let writers = match (settings.commit.writers, settings.database_url.expose()) {
+            (0, url) if url.starts_with("sqlite:") => 1,
+            (0, _) => 4,
+            (n, _) => n,
+        };
         let committer = Committer::start(
             pool.clone(),
+            writers,
             settings.commit.max_batch,
             Duration::from_secs(settings.commit.timeout_secs),
         )
