@@ -26,20 +26,65 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{self, Applied, Durability};
 use crate::db::{self, DbConnection, DbError, Pool};
-use crate::inbox::Evidence;
+use crate::inbox::{self, Evidence};
 use crate::notify::Notification;
 use crate::telemetry;
 
 /// How many notifications wait for the writer before new ones wait to be queued.
 const QUEUE_CAPACITY: usize = 4096;
 
+/// How often a batch that met a transient conflict runs again whole before its notifications are
+/// applied one transaction each.
+const BATCH_ATTEMPTS: u32 = 3;
+
+/// Work for a writer.
+enum Job {
+    /// A notification to apply; its caller waits for the commit.
+    Apply(ApplyJob),
+    /// One more delivery of a notification whose credit is committed: nobody waits for it.
+    Count(CountJob),
+}
+
 /// A notification waiting for the writer, with everything it must store.
-struct Job {
-    notification: Notification,
-    headers_json: String,
-    body: bytes::Bytes,
-    now: NaiveDateTime,
-    reply: oneshot::Sender<Result<Applied, String>>,
+pub struct ApplyJob {
+    pub notification: Notification,
+    pub headers_json: String,
+    pub body: bytes::Bytes,
+    pub now: NaiveDateTime,
+    reply: Option<oneshot::Sender<Result<Applied, String>>>,
+}
+
+impl ApplyJob {
+    /// A job whose result only [`commit_batch`]'s return value carries.
+    pub fn new(
+        notification: Notification,
+        headers_json: String,
+        body: bytes::Bytes,
+        now: NaiveDateTime,
+    ) -> ApplyJob {
+        ApplyJob {
+            notification,
+            headers_json,
+            body,
+            now,
+            reply: None,
+        }
+    }
+}
+
+/// One more delivery to count on a notification's inbox row.
+pub struct CountJob {
+    pub notification: Notification,
+    pub now: NaiveDateTime,
+}
+
+impl Job {
+    fn order_no(&self) -> Option<&crate::ids::OrderNo> {
+        match self {
+            Job::Apply(job) => job.notification.order_no.as_ref(),
+            Job::Count(job) => job.notification.order_no.as_ref(),
+        }
+    }
 }
 
 /// Why a notification was not applied; every one of them is answered "retry".
@@ -102,16 +147,11 @@ impl Committer {
         now: NaiveDateTime,
     ) -> Result<Applied, CommitError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            notification,
-            headers_json,
-            body,
-            now,
-            reply,
-        };
+        let mut job = ApplyJob::new(notification, headers_json, body, now);
+        job.reply = Some(reply);
         let waited = async {
             self.lane(&job.notification)
-                .send(job)
+                .send(Job::Apply(job))
                 .await
                 .map_err(|_| CommitError::Stopped)?;
             match answer.await {
@@ -125,6 +165,20 @@ impl Committer {
         actix_web::rt::time::timeout(self.timeout, waited)
             .await
             .unwrap_or(Err(CommitError::TimedOut(self.timeout)))
+    }
+
+    /// Counts one more delivery of a notification whose credit is committed (see
+    /// [`apply::find_repeat`]) in a coming batch, without waiting for it. The count is
+    /// bookkeeping: a crash may lose it, never money.
+    pub async fn count_delivery(&self, notification: Notification, now: NaiveDateTime) {
+        let lane = self.lane(&notification);
+        if lane
+            .send(Job::Count(CountJob { notification, now }))
+            .await
+            .is_err()
+        {
+            log::debug!("writer stopped; a delivery count was not written");
+        }
     }
 }
 
@@ -140,66 +194,108 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        // Callers that timed out have answered "retry" already; their provider will send again.
-        batch.retain(|job| !job.reply.is_closed());
-        if batch.is_empty() {
-            continue;
+        // Lock rows in one order, so that two instances' batches do not deadlock on each other.
+        batch.sort_by(|a, b| a.order_no().cmp(&b.order_no()));
+        let mut applies = Vec::with_capacity(batch.len());
+        let mut counts = Vec::new();
+        for job in batch.drain(..) {
+            match job {
+                // A caller that timed out has answered "retry"; its provider will send again.
+                Job::Apply(job) if job.reply.as_ref().is_some_and(|r| r.is_closed()) => {}
+                Job::Apply(job) => applies.push(job),
+                Job::Count(job) => counts.push(job),
+            }
         }
-        batch.sort_by(|a, b| a.notification.order_no.cmp(&b.notification.order_no));
         let started = Instant::now();
         let results = match pool.get() {
-            Ok(mut conn) => commit(&mut conn, &batch),
+            Ok(mut conn) => commit_batch(&mut conn, &applies, &counts),
             Err(e) => {
-                // The database is unreachable: everything queued would fail the same way.
-                while batch.len() < QUEUE_CAPACITY {
-                    match receiver.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
+                // The database is unreachable: what is queued would fail the same way now.
+                let error = DbError::Pool(e).to_string();
+                while let Ok(job) = receiver.try_recv() {
+                    if let Job::Apply(job) = job {
+                        applies.push(job);
                     }
                 }
-                let error = DbError::Pool(e).to_string();
-                batch.iter().map(|_| Err(error.clone())).collect()
+                applies.iter().map(|_| Err(error.clone())).collect()
             }
         };
-        telemetry::record_batch(batch.len(), started.elapsed().as_secs_f64());
-        for (job, result) in batch.drain(..).zip(results) {
-            // The caller may have gone; its provider will send again.
-            let _ = job.reply.send(result);
+        telemetry::record_batch(
+            applies.len() + counts.len(),
+            started.elapsed().as_secs_f64(),
+        );
+        for (job, result) in applies.into_iter().zip(results) {
+            if let Some(reply) = job.reply {
+                // The caller may have gone; its provider will send again.
+                let _ = reply.send(result);
+            }
         }
     }
 }
 
-/// Commits one batch, running it again from the start on a transient conflict. Returns one
-/// result per job, in order.
-fn commit(conn: &mut DbConnection, batch: &[Job]) -> Vec<Result<Applied, String>> {
+/// Commits one batch: the notifications to apply, each under its own savepoint, and the delivery
+/// counts, in one transaction. Returns one result per notification, in order.
+///
+/// A transient conflict runs the whole batch again; when conflicts persist, or the commit itself
+/// fails, each notification is applied in a transaction of its own, so that one notification's
+/// trouble is never another's.
+pub fn commit_batch(
+    conn: &mut DbConnection,
+    applies: &[ApplyJob],
+    counts: &[CountJob],
+) -> Vec<Result<Applied, String>> {
     let mut attempt = 1;
-    loop {
-        match db::write_transaction(conn, |conn| apply_all(conn, batch)) {
+    let failure = loop {
+        match db::write_transaction(conn, |conn| apply_all(conn, applies, counts)) {
             Ok(results) => return results,
-            Err(e) if attempt < db::MAX_ATTEMPTS && db::is_transient(&e) => {
+            Err(e) if attempt < BATCH_ATTEMPTS && db::is_transient(&e) => {
                 log::debug!(
                     "batch of {}: transient conflict, attempt {attempt}: {e}",
-                    batch.len()
+                    applies.len() + counts.len()
                 );
                 std::thread::sleep(db::backoff(attempt));
                 attempt += 1;
             }
-            Err(e) => {
-                let error = DbError::Query(e).to_string();
-                return batch.iter().map(|_| Err(error.clone())).collect();
+            Err(e) => break e,
+        }
+    };
+    if applies.len() + counts.len() > 1 {
+        log::warn!(
+            "batch of {} failed ({failure}); applying its notifications one by one",
+            applies.len() + counts.len()
+        );
+        let results = applies
+            .iter()
+            .map(|job| {
+                let evidence = Evidence {
+                    headers_json: &job.headers_json,
+                    body: &job.body,
+                };
+                apply::apply(conn, &job.notification, evidence, job.now).map_err(|e| e.to_string())
+            })
+            .collect();
+        if !counts.is_empty() {
+            let counted = db::transact(conn, |conn| count_all(conn, counts));
+            if let Err(e) = counted {
+                log::warn!("{} delivery counts not written: {e}", counts.len());
             }
         }
+        return results;
     }
+    let error = DbError::Query(failure).to_string();
+    applies.iter().map(|_| Err(error.clone())).collect()
 }
 
-/// Applies every job under its own savepoint inside the open transaction.
+/// Applies every notification under its own savepoint inside the open transaction, then writes
+/// the delivery counts.
 fn apply_all(
     conn: &mut DbConnection,
-    batch: &[Job],
+    applies: &[ApplyJob],
+    counts: &[CountJob],
 ) -> Result<Vec<Result<Applied, String>>, DieselError> {
-    let mut results = Vec::with_capacity(batch.len());
+    let mut results = Vec::with_capacity(applies.len());
     let mut durability = Durability::NoWait;
-    for job in batch {
+    for job in applies {
         let evidence = Evidence {
             headers_json: &job.headers_json,
             body: &job.body,
@@ -213,13 +309,22 @@ fn apply_all(
                 }
                 results.push(Ok(applied));
             }
-            // The whole batch is tried again: a conflict is about timing, not this notification.
+            // The whole batch runs again: a conflict is about timing, not this notification.
             Err(e) if db::is_transient(&e) => return Err(e),
             Err(e) => results.push(Err(DbError::Query(e).to_string())),
         }
     }
+    count_all(conn, counts)?;
     if durability == Durability::NoWait {
         db::commit_without_waiting_for_flush(conn)?;
     }
     Ok(results)
+}
+
+/// Adds the counted deliveries to their inbox rows.
+fn count_all(conn: &mut DbConnection, counts: &[CountJob]) -> Result<(), DieselError> {
+    for job in counts {
+        inbox::bump(conn, &job.notification, job.now)?;
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
 use chrono::{DateTime, Utc};
-use common::{count, spawn_app, TestApp, TestDb};
+use common::{count, settled_count, spawn_app, TestApp, TestDb};
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
 
@@ -493,6 +493,12 @@ fn accounts_show_balances_and_a_paged_ledger_and_the_inbox_shows_deliveries(db: 
     );
 
     let order_no = valid[0]["out_trade_no"].as_str().unwrap();
+    // The repeat's delivery count is written by the writer's next batch, after the answer.
+    settled_count(
+        &app.pool,
+        &format!("SELECT delivery_count AS n FROM notifications WHERE order_no = '{order_no}'"),
+        2,
+    );
     let (status, list) = status_and_json(
         authed(client().get(app.url(&format!("/api/notifications?order_no={order_no}"))))
             .send()

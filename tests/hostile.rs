@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::{count, create_order, spawn_app, Backend, TestApp, TestDb};
+use common::{count, create_order, settled_count, spawn_app, Backend, TestApp, TestDb};
 use serde_json::Value;
 
 const VECTOR_TIME: i64 = 1_795_375_716;
@@ -173,7 +173,11 @@ fn a_thousand_concurrent_connections_are_all_answered_and_credit_once() {
     assert_eq!(*n, 1000);
     assert_eq!(count(&app.pool, "SELECT COUNT(*) AS n FROM ledger"), 1);
     assert_eq!(
-        count(&app.pool, "SELECT delivery_count AS n FROM notifications"),
+        settled_count(
+            &app.pool,
+            "SELECT delivery_count AS n FROM notifications",
+            1000
+        ),
         1000
     );
 }

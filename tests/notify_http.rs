@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Barrier};
 
 use chrono::{DateTime, Utc};
-use common::{count, create_order, spawn_app, TestApp, TestDb};
+use common::{count, create_order, settled_count, spawn_app, TestApp, TestDb};
 use payhook::money::{AmountMinor, Currency};
 use serde_json::Value;
 
@@ -257,9 +257,10 @@ fn the_real_alipay_notification_verifies_and_credits(db: TestDb) {
         10,
         "the second delivery is a duplicate"
     );
-    let deliveries = count(
+    let deliveries = settled_count(
         &app.pool,
         "SELECT delivery_count AS n FROM notifications WHERE notification_id = '2019081500222155624068450559358070'",
+        2,
     );
     assert_eq!(deliveries, 2);
 }
@@ -325,9 +326,10 @@ fn twenty_concurrent_duplicates_credit_once_and_all_get_acks(db: TestDb) {
         let acks = replies.iter().filter(|r| is_ack(provider, r)).count();
         assert_eq!(acks, 20, "{file}: every duplicate is acked");
         assert_eq!(balance(&app, &user), minor, "{file}: credited once");
-        let deliveries = count(
+        let deliveries = settled_count(
             &app.pool,
             &format!("SELECT delivery_count AS n FROM notifications WHERE order_no = '{order_no}'"),
+            20,
         );
         assert_eq!(
             deliveries, 20,

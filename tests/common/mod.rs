@@ -71,6 +71,19 @@ pub fn exec(pool: &Pool, sql: &str) {
 }
 
 /// One count from a `SELECT COUNT(*)`-like query returning a single BigInt.
+/// [`count`] once it reaches `expected`, or its last value after 10 s. For what the server writes
+/// after it answers: a repeat's delivery count is written by a coming batch.
+pub fn settled_count(pool: &Pool, sql: &str, expected: i64) -> i64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n = count(pool, sql);
+        if n == expected || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn count(pool: &Pool, sql: &str) -> i64 {
     use diesel::sql_types::BigInt;
     use diesel::RunQueryDsl;
