@@ -50,7 +50,9 @@ pub fn credit(
     now: NaiveDateTime,
 ) -> Result<i64, DieselError> {
     let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
-    let increment = diesel::update(account).set((
+    // SQLite turns an integer overflow into a float; refuse it here on both backends instead.
+    let room = accounts::balance_minor.le(i64::MAX - order.amount.get());
+    let increment = diesel::update(account.filter(room)).set((
         accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
         accounts::version.eq(accounts::version + 1),
         accounts::updated_at.eq(now),
@@ -66,7 +68,7 @@ pub fn credit(
             .get_result(lite)
             .optional()?,
     };
-    let balance_after = balance_after.ok_or(DieselError::NotFound)?;
+    let balance_after = balance_after.ok_or_else(|| not_credited(order))?;
     diesel::insert_into(ledger::table)
         .values((
             ledger::user_id.eq(order.user_id.as_str()),
@@ -79,6 +81,20 @@ pub fn credit(
         ))
         .execute(conn)?;
     Ok(balance_after)
+}
+
+/// The error for a credit that found no account to add to, or no room in its balance. It fails
+/// the transaction (nothing is credited, the provider is asked to retry) and is for a human.
+pub fn not_credited(order: &Order) -> DieselError {
+    DieselError::DatabaseError(
+        diesel::result::DatabaseErrorKind::CheckViolation,
+        Box::new(format!(
+            "order {}: account {}/{} is missing or its balance would overflow",
+            order.order_no,
+            order.user_id,
+            order.currency.code()
+        )),
+    )
 }
 
 /// One balance, as the API shows it.

@@ -171,39 +171,6 @@ pub fn apply_in(
     Ok((applied, Durability::Flush))
 }
 
-/// Recognises, without writing, a delivery that repeats a committed credit: a paid notification
-/// whose order is paid by this very trade and whose inbox row exists. A paid order never leaves
-/// `paid`, so what this read finds stays true; the answer can be an ack at once, and only the
-/// delivery count is left to write ([`crate::committer::Committer::count_delivery`]). `None`
-/// means the notification needs the crediting transaction.
-pub fn find_repeat(
-    conn: &mut DbConnection,
-    notification: &Notification,
-) -> Result<Option<Applied>, DieselError> {
-    let n = notification;
-    let Some(order_no) = &n.order_no else {
-        return Ok(None);
-    };
-    if n.kind != NotificationKind::Paid || n.merchant_mismatch.is_some() {
-        return Ok(None);
-    }
-    let Some((order, Some((inbox_id, deliveries)))) =
-        orders::find_with_delivery(conn, order_no, &n.channel, &n.notification_id)?
-    else {
-        return Ok(None);
-    };
-    if !repeats_its_credit(&order, n) {
-        return Ok(None);
-    }
-    Ok(Some(Applied {
-        outcome: Outcome::AlreadyPaid,
-        detail: None,
-        inbox_id,
-        delivery_count: deliveries + 1,
-        balance_after: None,
-    }))
-}
-
 /// A paid notification for an order already paid by the same trade.
 fn repeats_its_credit(order: &Order, n: &Notification) -> bool {
     n.kind == NotificationKind::Paid
@@ -369,6 +336,7 @@ fn pay_and_credit(
              UPDATE accounts AS a SET balance_minor = a.balance_minor + paid.amount_minor, \
                  version = a.version + 1, updated_at = $3 \
              FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
+                 AND a.balance_minor <= 9223372036854775807 - paid.amount_minor \
              RETURNING a.user_id, a.currency, a.balance_minor, paid.order_no, paid.amount_minor), \
          booked AS ( \
              INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, \
@@ -386,8 +354,8 @@ fn pay_and_credit(
     match (result.paid, result.balance_after) {
         (0, _) => Ok(None),
         (_, Some(balance_after)) => Ok(Some(balance_after)),
-        // Paid but nothing credited: the account is missing. Fail the transaction.
-        (_, None) => Err(DieselError::NotFound),
+        // Paid but nothing credited: fail the transaction.
+        (_, None) => Err(accounts::not_credited(order)),
     }
 }
 

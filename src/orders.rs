@@ -43,7 +43,7 @@ impl OrderStatus {
 }
 
 /// An order as stored.
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = orders)]
 struct OrderRow {
     order_no: String,
@@ -266,46 +266,6 @@ pub fn find_with_trade(
         }
     }
     Ok((named, other))
-}
-
-/// An order and, read by the same statement, the inbox row (id, delivery count) of one
-/// notification: all that deciding "a repeat of a committed credit" needs.
-pub fn find_with_delivery(
-    conn: &mut DbConnection,
-    order_no: &OrderNo,
-    channel: &ChannelName,
-    notification_id: &str,
-) -> Result<Option<(Order, Option<(i64, i64)>)>, DieselError> {
-    use diesel::sql_types::{BigInt, Nullable, Text};
-
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(embed)]
-        order: OrderRow,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        inbox_id: Option<i64>,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        deliveries: Option<i64>,
-    }
-
-    let row: Option<Row> = diesel::sql_query(
-        "SELECT o.order_no, o.user_id, o.channel, o.amount_minor, o.currency, o.status, \
-                o.provider_trade_no, o.version, o.created_at, o.paid_at, o.closed_at, \
-                n.id AS inbox_id, n.delivery_count AS deliveries \
-         FROM orders o \
-         LEFT JOIN notifications n ON n.channel = $2 AND n.notification_id = $3 \
-         WHERE o.order_no = $1",
-    )
-    .bind::<Text, _>(order_no.as_str())
-    .bind::<Text, _>(channel.as_str())
-    .bind::<Text, _>(notification_id)
-    .get_result(conn)
-    .optional()?;
-    row.map(|row| {
-        let delivery = row.inbox_id.zip(row.deliveries);
-        Ok((Order::try_from(row.order)?, delivery))
-    })
-    .transpose()
 }
 
 /// Creates the order, or recognises a repeat of it. The account is created on first use.

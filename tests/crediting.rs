@@ -7,6 +7,7 @@ use std::sync::{Arc, Barrier};
 
 use common::{count, create_order, exec, now, pg_cluster, Backend, TestDb};
 use payhook::apply::{apply, Answer, Outcome};
+use payhook::committer::{commit_batch, ApplyJob, CountJob};
 use payhook::db::Pool;
 use payhook::ids::{ChannelName, OrderNo};
 use payhook::inbox::{self, Evidence};
@@ -356,6 +357,128 @@ fn the_database_itself_refuses_a_second_credit_for_one_order(db: TestDb) {
     );
 }
 
+fn job(n: &Notification) -> ApplyJob {
+    ApplyJob::new(n.clone(), "{}".to_owned(), "raw body".into(), now())
+}
+
+fn outcomes(results: &[Result<payhook::apply::Applied, String>]) -> Vec<Result<Outcome, String>> {
+    results
+        .iter()
+        .map(|r| r.as_ref().map(|a| a.outcome).map_err(String::clone))
+        .collect()
+}
+
+fn a_batch_answers_each_notification_as_if_it_were_alone(db: TestDb) {
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let a = create_order(&mut conn, "b1", "alipay", "1.00", "CNY", None);
+    let b = create_order(&mut conn, "b2", "alipay", "2.00", "CNY", None);
+    let c = create_order(&mut conn, "b3", "alipay", "3.00", "CNY", None);
+    let d = create_order(&mut conn, "b4", "alipay", "4.00", "CNY", None);
+    assert_eq!(
+        run(&pool, &paid(&d, "TD", 400, "CNY")).outcome,
+        Outcome::Credited
+    );
+    let counted = CountJob {
+        notification: paid(&d, "TD", 400, "CNY"),
+        now: now(),
+    };
+
+    let batch = [
+        job(&paid(&a, "TA", 100, "CNY")),
+        job(&paid(&b, "TB", 200, "CNY")),
+        job(&paid(&a, "TA", 100, "CNY")),
+        job(&paid(&c, "TC", 999, "CNY")),
+    ];
+    let results = commit_batch(&mut conn, &batch, &[counted]);
+    assert_eq!(
+        outcomes(&results),
+        vec![
+            Ok(Outcome::Credited),
+            Ok(Outcome::Credited),
+            Ok(Outcome::AlreadyPaid),
+            Ok(Outcome::Mismatch)
+        ],
+        "a later notification in a batch sees what an earlier one wrote"
+    );
+    assert_eq!(balance(&pool, "b1"), 100);
+    assert_eq!(balance(&pool, "b2"), 200);
+    assert_eq!(balance(&pool, "b3"), 0);
+    assert_eq!(ledger_rows(&pool, &a), 1);
+    assert_eq!(status(&pool, &c), OrderStatus::Pending);
+    let deliveries = |id: &str| {
+        count(
+            &pool,
+            &format!(
+                "SELECT delivery_count AS n FROM notifications WHERE notification_id = '{id}'"
+            ),
+        )
+    };
+    assert_eq!(deliveries("n-TA"), 2);
+    assert_eq!(deliveries("n-TD"), 2, "the counted delivery is written");
+    assert_books_balance(&pool);
+}
+
+fn a_notification_that_fails_in_a_batch_fails_alone(db: TestDb) {
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let a = create_order(&mut conn, "f1", "alipay", "1.00", "CNY", None);
+    let full = create_order(&mut conn, "f2", "alipay", "10.00", "CNY", None);
+    let b = create_order(&mut conn, "f3", "alipay", "3.00", "CNY", None);
+    // No room left in f2's balance: its credit must fail, and only its credit.
+    exec(
+        &pool,
+        "UPDATE accounts SET balance_minor = 9223372036854775000 WHERE user_id = 'f2'",
+    );
+
+    let batch = [
+        job(&paid(&a, "FA", 100, "CNY")),
+        job(&paid(&full, "FF", 1000, "CNY")),
+        job(&paid(&b, "FB", 300, "CNY")),
+    ];
+    let results = commit_batch(&mut conn, &batch, &[]);
+    assert_eq!(results[0].as_ref().unwrap().outcome, Outcome::Credited);
+    let error = results[1].as_ref().unwrap_err();
+    assert!(error.contains("overflow"), "{error}");
+    assert_eq!(results[2].as_ref().unwrap().outcome, Outcome::Credited);
+    assert_eq!(balance(&pool, "f1"), 100);
+    assert_eq!(balance(&pool, "f3"), 300);
+    assert_eq!(balance(&pool, "f2"), 9223372036854775000, "untouched");
+    assert_eq!(status(&pool, &full), OrderStatus::Pending, "rolled back");
+    assert_eq!(ledger_rows(&pool, &full), 0);
+}
+
+fn a_conflict_that_persists_leaves_the_rest_of_the_batch_credited(db: TestDb) {
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let a = create_order(&mut conn, "p1", "alipay", "1.00", "CNY", None);
+    let stuck = create_order(&mut conn, "p2", "alipay", "2.00", "CNY", None);
+    let b = create_order(&mut conn, "p3", "alipay", "3.00", "CNY", None);
+    // A ledger row already holds p2's credit key: its insert meets a unique violation every time,
+    // which looks like a racing insert, so the batch is run again before it gives up on p2.
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at) \
+             VALUES ('p2', 'CNY', '{stuck}', 'credit', 200, 200, CURRENT_TIMESTAMP)"
+        ),
+    );
+
+    let batch = [
+        job(&paid(&a, "PA", 100, "CNY")),
+        job(&paid(&stuck, "PS", 200, "CNY")),
+        job(&paid(&b, "PB", 300, "CNY")),
+    ];
+    let results = commit_batch(&mut conn, &batch, &[]);
+    assert_eq!(results[0].as_ref().unwrap().outcome, Outcome::Credited);
+    assert!(results[1].is_err(), "{:?}", results[1]);
+    assert_eq!(results[2].as_ref().unwrap().outcome, Outcome::Credited);
+    assert_eq!(balance(&pool, "p1"), 100);
+    assert_eq!(balance(&pool, "p3"), 300);
+    assert_eq!(balance(&pool, "p2"), 0);
+    assert_eq!(status(&pool, &stuck), OrderStatus::Pending);
+}
+
 /// Runs `f(i)` on `threads` threads released at the same instant.
 fn race<T: Send + 'static>(
     threads: usize,
@@ -451,6 +574,9 @@ on_both_backends!(
     a_closed_order_is_never_credited_by_a_late_paid_notification,
     refunds_closes_and_other_statuses_never_credit_and_a_paid_order_stays_paid,
     the_database_itself_refuses_a_second_credit_for_one_order,
+    a_batch_answers_each_notification_as_if_it_were_alone,
+    a_notification_that_fails_in_a_batch_fails_alone,
+    a_conflict_that_persists_leaves_the_rest_of_the_batch_credited,
     thirty_two_threads_applying_one_paid_notification_credit_once,
     thirty_two_threads_paying_different_orders_of_one_user_add_up,
 );

@@ -6,8 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
-use crate::apply::{self, Answer, Applied};
-use crate::db::DbError;
+use crate::apply::{Answer, Applied};
 use crate::ids::ChannelName;
 use crate::inbox::{self, Evidence};
 use crate::notify::{self, Notification, Provider, RawRequest, Rejection, RetryReason};
@@ -85,27 +84,11 @@ pub(super) async fn notify(
     let mut response = match verified {
         Ok(notification) => {
             let started_apply = Instant::now();
-            // A repeat of a committed credit is answered from one read, without the writer.
-            let read = notification.clone();
-            let repeat = web::block(move || -> Result<_, DbError> {
-                Ok(apply::find_repeat(&mut *pool.get()?, &read)?)
-            })
-            .await;
-            let result = match repeat {
-                Ok(Ok(Some(applied))) => {
-                    state
-                        .committer
-                        .count_delivery(notification.clone(), now.naive_utc())
-                        .await;
-                    Ok(applied)
-                }
-                // Not a repeat, or the read failed: the writer decides, and answers for itself.
-                _ => state
-                    .committer
-                    .apply(notification.clone(), headers_json, body, now.naive_utc())
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
+            let result = state
+                .committer
+                .apply(notification.clone(), headers_json, body, now.naive_utc())
+                .await
+                .map_err(|e| e.to_string());
             telemetry::record_apply_seconds(started_apply.elapsed().as_secs_f64());
             let line = LogLine {
                 request_id: &request_id,
