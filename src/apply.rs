@@ -24,6 +24,7 @@ use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
 use crate::accounts;
+use crate::db::statement::Statement;
 use crate::db::{self, DbConnection, DbError};
 use crate::ids::OrderNo;
 use crate::inbox::{self, Evidence};
@@ -310,15 +311,7 @@ fn pay_and_credit(
     now: NaiveDateTime,
 ) -> Result<Option<i64>, DieselError> {
     use diesel::prelude::*;
-    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
-
-    #[derive(QueryableByName)]
-    struct Paid {
-        #[diesel(sql_type = BigInt)]
-        paid: i64,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        balance_after: Option<i64>,
-    }
+    use diesel::sql_types::{BigInt, Nullable};
 
     if !matches!(conn, DbConnection::Postgresql(_)) {
         if !mark_paid(conn, order, trade_no, now)? {
@@ -326,32 +319,40 @@ fn pay_and_credit(
         }
         return accounts::credit(conn, order, now).map(Some);
     }
-    let result: Paid = diesel::sql_query(
+    let (paid, balance_after): (i64, Option<i64>) = Statement::<(BigInt, Nullable<BigInt>)>::new(
         "WITH paid AS ( \
-             UPDATE orders SET status = 'paid', provider_trade_no = $2, version = version + 1, \
-                 paid_at = $3 \
-             WHERE order_no = $1 AND status = 'pending' \
-             RETURNING order_no, user_id, currency, amount_minor), \
-         credited AS ( \
-             UPDATE accounts AS a SET balance_minor = a.balance_minor + paid.amount_minor, \
-                 version = a.version + 1, updated_at = $3 \
-             FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
-                 AND a.balance_minor <= 9223372036854775807 - paid.amount_minor \
-             RETURNING a.user_id, a.currency, a.balance_minor, paid.order_no, paid.amount_minor), \
-         booked AS ( \
-             INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, \
-                 created_at) \
-             SELECT user_id, currency, order_no, 'credit', amount_minor, balance_minor, $3 \
-             FROM credited \
-             RETURNING balance_after) \
-         SELECT (SELECT count(*) FROM paid) AS paid, \
-                (SELECT balance_after FROM booked) AS balance_after",
+                 UPDATE orders SET status = 'paid', provider_trade_no = ",
     )
-    .bind::<Text, _>(order.order_no.as_str())
-    .bind::<Nullable<Text>, _>(trade_no)
-    .bind::<Timestamp, _>(now)
+    .nullable_text(trade_no)
+    .sql(", version = version + 1, paid_at = ")
+    .timestamp(now)
+    .sql(" WHERE order_no = ")
+    .text(order.order_no.as_str())
+    .sql(
+        " AND status = 'pending' \
+             RETURNING order_no, user_id, currency, amount_minor), \
+             credited AS ( \
+             UPDATE accounts AS a SET balance_minor = a.balance_minor + paid.amount_minor, \
+                 version = a.version + 1, updated_at = ",
+    )
+    .timestamp(now)
+    .sql(
+        " FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
+                 AND a.balance_minor <= 9223372036854775807 - paid.amount_minor \
+             RETURNING a.user_id, a.currency, a.balance_minor, paid.order_no, \
+                 paid.amount_minor), \
+             booked AS ( \
+             INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, \
+                 balance_after, created_at) \
+             SELECT user_id, currency, order_no, 'credit', amount_minor, balance_minor, ",
+    )
+    .timestamp(now)
+    .sql(
+        " FROM credited RETURNING balance_after) \
+             SELECT (SELECT count(*) FROM paid), (SELECT balance_after FROM booked)",
+    )
     .get_result(conn)?;
-    match (result.paid, result.balance_after) {
+    match (paid, balance_after) {
         (0, _) => Ok(None),
         (_, Some(balance_after)) => Ok(Some(balance_after)),
         // Paid but nothing credited: fail the transaction.

@@ -8,6 +8,7 @@ use diesel::result::Error as DieselError;
 use serde::Serialize;
 
 use crate::db::schema::notifications;
+use crate::db::statement::Statement;
 use crate::db::DbConnection;
 use crate::ids::ChannelName;
 use crate::notify::Notification;
@@ -40,16 +41,40 @@ pub fn record(
     detail: Option<&str>,
     now: NaiveDateTime,
 ) -> Result<Recorded, DieselError> {
-    use diesel::sql_types::{BigInt, Binary, Nullable, Text, Timestamp};
+    use diesel::sql_types::BigInt;
 
-    // `$N` placeholders read the same on both backends (SQLite takes them as named parameters
-    // numbered in order of first appearance).
-    let row: RecordedRow = diesel::sql_query(
+    let (id, delivery_count): (i64, i64) = Statement::<(BigInt, BigInt)>::new(
         "INSERT INTO notifications (channel, notification_id, order_no, provider_trade_no, kind, \
          amount_minor, currency, verified, outcome, detail, raw_headers, raw_body, delivery_count, \
-         first_seen_at, last_seen_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE, $8, $9, $10, $11, 1, $12, $12) \
-         ON CONFLICT (channel, notification_id) DO UPDATE SET \
+         first_seen_at, last_seen_at) VALUES (",
+    )
+    .text(notification.channel.as_str())
+    .sql(", ")
+    .text(&notification.notification_id)
+    .sql(", ")
+    .nullable_text(notification.order_no.as_ref().map(|o| o.as_str()))
+    .sql(", ")
+    .nullable_text(notification.provider_trade_no.as_deref())
+    .sql(", ")
+    .text(notification.kind.as_str())
+    .sql(", ")
+    .nullable_bigint(notification.amount.map(|a| a.get()))
+    .sql(", ")
+    .nullable_text(notification.currency.map(|c| c.code()))
+    .sql(", TRUE, ")
+    .text(outcome)
+    .sql(", ")
+    .nullable_text(detail)
+    .sql(", ")
+    .text(evidence.headers_json)
+    .sql(", ")
+    .binary(evidence.body)
+    .sql(", 1, ")
+    .timestamp(now)
+    .sql(", ")
+    .timestamp(now)
+    .sql(
+        ") ON CONFLICT (channel, notification_id) DO UPDATE SET \
          delivery_count = notifications.delivery_count + 1, \
          last_seen_at = excluded.last_seen_at, \
          outcome = CASE WHEN notifications.outcome = 'credited' THEN notifications.outcome \
@@ -58,31 +83,8 @@ pub fn record(
          ELSE excluded.detail END \
          RETURNING id, delivery_count",
     )
-    .bind::<Text, _>(notification.channel.as_str())
-    .bind::<Text, _>(&notification.notification_id)
-    .bind::<Nullable<Text>, _>(notification.order_no.as_ref().map(|o| o.as_str()))
-    .bind::<Nullable<Text>, _>(notification.provider_trade_no.as_deref())
-    .bind::<Text, _>(notification.kind.as_str())
-    .bind::<Nullable<BigInt>, _>(notification.amount.map(|a| a.get()))
-    .bind::<Nullable<Text>, _>(notification.currency.map(|c| c.code()))
-    .bind::<Text, _>(outcome)
-    .bind::<Nullable<Text>, _>(detail)
-    .bind::<Text, _>(evidence.headers_json)
-    .bind::<Binary, _>(evidence.body)
-    .bind::<Timestamp, _>(now)
     .get_result(conn)?;
-    Ok(Recorded {
-        id: row.id,
-        delivery_count: row.delivery_count,
-    })
-}
-
-#[derive(QueryableByName)]
-struct RecordedRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    delivery_count: i64,
+    Ok(Recorded { id, delivery_count })
 }
 
 /// The inbox row of one (channel, provider notification id).

@@ -479,6 +479,37 @@ fn a_conflict_that_persists_leaves_the_rest_of_the_batch_credited(db: TestDb) {
     assert_eq!(status(&pool, &stuck), OrderStatus::Pending);
 }
 
+/// The crediting statements are parsed and planned once per connection, not once per
+/// notification: after several credits on one connection, each is one prepared statement.
+#[test]
+fn postgresql_keeps_the_crediting_statements_prepared() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = db.pool(1);
+    let mut conn = pool.get().unwrap();
+    for i in 0..5 {
+        let order = create_order(&mut conn, "prep", "alipay", "1.00", "CNY", None);
+        let n = paid(&order, &format!("PREP{i}"), 100, "CNY");
+        let applied = apply(&mut conn, &n, EVIDENCE, now()).unwrap();
+        assert_eq!(applied.outcome, Outcome::Credited);
+    }
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Prepared {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+    }
+    let prepared: Vec<Prepared> = diesel::sql_query("SELECT statement FROM pg_prepared_statements")
+        .load(&mut *conn)
+        .unwrap();
+    for start in ["WITH paid AS", "INSERT INTO notifications"] {
+        let n = prepared
+            .iter()
+            .filter(|p| p.statement.trim_start().starts_with(start))
+            .count();
+        assert_eq!(n, 1, "{start}: {n} prepared statements");
+    }
+}
+
 /// Runs `f(i)` on `threads` threads released at the same instant.
 fn race<T: Send + 'static>(
     threads: usize,

@@ -24,6 +24,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use crate::config::PoolSettings;
 
 pub mod schema;
+pub mod statement;
 
 /// A connection to whichever backend the URL names.
 #[derive(diesel::MultiConnection)]

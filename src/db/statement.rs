@@ -1,0 +1,105 @@
+//! Hand-written SQL that diesel still prepares once per connection.
+//!
+//! `diesel::sql_query` marks its SQL as unsafe to cache, so PostgreSQL would parse and plan it on
+//! every call (and SQLite prepare it). A [`Statement`] is the same text with its bind values in
+//! place, built from static pieces, so each statement's text is the same on every call and
+//! diesel's statement cache keeps it prepared. Placeholders are the backend's own (`$1` or `?`).
+
+use std::marker::PhantomData;
+
+use chrono::NaiveDateTime;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Binary, Nullable, Text, Timestamp};
+use diesel::{QueryResult, RunQueryDsl};
+
+use super::{DbConnection, MultiBackend};
+
+/// One piece of a statement: SQL text, or a value bound in its place.
+enum Piece<'a> {
+    Sql(&'static str),
+    Text(&'a str),
+    NullableText(Option<&'a str>),
+    BigInt(i64),
+    NullableBigInt(Option<i64>),
+    Binary(&'a [u8]),
+    Timestamp(NaiveDateTime),
+}
+
+/// A statement whose rows are of SQL type `ST`.
+pub struct Statement<'a, ST> {
+    pieces: Vec<Piece<'a>>,
+    row: PhantomData<ST>,
+}
+
+impl<'a, ST> Statement<'a, ST> {
+    pub fn new(sql: &'static str) -> Self {
+        Statement {
+            pieces: vec![Piece::Sql(sql)],
+            row: PhantomData,
+        }
+    }
+
+    pub fn sql(mut self, sql: &'static str) -> Self {
+        self.pieces.push(Piece::Sql(sql));
+        self
+    }
+
+    pub fn text(mut self, value: &'a str) -> Self {
+        self.pieces.push(Piece::Text(value));
+        self
+    }
+
+    pub fn nullable_text(mut self, value: Option<&'a str>) -> Self {
+        self.pieces.push(Piece::NullableText(value));
+        self
+    }
+
+    pub fn bigint(mut self, value: i64) -> Self {
+        self.pieces.push(Piece::BigInt(value));
+        self
+    }
+
+    pub fn nullable_bigint(mut self, value: Option<i64>) -> Self {
+        self.pieces.push(Piece::NullableBigInt(value));
+        self
+    }
+
+    pub fn binary(mut self, value: &'a [u8]) -> Self {
+        self.pieces.push(Piece::Binary(value));
+        self
+    }
+
+    pub fn timestamp(mut self, value: NaiveDateTime) -> Self {
+        self.pieces.push(Piece::Timestamp(value));
+        self
+    }
+}
+
+impl<ST> QueryFragment<MultiBackend> for Statement<'_, ST> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, MultiBackend>) -> QueryResult<()> {
+        for piece in &self.pieces {
+            match piece {
+                Piece::Sql(sql) => out.push_sql(sql),
+                Piece::Text(v) => out.push_bind_param::<Text, _>(v)?,
+                Piece::NullableText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Piece::BigInt(v) => out.push_bind_param::<BigInt, _>(v)?,
+                Piece::NullableBigInt(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
+                Piece::Binary(v) => out.push_bind_param::<Binary, _>(v)?,
+                Piece::Timestamp(v) => out.push_bind_param::<Timestamp, _>(v)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<ST> QueryId for Statement<'_, ST> {
+    type QueryId = ();
+    // No static id: the cache keys the statement by its text.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<ST: 'static> Query for Statement<'_, ST> {
+    type SqlType = ST;
+}
+
+impl<ST> RunQueryDsl<DbConnection> for Statement<'_, ST> {}
