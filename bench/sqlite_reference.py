@@ -28,10 +28,11 @@ def main() -> None:
         order, trade, nid, user = f"R{n}", f"T{n}", f"ref-{n}", f"u{n % 10000}"
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
-        db.execute("SELECT * FROM orders WHERE order_no = ?", (order,)).fetchall()
         db.execute(
-            "SELECT order_no FROM orders WHERE channel = 'bench' AND provider_trade_no = ?",
-            (trade,),
+            "SELECT order_no, user_id, channel, amount_minor, currency, status, provider_trade_no, "
+            "version, created_at, paid_at, closed_at FROM orders "
+            "WHERE order_no = ? OR (channel = 'bench' AND provider_trade_no = ?)",
+            (order, trade),
         ).fetchall()
         changed = db.execute(
             "UPDATE orders SET status = 'paid', provider_trade_no = ?, version = version + 1, "
@@ -40,33 +41,29 @@ def main() -> None:
         ).rowcount
         if changed != 1:
             raise SystemExit(f"order {order} was not pending: prepare more orders")
-        db.execute(
+        balance = db.execute(
             "UPDATE accounts SET balance_minor = balance_minor + 1000, version = version + 1, "
-            "updated_at = ? WHERE user_id = ? AND currency = 'CNY'",
+            "updated_at = ? WHERE user_id = ? AND currency = 'CNY' "
+            "AND balance_minor <= 9223372036854775807 - 1000 RETURNING balance_minor",
             (now, user),
-        )
-        db.execute(
-            "SELECT balance_minor FROM accounts WHERE user_id = ? AND currency = 'CNY'", (user,)
-        ).fetchall()
+        ).fetchall()[0][0]
         db.execute(
             "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, "
-            "created_at) VALUES (?, 'CNY', ?, 'credit', 1000, 1000, ?)",
-            (user, order, now),
-        )
-        db.execute(
-            "UPDATE notifications SET delivery_count = delivery_count + 1, last_seen_at = ? "
-            "WHERE channel = 'bench' AND notification_id = ?",
-            (now, nid),
+            "created_at) VALUES (?, 'CNY', ?, 'credit', 1000, ?, ?)",
+            (user, order, balance, now),
         )
         db.execute(
             "INSERT INTO notifications (channel, notification_id, order_no, provider_trade_no, kind, "
-            "amount_minor, currency, verified, outcome, raw_headers, raw_body, delivery_count, "
-            "first_seen_at, last_seen_at) VALUES ('bench', ?, ?, ?, 'paid', 1000, 'CNY', 1, "
-            "'credited', '{}', x'7b7d', 1, ?, ?)",
+            "amount_minor, currency, verified, outcome, detail, raw_headers, raw_body, delivery_count, "
+            "first_seen_at, last_seen_at) VALUES ('bench', ?, ?, ?, 'paid', 1000, 'CNY', TRUE, "
+            "'credited', NULL, '{}', x'7b7d', 1, ?, ?) "
+            "ON CONFLICT (channel, notification_id) DO UPDATE SET "
+            "delivery_count = notifications.delivery_count + 1, last_seen_at = excluded.last_seen_at, "
+            "outcome = CASE WHEN notifications.outcome = 'credited' THEN notifications.outcome "
+            "ELSE excluded.outcome END, "
+            "detail = CASE WHEN notifications.outcome = 'credited' THEN notifications.detail "
+            "ELSE excluded.detail END RETURNING id, delivery_count",
             (nid, order, trade, now, now),
-        )
-        db.execute(
-            "SELECT id FROM notifications WHERE channel = 'bench' AND notification_id = ?", (nid,)
         ).fetchall()
         db.execute("COMMIT")
         latencies.append((time.perf_counter() - started) * 1000)

@@ -29,6 +29,9 @@ use crate::notify::{self, NotificationKind, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
 use crate::replay::{Expect, Fixture, ProviderName};
 
+/// How many fixture orders share one transaction.
+const ORDERS_PER_TRANSACTION: usize = 1000;
+
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 The notifications are signed now: WeChat Pay, Stripe and Standard Webhooks channels accept them \
@@ -519,11 +522,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    // Orders are created a thousand per transaction, each before its notification is written.
     for (i, new) in new_orders.iter().enumerate() {
-        match orders::create(&mut conn, new, Utc::now().naive_utc())? {
-            Created::New(_) => {}
-            Created::Existing(order) | Created::Conflict(order, _) => {
-                bail!("order number {} is taken", order.order_no)
+        if i % ORDERS_PER_TRANSACTION == 0 {
+            let chunk = &new_orders[i..new_orders.len().min(i + ORDERS_PER_TRANSACTION)];
+            for created in orders::create_all(&mut conn, chunk, Utc::now().naive_utc())? {
+                match created {
+                    Created::New(_) => {}
+                    Created::Existing(order) | Created::Conflict(order, _) => {
+                        bail!("order number {} is taken", order.order_no)
+                    }
+                }
             }
         }
         let payment = Payment::from(new);

@@ -274,7 +274,29 @@ pub fn create(
     new: &NewOrder,
     now: NaiveDateTime,
 ) -> Result<Created, DbError> {
+    db::transact(conn, |conn| create_in(conn, new, now))
+}
+
+/// Creates many orders in one transaction (a repeat or a conflict is reported per order, as by
+/// [`create`]).
+pub fn create_all(
+    conn: &mut DbConnection,
+    new: &[NewOrder],
+    now: NaiveDateTime,
+) -> Result<Vec<Created>, DbError> {
     db::transact(conn, |conn| {
+        new.iter()
+            .map(|order| create_in(conn, order, now))
+            .collect()
+    })
+}
+
+fn create_in(
+    conn: &mut DbConnection,
+    new: &NewOrder,
+    now: NaiveDateTime,
+) -> Result<Created, DieselError> {
+    {
         if let Some(existing) = find(conn, &new.order_no)? {
             let differs = differing_fields(&existing, new);
             return Ok(if differs.is_empty() {
@@ -300,7 +322,7 @@ pub fn create(
             .execute(conn)?;
         let order = find(conn, &new.order_no)?.ok_or(DieselError::NotFound)?;
         Ok(Created::New(order))
-    })
+    }
 }
 
 fn differing_fields(existing: &Order, new: &NewOrder) -> Vec<&'static str> {

@@ -167,8 +167,10 @@ impl Settings {
         if self.pool.connection_timeout_secs == 0 {
             return invalid("pool.connection_timeout_secs must be at least 1");
         }
-        if self.commit.writers > 64 {
-            return invalid("commit.writers must be at most 64 (0 picks for the backend)");
+        if self.commit.writers > self.pool.max_size as usize {
+            return invalid(
+                "commit.writers must not exceed pool.max_size (0 picks for the backend)",
+            );
         }
         if !(1..=1024).contains(&self.commit.max_batch) {
             return invalid("commit.max_batch must be between 1 and 1024");
@@ -219,6 +221,27 @@ mod tests {
         assert!(s.admin_token.is_none());
         assert!(s.channels.is_empty());
         assert_eq!(s.http.body_limit_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn commit_settings_are_bounded() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!((s.commit.writers, s.commit.max_batch), (0, 64));
+        for (text, key) in [
+            ("[commit]\nwriters = 11\n", "commit.writers"),
+            (
+                "[pool]\nmax_size = 2\n[commit]\nwriters = 3\n",
+                "commit.writers",
+            ),
+            ("[commit]\nmax_batch = 0\n", "commit.max_batch"),
+            ("[commit]\nmax_batch = 1025\n", "commit.max_batch"),
+            ("[commit]\ntimeout_secs = 0\n", "commit.timeout_secs"),
+        ] {
+            let error = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        let s = Settings::from_toml("[commit]\nwriters = 10\nmax_batch = 1\n").unwrap();
+        assert_eq!((s.commit.writers, s.commit.max_batch), (10, 1));
     }
 
     #[test]

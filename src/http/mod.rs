@@ -59,7 +59,10 @@ impl AppState {
         }
         let writers = match (settings.commit.writers, settings.database_url.expose()) {
             (0, url) if url.starts_with("sqlite:") => 1,
-            (0, _) => 4,
+            // Leave a connection for the API and the probes.
+            (0, _) => (settings.pool.max_size as usize)
+                .saturating_sub(1)
+                .clamp(1, 4),
             (n, _) => n,
         };
         let committer = Committer::start(
