@@ -1,6 +1,5 @@
-//! Group commit: one writer thread applies the notifications that arrived together in one
-//! transaction, each under its own savepoint, and answers every one of them after that single
-//! commit.
+//! Group commit: a writer thread applies the notifications that arrived together in one
+//! transaction and answers every one of them after that single commit.
 //!
 //! A commit is the costly part of crediting: it waits for the disk (SQLite's WAL fsync,
 //! PostgreSQL's WAL flush) and, on SQLite, for the one write lock. Spending it once per batch
@@ -10,8 +9,10 @@
 //!
 //! - No answer leaves before the commit that holds its notification. A failed commit fails every
 //!   notification of the batch, and each is answered "retry".
-//! - One notification's failure is its own: its savepoint is rolled back and the rest of the
-//!   batch commits without it.
+//! - One notification's failure is its own. On SQLite each notification runs under its own
+//!   savepoint, which is rolled back and the rest of the batch commits without it. On PostgreSQL,
+//!   where a savepoint costs two round trips per notification, the failure fails the batch, and
+//!   the batch is applied again one transaction per notification; the answers are the same.
 //! - A transient conflict (deadlock, serialization failure, a racing insert) rolls the whole batch
 //!   back and runs it again from the start, a bounded number of times.
 //! - Within a batch, notifications are applied in order of their order number, so two instances'
@@ -43,7 +44,7 @@ const BATCH_ATTEMPTS: u32 = 3;
 /// Work for a writer.
 enum Job {
     /// A notification to apply; its caller waits for the commit.
-    Apply(ApplyJob),
+    Apply(Box<ApplyJob>),
     /// One more delivery of a notification whose credit is committed: nobody waits for it.
     Count(CountJob),
 }
@@ -75,9 +76,9 @@ impl ApplyJob {
     }
 }
 
-/// One more delivery to count on a notification's inbox row.
+/// One more delivery to count on an inbox row.
 pub struct CountJob {
-    pub notification: Notification,
+    pub inbox_id: i64,
     pub now: NaiveDateTime,
 }
 
@@ -85,7 +86,7 @@ impl Job {
     fn order_no(&self) -> Option<&crate::ids::OrderNo> {
         match self {
             Job::Apply(job) => job.notification.order_no.as_ref(),
-            Job::Count(job) => job.notification.order_no.as_ref(),
+            Job::Count(_) => None,
         }
     }
 }
@@ -160,7 +161,8 @@ impl Committer {
     ) -> Result<Applied, CommitError> {
         let fingerprint = Fingerprint::of(&notification);
         if let Some(applied) = fingerprint.and_then(|f| self.settled.repeat(&f)) {
-            self.count_delivery(notification, now).await;
+            self.count_delivery(&notification, applied.inbox_id, now)
+                .await;
             return Ok(applied);
         }
         let applied = self.commit(notification, headers_json, body, now).await?;
@@ -184,7 +186,7 @@ impl Committer {
         job.reply = Some(reply);
         let waited = async {
             self.lane(&job.notification)
-                .send(Job::Apply(job))
+                .send(Job::Apply(Box::new(job)))
                 .await
                 .map_err(|_| CommitError::Stopped)?;
             match answer.await {
@@ -202,10 +204,10 @@ impl Committer {
 
     /// Counts one more delivery of a notification whose credit is committed in a coming batch,
     /// without waiting for it. The count is bookkeeping: a crash may lose it, never money.
-    async fn count_delivery(&self, notification: Notification, now: NaiveDateTime) {
-        let lane = self.lane(&notification);
+    async fn count_delivery(&self, notification: &Notification, inbox_id: i64, now: NaiveDateTime) {
+        let lane = self.lane(notification);
         if lane
-            .send(Job::Count(CountJob { notification, now }))
+            .send(Job::Count(CountJob { inbox_id, now }))
             .await
             .is_err()
         {
@@ -234,19 +236,29 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
             match job {
                 // A caller that timed out has answered "retry"; its provider will send again.
                 Job::Apply(job) if job.reply.as_ref().is_some_and(|r| r.is_closed()) => {}
-                Job::Apply(job) => applies.push(job),
+                Job::Apply(job) => applies.push(*job),
                 Job::Count(job) => counts.push(job),
             }
         }
         let started = Instant::now();
         let results = match pool.get() {
-            Ok(mut conn) => commit_batch(&mut conn, &applies, &counts),
+            // A bug that panics fails this batch (answered retry), not the writer.
+            Ok(mut conn) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                commit_batch(&mut conn, &applies, &counts)
+            }))
+            .unwrap_or_else(|_| {
+                log::error!("writer: a batch of {} panicked", applies.len());
+                applies
+                    .iter()
+                    .map(|_| Err("internal error".to_owned()))
+                    .collect()
+            }),
             Err(e) => {
                 // The database is unreachable: what is queued would fail the same way now.
                 let error = DbError::Pool(e).to_string();
                 while let Ok(job) = receiver.try_recv() {
                     if let Job::Apply(job) = job {
-                        applies.push(job);
+                        applies.push(*job);
                     }
                 }
                 applies.iter().map(|_| Err(error.clone())).collect()
@@ -265,8 +277,7 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
     }
 }
 
-/// Commits one batch: the notifications to apply, each under its own savepoint, and the delivery
-/// counts, in one transaction. Returns one result per notification, in order.
+/// Commits one batch: the notifications to apply and the delivery counts, in one transaction. Returns one result per notification, in order.
 ///
 /// A transient conflict runs the whole batch again; when conflicts persist, or the commit itself
 /// fails, each notification is applied in a transaction of its own, so that one notification's
@@ -318,8 +329,7 @@ pub fn commit_batch(
     applies.iter().map(|_| Err(error.clone())).collect()
 }
 
-/// Applies every notification under its own savepoint inside the open transaction, then writes
-/// the delivery counts.
+/// Applies every notification inside the open transaction, then writes the delivery counts.
 fn apply_all(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
@@ -327,13 +337,20 @@ fn apply_all(
 ) -> Result<Vec<Result<Applied, String>>, DieselError> {
     let mut results = Vec::with_capacity(applies.len());
     let mut durability = Durability::NoWait;
+    // SQLite runs in-process, so a savepoint per notification is nearly free. On PostgreSQL it
+    // is two more round trips per notification; there a failing notification fails the batch
+    // instead, and [`commit_batch`] applies that batch one transaction per notification.
+    let savepoints = matches!(conn, DbConnection::Sqlite(_));
     for job in applies {
         let evidence = Evidence {
             headers_json: &job.headers_json,
             body: &job.body,
         };
-        let applied =
-            conn.transaction(|conn| apply::apply_in(conn, &job.notification, evidence, job.now));
+        let applied = if savepoints {
+            conn.transaction(|conn| apply::apply_in(conn, &job.notification, evidence, job.now))
+        } else {
+            apply::apply_in(conn, &job.notification, evidence, job.now)
+        };
         match applied {
             Ok((applied, needs)) => {
                 if needs == Durability::Flush {
@@ -343,6 +360,7 @@ fn apply_all(
             }
             // The whole batch runs again: a conflict is about timing, not this notification.
             Err(e) if db::is_transient(&e) => return Err(e),
+            Err(e) if !savepoints => return Err(e),
             Err(e) => results.push(Err(DbError::Query(e).to_string())),
         }
     }
@@ -353,10 +371,22 @@ fn apply_all(
     Ok(results)
 }
 
-/// Adds the counted deliveries to their inbox rows.
+/// Adds the counted deliveries to their inbox rows: one statement for all the rows counted the
+/// same number of times (usually once each).
 fn count_all(conn: &mut DbConnection, counts: &[CountJob]) -> Result<(), DieselError> {
+    let Some(now) = counts.iter().map(|job| job.now).max() else {
+        return Ok(());
+    };
+    let mut per_row: HashMap<i64, i64> = HashMap::new();
     for job in counts {
-        inbox::bump(conn, &job.notification, job.now)?;
+        *per_row.entry(job.inbox_id).or_default() += 1;
+    }
+    let mut per_increment: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (inbox_id, increment) in per_row {
+        per_increment.entry(increment).or_default().push(inbox_id);
+    }
+    for (increment, rows) in per_increment {
+        inbox::count_deliveries(conn, &rows, increment, now)?;
     }
     Ok(())
 }

@@ -117,6 +117,21 @@ pub fn bump(
     Ok(bumped.map(|(id, delivery_count)| Recorded { id, delivery_count }))
 }
 
+/// Adds `increment` deliveries to each of the inbox rows `ids`, in one statement.
+pub fn count_deliveries(
+    conn: &mut DbConnection,
+    ids: &[i64],
+    increment: i64,
+    now: NaiveDateTime,
+) -> Result<usize, DieselError> {
+    diesel::update(notifications::table.filter(notifications::id.eq_any(ids)))
+        .set((
+            notifications::delivery_count.eq(notifications::delivery_count + increment),
+            notifications::last_seen_at.eq(now),
+        ))
+        .execute(conn)
+}
+
 /// Records a request that failed verification or parsing, keyed by a digest of its body so a
 /// resent copy bumps the same row. Rejected rows never share a key with verified ones, so a
 /// forged request cannot occupy a real notification's id.

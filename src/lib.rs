@@ -7,8 +7,8 @@
 //!   the raw request into a verified, provider-neutral [`notify::Notification`].
 //! - [`apply`]: the crediting transaction, the one place money moves; compare-and-set on the
 //!   order, then balance, ledger and inbox in one commit.
-//! - [`committer`]: group commit; one writer applies the notifications that arrived together in
-//!   one transaction, each under its own savepoint, and answers them after that commit.
+//! - [`committer`]: group commit; a writer applies the notifications that arrived together in
+//!   one transaction and answers them after that commit.
 //! - [`orders`], [`accounts`] and [`inbox`]: the rows the transaction works on.
 //! - [`db`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations.
 //! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).

@@ -375,12 +375,10 @@ fn a_batch_answers_each_notification_as_if_it_were_alone(db: TestDb) {
     let b = create_order(&mut conn, "b2", "alipay", "2.00", "CNY", None);
     let c = create_order(&mut conn, "b3", "alipay", "3.00", "CNY", None);
     let d = create_order(&mut conn, "b4", "alipay", "4.00", "CNY", None);
-    assert_eq!(
-        run(&pool, &paid(&d, "TD", 400, "CNY")).outcome,
-        Outcome::Credited
-    );
-    let counted = CountJob {
-        notification: paid(&d, "TD", 400, "CNY"),
+    let settled = run(&pool, &paid(&d, "TD", 400, "CNY"));
+    assert_eq!(settled.outcome, Outcome::Credited);
+    let counted = |_| CountJob {
+        inbox_id: settled.inbox_id,
         now: now(),
     };
 
@@ -390,7 +388,8 @@ fn a_batch_answers_each_notification_as_if_it_were_alone(db: TestDb) {
         job(&paid(&a, "TA", 100, "CNY")),
         job(&paid(&c, "TC", 999, "CNY")),
     ];
-    let results = commit_batch(&mut conn, &batch, &[counted]);
+    let counts: Vec<CountJob> = (0..3).map(counted).collect();
+    let results = commit_batch(&mut conn, &batch, &counts);
     assert_eq!(
         outcomes(&results),
         vec![
@@ -415,7 +414,7 @@ fn a_batch_answers_each_notification_as_if_it_were_alone(db: TestDb) {
         )
     };
     assert_eq!(deliveries("n-TA"), 2);
-    assert_eq!(deliveries("n-TD"), 2, "the counted delivery is written");
+    assert_eq!(deliveries("n-TD"), 4, "the counted deliveries are written");
     assert_books_balance(&pool);
 }
 
