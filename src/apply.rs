@@ -153,15 +153,18 @@ pub fn apply_in(
             return Ok((applied, Durability::NoWait));
         }
     }
-    let decision = decide(conn, n, order, trade_paid, now)?;
-    let recorded = inbox::record(
-        conn,
-        n,
-        evidence,
-        decision.outcome.as_str(),
-        decision.detail.as_deref(),
-        now,
-    )?;
+    let mut decision = decide(conn, n, evidence, order, trade_paid, now)?;
+    let recorded = match decision.recorded.take() {
+        Some(recorded) => recorded,
+        None => inbox::record(
+            conn,
+            n,
+            evidence,
+            decision.outcome.as_str(),
+            decision.detail.as_deref(),
+            now,
+        )?,
+    };
     let applied = Applied {
         outcome: decision.outcome,
         detail: decision.detail,
@@ -187,6 +190,8 @@ struct Decision {
     outcome: Outcome,
     detail: Option<String>,
     balance_after: Option<i64>,
+    /// The inbox row, when the statement that credited also recorded the delivery.
+    recorded: Option<inbox::Recorded>,
 }
 
 impl Decision {
@@ -195,6 +200,7 @@ impl Decision {
             outcome,
             detail,
             balance_after: None,
+            recorded: None,
         }
     }
 }
@@ -204,6 +210,7 @@ impl Decision {
 fn decide(
     conn: &mut DbConnection,
     n: &Notification,
+    evidence: Evidence<'_>,
     order: Option<Order>,
     trade_paid: Option<OrderNo>,
     now: NaiveDateTime,
@@ -228,7 +235,7 @@ fn decide(
         ));
     }
     match &n.kind {
-        NotificationKind::Paid => pay(conn, &order, trade_paid, n, now),
+        NotificationKind::Paid => pay(conn, &order, trade_paid, n, evidence, now),
         NotificationKind::Closed => close(conn, &order, now),
         NotificationKind::Refund => Ok(Decision::new(
             Outcome::Ignored,
@@ -247,6 +254,7 @@ fn pay(
     order: &Order,
     trade_paid: Option<OrderNo>,
     n: &Notification,
+    evidence: Evidence<'_>,
     now: NaiveDateTime,
 ) -> Result<Decision, DieselError> {
     if n.amount != Some(order.amount) || n.currency != Some(order.currency) {
@@ -270,11 +278,12 @@ fn pay(
             Some(format!("trade {trade_no} already paid order {other}")),
         ));
     }
-    if let Some(balance_after) = pay_and_credit(conn, order, trade_no, now)? {
+    if let Some((balance_after, recorded)) = pay_and_credit(conn, order, n, evidence, now)? {
         return Ok(Decision {
             outcome: Outcome::Credited,
             detail: None,
             balance_after: Some(balance_after),
+            recorded,
         });
     }
     // Lost the compare-and-set: read what the winner committed.
@@ -302,42 +311,47 @@ fn pay(
 /// The compare-and-set, and for the transaction that wins it the balance increment and the ledger
 /// row. Returns the balance after the credit, or `None` when the order was no longer pending.
 ///
-/// On PostgreSQL the three writes are one statement (data-modifying CTEs), one round trip; on
-/// SQLite, which runs in-process, they are three.
+/// On PostgreSQL the three writes and the inbox record of the credit are one statement
+/// (data-modifying CTEs), one round trip, which also returns the inbox row; on SQLite, which runs
+/// in-process, they are separate statements and the caller records the delivery.
 fn pay_and_credit(
     conn: &mut DbConnection,
     order: &Order,
-    trade_no: Option<&str>,
+    n: &Notification,
+    evidence: Evidence<'_>,
     now: NaiveDateTime,
-) -> Result<Option<i64>, DieselError> {
+) -> Result<Option<(i64, Option<inbox::Recorded>)>, DieselError> {
     use diesel::prelude::*;
     use diesel::sql_types::{BigInt, Nullable};
 
+    let trade_no = n.provider_trade_no.as_deref();
     if !matches!(conn, DbConnection::Postgresql(_)) {
         if !mark_paid(conn, order, trade_no, now)? {
             return Ok(None);
         }
-        return accounts::credit(conn, order, now).map(Some);
+        return accounts::credit(conn, order, now).map(|balance| Some((balance, None)));
     }
-    let (paid, balance_after): (i64, Option<i64>) = Statement::<(BigInt, Nullable<BigInt>)>::new(
-        "WITH paid AS ( \
+    type Row = (BigInt, Nullable<BigInt>, Nullable<BigInt>, Nullable<BigInt>);
+    let (paid, balance_after, inbox_id, deliveries): (i64, Option<i64>, Option<i64>, Option<i64>) =
+        Statement::<Row>::new(
+            "WITH paid AS ( \
                  UPDATE orders SET status = 'paid', provider_trade_no = ",
-    )
-    .nullable_text(trade_no)
-    .sql(", version = version + 1, paid_at = ")
-    .timestamp(now)
-    .sql(" WHERE order_no = ")
-    .text(order.order_no.as_str())
-    .sql(
-        " AND status = 'pending' \
+        )
+        .nullable_text(trade_no)
+        .sql(", version = version + 1, paid_at = ")
+        .timestamp(now)
+        .sql(" WHERE order_no = ")
+        .text(order.order_no.as_str())
+        .sql(
+            " AND status = 'pending' \
              RETURNING order_no, user_id, currency, amount_minor), \
              credited AS ( \
              UPDATE accounts AS a SET balance_minor = a.balance_minor + paid.amount_minor, \
                  version = a.version + 1, updated_at = ",
-    )
-    .timestamp(now)
-    .sql(
-        " FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
+        )
+        .timestamp(now)
+        .sql(
+            " FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
                  AND a.balance_minor <= 9223372036854775807 - paid.amount_minor \
              RETURNING a.user_id, a.currency, a.balance_minor, paid.order_no, \
                  paid.amount_minor), \
@@ -345,18 +359,54 @@ fn pay_and_credit(
              INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, \
                  balance_after, created_at) \
              SELECT user_id, currency, order_no, 'credit', amount_minor, balance_minor, ",
-    )
-    .timestamp(now)
-    .sql(
-        " FROM credited RETURNING balance_after) \
-             SELECT (SELECT count(*) FROM paid), (SELECT balance_after FROM booked)",
-    )
-    .get_result(conn)?;
-    match (paid, balance_after) {
-        (0, _) => Ok(None),
-        (_, Some(balance_after)) => Ok(Some(balance_after)),
+        )
+        .timestamp(now)
+        .sql(
+            " FROM credited RETURNING balance_after), \
+             recorded AS ( \
+             INSERT INTO notifications (channel, notification_id, order_no, \
+                 provider_trade_no, kind, amount_minor, currency, verified, outcome, detail, \
+                 raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) \
+             SELECT ",
+        )
+        .text(n.channel.as_str())
+        .sql(", ")
+        .text(&n.notification_id)
+        .sql(", ")
+        .text(order.order_no.as_str())
+        .sql(", ")
+        .nullable_text(trade_no)
+        .sql(", 'paid', ")
+        .bigint(order.amount.get())
+        .sql(", ")
+        .text(order.currency.code())
+        .sql(", TRUE, 'credited', NULL, ")
+        .text(evidence.headers_json)
+        .sql(", ")
+        .binary(evidence.body)
+        .sql(", 1, ")
+        .timestamp(now)
+        .sql(", ")
+        .timestamp(now)
+        .sql(
+            " FROM booked \
+             ON CONFLICT (channel, notification_id) DO UPDATE SET \
+                 delivery_count = notifications.delivery_count + 1, \
+                 last_seen_at = excluded.last_seen_at, \
+                 outcome = excluded.outcome, detail = excluded.detail \
+             RETURNING id, delivery_count) \
+             SELECT (SELECT count(*) FROM paid), (SELECT balance_after FROM booked), \
+                 (SELECT id FROM recorded), (SELECT delivery_count FROM recorded)",
+        )
+        .get_result(conn)?;
+    match (paid, balance_after, inbox_id.zip(deliveries)) {
+        (0, _, _) => Ok(None),
+        (_, Some(balance_after), Some((id, delivery_count))) => Ok(Some((
+            balance_after,
+            Some(inbox::Recorded { id, delivery_count }),
+        ))),
         // Paid but nothing credited: fail the transaction.
-        (_, None) => Err(accounts::not_credited(order)),
+        _ => Err(accounts::not_credited(order)),
     }
 }
 

@@ -490,6 +490,11 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
         let n = paid(&order, &format!("PREP{i}"), 100, "CNY");
         let applied = apply(&mut conn, &n, EVIDENCE, now()).unwrap();
         assert_eq!(applied.outcome, Outcome::Credited);
+        // A wrong amount is recorded by the inbox's own statement.
+        let order = create_order(&mut conn, "prep", "alipay", "1.00", "CNY", None);
+        let n = paid(&order, &format!("PREPX{i}"), 99, "CNY");
+        let applied = apply(&mut conn, &n, EVIDENCE, now()).unwrap();
+        assert_eq!(applied.outcome, Outcome::Mismatch);
     }
     use diesel::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
