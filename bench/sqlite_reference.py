@@ -29,10 +29,12 @@ def main() -> None:
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
         db.execute(
-            "SELECT order_no, user_id, channel, amount_minor, currency, status, provider_trade_no, "
-            "version, created_at, paid_at, closed_at FROM orders "
-            "WHERE order_no = ? OR (channel = 'bench' AND provider_trade_no = ?)",
-            (order, trade),
+            "SELECT o.order_no, o.user_id, o.channel, o.amount_minor, o.currency, o.status, "
+            "o.provider_trade_no, o.version, o.created_at, o.paid_at, o.closed_at, n.id, "
+            "n.delivery_count FROM orders o LEFT OUTER JOIN notifications n "
+            "ON n.channel = 'bench' AND n.notification_id = ? "
+            "WHERE o.order_no = ? OR (o.channel = 'bench' AND o.provider_trade_no = ?)",
+            (nid, order, trade),
         ).fetchall()
         changed = db.execute(
             "UPDATE orders SET status = 'paid', provider_trade_no = ?, version = version + 1, "

@@ -107,22 +107,25 @@ pub fn apply(
 ) -> Result<Applied, DbError> {
     db::transact(conn, |conn| {
         let (applied, durability) = apply_in(conn, notification, evidence, now)?;
-        if durability == Durability::NoWait {
+        if let Durability::CountOnly { inbox_id } = durability {
+            inbox::count_deliveries(conn, &[inbox_id], 1, now)?;
             db::commit_without_waiting_for_flush(conn)?;
         }
         Ok(applied)
     })
 }
 
-/// Whether the commit of what [`apply_in`] wrote must wait for the disk.
+/// What is left to write after [`apply_in`], and whether its commit must wait for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// Money moved or a notification was stored for the first time: the commit must be flushed
-    /// before anyone is told.
+    /// Money moved or a notification was stored: the commit must be flushed before anyone is
+    /// told.
     Flush,
-    /// Only a delivery count was bumped on a notification whose effect was flushed when it first
-    /// committed: losing this write in a crash loses no money.
-    NoWait,
+    /// A repeat of a committed credit: nothing was written. One delivery is left to add to the
+    /// inbox row `inbox_id` in the same transaction (a batch adds all of its counts in one
+    /// statement), and that commit need not wait for the disk: the credit it repeats was flushed
+    /// when it committed, and a lost count loses no money.
+    CountOnly { inbox_id: i64 },
 }
 
 /// The work of [`apply`] inside a transaction the caller opened and will commit.
@@ -133,27 +136,31 @@ pub fn apply_in(
     now: NaiveDateTime,
 ) -> Result<(Applied, Durability), DieselError> {
     let n = notification;
-    let (order, trade_paid) = match &n.order_no {
-        Some(order_no) => {
-            orders::find_with_trade(conn, order_no, &n.channel, n.provider_trade_no.as_deref())?
-        }
-        None => (None, None),
+    let found = match &n.order_no {
+        Some(order_no) => orders::find_for_notification(
+            conn,
+            order_no,
+            &n.channel,
+            &n.notification_id,
+            n.provider_trade_no.as_deref(),
+        )?,
+        None => orders::Found::default(),
     };
-    // The commonest repeat costs one more statement: a paid order never leaves `paid`, so once
-    // it is paid by this very trade, only the delivery count is left to write.
-    if order.as_ref().is_some_and(|o| repeats_its_credit(o, n)) {
-        if let Some(recorded) = inbox::bump(conn, n, now)? {
+    // The commonest repeat costs this one read: a paid order never leaves `paid`, so once it is
+    // paid by this very trade and the delivery has its inbox row, only the count is left.
+    if let (Some(order), Some((inbox_id, deliveries))) = (&found.order, found.inbox) {
+        if repeats_its_credit(order, n) {
             let applied = Applied {
                 outcome: Outcome::AlreadyPaid,
                 detail: None,
-                inbox_id: recorded.id,
-                delivery_count: recorded.delivery_count,
+                inbox_id,
+                delivery_count: deliveries + 1,
                 balance_after: None,
             };
-            return Ok((applied, Durability::NoWait));
+            return Ok((applied, Durability::CountOnly { inbox_id }));
         }
     }
-    let mut decision = decide(conn, n, evidence, order, trade_paid, now)?;
+    let mut decision = decide(conn, n, evidence, found.order, found.trade_paid, now)?;
     let recorded = match decision.recorded.take() {
         Some(recorded) => recorded,
         None => inbox::record(

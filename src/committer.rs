@@ -318,7 +318,7 @@ pub fn commit_batch(
             })
             .collect();
         if !counts.is_empty() {
-            let counted = db::transact(conn, |conn| count_all(conn, counts));
+            let counted = db::transact(conn, |conn| count_all(conn, counts.iter()));
             if let Err(e) = counted {
                 log::warn!("{} delivery counts not written: {e}", counts.len());
             }
@@ -336,7 +336,8 @@ fn apply_all(
     counts: &[CountJob],
 ) -> Result<Vec<Result<Applied, String>>, DieselError> {
     let mut results = Vec::with_capacity(applies.len());
-    let mut durability = Durability::NoWait;
+    let mut flush = false;
+    let mut repeats = Vec::new();
     // SQLite runs in-process, so a savepoint per notification is nearly free. On PostgreSQL it
     // is two more round trips per notification; there a failing notification fails the batch
     // instead, and [`commit_batch`] applies that batch one transaction per notification.
@@ -352,9 +353,13 @@ fn apply_all(
             apply::apply_in(conn, &job.notification, evidence, job.now)
         };
         match applied {
-            Ok((applied, needs)) => {
-                if needs == Durability::Flush {
-                    durability = Durability::Flush;
+            Ok((applied, durability)) => {
+                match durability {
+                    Durability::Flush => flush = true,
+                    Durability::CountOnly { inbox_id } => repeats.push(CountJob {
+                        inbox_id,
+                        now: job.now,
+                    }),
                 }
                 results.push(Ok(applied));
             }
@@ -364,8 +369,8 @@ fn apply_all(
             Err(e) => results.push(Err(DbError::Query(e).to_string())),
         }
     }
-    count_all(conn, counts)?;
-    if durability == Durability::NoWait {
+    count_all(conn, counts.iter().chain(&repeats))?;
+    if !flush {
         db::commit_without_waiting_for_flush(conn)?;
     }
     Ok(results)
@@ -373,8 +378,11 @@ fn apply_all(
 
 /// Adds the counted deliveries to their inbox rows: one statement for all the rows counted the
 /// same number of times (usually once each).
-fn count_all(conn: &mut DbConnection, counts: &[CountJob]) -> Result<(), DieselError> {
-    let Some(now) = counts.iter().map(|job| job.now).max() else {
+fn count_all<'a>(
+    conn: &mut DbConnection,
+    counts: impl Iterator<Item = &'a CountJob> + Clone,
+) -> Result<(), DieselError> {
+    let Some(now) = counts.clone().map(|job| job.now).max() else {
         return Ok(());
     };
     let mut per_row: HashMap<i64, i64> = HashMap::new();

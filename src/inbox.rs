@@ -87,36 +87,6 @@ pub fn record(
     Ok(Recorded { id, delivery_count })
 }
 
-/// The inbox row of one (channel, provider notification id).
-type RowOf<'a> = diesel::dsl::Filter<
-    diesel::dsl::Filter<notifications::table, diesel::dsl::Eq<notifications::channel, &'a str>>,
-    diesel::dsl::Eq<notifications::notification_id, &'a str>,
->;
-
-fn row_of(notification: &Notification) -> RowOf<'_> {
-    notifications::table
-        .filter(notifications::channel.eq(notification.channel.as_str()))
-        .filter(notifications::notification_id.eq(notification.notification_id.as_str()))
-}
-
-/// Counts another delivery of a notification the inbox already holds; `None` when it holds none.
-pub fn bump(
-    conn: &mut DbConnection,
-    notification: &Notification,
-    now: NaiveDateTime,
-) -> Result<Option<Recorded>, DieselError> {
-    let update = diesel::update(row_of(notification)).set((
-        notifications::delivery_count.eq(notifications::delivery_count + 1),
-        notifications::last_seen_at.eq(now),
-    ));
-    let returning = (notifications::id, notifications::delivery_count);
-    let bumped: Option<(i64, i64)> = match conn {
-        DbConnection::Postgresql(pg) => update.returning(returning).get_result(pg).optional()?,
-        DbConnection::Sqlite(lite) => update.returning(returning).get_result(lite).optional()?,
-    };
-    Ok(bumped.map(|(id, delivery_count)| Recorded { id, delivery_count }))
-}
-
 /// Adds `increment` deliveries to each of the inbox rows `ids`, in one statement.
 pub fn count_deliveries(
     conn: &mut DbConnection,

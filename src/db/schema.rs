@@ -62,3 +62,5 @@ diesel::table! {
         last_seen_at -> Timestamp,
     }
 }
+
+diesel::allow_tables_to_appear_in_same_query!(orders, notifications);
