@@ -277,7 +277,8 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
     }
 }
 
-/// Commits one batch: the notifications to apply and the delivery counts, in one transaction. Returns one result per notification, in order.
+/// Commits one batch: the notifications to apply and the delivery counts, in one transaction.
+/// Returns one result per notification, in order.
 ///
 /// A transient conflict runs the whole batch again; when conflicts persist, or the commit itself
 /// fails, each notification is applied in a transaction of its own, so that one notification's
