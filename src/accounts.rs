@@ -83,6 +83,32 @@ pub fn credit(
     Ok(balance_after)
 }
 
+/// Locks, in key order, the accounts that the given orders may credit, and those orders
+/// (`SELECT ... FOR UPDATE`, PostgreSQL). A transaction that takes its locks this way before it
+/// touches any of those rows waits for another such transaction instead of deadlocking with it.
+pub fn lock_for_orders(
+    conn: &mut diesel::pg::PgConnection,
+    order_nos: &[&str],
+) -> Result<(), DieselError> {
+    use crate::db::schema::orders;
+
+    if order_nos.is_empty() {
+        return Ok(());
+    }
+    accounts::table
+        .inner_join(
+            orders::table.on(orders::user_id
+                .eq(accounts::user_id)
+                .and(orders::currency.eq(accounts::currency))),
+        )
+        .filter(orders::order_no.eq_any(order_nos))
+        .order((accounts::user_id, accounts::currency, orders::order_no))
+        .select(accounts::user_id)
+        .for_update()
+        .load::<String>(conn)?;
+    Ok(())
+}
+
 /// The error for a credit that found no account to add to, or no room in its balance. It fails
 /// the transaction (nothing is credited, the provider is asked to retry) and is for a human.
 pub fn not_credited(order: &Order) -> DieselError {

@@ -1,10 +1,11 @@
 //! The crediting transaction: the one place where a verified notification moves money.
 //!
-//! Every path (HTTP, replay, re-applying a stored notification) calls [`apply`]. In one database
-//! transaction it records the delivery in the inbox, then compare-and-sets the order from
-//! `pending` to `paid`; only the transaction whose update changed exactly one row credits the
-//! balance and writes the ledger. Duplicates arriving at the same moment on other instances lose
-//! the compare-and-set inside the database and credit nothing.
+//! Every path runs [`apply_in`]: alone in a transaction with [`apply`], or with the other
+//! notifications of a batch ([`crate::committer`]). It compare-and-sets the order from `pending`
+//! to `paid`; only the transaction whose update changed exactly one row credits the balance and
+//! writes the ledger; then it records the delivery and its outcome in the inbox. Duplicates
+//! arriving at the same moment on other instances lose the compare-and-set inside the database
+//! and credit nothing.
 //!
 //! # Error policy: what the provider is told
 //!
@@ -106,6 +107,11 @@ pub fn apply(
     now: NaiveDateTime,
 ) -> Result<Applied, DbError> {
     db::transact(conn, |conn| {
+        // The same lock order as a batch's (see `crate::committer`).
+        if let (DbConnection::Postgresql(pg), Some(order_no)) = (&mut *conn, &notification.order_no)
+        {
+            accounts::lock_for_orders(pg, &[order_no.as_str()])?;
+        }
         let (applied, durability) = apply_in(conn, notification, evidence, now)?;
         if let Durability::CountOnly { inbox_id } = durability {
             inbox::count_deliveries(conn, &[inbox_id], 1, now)?;

@@ -7,16 +7,19 @@
 //!
 //! The guarantees are those of [`apply`](crate::apply::apply), batch or not:
 //!
-//! - No answer leaves before the commit that holds its notification. A failed commit fails every
-//!   notification of the batch, and each is answered "retry".
+//! - No answer leaves before the commit that holds its notification. When a batch's commit fails,
+//!   its notifications are applied again one transaction each, and each is answered for its own.
 //! - One notification's failure is its own. On SQLite each notification runs under its own
 //!   savepoint, which is rolled back and the rest of the batch commits without it. On PostgreSQL,
-//!   where a savepoint costs two round trips per notification, the failure fails the batch, and
-//!   the batch is applied again one transaction per notification; the answers are the same.
+//!   where a savepoint costs two round trips per notification, the failure aborts the
+//!   transaction; the batch runs again without that notification, which is answered "retry".
 //! - A transient conflict (deadlock, serialization failure, a racing insert) rolls the whole batch
-//!   back and runs it again from the start, a bounded number of times.
-//! - Within a batch, notifications are applied in order of their order number, so two instances'
-//!   batches touching the same orders take their row locks in the same order.
+//!   back and runs it again from the start, a bounded number of times; if it persists, each
+//!   notification is applied in a transaction of its own.
+//! - Row locks are taken in one order. On PostgreSQL a batch first locks, in key order, every
+//!   account its orders may credit (and those orders); then it applies its notifications in order
+//!   of order number. Two writers, of this instance or another, wait for each other instead of
+//!   deadlocking. (On SQLite the database lock serialises writers anyway.)
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::accounts;
 use crate::apply::{self, Applied, Durability, Outcome};
 use crate::db::{self, DbConnection, DbError, Pool};
 use crate::inbox::{self, Evidence};
@@ -161,8 +165,7 @@ impl Committer {
     ) -> Result<Applied, CommitError> {
         let fingerprint = Fingerprint::of(&notification);
         if let Some(applied) = fingerprint.and_then(|f| self.settled.repeat(&f)) {
-            self.count_delivery(&notification, applied.inbox_id, now)
-                .await;
+            self.count_delivery(&notification, applied.inbox_id, now);
             return Ok(applied);
         }
         let applied = self.commit(notification, headers_json, body, now).await?;
@@ -203,15 +206,12 @@ impl Committer {
     }
 
     /// Counts one more delivery of a notification whose credit is committed in a coming batch,
-    /// without waiting for it. The count is bookkeeping: a crash may lose it, never money.
-    async fn count_delivery(&self, notification: &Notification, inbox_id: i64, now: NaiveDateTime) {
+    /// without waiting for it, not even for room in the queue. The count is bookkeeping: a crash,
+    /// or a queue full of notifications, may lose it, never money.
+    fn count_delivery(&self, notification: &Notification, inbox_id: i64, now: NaiveDateTime) {
         let lane = self.lane(notification);
-        if lane
-            .send(Job::Count(CountJob { inbox_id, now }))
-            .await
-            .is_err()
-        {
-            log::debug!("writer stopped; a delivery count was not written");
+        if let Err(e) = lane.try_send(Job::Count(CountJob { inbox_id, now })) {
+            log::debug!("a delivery count was not written: {e}");
         }
     }
 }
@@ -288,19 +288,25 @@ pub fn commit_batch(
     applies: &[ApplyJob],
     counts: &[CountJob],
 ) -> Vec<Result<Applied, String>> {
+    // Notifications that failed on their own (PostgreSQL): the batch runs again without them.
+    let mut failed: Vec<Option<String>> = vec![None; applies.len()];
     let mut attempt = 1;
     let failure = loop {
-        match db::write_transaction(conn, |conn| apply_all(conn, applies, counts)) {
+        match db::write_transaction(conn, |conn| apply_all(conn, applies, &failed, counts)) {
             Ok(results) => return results,
-            Err(e) if attempt < BATCH_ATTEMPTS && db::is_transient(&e) => {
+            Err(BatchError { at: Some(i), error }) if !db::is_transient(&error) => {
+                failed[i] = Some(DbError::Query(error).to_string());
+            }
+            Err(e) if attempt < BATCH_ATTEMPTS && db::is_transient(&e.error) => {
                 log::debug!(
-                    "batch of {}: transient conflict, attempt {attempt}: {e}",
-                    applies.len() + counts.len()
+                    "batch of {}: transient conflict, attempt {attempt}: {}",
+                    applies.len() + counts.len(),
+                    e.error
                 );
                 std::thread::sleep(db::backoff(attempt));
                 attempt += 1;
             }
-            Err(e) => break e,
+            Err(e) => break e.error,
         }
     };
     if applies.len() + counts.len() > 1 {
@@ -310,12 +316,17 @@ pub fn commit_batch(
         );
         let results = applies
             .iter()
-            .map(|job| {
-                let evidence = Evidence {
-                    headers_json: &job.headers_json,
-                    body: &job.body,
-                };
-                apply::apply(conn, &job.notification, evidence, job.now).map_err(|e| e.to_string())
+            .zip(failed)
+            .map(|(job, failed)| match failed {
+                Some(error) => Err(error),
+                None => {
+                    let evidence = Evidence {
+                        headers_json: &job.headers_json,
+                        body: &job.body,
+                    };
+                    apply::apply(conn, &job.notification, evidence, job.now)
+                        .map_err(|e| e.to_string())
+                }
             })
             .collect();
         if !counts.is_empty() {
@@ -330,20 +341,47 @@ pub fn commit_batch(
     applies.iter().map(|_| Err(error.clone())).collect()
 }
 
-/// Applies every notification inside the open transaction, then writes the delivery counts.
+/// Why a batch's transaction failed, and which notification failed it, if one did.
+struct BatchError {
+    at: Option<usize>,
+    error: DieselError,
+}
+
+impl From<DieselError> for BatchError {
+    fn from(error: DieselError) -> BatchError {
+        BatchError { at: None, error }
+    }
+}
+
+/// Applies every notification inside the open transaction (except those that `failed` before),
+/// then writes the delivery counts.
 fn apply_all(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
+    failed: &[Option<String>],
     counts: &[CountJob],
-) -> Result<Vec<Result<Applied, String>>, DieselError> {
+) -> Result<Vec<Result<Applied, String>>, BatchError> {
     let mut results = Vec::with_capacity(applies.len());
     let mut flush = false;
     let mut repeats = Vec::new();
     // SQLite runs in-process, so a savepoint per notification is nearly free. On PostgreSQL it
-    // is two more round trips per notification; there a failing notification fails the batch
-    // instead, and [`commit_batch`] applies that batch one transaction per notification.
+    // is two more round trips per notification; there a failing notification aborts the
+    // transaction instead, and [`commit_batch`] runs the batch again without it.
     let savepoints = matches!(conn, DbConnection::Sqlite(_));
-    for job in applies {
+    if let DbConnection::Postgresql(pg) = conn {
+        let order_nos: Vec<&str> = applies
+            .iter()
+            .zip(failed)
+            .filter(|(_, failed)| failed.is_none())
+            .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
+            .collect();
+        accounts::lock_for_orders(pg, &order_nos)?;
+    }
+    for (i, (job, failed)) in applies.iter().zip(failed).enumerate() {
+        if let Some(error) = failed {
+            results.push(Err(error.clone()));
+            continue;
+        }
         let evidence = Evidence {
             headers_json: &job.headers_json,
             body: &job.body,
@@ -364,9 +402,11 @@ fn apply_all(
                 }
                 results.push(Ok(applied));
             }
-            // The whole batch runs again: a conflict is about timing, not this notification.
-            Err(e) if db::is_transient(&e) => return Err(e),
-            Err(e) if !savepoints => return Err(e),
+            // A conflict is about timing, not this notification: the whole batch runs again.
+            // Without savepoints any error has aborted the transaction.
+            Err(error) if db::is_transient(&error) || !savepoints => {
+                return Err(BatchError { at: Some(i), error })
+            }
             Err(e) => results.push(Err(DbError::Query(e).to_string())),
         }
     }

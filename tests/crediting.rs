@@ -514,6 +514,66 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
     }
 }
 
+/// Two writers whose batches credit the same two accounts in opposite orders wait for each other
+/// instead of deadlocking: every batch locks its accounts in key order before it writes.
+#[test]
+fn crossing_batches_on_postgresql_never_deadlock() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = db.pool(4);
+    let deadlocks = |pool: &Pool| {
+        count(
+            pool,
+            "SELECT CAST(deadlocks AS BIGINT) AS n FROM pg_stat_database WHERE datname = current_database()",
+        )
+    };
+    let before = deadlocks(&pool);
+    for round in 0..10 {
+        let mut conn = pool.get().unwrap();
+        // Order numbers sort A < B < C < D; U owns A and D, V owns B and C.
+        let mut order = |user: &str, letter: &str| {
+            let no = format!("X{round}{letter}");
+            create_order(&mut conn, user, "alipay", "1.00", "CNY", Some(&no))
+        };
+        let (a, b, c, d) = (
+            order("xu", "A"),
+            order("xv", "B"),
+            order("xv", "C"),
+            order("xu", "D"),
+        );
+        drop(conn);
+        let batches = [vec![a, c], vec![b, d]];
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = batches
+            .into_iter()
+            .map(|orders| {
+                let (pool, barrier) = (pool.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let jobs: Vec<ApplyJob> = orders
+                        .iter()
+                        .map(|o| job(&paid(o, &format!("T-{o}"), 100, "CNY")))
+                        .collect();
+                    let mut conn = pool.get().unwrap();
+                    barrier.wait();
+                    commit_batch(&mut conn, &jobs, &[])
+                })
+            })
+            .collect();
+        for handle in handles {
+            for result in handle.join().unwrap() {
+                assert_eq!(result.unwrap().outcome, Outcome::Credited);
+            }
+        }
+    }
+    assert_eq!(balance(&pool, "xu"), 2000);
+    assert_eq!(balance(&pool, "xv"), 2000);
+    assert_eq!(
+        deadlocks(&pool) - before,
+        0,
+        "PostgreSQL detected deadlocks"
+    );
+    assert_books_balance(&pool);
+}
+
 /// Runs `f(i)` on `threads` threads released at the same instant.
 fn race<T: Send + 'static>(
     threads: usize,

@@ -63,4 +63,4 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(orders, notifications);
+diesel::allow_tables_to_appear_in_same_query!(accounts, orders, notifications);
