@@ -345,26 +345,25 @@ fn pay_and_credit(
         return accounts::credit(conn, order, now).map(|balance| Some((balance, None)));
     }
     type Row = (BigInt, Nullable<BigInt>, Nullable<BigInt>, Nullable<BigInt>);
-    let (paid, balance_after, inbox_id, deliveries): (i64, Option<i64>, Option<i64>, Option<i64>) =
-        Statement::<Row>::new(
-            "WITH paid AS ( \
+    let statement = Statement::<Row>::new(
+        "WITH paid AS ( \
                  UPDATE orders SET status = 'paid', provider_trade_no = ",
-        )
-        .nullable_text(trade_no)
-        .sql(", version = version + 1, paid_at = ")
-        .timestamp(now)
-        .sql(" WHERE order_no = ")
-        .text(order.order_no.as_str())
-        .sql(
-            " AND status = 'pending' \
+    )
+    .nullable_text(trade_no)
+    .sql(", version = version + 1, paid_at = ")
+    .timestamp(now)
+    .sql(" WHERE order_no = ")
+    .text(order.order_no.as_str())
+    .sql(
+        " AND status = 'pending' \
              RETURNING order_no, user_id, currency, amount_minor), \
              credited AS ( \
              UPDATE accounts AS a SET balance_minor = a.balance_minor + paid.amount_minor, \
                  version = a.version + 1, updated_at = ",
-        )
-        .timestamp(now)
-        .sql(
-            " FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
+    )
+    .timestamp(now)
+    .sql(
+        " FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
                  AND a.balance_minor <= 9223372036854775807 - paid.amount_minor \
              RETURNING a.user_id, a.currency, a.balance_minor, paid.order_no, \
                  paid.amount_minor), \
@@ -372,42 +371,27 @@ fn pay_and_credit(
              INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, \
                  balance_after, created_at) \
              SELECT user_id, currency, order_no, 'credit', amount_minor, balance_minor, ",
+    )
+    .timestamp(now)
+    .sql(
+        " FROM credited RETURNING balance_after), \
+             recorded AS (",
+    )
+    .sql(inbox::INSERT_DELIVERY)
+    .sql("SELECT ");
+    let (paid, balance_after, inbox_id, deliveries): (i64, Option<i64>, Option<i64>, Option<i64>) =
+        inbox::delivery_values(
+            statement,
+            n,
+            evidence,
+            Outcome::Credited.as_str(),
+            None,
+            now,
         )
-        .timestamp(now)
+        .sql(" FROM booked")
+        .sql(inbox::ON_REPEAT_DELIVERY)
         .sql(
-            " FROM credited RETURNING balance_after), \
-             recorded AS ( \
-             INSERT INTO notifications (channel, notification_id, order_no, \
-                 provider_trade_no, kind, amount_minor, currency, verified, outcome, detail, \
-                 raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) \
-             SELECT ",
-        )
-        .text(n.channel.as_str())
-        .sql(", ")
-        .text(&n.notification_id)
-        .sql(", ")
-        .text(order.order_no.as_str())
-        .sql(", ")
-        .nullable_text(trade_no)
-        .sql(", 'paid', ")
-        .bigint(order.amount.get())
-        .sql(", ")
-        .text(order.currency.code())
-        .sql(", TRUE, 'credited', NULL, ")
-        .text(evidence.headers_json)
-        .sql(", ")
-        .binary(evidence.body)
-        .sql(", 1, ")
-        .timestamp(now)
-        .sql(", ")
-        .timestamp(now)
-        .sql(
-            " FROM booked \
-             ON CONFLICT (channel, notification_id) DO UPDATE SET \
-                 delivery_count = notifications.delivery_count + 1, \
-                 last_seen_at = excluded.last_seen_at, \
-                 outcome = excluded.outcome, detail = excluded.detail \
-             RETURNING id, delivery_count) \
+            ") \
              SELECT (SELECT count(*) FROM paid), (SELECT balance_after FROM booked), \
                  (SELECT id FROM recorded), (SELECT delivery_count FROM recorded)",
         )

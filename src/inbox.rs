@@ -43,48 +43,68 @@ pub fn record(
 ) -> Result<Recorded, DieselError> {
     use diesel::sql_types::BigInt;
 
-    let (id, delivery_count): (i64, i64) = Statement::<(BigInt, BigInt)>::new(
-        "INSERT INTO notifications (channel, notification_id, order_no, provider_trade_no, kind, \
-         amount_minor, currency, verified, outcome, detail, raw_headers, raw_body, delivery_count, \
-         first_seen_at, last_seen_at) VALUES (",
-    )
-    .text(notification.channel.as_str())
-    .sql(", ")
-    .text(&notification.notification_id)
-    .sql(", ")
-    .nullable_text(notification.order_no.as_ref().map(|o| o.as_str()))
-    .sql(", ")
-    .nullable_text(notification.provider_trade_no.as_deref())
-    .sql(", ")
-    .text(notification.kind.as_str())
-    .sql(", ")
-    .nullable_bigint(notification.amount.map(|a| a.get()))
-    .sql(", ")
-    .nullable_text(notification.currency.map(|c| c.code()))
-    .sql(", TRUE, ")
-    .text(outcome)
-    .sql(", ")
-    .nullable_text(detail)
-    .sql(", ")
-    .text(evidence.headers_json)
-    .sql(", ")
-    .binary(evidence.body)
-    .sql(", 1, ")
-    .timestamp(now)
-    .sql(", ")
-    .timestamp(now)
-    .sql(
-        ") ON CONFLICT (channel, notification_id) DO UPDATE SET \
-         delivery_count = notifications.delivery_count + 1, \
-         last_seen_at = excluded.last_seen_at, \
-         outcome = CASE WHEN notifications.outcome = 'credited' THEN notifications.outcome \
-         ELSE excluded.outcome END, \
-         detail = CASE WHEN notifications.outcome = 'credited' THEN notifications.detail \
-         ELSE excluded.detail END \
-         RETURNING id, delivery_count",
-    )
-    .get_result(conn)?;
+    let statement = Statement::<(BigInt, BigInt)>::new(INSERT_DELIVERY).sql("VALUES (");
+    let (id, delivery_count): (i64, i64) =
+        delivery_values(statement, notification, evidence, outcome, detail, now)
+            .sql(")")
+            .sql(ON_REPEAT_DELIVERY)
+            .get_result(conn)?;
     Ok(Recorded { id, delivery_count })
+}
+
+/// The head of the statement that stores a delivery; [`delivery_values`] and
+/// [`ON_REPEAT_DELIVERY`] complete it, after `VALUES (` or a `SELECT`.
+pub(crate) const INSERT_DELIVERY: &str = "INSERT INTO notifications (channel, notification_id, \
+     order_no, provider_trade_no, kind, amount_minor, currency, verified, outcome, detail, \
+     raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) ";
+
+/// What a repeated delivery does to the row its notification has: counts itself, and takes the
+/// new outcome unless the row once credited. Returns the row's id and delivery count.
+pub(crate) const ON_REPEAT_DELIVERY: &str =
+    " ON CONFLICT (channel, notification_id) DO UPDATE SET \
+     delivery_count = notifications.delivery_count + 1, \
+     last_seen_at = excluded.last_seen_at, \
+     outcome = CASE WHEN notifications.outcome = 'credited' THEN notifications.outcome \
+     ELSE excluded.outcome END, \
+     detail = CASE WHEN notifications.outcome = 'credited' THEN notifications.detail \
+     ELSE excluded.detail END \
+     RETURNING id, delivery_count";
+
+/// The values of a first delivery's row, in [`INSERT_DELIVERY`]'s column order.
+pub(crate) fn delivery_values<'a, ST>(
+    statement: Statement<'a, ST>,
+    notification: &'a Notification,
+    evidence: Evidence<'a>,
+    outcome: &'a str,
+    detail: Option<&'a str>,
+    now: NaiveDateTime,
+) -> Statement<'a, ST> {
+    statement
+        .text(notification.channel.as_str())
+        .sql(", ")
+        .text(&notification.notification_id)
+        .sql(", ")
+        .nullable_text(notification.order_no.as_ref().map(|o| o.as_str()))
+        .sql(", ")
+        .nullable_text(notification.provider_trade_no.as_deref())
+        .sql(", ")
+        .text(notification.kind.as_str())
+        .sql(", ")
+        .nullable_bigint(notification.amount.map(|a| a.get()))
+        .sql(", ")
+        .nullable_text(notification.currency.map(|c| c.code()))
+        .sql(", TRUE, ")
+        .text(outcome)
+        .sql(", ")
+        .nullable_text(detail)
+        .sql(", ")
+        .text(evidence.headers_json)
+        .sql(", ")
+        .binary(evidence.body)
+        .sql(", 1, ")
+        .timestamp(now)
+        .sql(", ")
+        .timestamp(now)
 }
 
 /// Adds `increment` deliveries to each of the inbox rows `ids`, in one statement.

@@ -57,8 +57,12 @@ impl AppState {
             };
             channels.insert(name.clone(), channel);
         }
-        let writers = match (settings.commit.writers, settings.database_url.expose()) {
-            (0, url) if url.starts_with("sqlite:") => 1,
+        let on_sqlite = matches!(
+            crate::db::DatabaseUrl::parse(settings.database_url.expose()),
+            Ok(crate::db::DatabaseUrl::Sqlite(_))
+        );
+        let writers = match (settings.commit.writers, on_sqlite) {
+            (0, true) => 1,
             // Leave a connection for the API and the probes.
             (0, _) => (settings.pool.max_size as usize)
                 .saturating_sub(1)
