@@ -15,7 +15,7 @@ const TOKEN: &str = "test-admin-token-6f1c";
 const VECTOR_TIME: i64 = 1_795_375_716;
 
 fn vectors(file: &str) -> Value {
-    let path = format!("{}/../shared/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

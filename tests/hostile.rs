@@ -15,7 +15,7 @@ const VECTOR_TIME: i64 = 1_795_375_716;
 
 fn paid_case() -> (String, Value) {
     let path = format!(
-        "{}/../shared/vectors/standard-webhooks.json",
+        "{}/tests/vectors/standard-webhooks.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let set: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

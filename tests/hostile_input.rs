@@ -1,4 +1,4 @@
-//! Hostile input against every provider adapter, built from every valid shared vector: random
+//! Hostile input against every provider adapter, built from every valid test vector: random
 //! bytes, truncations, bit flips, duplicated parameters, huge headers and invalid UTF-8. For every
 //! input: no panic, and no verified notification unless what the signature covers is byte for
 //! byte a genuine request's (for Alipay: its signed parameters; `sign_type` is not signed).
@@ -16,7 +16,7 @@ use serde_json::Value;
 const VECTOR_TIME: i64 = 1_795_375_716;
 
 fn vectors(file: &str) -> Value {
-    let path = format!("{}/../shared/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -1,5 +1,6 @@
-//! Every shared test vector through the real HTTP server, on SQLite and PostgreSQL: the answer in
-//! the provider's protocol, the balance afterwards, and the inbox. Then duplicates and bad input.
+//! Every test vector (`tests/vectors`) through the real HTTP server, on SQLite and PostgreSQL: the
+//! answer in the provider's protocol, the balance afterwards, and the inbox. Then duplicates and bad
+//! input.
 
 mod common;
 
@@ -18,7 +19,7 @@ fn vector_time() -> DateTime<Utc> {
 }
 
 fn vectors(file: &str) -> Value {
-    let path = format!("{}/../shared/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap()
 }

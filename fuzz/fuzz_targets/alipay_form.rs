@@ -16,8 +16,8 @@ use payhook::money::Currency;
 use payhook::notify::alipay::Alipay;
 use payhook::notify::{Provider, RawRequest};
 
-/// A copy of `shared/vectors/alipay.json` (test keys only).
-const VECTORS: &str = include_str!("../vectors/alipay.json");
+/// The repository's `tests/vectors/alipay.json` (test keys only).
+const VECTORS: &str = include_str!("../../tests/vectors/alipay.json");
 
 type Form = Vec<(Vec<u8>, Vec<u8>)>;
 

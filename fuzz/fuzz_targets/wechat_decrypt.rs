@@ -20,8 +20,8 @@ use payhook::money::Currency;
 use payhook::notify::wechatpay::WechatPay;
 use payhook::notify::{Provider, RawRequest};
 
-/// A copy of `shared/vectors/wechatpay.json` (test keys only).
-const VECTORS: &str = include_str!("../vectors/wechatpay.json");
+/// The repository's `tests/vectors/wechatpay.json` (test keys only).
+const VECTORS: &str = include_str!("../../tests/vectors/wechatpay.json");
 /// Every vector carries this `Wechatpay-Timestamp`.
 const SENT_AT: i64 = 1_795_375_716;
 const TOLERANCE: u64 = 300;

@@ -1,4 +1,4 @@
-//! The shared test vectors (`shared/vectors`), read at test time, and what the adapters' tests
+//! The test vectors (`tests/vectors`), read at test time, and what the adapters' tests
 //! need around them: a fixed clock, the channel, and the test keys to sign extra cases with.
 
 use std::collections::BTreeMap;
@@ -34,9 +34,9 @@ Rrpxayb3wIvA88BnN0Uc
 -----END CERTIFICATE-----
 ";
 
-/// A vector file's text; the vectors sit beside the crate, in the shared folder.
+/// A vector file's text, from the repository's `tests/vectors`.
 pub fn read(file: &str) -> String {
-    let path = format!("{}/../shared/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
 
