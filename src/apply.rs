@@ -188,12 +188,14 @@ pub fn apply_in(
     Ok((applied, Durability::Flush))
 }
 
-/// A paid notification for an order already paid by the same trade.
+/// A paid notification for an order already paid by the same trade. A trade that is not named
+/// is never the same as another.
 fn repeats_its_credit(order: &Order, n: &Notification) -> bool {
     n.kind == NotificationKind::Paid
         && n.merchant_mismatch.is_none()
         && order.status == OrderStatus::Paid
         && order.channel == n.channel
+        && n.provider_trade_no.is_some()
         && order.provider_trade_no == n.provider_trade_no
         && Some(order.amount) == n.amount
         && Some(order.currency) == n.currency
@@ -284,8 +286,16 @@ fn pay(
             )),
         ));
     }
-    let trade_no = n.provider_trade_no.as_deref();
-    if let (Some(trade_no), Some(other)) = (trade_no, trade_paid) {
+    // Without its trade, a second payment of this order could not be told from a repeat of the
+    // first. The adapters refuse such a payment (`notify::verify`); this keeps it from crediting
+    // on any other path.
+    let Some(trade_no) = n.provider_trade_no.as_deref() else {
+        return Ok(Decision::new(
+            Outcome::Mismatch,
+            Some("payment names no provider trade".to_owned()),
+        ));
+    };
+    if let Some(other) = trade_paid {
         return Ok(Decision::new(
             Outcome::Mismatch,
             Some(format!("trade {trade_no} already paid order {other}")),
@@ -302,15 +312,14 @@ fn pay(
     // Lost the compare-and-set: read what the winner committed.
     let current = orders::find(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
     Ok(match current.status {
-        OrderStatus::Paid if current.provider_trade_no.as_deref() == trade_no => {
+        OrderStatus::Paid if current.provider_trade_no.as_deref() == Some(trade_no) => {
             Decision::new(Outcome::AlreadyPaid, None)
         }
         OrderStatus::Paid => Decision::new(
             Outcome::PaidByOtherTrade,
             Some(format!(
-                "order was paid by trade {}; this notification is for trade {}",
+                "order was paid by trade {}; this notification is for trade {trade_no}",
                 current.provider_trade_no.as_deref().unwrap_or("(none)"),
-                trade_no.unwrap_or("(none)")
             )),
         ),
         OrderStatus::Closed => Decision::new(

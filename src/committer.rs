@@ -28,7 +28,7 @@ use diesel::connection::Connection;
 use diesel::result::Error as DieselError;
 use tokio::sync::{mpsc, oneshot};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::accounts;
@@ -419,6 +419,10 @@ fn apply_all(
 
 /// Adds the counted deliveries to their inbox rows: one statement for all the rows counted the
 /// same number of times (usually once each).
+///
+/// Rows are locked in id order, as every writer of every instance does, so two batches counting
+/// the same rows wait for each other instead of deadlocking. On PostgreSQL one ordered
+/// `SELECT ... FOR UPDATE` takes those locks first; on SQLite the database lock is the only one.
 fn count_all<'a>(
     conn: &mut DbConnection,
     counts: impl Iterator<Item = &'a CountJob> + Clone,
@@ -426,11 +430,15 @@ fn count_all<'a>(
     let Some(now) = counts.clone().map(|job| job.now).max() else {
         return Ok(());
     };
-    let mut per_row: HashMap<i64, i64> = HashMap::new();
+    let mut per_row: BTreeMap<i64, i64> = BTreeMap::new();
     for job in counts {
         *per_row.entry(job.inbox_id).or_default() += 1;
     }
-    let mut per_increment: HashMap<i64, Vec<i64>> = HashMap::new();
+    if let DbConnection::Postgresql(pg) = conn {
+        let rows: Vec<i64> = per_row.keys().copied().collect();
+        inbox::lock_in_order(pg, &rows)?;
+    }
+    let mut per_increment: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for (inbox_id, increment) in per_row {
         per_increment.entry(increment).or_default().push(inbox_id);
     }
@@ -449,7 +457,7 @@ const SETTLED_CAPACITY: usize = 50_000;
 struct Fingerprint([u8; 16]);
 
 impl Fingerprint {
-    /// `None` for notifications that are not a plain payment of a named order.
+    /// `None` for notifications that are not a plain payment of a named order by a named trade.
     fn of(n: &Notification) -> Option<Fingerprint> {
         if n.kind != NotificationKind::Paid || n.merchant_mismatch.is_some() {
             return None;
@@ -462,7 +470,7 @@ impl Fingerprint {
             n.channel.as_str(),
             &n.notification_id,
             order_no.as_str(),
-            n.provider_trade_no.as_deref().unwrap_or("\0none"),
+            n.provider_trade_no.as_deref()?,
             &amount,
             currency.code(),
         ] {

@@ -435,9 +435,7 @@ pub fn check(
         headers: &signed.headers,
         body: signed.body.as_bytes(),
     };
-    let n = provider
-        .verify(channel, &request, now)
-        .map_err(|e| e.to_string())?;
+    let n = notify::verify(provider.as_ref(), channel, &request, now).map_err(|e| e.to_string())?;
     let pays = n.kind == NotificationKind::Paid
         && n.order_no.as_ref() == Some(&payment.order_no)
         && n.amount == Some(payment.amount)

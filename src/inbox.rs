@@ -122,6 +122,20 @@ pub fn count_deliveries(
         .execute(conn)
 }
 
+/// Locks the inbox rows `ids` in id order, the one order in which every writer takes them.
+pub fn lock_in_order(conn: &mut diesel::pg::PgConnection, ids: &[i64]) -> Result<(), DieselError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    notifications::table
+        .filter(notifications::id.eq_any(ids))
+        .order(notifications::id)
+        .select(notifications::id)
+        .for_update()
+        .load::<i64>(conn)?;
+    Ok(())
+}
+
 /// Records a request that failed verification or parsing, keyed by a digest of its body so a
 /// resent copy bumps the same row. Rejected rows never share a key with verified ones, so a
 /// forged request cannot occupy a real notification's id.

@@ -152,6 +152,25 @@ fn a_wrong_config_key_or_url_is_refused_with_its_name() {
 }
 
 #[test]
+fn serve_refuses_a_weak_webhook_secret_naming_its_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("payhook.toml");
+    std::fs::write(
+        &config,
+        "[channels.gateway]\nprovider = \"standard-webhooks\"\nsecrets = [\"whsec_AAAA\"]\n",
+    )
+    .unwrap();
+    let (out, text) = output(
+        payhook(dir.path())
+            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+            .arg(&config),
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("gateway"), "{text}");
+    assert!(text.contains("3-byte key"), "{text}");
+}
+
+#[test]
 fn serve_refuses_a_port_that_is_taken() {
     let db = TestDb::new(Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
-use payhook::config::{AlipayConfig, Secret};
+use payhook::config::{AlipayConfig, AlipaySignType, Secret};
 use payhook::ids::ChannelName;
 use payhook::money::Currency;
 use payhook::notify::alipay::Alipay;
@@ -39,8 +39,8 @@ fn fixture() -> &'static Fixture {
             app_id: text("app_id"),
             seller_id: Some(text("seller_id")),
             alipay_public_key: Secret::new(text("alipay_public_key")),
+            sign_type: AlipaySignType::Rsa2,
             currency: Currency::Cny,
-            timestamp_tolerance_secs: 300,
         })
         .expect("the test public key loads");
         let valid_bodies: Vec<Vec<u8>> = v["cases"]

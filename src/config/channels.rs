@@ -87,13 +87,17 @@ impl ChannelConfig {
                 if let Some(seller) = &c.seller_id {
                     ids.push(("seller_id", seller.as_str()));
                 }
-                (ids, c.timestamp_tolerance_secs)
+                // Alipay signs no timestamp: the tolerance does not apply.
+                (ids, default_tolerance())
             }
             ChannelConfig::WechatPay(c) => (
                 vec![("mchid", c.mchid.as_str()), ("appid", c.appid.as_str())],
                 c.timestamp_tolerance_secs,
             ),
-            ChannelConfig::Stripe(c) => (vec![], c.timestamp_tolerance_secs),
+            ChannelConfig::Stripe(c) => {
+                let ids = c.account.iter().map(|a| ("account", a.as_str())).collect();
+                (ids, c.timestamp_tolerance_secs)
+            }
             ChannelConfig::StandardWebhooks(c) => (vec![], c.timestamp_tolerance_secs),
         };
         if let Some((key, _)) = ids.iter().find(|(_, v)| v.trim().is_empty()) {
@@ -138,10 +142,34 @@ pub struct AlipayConfig {
     pub seller_id: Option<String>,
     /// Alipay's public key (not the app's own): base64 SubjectPublicKeyInfo DER, or PEM.
     pub alipay_public_key: Secret,
+    /// The signature scheme the app is set up with. The notification's own `sign_type` is not
+    /// covered by its signature, so it may never choose the hash.
+    #[serde(default)]
+    pub sign_type: AlipaySignType,
     #[serde(default = "default_currency")]
     pub currency: Currency,
-    #[serde(default = "default_tolerance")]
-    pub timestamp_tolerance_secs: u64,
+}
+
+/// Alipay's two signature schemes, both RSA PKCS #1 v1.5.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AlipaySignType {
+    /// SHA256withRSA, for every app created since 2018.
+    #[default]
+    #[serde(rename = "RSA2")]
+    Rsa2,
+    /// SHA1withRSA, for legacy apps only.
+    #[serde(rename = "RSA")]
+    Rsa,
+}
+
+impl AlipaySignType {
+    /// The `sign_type` value Alipay writes for this scheme.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlipaySignType::Rsa2 => "RSA2",
+            AlipaySignType::Rsa => "RSA",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +195,10 @@ pub struct StripeConfig {
     /// When set, events whose `livemode` differs are kept as anomalies and never credit: a live
     /// endpoint also receives connected accounts' test events.
     pub livemode: Option<bool>,
+    /// The connected account (`acct_...`) whose events may credit, for a Connect endpoint.
+    /// Unset, only the platform's own events (those without `account`) may credit: a connected
+    /// account can create a session that names one of our order numbers and pay it to itself.
+    pub account: Option<String>,
     #[serde(default = "default_currency")]
     pub currency: Currency,
     #[serde(default = "default_tolerance")]

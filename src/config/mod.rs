@@ -12,7 +12,8 @@ use serde::Deserialize;
 mod channels;
 
 pub use channels::{
-    AlipayConfig, ChannelConfig, Secret, StandardWebhooksConfig, StripeConfig, WechatPayConfig,
+    AlipayConfig, AlipaySignType, ChannelConfig, Secret, StandardWebhooksConfig, StripeConfig,
+    WechatPayConfig,
 };
 
 use crate::ids::ChannelName;
@@ -39,6 +40,8 @@ pub struct PoolSettings {
     pub max_size: u32,
     pub connection_timeout_secs: u64,
     pub test_on_checkout: bool,
+    pub lock_timeout_secs: u64,
+    pub statement_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +169,14 @@ impl Settings {
         }
         if self.pool.connection_timeout_secs == 0 {
             return invalid("pool.connection_timeout_secs must be at least 1");
+        }
+        if self.pool.lock_timeout_secs == 0 || self.pool.statement_timeout_secs == 0 {
+            return invalid(
+                "pool.lock_timeout_secs and pool.statement_timeout_secs must be at least 1",
+            );
+        }
+        if self.pool.lock_timeout_secs >= self.pool.statement_timeout_secs {
+            return invalid("pool.lock_timeout_secs must be below pool.statement_timeout_secs");
         }
         if self.commit.writers > self.pool.max_size as usize {
             return invalid(

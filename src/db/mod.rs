@@ -11,6 +11,7 @@
 //! - Migrations are embedded per backend and run by [`migrate`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -137,7 +138,8 @@ impl DbError {
     }
 }
 
-/// Conflicts that vanish when the whole transaction is tried again.
+/// Conflicts that vanish when the whole transaction is tried again. A lock timeout is one: the
+/// row's holder may be frozen, or merely slow.
 pub fn is_transient(error: &DieselError) -> bool {
     match error {
         DieselError::DatabaseError(kind, info) => match kind {
@@ -147,6 +149,7 @@ pub fn is_transient(error: &DieselError) -> bool {
                 message.contains("database is locked")
                     || message.contains("deadlock detected")
                     || message.contains("could not serialize")
+                    || message.contains("due to lock timeout")
             }
             _ => false,
         },
@@ -158,10 +161,12 @@ pub fn is_transient(error: &DieselError) -> bool {
 #[derive(Debug)]
 pub struct Manager {
     url: DatabaseUrl,
+    /// The PostgreSQL URL with the session settings every payhook connection runs with.
+    pg_url: Option<String>,
 }
 
 impl Manager {
-    pub fn new(url: DatabaseUrl) -> Result<Manager, DbError> {
+    pub fn new(url: DatabaseUrl, settings: &PoolSettings) -> Result<Manager, DbError> {
         if let DatabaseUrl::Sqlite(path) = &url {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
@@ -170,8 +175,65 @@ impl Manager {
                 })?;
             }
         }
-        Ok(Manager { url })
+        let pg_url = match &url {
+            DatabaseUrl::Postgresql(url) => Some(postgresql_session_url(url, settings)?),
+            DatabaseUrl::Sqlite(_) => None,
+        };
+        Ok(Manager { url, pg_url })
     }
+}
+
+/// libpq's TCP keepalives, unless the URL sets its own: a peer that vanished (a network black
+/// hole, a host that died) is noticed in about a minute rather than never.
+const PG_KEEPALIVES: [(&str, &str); 4] = [
+    ("keepalives", "1"),
+    ("keepalives_idle", "30"),
+    ("keepalives_interval", "10"),
+    ("keepalives_count", "3"),
+];
+
+/// The URL payhook connects to PostgreSQL with: the user's, plus keepalives and, as the
+/// session's defaults (so `RESET` returns to them), the server settings crediting relies on:
+///
+/// - `lock_timeout`: a writer that meets a row locked by a frozen peer (SIGSTOP, a paused VM)
+///   gives up and retries instead of queuing behind it for as long as the peer is frozen;
+/// - `statement_timeout`, and `idle_in_transaction_session_timeout` at the same value: a peer
+///   that freezes inside a transaction loses its session, and with it its locks;
+/// - `synchronous_commit = on`: a credit is acked only after its commit is flushed, whatever
+///   the role or server default says. The repeat-count path turns it off deliberately, for its
+///   own transactions only.
+fn postgresql_session_url(url: &str, settings: &PoolSettings) -> Result<String, DbError> {
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| DbError::Url(format!("database_url is not a valid PostgreSQL URL: {e}")))?;
+    let given: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    let user_options = given
+        .iter()
+        .find(|(key, _)| key == "options")
+        .map(|(_, value)| value.as_str());
+    let ours =
+        format!(
+        "-c lock_timeout={}s -c statement_timeout={}s -c idle_in_transaction_session_timeout={}s \
+         -c synchronous_commit=on",
+        settings.lock_timeout_secs, settings.statement_timeout_secs, settings.statement_timeout_secs
+    );
+    // Later `-c` options win, so payhook's come after the user's.
+    let options = match user_options {
+        Some(theirs) => format!("{theirs} {ours}"),
+        None => ours,
+    };
+    let mut query = parsed.query_pairs_mut();
+    query.clear();
+    for (key, value) in given.iter().filter(|(key, _)| key != "options") {
+        query.append_pair(key, value);
+    }
+    for (key, value) in PG_KEEPALIVES {
+        if !given.iter().any(|(given, _)| given == key) {
+            query.append_pair(key, value);
+        }
+    }
+    query.append_pair("options", &options);
+    drop(query);
+    Ok(parsed.into())
 }
 
 impl ManageConnection for Manager {
@@ -179,11 +241,12 @@ impl ManageConnection for Manager {
     type Error = r2d2::Error;
 
     fn connect(&self) -> Result<DbConnection, r2d2::Error> {
-        let conn = match &self.url {
-            DatabaseUrl::Postgresql(url) => {
-                PgConnection::establish(url).map(DbConnection::Postgresql)
+        let conn = match (&self.url, &self.pg_url) {
+            (DatabaseUrl::Postgresql(url), pg_url) => {
+                PgConnection::establish(pg_url.as_deref().unwrap_or(url))
+                    .map(DbConnection::Postgresql)
             }
-            DatabaseUrl::Sqlite(path) => {
+            (DatabaseUrl::Sqlite(path), _) => {
                 SqliteConnection::establish(&path.to_string_lossy()).map(DbConnection::Sqlite)
             }
         };
@@ -224,7 +287,7 @@ impl CustomizeConnection<DbConnection, r2d2::Error> for SqlitePragmas {
 /// is reported at start with the database's own message.
 pub fn connect(url: &str, settings: &PoolSettings) -> Result<Pool, DbError> {
     let url = DatabaseUrl::parse(url)?;
-    let manager = Manager::new(url)?;
+    let manager = Manager::new(url, settings)?;
     // Fail fast with the real error rather than r2d2's "timed out waiting for connection".
     let mut probe = manager.connect().map_err(|e| match e {
         r2d2::Error::ConnectionError(e) => DbError::Connect(e),
@@ -263,9 +326,14 @@ impl r2d2::HandleError<r2d2::Error> for LogErrors {
 pub fn migrate(conn: &mut DbConnection) -> Result<usize, DbError> {
     match conn {
         DbConnection::Postgresql(c) => {
+            // Waiting for another instance's migration, or a long one, is no stuck statement.
+            c.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")?;
             c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
             let applied = run_migrations(c, POSTGRESQL_MIGRATIONS);
-            let unlocked = c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
+            let unlocked = c.batch_execute(&format!(
+                "SELECT pg_advisory_unlock({MIGRATION_LOCK}); RESET statement_timeout; \
+                 RESET lock_timeout"
+            ));
             let applied = applied?;
             unlocked?;
             Ok(applied)
@@ -286,38 +354,78 @@ fn run_migrations<B: diesel::backend::Backend>(
 /// The advisory lock key that serialises migrations across instances ("payhook" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0070_6179_686f_6f6b;
 
-static SQLITE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// One writer lock per SQLite database file this process opens.
+static SQLITE_WRITERS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The writer lock of the database `conn` is open on, found by the file SQLite names for it.
+fn sqlite_writer(conn: &mut SqliteConnection) -> Result<Arc<std::sync::Mutex<()>>, DieselError> {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Main {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        file: String,
+    }
+    let main: Main = diesel::sql_query("SELECT file FROM pragma_database_list WHERE name = 'main'")
+        .get_result(conn)?;
+    let mut writers = SQLITE_WRITERS.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(writers.entry(PathBuf::from(main.file)).or_default().clone())
+}
 
 /// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite, a plain `BEGIN` on PostgreSQL.
 /// Commits when `f` succeeds and rolls back when it fails.
+///
+/// Success means committed: if `f` left a transaction of its own open, the commit only closed
+/// that one and nothing reached the disk, so that is a failure, rolled back.
 pub fn write_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
 where
     F: FnOnce(&mut DbConnection) -> Result<T, E>,
     E: From<DieselError>,
 {
-    // SQLite has one writer at a time. Writers of this process queue on a mutex, which wakes the
-    // next one at once; left to SQLite's busy handler they would poll with sleeps of up to 100 ms.
-    // Other processes still meet `busy_timeout`.
-    let _writer = match conn {
-        DbConnection::Sqlite(inner) => {
-            let writer = SQLITE_WRITER.lock().unwrap_or_else(|e| e.into_inner());
+    type Manager = <DbConnection as Connection>::TransactionManager;
+    // SQLite has one writer at a time. Writers of this process queue on the database's mutex,
+    // which wakes the next one at once; left to SQLite's busy handler they would poll with sleeps
+    // of up to 100 ms. Other processes still meet `busy_timeout`.
+    let writer = match conn {
+        DbConnection::Sqlite(inner) => Some(sqlite_writer(inner)?),
+        DbConnection::Postgresql(_) => None,
+    };
+    let _writing = match (&mut *conn, &writer) {
+        (DbConnection::Sqlite(inner), Some(writer)) => {
+            let writing = writer.lock().unwrap_or_else(|e| e.into_inner());
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
-            Some(writer)
+            Some(writing)
         }
-        DbConnection::Postgresql(_) => {
-            <DbConnection as Connection>::TransactionManager::begin_transaction(conn)?;
+        _ => {
+            Manager::begin_transaction(conn)?;
             None
         }
     };
     match f(conn) {
         Ok(value) => {
-            <DbConnection as Connection>::TransactionManager::commit_transaction(conn)?;
-            Ok(value)
+            Manager::commit_transaction(conn)?;
+            match Manager::transaction_manager_status_mut(conn).transaction_depth() {
+                Ok(None) => Ok(value),
+                open => {
+                    log::error!("a transaction was left open inside a write transaction ({open:?}); rolling back");
+                    while let Ok(Some(_)) =
+                        Manager::transaction_manager_status_mut(conn).transaction_depth()
+                    {
+                        if Manager::rollback_transaction(conn).is_err() {
+                            break;
+                        }
+                    }
+                    Err(DieselError::DatabaseError(
+                        DatabaseErrorKind::Unknown,
+                        Box::new("transaction still open after its commit; rolled back".to_owned()),
+                    )
+                    .into())
+                }
+            }
         }
         Err(e) => {
-            if let Err(rollback) =
-                <DbConnection as Connection>::TransactionManager::rollback_transaction(conn)
-            {
+            if let Err(rollback) = Manager::rollback_transaction(conn) {
                 log::warn!("rollback failed: {rollback}");
             }
             Err(e)

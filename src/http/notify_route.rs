@@ -77,7 +77,7 @@ pub(super) async fn notify(
         headers: &headers,
         body: &body,
     };
-    let verified = provider.verify(&channel, &request, now);
+    let verified = notify::verify(provider.as_ref(), &channel, &request, now);
     let headers_json = evidence_headers(provider.as_ref(), &headers);
     let pool = state.pool.clone();
 

@@ -10,7 +10,7 @@ use ring::signature::{self, RsaParameters};
 
 use super::common::{self, shown, RsaPublicKey};
 use super::{Answer, Notification, NotificationKind, Provider, RawRequest, Rejection, RetryReason};
-use crate::config::AlipayConfig;
+use crate::config::{AlipayConfig, AlipaySignType};
 use crate::ids::ChannelName;
 use crate::money::{AmountMinor, Currency};
 
@@ -18,6 +18,7 @@ pub struct Alipay {
     app_id: String,
     seller_id: Option<String>,
     public_key: RsaPublicKey,
+    sign_type: AlipaySignType,
     currency: Currency,
 }
 
@@ -29,12 +30,13 @@ impl Alipay {
             app_id: cfg.app_id.clone(),
             seller_id: cfg.seller_id.clone(),
             public_key,
+            sign_type: cfg.sign_type,
             currency: cfg.currency,
         })
     }
 
     fn check_signature(&self, form: &Form) -> Result<(), Rejection> {
-        let algorithm = sign_algorithm(form.text("sign_type")?)?;
+        let algorithm = self.sign_algorithm(form.text("sign_type")?)?;
         let sign = form
             .text("sign")?
             .ok_or_else(|| Rejection::Signature("no sign parameter".to_owned()))?;
@@ -130,15 +132,21 @@ impl Provider for Alipay {
     }
 }
 
-/// `sign_type` is left out of what Alipay signs, and some notifications omit it: RSA2 then.
-fn sign_algorithm(sign_type: Option<&str>) -> Result<&'static RsaParameters, Rejection> {
-    match sign_type {
-        None | Some("RSA2") => Ok(&signature::RSA_PKCS1_2048_8192_SHA256),
-        Some("RSA") => Ok(&signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY),
-        Some(other) => Err(Rejection::Signature(format!(
-            "sign_type {} is neither RSA2 nor RSA",
-            shown(other)
-        ))),
+impl Alipay {
+    /// The hash is the channel's: `sign_type` is left out of what Alipay signs, so a request
+    /// that names another scheme is refused rather than obeyed. Some notifications omit it.
+    fn sign_algorithm(&self, sign_type: Option<&str>) -> Result<&'static RsaParameters, Rejection> {
+        if let Some(named) = sign_type.filter(|named| *named != self.sign_type.as_str()) {
+            return Err(Rejection::Signature(format!(
+                "sign_type {} is not this channel's {}",
+                shown(named),
+                self.sign_type.as_str()
+            )));
+        }
+        Ok(match self.sign_type {
+            AlipaySignType::Rsa2 => &signature::RSA_PKCS1_2048_8192_SHA256,
+            AlipaySignType::Rsa => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+        })
     }
 }
 
@@ -269,7 +277,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::config::Secret;
+    use crate::config::{AlipaySignType, Secret};
     use crate::notify::sign;
     use crate::notify::testing::{self, Case};
 
@@ -296,8 +304,8 @@ mod tests {
             app_id: app_id.to_owned(),
             seller_id: Some(seller_id.to_owned()),
             alipay_public_key: Secret::new(public_key),
+            sign_type: AlipaySignType::Rsa2,
             currency: Currency::Cny,
-            timestamp_tolerance_secs: 300,
         }
     }
 
@@ -305,6 +313,14 @@ mod tests {
         let v: Vectors = testing::load("alipay.json");
         let alipay = Alipay::new(&config(&v.alipay_public_key, &v.app_id, &v.seller_id)).unwrap();
         (alipay, v)
+    }
+
+    /// The vectors' keys on a channel set up for the legacy scheme.
+    fn legacy() -> Alipay {
+        let v: Vectors = testing::load("alipay.json");
+        let mut cfg = config(&v.alipay_public_key, &v.app_id, &v.seller_id);
+        cfg.sign_type = AlipaySignType::Rsa;
+        Alipay::new(&cfg).unwrap()
     }
 
     fn verify(alipay: &Alipay, body: &[u8]) -> Result<Notification, Rejection> {
@@ -359,9 +375,14 @@ mod tests {
     #[test]
     fn every_vector_verifies_or_is_rejected_as_its_file_says() {
         let (alipay, vectors) = vectors();
+        let legacy = legacy();
         assert_eq!(vectors.cases.len(), 8);
         for case in &vectors.cases {
-            let result = verify(&alipay, case.body.as_bytes());
+            let channel = match case.body.ends_with("&sign_type=RSA") {
+                true => &legacy,
+                false => &alipay,
+            };
+            let result = verify(channel, case.body.as_bytes());
             if case.is_valid() {
                 let notification = result.unwrap_or_else(|e| panic!("{}: {e}", case.name));
                 case.assert_pays(&notification, expected_kind(&case.name));
@@ -514,6 +535,39 @@ mod tests {
         no_notify_id.retain(|(k, _)| *k != "notify_id");
         let result = verify(&alipay, &signed_trade(&no_notify_id, None));
         assert!(testing::is_format_rejection_about(&result, "notify_id"));
+    }
+
+    #[test]
+    fn the_channel_not_the_request_chooses_the_hash() {
+        let (rsa2, v) = vectors();
+        let rsa = legacy();
+        let sha1 = v.cases.iter().find(|c| c.body.ends_with("&sign_type=RSA"));
+        let sha1 = sha1.expect("a legacy RSA case").body.as_bytes();
+        let sha256 = v.cases[0].body.as_bytes();
+        assert!(verify(&rsa, sha1).is_ok());
+        assert!(verify(&rsa2, sha256).is_ok());
+        // Each signature is genuine, but names the scheme the channel does not use.
+        for (channel, body) in [(&rsa2, sha1), (&rsa, sha256)] {
+            let result = verify(channel, body);
+            assert!(testing::is_signature_rejection(&result), "{result:?}");
+            let Err(Rejection::Signature(why)) = result else {
+                unreachable!()
+            };
+            assert!(why.contains("not this channel's"), "{why}");
+        }
+        // Without `sign_type` the channel's scheme applies.
+        let bare = |body: &[u8]| {
+            let text = std::str::from_utf8(body).unwrap();
+            text.split('&')
+                .filter(|pair| !pair.starts_with("sign_type="))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        assert!(verify(&rsa, bare(sha1).as_bytes()).is_ok());
+        assert!(testing::is_signature_rejection(&verify(
+            &rsa2,
+            bare(sha1).as_bytes()
+        )));
     }
 
     #[test]

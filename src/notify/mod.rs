@@ -134,6 +134,31 @@ mod common;
 #[cfg(test)]
 mod testing;
 
+/// Verifies a request with its channel's adapter, and holds what comes out to the rules every
+/// provider's notification obeys.
+///
+/// A payment must name its provider trade: the trade is what tells a repeat of the payment that
+/// credited an order from a second payment of it, and two payments without one would read as the
+/// same.
+pub fn verify(
+    provider: &dyn Provider,
+    channel: &ChannelName,
+    request: &RawRequest<'_>,
+    now: DateTime<Utc>,
+) -> Result<Notification, Rejection> {
+    let notification = provider.verify(channel, request, now)?;
+    let names_trade = notification
+        .provider_trade_no
+        .as_deref()
+        .is_some_and(|trade| !trade.trim().is_empty());
+    if notification.kind == NotificationKind::Paid && !names_trade {
+        return Err(Rejection::Format(
+            "a payment notification names no provider trade".to_owned(),
+        ));
+    }
+    Ok(notification)
+}
+
 /// Builds the adapter a channel names, reading its keys now: a bad key stops startup instead of
 /// failing every notification.
 pub fn from_config(cfg: &crate::config::ChannelConfig) -> Result<Box<dyn Provider>, String> {
@@ -157,6 +182,7 @@ mod tests {
     fn each_configured_provider_is_built_by_name_and_bad_keys_stop_it() {
         let stripe = ChannelConfig::Stripe(StripeConfig {
             livemode: None,
+            account: None,
             secrets: vec![Secret::new("whsec_x")],
             currency: Currency::Usd,
             timestamp_tolerance_secs: 300,

@@ -35,10 +35,17 @@ impl StandardWebhooks {
             .secrets
             .iter()
             .enumerate()
-            .map(|(i, secret)| {
-                signing_key(secret.expose()).ok_or_else(|| {
-                    format!("secrets[{i}] is not whsec_ followed by non-empty base64")
-                })
+            .map(|(i, secret)| match key_bytes(secret.expose()) {
+                None => Err(format!(
+                    "secrets[{i}] is not whsec_ followed by non-empty base64"
+                )),
+                Some(key) if !KEY_BYTES.contains(&key.len()) => Err(format!(
+                    "secrets[{i}] is a {}-byte key; Standard Webhooks secrets are {} to {} bytes",
+                    key.len(),
+                    KEY_BYTES.start(),
+                    KEY_BYTES.end()
+                )),
+                Some(key) => Ok(hmac::Key::new(hmac::HMAC_SHA256, &key)),
             })
             .collect::<Result<_, _>>()?;
         Ok(StandardWebhooks {
@@ -70,14 +77,18 @@ impl StandardWebhooks {
     }
 }
 
+/// The key sizes the specification allows: a shorter key is guessable.
+const KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
+
 /// The secret is `whsec_` and base64; the libraries also take it without the prefix.
-pub(super) fn signing_key(secret: &str) -> Option<hmac::Key> {
+fn key_bytes(secret: &str) -> Option<Vec<u8>> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = STANDARD
-        .decode(encoded)
-        .ok()
-        .filter(|key| !key.is_empty())?;
-    Some(hmac::Key::new(hmac::HMAC_SHA256, &key))
+    STANDARD.decode(encoded).ok().filter(|key| !key.is_empty())
+}
+
+/// The HMAC key a secret stands for.
+pub(super) fn signing_key(secret: &str) -> Option<hmac::Key> {
+    key_bytes(secret).map(|key| hmac::Key::new(hmac::HMAC_SHA256, &key))
 }
 
 /// The space-separated `v1,<base64>` entries; other versions and malformed entries cannot
@@ -353,6 +364,30 @@ mod tests {
             assert!(error.contains("secrets[1]"), "{error}");
         }
         assert!(StandardWebhooks::new(&config(&[])).is_err());
+    }
+
+    #[test]
+    fn secrets_of_fewer_than_24_or_more_than_64_bytes_are_refused() {
+        use base64::engine::general_purpose::STANDARD;
+        let secret = |bytes: usize| format!("whsec_{}", STANDARD.encode(vec![7u8; bytes]));
+        for bytes in [24, 32, 64] {
+            assert!(
+                StandardWebhooks::new(&config(&[&secret(bytes)])).is_ok(),
+                "{bytes}"
+            );
+        }
+        for (weak, bytes) in [
+            ("whsec_AAAA".to_owned(), 3),
+            (secret(23), 23),
+            (secret(65), 65),
+        ] {
+            let error = StandardWebhooks::new(&config(&[&weak])).err().unwrap();
+            assert!(
+                error.contains(&format!("secrets[0] is a {bytes}-byte key")),
+                "{error}"
+            );
+            assert!(!error.contains(&weak), "the secret is never shown: {error}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use ring::hmac;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::common::{self, signed_header};
+use super::common::{self, shown, signed_header};
 use super::{Answer, Notification, NotificationKind, Provider, RawRequest, Rejection, RetryReason};
 use crate::config::StripeConfig;
 use crate::ids::ChannelName;
@@ -18,6 +18,7 @@ pub struct Stripe {
     secrets: Vec<hmac::Key>,
     tolerance_secs: u64,
     livemode: Option<bool>,
+    account: Option<String>,
 }
 
 impl Stripe {
@@ -39,6 +40,7 @@ impl Stripe {
             secrets,
             tolerance_secs: cfg.timestamp_tolerance_secs,
             livemode: cfg.livemode,
+            account: cfg.account.clone(),
         })
     }
 
@@ -73,7 +75,8 @@ impl Provider for Stripe {
     ) -> Result<Notification, Rejection> {
         self.check_signature(request, now)?;
         let event: Event = common::from_json(request.body, "event")?;
-        notification(channel, event, self.livemode)
+        let mismatch = self.merchant_mismatch(&event);
+        notification(channel, event, mismatch)
     }
 
     fn signed_headers(&self) -> &'static [&'static str] {
@@ -126,20 +129,44 @@ impl<'a> SignatureHeader<'a> {
     }
 }
 
+impl Stripe {
+    /// The signature proves Stripe sent the event, not that it is the merchant's own: a Connect
+    /// endpoint also carries connected accounts' events, named by a top-level `account`, and a
+    /// live endpoint their test events.
+    fn merchant_mismatch(&self, event: &Event) -> Option<String> {
+        match (&self.account, &event.account) {
+            (None, Some(theirs)) => {
+                return Some(format!(
+                    "event comes from connected account {}; this channel takes the platform's own events",
+                    shown(theirs)
+                ))
+            }
+            (Some(ours), theirs) if theirs.as_deref() != Some(ours.as_str()) => {
+                let theirs = theirs.as_deref().map_or("no account".to_owned(), shown);
+                return Some(format!(
+                    "event is for {theirs}; this channel takes account {}",
+                    shown(ours)
+                ));
+            }
+            _ => {}
+        }
+        match (self.livemode, event.livemode) {
+            (Some(ours), Some(theirs)) if ours != theirs => Some(format!(
+                "event livemode is {theirs}, this channel takes livemode {ours}"
+            )),
+            (Some(ours), None) => Some(format!(
+                "event does not say its livemode; this channel takes livemode {ours}"
+            )),
+            _ => None,
+        }
+    }
+}
+
 fn notification(
     channel: &ChannelName,
     event: Event,
-    livemode: Option<bool>,
+    merchant_mismatch: Option<String>,
 ) -> Result<Notification, Rejection> {
-    let merchant_mismatch = match (livemode, event.livemode) {
-        (Some(ours), Some(theirs)) if ours != theirs => Some(format!(
-            "event livemode is {theirs}, this channel takes livemode {ours}"
-        )),
-        (Some(ours), None) => Some(format!(
-            "event does not say its livemode; this channel takes livemode {ours}"
-        )),
-        _ => None,
-    };
     let kind = kind(&event.event_type, &event.data.object);
     let object = event.data.object;
     // A payment's fields must be well formed; other events keep whatever can be read.
@@ -156,9 +183,10 @@ fn notification(
         .or(object.amount_received)
         .map(common::minor_units)
         .transpose();
+    // The payment intent is the trade; a session paid without one is its own trade.
     let provider_trade_no = match object.object.as_deref() {
         Some("payment_intent") => object.id,
-        _ => object.payment_intent.map(Expandable::into_id),
+        _ => object.payment_intent.map(Expandable::into_id).or(object.id),
     };
     Ok(Notification {
         channel: channel.clone(),
@@ -197,6 +225,8 @@ fn kind(event_type: &str, object: &EventObject) -> NotificationKind {
 struct Event {
     id: String,
     livemode: Option<bool>,
+    /// The connected account the event happened on (Stripe Connect); absent for the platform's.
+    account: Option<String>,
     #[serde(rename = "type")]
     event_type: String,
     data: EventData,
@@ -276,6 +306,7 @@ mod tests {
     fn stripe_with(secrets: &[&str]) -> Stripe {
         Stripe::new(&StripeConfig {
             livemode: None,
+            account: None,
             secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
             currency: Currency::Cny,
             timestamp_tolerance_secs: 300,
@@ -370,6 +401,57 @@ mod tests {
             v.timestamp,
         );
         assert_eq!(n.unwrap().merchant_mismatch, None);
+    }
+
+    #[test]
+    fn a_connected_accounts_event_never_credits_the_platforms_orders() {
+        let (platform, v) = vectors();
+        let session = json!({
+            "id": "cs_connect", "object": "checkout.session", "payment_status": "paid",
+            "client_reference_id": "S20261122000001", "amount_total": 1000, "currency": "usd",
+            "payment_intent": "pi_connect"
+        });
+        let mut connected = event("checkout.session.completed", session);
+        connected["account"] = json!("acct_1Connected");
+        let (headers, body) = signed(&v, &connected);
+        let n = verify_at(&platform, &headers, &body, v.timestamp).unwrap();
+        assert_eq!(n.kind, NotificationKind::Paid);
+        let why = n
+            .merchant_mismatch
+            .expect("a connected account's event is a mismatch");
+        assert!(why.contains("acct_1Connected"), "{why}");
+
+        // A channel for one connected account takes that account's events, and only those.
+        let mut ours = stripe_with(&[&v.secret]);
+        ours.account = Some("acct_1Connected".to_owned());
+        let n = verify_at(&ours, &headers, &body, v.timestamp).unwrap();
+        assert_eq!(n.merchant_mismatch, None);
+        let mut other = connected.clone();
+        other["account"] = json!("acct_2Other");
+        let (headers, body) = signed(&v, &other);
+        let n = verify_at(&ours, &headers, &body, v.timestamp).unwrap();
+        assert!(n.merchant_mismatch.unwrap().contains("acct_1Connected"));
+        let paid = &v.cases[0];
+        let n = verify_at(
+            &ours,
+            &paid.header_list(),
+            paid.body.as_bytes(),
+            v.timestamp,
+        );
+        assert!(n.unwrap().merchant_mismatch.unwrap().contains("no account"));
+    }
+
+    #[test]
+    fn a_session_paid_without_a_payment_intent_is_its_own_trade() {
+        let (stripe, v) = vectors();
+        let session = json!({
+            "id": "cs_without_intent", "object": "checkout.session", "payment_status": "paid",
+            "client_reference_id": "S20261122000001", "amount_total": 1000, "currency": "usd"
+        });
+        let (headers, body) = signed(&v, &event("checkout.session.completed", session));
+        let n = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
+        assert_eq!(n.kind, NotificationKind::Paid);
+        assert_eq!(n.provider_trade_no.as_deref(), Some("cs_without_intent"));
     }
 
     #[test]
@@ -519,6 +601,7 @@ mod tests {
     fn an_empty_secret_list_or_secret_is_a_startup_error() {
         let config = |secrets: Vec<Secret>| StripeConfig {
             livemode: None,
+            account: None,
             secrets,
             currency: Currency::Usd,
             timestamp_tolerance_secs: 300,
