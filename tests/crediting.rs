@@ -357,6 +357,39 @@ fn the_database_itself_refuses_a_second_credit_for_one_order(db: TestDb) {
     );
 }
 
+fn a_payment_that_names_no_trade_never_credits_nor_passes_as_a_repeat(db: TestDb) {
+    let pool = db.pool(4);
+    let order = create_order(
+        &mut pool.get().unwrap(),
+        "u-tl",
+        "alipay",
+        "1.00",
+        "CNY",
+        None,
+    );
+    let mut first = paid(&order, "unused", 100, "CNY");
+    first.provider_trade_no = None;
+    let applied = run(&pool, &first);
+    assert_eq!(applied.outcome, Outcome::Mismatch);
+    assert_eq!(
+        applied.detail.as_deref(),
+        Some("payment names no provider trade")
+    );
+    assert_eq!(balance(&pool, "u-tl"), 0);
+    assert_eq!(status(&pool, &order), OrderStatus::Pending);
+
+    // Once paid by a named trade, a nameless second payment is not read as its repeat.
+    assert_eq!(
+        run(&pool, &paid(&order, "T-named", 100, "CNY")).outcome,
+        Outcome::Credited
+    );
+    let mut second = paid(&order, "unused-2", 100, "CNY");
+    second.provider_trade_no = None;
+    assert_ne!(run(&pool, &second).outcome, Outcome::AlreadyPaid);
+    assert_eq!(balance(&pool, "u-tl"), 100);
+    assert_books_balance(&pool);
+}
+
 fn job(n: &Notification) -> ApplyJob {
     ApplyJob::new(n.clone(), "{}".to_owned(), "raw body".into(), now())
 }
@@ -661,6 +694,7 @@ fn thirty_two_threads_paying_different_orders_of_one_user_add_up(db: TestDb) {
 }
 
 on_both_backends!(
+    a_payment_that_names_no_trade_never_credits_nor_passes_as_a_repeat,
     a_paid_notification_credits_the_order_once,
     a_second_trade_for_a_paid_order_is_an_anomaly_and_never_credits,
     a_trade_that_already_paid_another_order_never_pays_a_second,

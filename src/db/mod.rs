@@ -203,37 +203,82 @@ const PG_KEEPALIVES: [(&str, &str); 4] = [
 ///   the role or server default says. The repeat-count path turns it off deliberately, for its
 ///   own transactions only.
 fn postgresql_session_url(url: &str, settings: &PoolSettings) -> Result<String, DbError> {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
     let mut parsed = url::Url::parse(url)
         .map_err(|e| DbError::Url(format!("database_url is not a valid PostgreSQL URL: {e}")))?;
-    let given: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
-    let user_options = given
-        .iter()
-        .find(|(key, _)| key == "options")
-        .map(|(_, value)| value.as_str());
+    // libpq reads `%XX` escapes but not `+` for a space, so the user's query is kept as written
+    // and ours is percent-encoded.
+    let given: Vec<&str> = parsed
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .collect();
+    let key_of = |pair: &str| pair.split('=').next().unwrap_or_default().to_owned();
     let ours =
         format!(
         "-c lock_timeout={}s -c statement_timeout={}s -c idle_in_transaction_session_timeout={}s \
          -c synchronous_commit=on",
         settings.lock_timeout_secs, settings.statement_timeout_secs, settings.statement_timeout_secs
     );
-    // Later `-c` options win, so payhook's come after the user's.
-    let options = match user_options {
-        Some(theirs) => format!("{theirs} {ours}"),
-        None => ours,
-    };
-    let mut query = parsed.query_pairs_mut();
-    query.clear();
-    for (key, value) in given.iter().filter(|(key, _)| key != "options") {
-        query.append_pair(key, value);
-    }
-    for (key, value) in PG_KEEPALIVES {
-        if !given.iter().any(|(given, _)| given == key) {
-            query.append_pair(key, value);
+    let ours = utf8_percent_encode(&ours, NON_ALPHANUMERIC).to_string();
+    let mut query: Vec<String> = Vec::new();
+    let mut has_options = false;
+    for pair in &given {
+        if key_of(pair) == "options" {
+            // Later `-c` options win, so payhook's come after the user's.
+            query.push(format!("{pair}%20{ours}"));
+            has_options = true;
+        } else {
+            query.push((*pair).to_owned());
         }
     }
-    query.append_pair("options", &options);
-    drop(query);
+    for (key, value) in PG_KEEPALIVES {
+        if !given.iter().any(|pair| key_of(pair) == key) {
+            query.push(format!("{key}={value}"));
+        }
+    }
+    if !has_options {
+        query.push(format!("options={ours}"));
+    }
+    parsed.set_query(Some(&query.join("&")));
     Ok(parsed.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> PoolSettings {
+        crate::config::Settings::from_toml("").unwrap().pool
+    }
+
+    #[test]
+    fn postgresql_sessions_get_keepalives_and_timeouts_without_losing_the_users_settings() {
+        let url = postgresql_session_url("postgres://u:p%40ss@db:5432/books", &settings()).unwrap();
+        assert!(
+            url.starts_with("postgres://u:p%40ss@db:5432/books?keepalives=1&"),
+            "{url}"
+        );
+        assert!(url.contains("keepalives_idle=30"), "{url}");
+        assert!(url.contains("options=%2Dc%20lock%5Ftimeout%3D3s"), "{url}");
+        assert!(url.contains("synchronous%5Fcommit%3Don"), "{url}");
+
+        let theirs =
+            "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20search_path%3Dx";
+        let url = postgresql_session_url(theirs, &settings()).unwrap();
+        assert!(url.contains("sslmode=require"), "{url}");
+        assert!(
+            url.contains("keepalives_idle=5") && !url.contains("keepalives_idle=30"),
+            "{url}"
+        );
+        assert!(
+            url.contains("options=-c%20search_path%3Dx%20%2Dc%20lock"),
+            "{url}"
+        );
+        assert_eq!(url.matches("options=").count(), 1, "{url}");
+    }
 }
 
 impl ManageConnection for Manager {

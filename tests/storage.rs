@@ -1,0 +1,284 @@
+//! What the storage layer promises the crediting path, against real databases: a frozen peer's
+//! locks hold up only its own orders, acks wait for the flush whatever the server's default, a
+//! commit is a commit, writers take rows in one order, and SQLite databases do not queue on each
+//! other.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{count, create_order, now, Backend, TestDb};
+use diesel::connection::{Connection, SimpleConnection, TransactionManager};
+use diesel::PgConnection;
+use payhook::apply::Outcome;
+use payhook::committer::{commit_batch, ApplyJob, CountJob};
+use payhook::config::Settings;
+use payhook::db::{self, DbConnection, Pool};
+use payhook::ids::{ChannelName, OrderNo};
+use payhook::money::{AmountMinor, Currency};
+use payhook::notify::{Notification, NotificationKind};
+
+fn paid(order_no: &OrderNo, trade_no: &str) -> Notification {
+    Notification {
+        channel: ChannelName::parse("alipay").unwrap(),
+        notification_id: format!("n-{trade_no}"),
+        order_no: Some(order_no.clone()),
+        provider_trade_no: Some(trade_no.to_owned()),
+        amount: Some(AmountMinor::new(100).unwrap()),
+        currency: Some(Currency::parse("CNY").unwrap()),
+        kind: NotificationKind::Paid,
+        merchant_mismatch: None,
+    }
+}
+
+fn job(n: &Notification) -> ApplyJob {
+    ApplyJob::new(n.clone(), "{}".to_owned(), "raw body".into(), now())
+}
+
+/// A migrated pool with these `[pool]` settings.
+fn pool_with(db: &TestDb, pool_toml: &str) -> Pool {
+    let settings = Settings::from_toml(&format!("[pool]\n{pool_toml}")).unwrap();
+    let pool = db::connect(&db.url, &settings.pool).expect("connect");
+    db::migrate(&mut pool.get().unwrap()).expect("migrate");
+    pool
+}
+
+/// A connection of another process, holding `sql`'s row locks in an open transaction.
+fn frozen_peer(db: &TestDb, sql: &str) -> PgConnection {
+    let mut peer = PgConnection::establish(&db.url).unwrap();
+    peer.batch_execute(&format!("BEGIN; {sql}")).unwrap();
+    peer
+}
+
+/// `f` on a thread of its own; its result, or `None` if it took longer than `limit`.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result.recv_timeout(limit).ok()
+}
+
+#[test]
+fn a_row_locked_by_a_frozen_peer_holds_up_only_its_own_order() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = pool_with(
+        &db,
+        "max_size = 4\nlock_timeout_secs = 1\nstatement_timeout_secs = 30\n",
+    );
+    let mut conn = pool.get().unwrap();
+    let stuck = create_order(&mut conn, "u-stuck", "alipay", "1.00", "CNY", None);
+    let free = create_order(&mut conn, "u-free", "alipay", "1.00", "CNY", None);
+    drop(conn);
+    let _peer = frozen_peer(
+        &db,
+        &format!("SELECT 1 FROM orders WHERE order_no = '{stuck}' FOR UPDATE"),
+    );
+
+    let jobs = [job(&paid(&stuck, "T-stuck")), job(&paid(&free, "T-free"))];
+    let writer = pool.clone();
+    let results = within(Duration::from_secs(60), move || {
+        commit_batch(&mut writer.get().unwrap(), &jobs, &[])
+    })
+    .expect("the writer waited on the frozen peer's lock instead of giving up");
+    assert!(
+        results[0]
+            .as_ref()
+            .is_err_and(|e| e.contains("lock timeout")),
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(
+        results[1].as_ref().map(|a| a.outcome),
+        Ok(Outcome::Credited)
+    );
+}
+
+#[test]
+fn a_frozen_payhook_session_loses_its_locks() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = pool_with(
+        &db,
+        "max_size = 2\nlock_timeout_secs = 1\nstatement_timeout_secs = 2\n",
+    );
+    let mut frozen = pool.get().unwrap();
+    frozen
+        .batch_execute("BEGIN; SELECT 1 FROM orders FOR UPDATE")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = frozen.batch_execute("SELECT 1");
+    assert!(
+        after.is_err(),
+        "a session idle in its transaction past statement_timeout_secs was left holding its locks"
+    );
+}
+
+#[test]
+fn crediting_sessions_wait_for_the_flush_whatever_the_database_default() {
+    let db = TestDb::new(Backend::Postgresql);
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    common::pg_cluster().admin_exec(&format!(
+        "ALTER DATABASE {name} SET synchronous_commit = off"
+    ));
+    let show = |conn: &mut dyn FnMut() -> String| conn();
+    let mut plain = PgConnection::establish(&db.url).unwrap();
+    let mut read_plain = || setting(&mut plain, "synchronous_commit");
+    assert_eq!(show(&mut read_plain), "off", "the database default is off");
+
+    let pool = pool_with(&db, "max_size = 2\n");
+    let mut conn = pool.get().unwrap();
+    let DbConnection::Postgresql(pg) = &mut *conn else {
+        unreachable!()
+    };
+    assert_eq!(setting(pg, "synchronous_commit"), "on");
+    assert_eq!(setting(pg, "lock_timeout"), "3s");
+}
+
+fn setting(conn: &mut PgConnection, name: &str) -> String {
+    use diesel::sql_types::Text;
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Value {
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    let rows: Vec<Value> = diesel::sql_query(format!("SELECT current_setting('{name}') AS value"))
+        .load(conn)
+        .unwrap();
+    rows[0].value.clone()
+}
+
+fn a_transaction_left_open_inside_a_write_transaction_is_not_a_commit(db: TestDb) {
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let result: Result<(), diesel::result::Error> = db::write_transaction(&mut conn, |conn| {
+        <DbConnection as Connection>::TransactionManager::begin_transaction(conn)?;
+        conn.batch_execute(
+            "INSERT INTO accounts (user_id, currency, balance_minor, version, created_at, \
+             updated_at) VALUES ('u-open', 'CNY', 1, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+        )
+    });
+    assert!(
+        result.is_err(),
+        "a commit that left a transaction open was reported as done"
+    );
+    drop(conn);
+    let kept = count(
+        &pool,
+        "SELECT COUNT(*) AS n FROM accounts WHERE user_id = 'u-open'",
+    );
+    assert_eq!(kept, 0);
+    // The connection is left clean for its next user.
+    let mut conn = pool.get().unwrap();
+    let ok: Result<(), diesel::result::Error> =
+        db::write_transaction(&mut conn, |conn| conn.batch_execute("SELECT 1"));
+    assert!(ok.is_ok());
+}
+
+on_both_backends!(a_transaction_left_open_inside_a_write_transaction_is_not_a_commit);
+
+#[test]
+fn delivery_counts_lock_their_rows_in_id_order() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = pool_with(
+        &db,
+        "max_size = 4\nlock_timeout_secs = 5\nstatement_timeout_secs = 30\n",
+    );
+    let mut conn = pool.get().unwrap();
+    let orders: Vec<OrderNo> = (0..10)
+        .map(|i| {
+            create_order(
+                &mut conn,
+                &format!("u-count-{i}"),
+                "alipay",
+                "1.00",
+                "CNY",
+                None,
+            )
+        })
+        .collect();
+    let jobs: Vec<ApplyJob> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, o)| job(&paid(o, &format!("T-count-{i}"))))
+        .collect();
+    let mut rows: Vec<i64> = commit_batch(&mut conn, &jobs, &[])
+        .into_iter()
+        .map(|r| r.expect("credited").inbox_id)
+        .collect();
+    drop(conn);
+    rows.sort_unstable();
+    let (first, rest) = rows.split_first().unwrap();
+
+    // Several rounds: counts in several groups, the lowest row counted in one of its own.
+    for round in 0..5 {
+        let mut peer = frozen_peer(
+            &db,
+            &format!("SELECT 1 FROM notifications WHERE id = {first} FOR UPDATE"),
+        );
+        let mut counts: Vec<CountJob> = Vec::new();
+        for (i, id) in rest.iter().enumerate() {
+            for _ in 0..(2 + i % 4) {
+                counts.push(CountJob {
+                    inbox_id: *id,
+                    now: now(),
+                });
+            }
+        }
+        counts.push(CountJob {
+            inbox_id: *first,
+            now: now(),
+        });
+        let writer = pool.clone();
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(commit_batch(&mut writer.get().unwrap(), &[], &counts));
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // The writer waits on the lowest row and has taken no other: the peer can take them all.
+        let others = rest
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let taken = peer.batch_execute(&format!(
+            "SELECT 1 FROM notifications WHERE id IN ({others}) FOR UPDATE NOWAIT"
+        ));
+        assert!(
+            taken.is_ok(),
+            "round {round}: the writer locked rows out of id order: {taken:?}"
+        );
+        peer.batch_execute("ROLLBACK").unwrap();
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writer finished once the row was free");
+    }
+}
+
+#[test]
+fn sqlite_databases_of_one_process_do_not_wait_for_each_other() {
+    let (a, b) = (TestDb::new(Backend::Sqlite), TestDb::new(Backend::Sqlite));
+    let (pool_a, pool_b) = (a.pool(2), b.pool(2));
+    let (entered, in_a) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut conn = pool_a.get().unwrap();
+        db::write_transaction(&mut conn, |_| {
+            entered.send(()).unwrap();
+            let _ = released.recv_timeout(Duration::from_secs(20));
+            Ok::<(), diesel::result::Error>(())
+        })
+    });
+    in_a.recv().unwrap();
+    let wrote = within(Duration::from_secs(5), move || {
+        let mut conn = pool_b.get().unwrap();
+        db::write_transaction(&mut conn, |conn| conn.batch_execute("SELECT 1"))
+    });
+    release.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    assert!(
+        wrote.is_some_and(|r| r.is_ok()),
+        "a write to one SQLite database waited for a write to another"
+    );
+}
