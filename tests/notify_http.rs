@@ -580,7 +580,10 @@ fn a_payment_that_names_no_trade_is_retried_and_never_credits(db: TestDb) {
         "SELECT CAST(COALESCE(SUM(delivery_count), 0) AS BIGINT) AS n FROM notifications \
          WHERE outcome = 'rejected' AND verify_error LIKE '%names no provider trade%'",
     );
-    assert_eq!(rejected, 2, "both deliveries are kept as rejected, with the reason");
+    assert_eq!(
+        rejected, 2,
+        "both deliveries are kept as rejected, with the reason"
+    );
 
     // Named, the same payment credits once; another trade for the paid order is an anomaly.
     let mut named = data.clone();
