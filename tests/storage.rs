@@ -133,6 +133,14 @@ fn crediting_sessions_wait_for_the_flush_whatever_the_database_default() {
     };
     assert_eq!(setting(pg, "synchronous_commit"), "on");
     assert_eq!(setting(pg, "lock_timeout"), "3s");
+    assert_eq!(setting(pg, "statement_timeout"), "15s");
+    // Migrations lift the timeouts while they run, and put them back.
+    db::migrate(&mut conn).unwrap();
+    let DbConnection::Postgresql(pg) = &mut *conn else {
+        unreachable!()
+    };
+    assert_eq!(setting(pg, "lock_timeout"), "3s");
+    assert_eq!(setting(pg, "statement_timeout"), "15s");
 }
 
 fn setting(conn: &mut PgConnection, name: &str) -> String {

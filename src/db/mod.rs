@@ -4,7 +4,8 @@
 //!   written once against it.
 //! - [`Manager`] opens connections for r2d2 itself, so a refused PostgreSQL connection reports
 //!   libpq's own words rather than a generic "invalid URL".
-//! - Every SQLite connection gets the same pragmas in [`SqlitePragmas`], and every write
+//! - Every connection gets the same session settings in [`SessionSettings`] (SQLite pragmas;
+//!   PostgreSQL timeouts and `synchronous_commit`), and every write
 //!   transaction on SQLite is `BEGIN IMMEDIATE` ([`write_transaction`]): a deferred transaction
 //!   that upgrades from read to write fails with "database is locked" under concurrency instead of
 //!   waiting its turn.
@@ -161,12 +162,12 @@ pub fn is_transient(error: &DieselError) -> bool {
 #[derive(Debug)]
 pub struct Manager {
     url: DatabaseUrl,
-    /// The PostgreSQL URL with the session settings every payhook connection runs with.
+    /// The PostgreSQL URL with the keepalives every payhook connection runs with.
     pg_url: Option<String>,
 }
 
 impl Manager {
-    pub fn new(url: DatabaseUrl, settings: &PoolSettings) -> Result<Manager, DbError> {
+    pub fn new(url: DatabaseUrl) -> Result<Manager, DbError> {
         if let DatabaseUrl::Sqlite(path) = &url {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
@@ -176,7 +177,7 @@ impl Manager {
             }
         }
         let pg_url = match &url {
-            DatabaseUrl::Postgresql(url) => Some(postgresql_session_url(url, settings)?),
+            DatabaseUrl::Postgresql(url) => Some(postgresql_session_url(url)?),
             DatabaseUrl::Sqlite(_) => None,
         };
         Ok(Manager { url, pg_url })
@@ -192,55 +193,23 @@ const PG_KEEPALIVES: [(&str, &str); 4] = [
     ("keepalives_count", "3"),
 ];
 
-/// The URL payhook connects to PostgreSQL with: the user's, plus keepalives and, as the
-/// session's defaults (so `RESET` returns to them), the server settings crediting relies on:
-///
-/// - `lock_timeout`: a writer that meets a row locked by a frozen peer (SIGSTOP, a paused VM)
-///   gives up and retries instead of queuing behind it for as long as the peer is frozen;
-/// - `statement_timeout`, and `idle_in_transaction_session_timeout` at the same value: a peer
-///   that freezes inside a transaction loses its session, and with it its locks;
-/// - `synchronous_commit = on`: a credit is acked only after its commit is flushed, whatever
-///   the role or server default says. The repeat-count path turns it off deliberately, for its
-///   own transactions only.
-fn postgresql_session_url(url: &str, settings: &PoolSettings) -> Result<String, DbError> {
-    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-
+/// The URL payhook connects to PostgreSQL with: the user's, plus libpq's keepalives where it sets
+/// none. They are client-side settings, so a connection pooler in between sees nothing new.
+fn postgresql_session_url(url: &str) -> Result<String, DbError> {
     let mut parsed = url::Url::parse(url)
         .map_err(|e| DbError::Url(format!("database_url is not a valid PostgreSQL URL: {e}")))?;
-    // libpq reads `%XX` escapes but not `+` for a space, so the user's query is kept as written
-    // and ours is percent-encoded.
-    let given: Vec<&str> = parsed
-        .query()
-        .unwrap_or_default()
+    // libpq reads `%XX` escapes but not `+` for a space, so the user's query is kept as written.
+    let given = parsed.query().unwrap_or_default().to_owned();
+    let key_of = |pair: &str| pair.split('=').next().unwrap_or_default().to_owned();
+    let mut query: Vec<String> = given
         .split('&')
         .filter(|pair| !pair.is_empty())
+        .map(str::to_owned)
         .collect();
-    let key_of = |pair: &str| pair.split('=').next().unwrap_or_default().to_owned();
-    let ours =
-        format!(
-        "-c lock_timeout={}s -c statement_timeout={}s -c idle_in_transaction_session_timeout={}s \
-         -c synchronous_commit=on",
-        settings.lock_timeout_secs, settings.statement_timeout_secs, settings.statement_timeout_secs
-    );
-    let ours = utf8_percent_encode(&ours, NON_ALPHANUMERIC).to_string();
-    let mut query: Vec<String> = Vec::new();
-    let mut has_options = false;
-    for pair in &given {
-        if key_of(pair) == "options" {
-            // Later `-c` options win, so payhook's come after the user's.
-            query.push(format!("{pair}%20{ours}"));
-            has_options = true;
-        } else {
-            query.push((*pair).to_owned());
-        }
-    }
     for (key, value) in PG_KEEPALIVES {
-        if !given.iter().any(|pair| key_of(pair) == key) {
+        if !query.iter().any(|pair| key_of(pair) == key) {
             query.push(format!("{key}={value}"));
         }
-    }
-    if !has_options {
-        query.push(format!("options={ours}"));
     }
     parsed.set_query(Some(&query.join("&")));
     Ok(parsed.into())
@@ -250,34 +219,23 @@ fn postgresql_session_url(url: &str, settings: &PoolSettings) -> Result<String, 
 mod tests {
     use super::*;
 
-    fn settings() -> PoolSettings {
-        crate::config::Settings::from_toml("").unwrap().pool
-    }
-
     #[test]
-    fn postgresql_sessions_get_keepalives_and_timeouts_without_losing_the_users_settings() {
-        let url = postgresql_session_url("postgres://u:p%40ss@db:5432/books", &settings()).unwrap();
+    fn postgresql_connections_get_keepalives_without_losing_the_users_settings() {
+        let url = postgresql_session_url("postgres://u:p%40ss@db:5432/books").unwrap();
+        assert_eq!(
+            url,
+            "postgres://u:p%40ss@db:5432/books?keepalives=1&keepalives_idle=30\
+             &keepalives_interval=10&keepalives_count=3"
+        );
+        let theirs = "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20x%3Dy";
+        let url = postgresql_session_url(theirs).unwrap();
         assert!(
-            url.starts_with("postgres://u:p%40ss@db:5432/books?keepalives=1&"),
+            url.starts_with(
+                "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20x%3Dy&"
+            ),
             "{url}"
         );
-        assert!(url.contains("keepalives_idle=30"), "{url}");
-        assert!(url.contains("options=%2Dc%20lock%5Ftimeout%3D3s"), "{url}");
-        assert!(url.contains("synchronous%5Fcommit%3Don"), "{url}");
-
-        let theirs =
-            "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20search_path%3Dx";
-        let url = postgresql_session_url(theirs, &settings()).unwrap();
-        assert!(url.contains("sslmode=require"), "{url}");
-        assert!(
-            url.contains("keepalives_idle=5") && !url.contains("keepalives_idle=30"),
-            "{url}"
-        );
-        assert!(
-            url.contains("options=-c%20search_path%3Dx%20%2Dc%20lock"),
-            "{url}"
-        );
-        assert_eq!(url.matches("options=").count(), 1, "{url}");
+        assert_eq!(url.matches("keepalives_idle").count(), 1, "{url}");
     }
 }
 
@@ -307,24 +265,56 @@ impl ManageConnection for Manager {
     }
 }
 
-/// The pragmas every SQLite connection runs with. `busy_timeout` comes first so the others wait
-/// for a lock rather than fail; `synchronous=FULL` because a committed credit must survive power
-/// loss.
+/// What every new connection is set up with.
+///
+/// SQLite: `busy_timeout` first, so the other pragmas wait for a lock rather than fail; WAL; and
+/// `synchronous=FULL`, because a committed credit must survive power loss.
+///
+/// PostgreSQL, for the whole session:
+///
+/// - `lock_timeout`: a writer that meets a row locked by a frozen peer (a stopped process, a
+///   paused VM) gives up and retries instead of queuing behind it for as long as the peer is
+///   frozen;
+/// - `statement_timeout`, and `idle_in_transaction_session_timeout` at the same value: a session
+///   that freezes inside a transaction is ended by the server, and its locks with it;
+/// - `synchronous_commit = on`: a credit is acked only after its commit is flushed, whatever the
+///   role or server default says. The repeat-count path turns it off deliberately, for its own
+///   transactions only ([`commit_without_waiting_for_flush`]).
 #[derive(Debug, Clone, Copy)]
-pub struct SqlitePragmas;
+pub struct SessionSettings {
+    pub lock_timeout_secs: u64,
+    pub statement_timeout_secs: u64,
+}
 
-impl CustomizeConnection<DbConnection, r2d2::Error> for SqlitePragmas {
+impl SessionSettings {
+    pub fn new(settings: &PoolSettings) -> SessionSettings {
+        SessionSettings {
+            lock_timeout_secs: settings.lock_timeout_secs,
+            statement_timeout_secs: settings.statement_timeout_secs,
+        }
+    }
+
+    fn postgresql(&self) -> String {
+        format!(
+            "SET lock_timeout = '{}s'; SET statement_timeout = '{}s'; \
+             SET idle_in_transaction_session_timeout = '{}s'; SET synchronous_commit = on;",
+            self.lock_timeout_secs, self.statement_timeout_secs, self.statement_timeout_secs
+        )
+    }
+}
+
+impl CustomizeConnection<DbConnection, r2d2::Error> for SessionSettings {
     fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
-        if let DbConnection::Sqlite(conn) = conn {
-            conn.batch_execute(&format!(
+        match conn {
+            DbConnection::Sqlite(conn) => conn.batch_execute(&format!(
                 "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};
                  PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;"
-            ))
-            .map_err(r2d2::Error::QueryError)?;
+            )),
+            DbConnection::Postgresql(conn) => conn.batch_execute(&self.postgresql()),
         }
-        Ok(())
+        .map_err(r2d2::Error::QueryError)
     }
 }
 
@@ -332,13 +322,14 @@ impl CustomizeConnection<DbConnection, r2d2::Error> for SqlitePragmas {
 /// is reported at start with the database's own message.
 pub fn connect(url: &str, settings: &PoolSettings) -> Result<Pool, DbError> {
     let url = DatabaseUrl::parse(url)?;
-    let manager = Manager::new(url, settings)?;
+    let manager = Manager::new(url)?;
     // Fail fast with the real error rather than r2d2's "timed out waiting for connection".
     let mut probe = manager.connect().map_err(|e| match e {
         r2d2::Error::ConnectionError(e) => DbError::Connect(e),
         r2d2::Error::QueryError(e) => DbError::Query(e),
     })?;
-    SqlitePragmas.on_acquire(&mut probe).map_err(|e| match e {
+    let session = SessionSettings::new(settings);
+    session.on_acquire(&mut probe).map_err(|e| match e {
         r2d2::Error::ConnectionError(e) => DbError::Connect(e),
         r2d2::Error::QueryError(e) => DbError::Query(e),
     })?;
@@ -348,7 +339,7 @@ pub fn connect(url: &str, settings: &PoolSettings) -> Result<Pool, DbError> {
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(settings.connection_timeout_secs))
         .test_on_check_out(settings.test_on_checkout)
-        .connection_customizer(Box::new(SqlitePragmas))
+        .connection_customizer(Box::new(session))
         .error_handler(Box::new(LogErrors))
         .build_unchecked(manager);
     Ok(pool)
@@ -372,12 +363,17 @@ pub fn migrate(conn: &mut DbConnection) -> Result<usize, DbError> {
     match conn {
         DbConnection::Postgresql(c) => {
             // Waiting for another instance's migration, or a long one, is no stuck statement.
-            c.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")?;
+            c.batch_execute(
+                "SELECT set_config('payhook.statement_timeout', current_setting('statement_timeout'), false), \
+                        set_config('payhook.lock_timeout', current_setting('lock_timeout'), false); \
+                 SET statement_timeout = 0; SET lock_timeout = 0",
+            )?;
             c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
             let applied = run_migrations(c, POSTGRESQL_MIGRATIONS);
             let unlocked = c.batch_execute(&format!(
-                "SELECT pg_advisory_unlock({MIGRATION_LOCK}); RESET statement_timeout; \
-                 RESET lock_timeout"
+                "SELECT pg_advisory_unlock({MIGRATION_LOCK}); \
+                 SELECT set_config('statement_timeout', current_setting('payhook.statement_timeout'), false), \
+                        set_config('lock_timeout', current_setting('payhook.lock_timeout'), false)"
             ));
             let applied = applied?;
             unlocked?;
