@@ -129,14 +129,6 @@ impl From<r2d2::PoolError> for DbError {
     }
 }
 
-impl DbError {
-    /// True for failures that a later attempt of the same work may not meet: lock and
-    /// serialization conflicts, deadlocks, a racing insert of the same key.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, DbError::Query(e) if is_transient(e))
-    }
-}
-
 /// Conflicts that vanish when the whole transaction is tried again.
 pub fn is_transient(error: &DieselError) -> bool {
     match error {
