@@ -82,16 +82,21 @@ impl DatabaseUrl {
         Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
     }
 
-    /// A description safe for logs: the SQLite path, or PostgreSQL's host and database only.
+    /// A description safe for logs: the SQLite path, or PostgreSQL's scheme, host, port and
+    /// database, never its user, password or query (which may carry a password too).
     pub fn redacted(&self) -> String {
         match self {
             DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
-            DatabaseUrl::Postgresql(url) => {
-                let rest = url.split_once("://").map_or("", |(_, r)| r);
-                let host_and_db = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-                let host_and_db = host_and_db.split('?').next().unwrap_or_default();
-                format!("postgres://{host_and_db}")
-            }
+            DatabaseUrl::Postgresql(url) => match url::Url::parse(url) {
+                Ok(url) => format!(
+                    "{}://{}{}{}",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default(),
+                    url.port().map(|p| format!(":{p}")).unwrap_or_default(),
+                    url.path()
+                ),
+                Err(_) => "a PostgreSQL URL that does not parse".to_owned(),
+            },
         }
     }
 }
@@ -384,4 +389,39 @@ where
         }
         f(conn)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_urls_show_scheme_host_port_and_database_only() {
+        for (url, shown) in [
+            (
+                "postgres://payhook:p%40ss%2Fw0rd@db.example:5433/payhook?sslmode=require",
+                "postgres://db.example:5433/payhook",
+            ),
+            (
+                "postgresql://payhook:p@ss@db.example/payhook",
+                "postgresql://db.example/payhook",
+            ),
+            (
+                "postgres://db.example/payhook?user=payhook&password=s3cr3t&application_name=a@b",
+                "postgres://db.example/payhook",
+            ),
+            (
+                "postgres://payhook:s3cr3t@[::1]:5432/payhook#s3cr3t",
+                "postgres://[::1]:5432/payhook",
+            ),
+            (
+                "postgres://payhook:s3/cr3t@db.example/payhook",
+                "a PostgreSQL URL that does not parse",
+            ),
+            ("sqlite://data/payhook.db", "sqlite://data/payhook.db"),
+        ] {
+            let redacted = DatabaseUrl::parse(url).unwrap().redacted();
+            assert_eq!(redacted, shown, "{url}");
+        }
+    }
 }
