@@ -349,13 +349,7 @@ where
 /// Exponential backoff from 2 ms, with jitter so that racing transactions fall out of step.
 pub fn backoff(attempt: u32) -> Duration {
     let base = 2u64 << attempt.min(8);
-    let jitter = u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos(),
-    ) % base;
-    Duration::from_millis(base + jitter)
+    Duration::from_millis(base + fastrand::u64(..base))
 }
 
 /// An error that makes [`transact`] run the transaction again: for a state that a concurrent
@@ -422,6 +416,24 @@ mod tests {
         ] {
             let redacted = DatabaseUrl::parse(url).unwrap().redacted();
             assert_eq!(redacted, shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_the_attempt_and_stays_within_twice_its_base() {
+        for attempt in 1..=12 {
+            let base = 2u64 << attempt.min(8);
+            let waits: Vec<u64> = (0..200)
+                .map(|_| backoff(attempt).as_millis() as u64)
+                .collect();
+            assert!(
+                waits.iter().all(|w| (base..2 * base).contains(w)),
+                "{attempt}: {waits:?}"
+            );
+            assert!(
+                waits.iter().any(|w| *w != waits[0]),
+                "{attempt}: no jitter in {waits:?}"
+            );
         }
     }
 }
