@@ -194,10 +194,6 @@ impl AmountMinor {
             width = exponent as usize
         )
     }
-
-    pub fn checked_add(self, other: AmountMinor) -> Option<AmountMinor> {
-        self.0.checked_add(other.0).map(AmountMinor)
-    }
 }
 
 #[cfg(test)]

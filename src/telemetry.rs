@@ -40,6 +40,76 @@ fn pairs(record: &log::Record<'_>) -> Vec<(String, String)> {
     pairs.0
 }
 
+/// One log line as a JSON object: the record's fields, then its key-value pairs.
+fn json_line(record: &log::Record<'_>, ts: String) -> serde_json::Value {
+    let mut line = serde_json::Map::new();
+    line.insert("ts".into(), ts.into());
+    line.insert("level".into(), record.level().as_str().into());
+    line.insert("target".into(), record.target().into());
+    line.insert("msg".into(), record.args().to_string().into());
+    let _ = record.key_values().visit(&mut JsonPairs(&mut line));
+    serde_json::Value::Object(line)
+}
+
+/// Adds a record's key-value pairs to a JSON object.
+struct JsonPairs<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for JsonPairs<'_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        let mut json = JsonValue(serde_json::Value::Null);
+        value.visit(&mut json)?;
+        self.0.insert(key.to_string(), json.0);
+        Ok(())
+    }
+}
+
+/// A log value as JSON of the type it was logged with, so that an identifier that reads as a
+/// number (`order_no=000123`) stays the string it is.
+struct JsonValue(serde_json::Value);
+
+impl<'v> log::kv::VisitValue<'v> for JsonValue {
+    fn visit_any(&mut self, value: log::kv::Value<'_>) -> Result<(), log::kv::Error> {
+        self.0 = value.to_string().into();
+        Ok(())
+    }
+
+    fn visit_null(&mut self) -> Result<(), log::kv::Error> {
+        self.0 = serde_json::Value::Null;
+        Ok(())
+    }
+
+    fn visit_u64(&mut self, value: u64) -> Result<(), log::kv::Error> {
+        self.0 = value.into();
+        Ok(())
+    }
+
+    fn visit_i64(&mut self, value: i64) -> Result<(), log::kv::Error> {
+        self.0 = value.into();
+        Ok(())
+    }
+
+    fn visit_f64(&mut self, value: f64) -> Result<(), log::kv::Error> {
+        // NaN and infinities have no JSON number.
+        self.0 = serde_json::Number::from_f64(value)
+            .map_or_else(|| value.to_string().into(), serde_json::Value::Number);
+        Ok(())
+    }
+
+    fn visit_bool(&mut self, value: bool) -> Result<(), log::kv::Error> {
+        self.0 = value.into();
+        Ok(())
+    }
+
+    fn visit_str(&mut self, value: &str) -> Result<(), log::kv::Error> {
+        self.0 = value.into();
+        Ok(())
+    }
+}
+
 /// Installs the logger: level from `RUST_LOG` (default `info`), to stderr or appended to `file`.
 pub fn init_logging(format: LogFormat, file: Option<&Path>) -> anyhow::Result<()> {
     let mut builder =
@@ -72,21 +142,7 @@ pub fn init_logging(format: LogFormat, file: Option<&Path>) -> anyhow::Result<()
                 }
                 writeln!(buf)
             }
-            LogFormat::Json => {
-                let mut line = serde_json::Map::new();
-                line.insert("ts".into(), ts.into());
-                line.insert("level".into(), record.level().as_str().into());
-                line.insert("target".into(), record.target().into());
-                line.insert("msg".into(), record.args().to_string().into());
-                for (k, v) in pairs(record) {
-                    let value = v
-                        .parse::<i64>()
-                        .map(serde_json::Value::from)
-                        .unwrap_or_else(|_| v.into());
-                    line.insert(k, value);
-                }
-                writeln!(buf, "{}", serde_json::Value::Object(line))
-            }
+            LogFormat::Json => writeln!(buf, "{}", json_line(record, ts)),
         }
     });
     builder
@@ -160,4 +216,48 @@ pub fn render(pool: &crate::db::Pool) -> String {
     metrics::gauge!(POOL_CONNECTIONS, "state" => "in_use").set(in_use);
     metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(idle);
     handle.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use log::kv::Value;
+
+    #[test]
+    fn json_lines_keep_each_value_s_own_type() {
+        let pairs: [(&str, Value); 7] = [
+            ("order_no", Value::from("000123")),
+            ("notification_id", Value::from("42")),
+            ("amount", Value::from(420i64)),
+            ("deliveries", Value::from(3u64)),
+            ("duplicate", Value::from(true)),
+            ("ratio", Value::from(1.5f64)),
+            ("detail", Value::from_display(&"price 1.50")),
+        ];
+        let line = json_line(
+            &log::Record::builder()
+                .args(format_args!("notification"))
+                .level(log::Level::Info)
+                .target("payhook::notify")
+                .key_values(&pairs)
+                .build(),
+            "2026-11-22T10:00:00.000Z".to_owned(),
+        );
+        assert_eq!(
+            line,
+            serde_json::json!({
+                "ts": "2026-11-22T10:00:00.000Z",
+                "level": "INFO",
+                "target": "payhook::notify",
+                "msg": "notification",
+                "order_no": "000123",
+                "notification_id": "42",
+                "amount": 420,
+                "deliveries": 3,
+                "duplicate": true,
+                "ratio": 1.5,
+                "detail": "price 1.50",
+            })
+        );
+    }
 }

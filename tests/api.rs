@@ -319,6 +319,16 @@ fn close_needs_the_current_version(db: TestDb) {
         "a stale version changes nothing"
     );
     assert_eq!(close(Some("garbage")).status().as_u16(), 412);
+    assert_eq!(
+        close(Some("*")).status().as_u16(),
+        412,
+        "a version is needed"
+    );
+    assert_eq!(
+        close(Some("\"0\", \"7\"")).status().as_u16(),
+        412,
+        "one version, not a list"
+    );
     let ok = close(Some("\"0\""));
     assert_eq!(ok.status().as_u16(), 200);
     assert_eq!(ok.headers()["etag"], "\"1\"");
@@ -333,6 +343,14 @@ fn close_needs_the_current_version(db: TestDb) {
         .send()
         .unwrap();
     assert_eq!(missing.status().as_u16(), 404);
+    // A weak tag names the same version.
+    create(&app, &order_body("ORD-CLOSE-2", "erin", "3.00"));
+    let weak = authed(client().post(app.url("/api/orders/ORD-CLOSE-2/close")))
+        .header("If-Match", "W/\"0\"")
+        .send()
+        .unwrap();
+    assert_eq!(weak.status().as_u16(), 200);
+    assert_eq!(weak.headers()["etag"], "\"1\"");
     assert_eq!(
         authed(client().get(app.url("/api/orders/NOPE")))
             .send()

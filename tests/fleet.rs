@@ -129,20 +129,28 @@ fn nginx_binary() -> PathBuf {
         .expect("nginx was not found: the multi-instance tests run nginx as the load balancer (apt-get install nginx)")
 }
 
-/// nginx running `deploy/nginx.conf`, pointed at our instances and a free port.
+/// nginx running `deploy/nginx.conf`, pointed at our instances, with its public and internal
+/// sides on free ports.
 struct Nginx {
     port: u16,
+    internal_port: u16,
     dir: PathBuf,
     child: Child,
 }
 
 impl Nginx {
     fn start(dir: &Path, upstreams: &[u16]) -> Nginx {
+        Nginx::start_with(dir, upstreams, "")
+    }
+
+    /// As [`Nginx::start`], with `extra` added to the `http` block.
+    fn start_with(dir: &Path, upstreams: &[u16], extra: &str) -> Nginx {
         let example = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf"),
         )
         .unwrap();
         let port = free_port();
+        let internal_port = free_port();
         let dir = dir.join("nginx");
         for sub in ["", "body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -154,6 +162,7 @@ impl Nginx {
             .collect();
         let mut conf = String::new();
         let mut servers_written = false;
+        let mut internal_written = false;
         for line in example.lines() {
             let t = line.trim_start();
             if t.starts_with("server 127.0.0.1:808") {
@@ -167,19 +176,28 @@ impl Nginx {
                 conf.push_str(&format!("        listen 127.0.0.1:{port};\n"));
                 continue;
             }
+            if t.starts_with("listen 127.0.0.1:8090;") {
+                conf.push_str(&format!("        listen 127.0.0.1:{internal_port};\n"));
+                internal_written = true;
+                continue;
+            }
             conf.push_str(line);
             conf.push('\n');
             if t.starts_with("http {") {
                 conf.push_str(&format!(
                     "    access_log {d}/access.log;\n    client_body_temp_path {d}/body;\n    \
                      proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    \
-                     uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n"
+                     uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n{extra}\n"
                 ));
             }
         }
         assert!(
             servers_written,
             "deploy/nginx.conf has no upstream servers to replace"
+        );
+        assert!(
+            internal_written,
+            "deploy/nginx.conf has no internal side (listen 127.0.0.1:8090) to move"
         );
         let user = if common::is_root() {
             "user root;\n"
@@ -200,17 +218,28 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx");
-        let nginx = Nginx { port, dir, child };
+        let nginx = Nginx {
+            port,
+            internal_port,
+            dir,
+            child,
+        };
         wait_for_status(
-            &format!("{}/healthz", nginx.url()),
+            &format!("{}/healthz", nginx.internal_url()),
             200,
             Duration::from_secs(20),
         );
         nginx
     }
 
+    /// The public side: what providers call.
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The internal side: health, metrics and the admin API.
+    fn internal_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.internal_port)
     }
 }
 
@@ -686,6 +715,99 @@ fn killed_database_connections_heal_with_the_same_guarantees() {
     assert_eq!(answers(&after).0, 1500);
     say!("  {acked} orders acked during the run, all credited once");
     verify(&fleet.database_url);
+}
+
+/// The shipped load balancer publishes `/notify/` and nothing else; health, metrics and the admin
+/// API answer on its internal side, and only to loopback and private addresses.
+#[test]
+fn the_load_balancer_publishes_notifications_only_and_keeps_the_rest_internal() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    if common::is_root() {
+        // nginx's workers write their temporary files under it.
+        let _ = Command::new("chmod").args(["755"]).arg(dir.path()).status();
+    }
+    let database_url = format!("sqlite://{}", dir.path().join("lb.db").display());
+    let instance = Instance::start(dir.path(), 0, &database_url);
+    instance.wait_ready();
+    // The test's requests all come from 127.0.0.1; X-Real-IP stands in for other clients.
+    let nginx = Nginx::start_with(
+        dir.path(),
+        &[instance.port],
+        "    set_real_ip_from 127.0.0.1;\n    real_ip_header X-Real-IP;",
+    );
+    let client = reqwest::blocking::Client::new();
+    let from = |method: reqwest::Method, url: String, client_ip: Option<&str>| {
+        let mut req = client.request(method, url);
+        if let Some(ip) = client_ip {
+            req = req.header("X-Real-IP", ip);
+        }
+        req.send().unwrap()
+    };
+    // payhook stamps every answer with a request id; nginx's own refusals have none.
+    let from_payhook = |r: &reqwest::blocking::Response| r.headers().contains_key("x-request-id");
+
+    let public = nginx.url();
+    for (method, path) in [
+        (reqwest::Method::GET, "/metrics"),
+        (reqwest::Method::GET, "/api/orders/ORD-1"),
+        (reqwest::Method::POST, "/api/orders"),
+        (reqwest::Method::POST, "/api/orders/ORD-1/close"),
+        (reqwest::Method::GET, "/console"),
+        (reqwest::Method::GET, "/healthz"),
+        (reqwest::Method::GET, "/readyz"),
+        (reqwest::Method::GET, "/"),
+    ] {
+        let r = from(method.clone(), format!("{public}{path}"), None);
+        assert!(
+            matches!(r.status().as_u16(), 403 | 404) && !from_payhook(&r),
+            "the public side served {method} {path}: {}",
+            r.status()
+        );
+    }
+    let notify = from(
+        reqwest::Method::POST,
+        format!("{public}/notify/alipay"),
+        Some("203.0.113.7"),
+    );
+    assert!(
+        from_payhook(&notify),
+        "/notify/ reaches payhook: {}",
+        notify.status()
+    );
+
+    let internal = nginx.internal_url();
+    for ip in [
+        None,
+        Some("10.1.2.3"),
+        Some("172.20.0.9"),
+        Some("192.168.1.20"),
+    ] {
+        let metrics = from(reqwest::Method::GET, format!("{internal}/metrics"), ip);
+        assert_eq!(metrics.status().as_u16(), 200, "from {ip:?}");
+        assert!(metrics.text().unwrap().contains("payhook_"));
+        let api = from(
+            reqwest::Method::GET,
+            format!("{internal}/api/orders/ORD-1"),
+            ip,
+        );
+        assert_eq!(
+            api.status().as_u16(),
+            401,
+            "from {ip:?}: payhook asks for the token"
+        );
+    }
+    for ip in ["203.0.113.7", "8.8.8.8", "2001:db8::1"] {
+        for path in ["/metrics", "/api/orders/ORD-1", "/healthz"] {
+            let r = from(reqwest::Method::GET, format!("{internal}{path}"), Some(ip));
+            assert_eq!(
+                r.status().as_u16(),
+                403,
+                "the internal side refuses {ip} for {path}"
+            );
+            assert!(!from_payhook(&r));
+        }
+    }
 }
 
 #[test]

@@ -69,13 +69,99 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML: {source}")]
-    Syntax {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error("config file {path} is not valid TOML: {error}")]
+    Syntax { path: PathBuf, error: SyntaxError },
     #[error("config: {0}")]
     Invalid(String),
+}
+
+/// Where a config text stops being TOML. It never holds the text there, which may be a secret:
+/// toml's own message shows the offending line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// Line and column, from 1.
+    pub at: Option<(usize, usize)>,
+    /// The key written at the start of the offending line, when there is one.
+    pub key: Option<String>,
+    /// toml's description, left out when it quotes the line.
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            Some((line, column)) => write!(f, "line {line}, column {column}")?,
+            None => f.write_str("position unknown")?,
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key {key}")?;
+        }
+        match &self.message {
+            Some(message) => write!(f, ": {message}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SyntaxError {
+    fn new(text: &str, error: &toml::de::Error) -> SyntaxError {
+        let Some(offset) = error.span().map(|span| span.start.min(text.len())) else {
+            return SyntaxError {
+                at: None,
+                key: None,
+                message: None,
+            };
+        };
+        let offset = (0..=offset)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[line_start..]
+            .find('\n')
+            .map_or(text.len(), |i| line_start + i);
+        let line = &text[line_start..line_end];
+        let at = (
+            text[..line_start].matches('\n').count() + 1,
+            text[line_start..offset].chars().count() + 1,
+        );
+        // A line inside a multi-line string is a value, whatever it looks like; the text before
+        // such a line does not parse on its own.
+        let starts_a_statement = text[..line_start].parse::<toml::Table>().is_ok();
+        let (key, rest) = match line.split_once('=') {
+            Some((key, rest)) if starts_a_statement && is_bare_key(key.trim()) => {
+                (Some(key.trim().to_owned()), rest)
+            }
+            _ => (None, line),
+        };
+        let message =
+            Some(error.message().trim().to_owned()).filter(|m| !m.is_empty() && !quotes(m, rest));
+        SyntaxError {
+            at: Some(at),
+            key,
+            message,
+        }
+    }
+}
+
+/// A bare or dotted key of plain characters: a name, not a value.
+fn is_bare_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.split('.').all(|part| {
+            let part = part.trim();
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+}
+
+/// Whether `message` repeats four or more consecutive characters of `text`.
+fn quotes(message: &str, text: &str) -> bool {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .windows(4)
+        .any(|w| message.contains(&w.iter().collect::<String>()))
 }
 
 /// Values that override the file: from the environment or the command line.
@@ -124,10 +210,7 @@ impl Settings {
                 path: path.clone(),
                 source,
             })?;
-            let overlay: toml::Table = text.parse().map_err(|source| ConfigError::Syntax {
-                path: path.clone(),
-                source: Box::new(source),
-            })?;
+            let overlay = parse(&text, &path)?;
             merge(&mut table, overlay);
         }
         env.apply(&mut table);
@@ -137,10 +220,12 @@ impl Settings {
 
     /// Deserializes merged settings; the error names the offending key's full path.
     pub fn from_table(table: toml::Table) -> Result<Settings, ConfigError> {
+        let mut strings = Vec::new();
+        collect_strings(&table, &mut strings);
         let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let path = e.path().to_string();
-                let inner = e.into_inner().message().to_owned();
+                let inner = unquote_values(e.into_inner().message(), &strings);
                 if path == "." {
                     ConfigError::Invalid(inner)
                 } else {
@@ -154,10 +239,7 @@ impl Settings {
     /// Parses a whole config text over the defaults; for tests and examples.
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
         let mut table: toml::Table = DEFAULTS.parse().expect("built-in defaults are valid TOML");
-        let overlay: toml::Table = text.parse().map_err(|source| ConfigError::Syntax {
-            path: PathBuf::from("<text>"),
-            source: Box::new(source),
-        })?;
+        let overlay = parse(text, Path::new("<text>"))?;
         merge(&mut table, overlay);
         Settings::from_table(table)
     }
@@ -206,6 +288,39 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Parses one config text; a syntax error gives its place, never the text there.
+fn parse(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
+    text.parse().map_err(|error| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        error: SyntaxError::new(text, &error),
+    })
+}
+
+/// Every string value in `table`, at any depth.
+fn collect_strings(table: &toml::Table, out: &mut Vec<String>) {
+    fn walk(value: &toml::Value, out: &mut Vec<String>) {
+        match value {
+            toml::Value::String(s) => out.push(s.clone()),
+            toml::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            toml::Value::Table(table) => table.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    table.values().for_each(|v| walk(v, out));
+}
+
+/// serde's messages quote a value of the wrong type or variant (`invalid type: string "..."`),
+/// and that value may be a secret in the wrong place: name its type only.
+fn unquote_values(message: &str, strings: &[String]) -> String {
+    let mut message = message.to_owned();
+    for s in strings {
+        message = message
+            .replace(&format!("string {s:?}"), "a string")
+            .replace(&format!("variant `{s}`"), "variant");
+    }
+    message
 }
 
 /// Merges `overlay` into `base`: tables key by key, everything else replaced whole.
@@ -319,6 +434,76 @@ mod tests {
 
         let err = Settings::from_toml("[pool]\nmax_size = 0\n").unwrap_err();
         assert!(err.to_string().contains("pool.max_size"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_file_line_column_and_key_but_never_the_text_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("payhook.toml");
+        for (text, at, key) in [
+            (
+                "bind = \"127.0.0.1:1\"\nadmin_token = \"s3cr3t-token\" x\n",
+                "line 2, column 30",
+                Some("admin_token"),
+            ),
+            (
+                "admin_token = \"s3cr3t-one\"\nadmin_token = \"s3cr3t-two\"\n",
+                "line 2, column 1",
+                Some("admin_token"),
+            ),
+            (
+                "database_url = \"postgres://u:s3cr3t@db/p\nbind = \"x\"\n",
+                "line 1, column 41",
+                Some("database_url"),
+            ),
+            // Inside a multi-line string, what looks like a key is part of the value.
+            (
+                "admin_token = \"\"\"\ns3cr3t_key = \\q\n\"\"\"\n",
+                "line 2, column 15",
+                None,
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let from_file =
+                Settings::load(Some(&path), &Overrides::default(), &Overrides::default())
+                    .unwrap_err()
+                    .to_string();
+            let from_text = Settings::from_toml(text).unwrap_err().to_string();
+            for error in [&from_file, &from_text] {
+                assert!(error.contains(at), "{text:?}: {error}");
+                assert!(
+                    !error.contains("s3cr3t"),
+                    "{text:?}: secret leaked: {error}"
+                );
+                match key {
+                    Some(key) => assert!(error.contains(&format!("key {key}")), "{error}"),
+                    None => assert!(!error.contains("key"), "{error}"),
+                }
+            }
+            assert!(
+                from_file.contains(&path.display().to_string()),
+                "{from_file}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_echoed() {
+        for text in [
+            "[channels.s]\nprovider = \"stripe\"\nsecrets = \"whsec_s3cr3t\"\n",
+            "[pool]\nmax_size = \"s3cr3t\"\n",
+            "[channels.s]\nprovider = \"s3cr3t\"\n",
+        ] {
+            let error = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(
+                !error.contains("s3cr3t"),
+                "{text:?}: secret leaked: {error}"
+            );
+            assert!(
+                error.contains("channels.s") || error.contains("pool.max_size"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -84,16 +84,21 @@ impl DatabaseUrl {
         Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
     }
 
-    /// A description safe for logs: the SQLite path, or PostgreSQL's host and database only.
+    /// A description safe for logs: the SQLite path, or PostgreSQL's scheme, host, port and
+    /// database, never its user, password or query (which may carry a password too).
     pub fn redacted(&self) -> String {
         match self {
             DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
-            DatabaseUrl::Postgresql(url) => {
-                let rest = url.split_once("://").map_or("", |(_, r)| r);
-                let host_and_db = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-                let host_and_db = host_and_db.split('?').next().unwrap_or_default();
-                format!("postgres://{host_and_db}")
-            }
+            DatabaseUrl::Postgresql(url) => match url::Url::parse(url) {
+                Ok(url) => format!(
+                    "{}://{}{}{}",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default(),
+                    url.port().map(|p| format!(":{p}")).unwrap_or_default(),
+                    url.path()
+                ),
+                Err(_) => "a PostgreSQL URL that does not parse".to_owned(),
+            },
         }
     }
 }
@@ -128,14 +133,6 @@ impl From<DieselError> for DbError {
 impl From<r2d2::PoolError> for DbError {
     fn from(e: r2d2::PoolError) -> DbError {
         DbError::Pool(e)
-    }
-}
-
-impl DbError {
-    /// True for failures that a later attempt of the same work may not meet: lock and
-    /// serialization conflicts, deadlocks, a racing insert of the same key.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, DbError::Query(e) if is_transient(e))
     }
 }
 
@@ -213,30 +210,6 @@ fn postgresql_session_url(url: &str) -> Result<String, DbError> {
     }
     parsed.set_query(Some(&query.join("&")));
     Ok(parsed.into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn postgresql_connections_get_keepalives_without_losing_the_users_settings() {
-        let url = postgresql_session_url("postgres://u:p%40ss@db:5432/books").unwrap();
-        assert_eq!(
-            url,
-            "postgres://u:p%40ss@db:5432/books?keepalives=1&keepalives_idle=30\
-             &keepalives_interval=10&keepalives_count=3"
-        );
-        let theirs = "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20x%3Dy";
-        let url = postgresql_session_url(theirs).unwrap();
-        assert!(
-            url.starts_with(
-                "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20x%3Dy&"
-            ),
-            "{url}"
-        );
-        assert_eq!(url.matches("keepalives_idle").count(), 1, "{url}");
-    }
 }
 
 impl ManageConnection for Manager {
@@ -501,13 +474,7 @@ where
 /// Exponential backoff from 2 ms, with jitter so that racing transactions fall out of step.
 pub fn backoff(attempt: u32) -> Duration {
     let base = 2u64 << attempt.min(8);
-    let jitter = u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos(),
-    ) % base;
-    Duration::from_millis(base + jitter)
+    Duration::from_millis(base + fastrand::u64(..base))
 }
 
 /// An error that makes [`transact`] run the transaction again: for a state that a concurrent
@@ -541,4 +508,76 @@ where
         }
         f(conn)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_urls_show_scheme_host_port_and_database_only() {
+        for (url, shown) in [
+            (
+                "postgres://payhook:p%40ss%2Fw0rd@db.example:5433/payhook?sslmode=require",
+                "postgres://db.example:5433/payhook",
+            ),
+            (
+                "postgresql://payhook:p@ss@db.example/payhook",
+                "postgresql://db.example/payhook",
+            ),
+            (
+                "postgres://db.example/payhook?user=payhook&password=s3cr3t&application_name=a@b",
+                "postgres://db.example/payhook",
+            ),
+            (
+                "postgres://payhook:s3cr3t@[::1]:5432/payhook#s3cr3t",
+                "postgres://[::1]:5432/payhook",
+            ),
+            (
+                "postgres://payhook:s3/cr3t@db.example/payhook",
+                "a PostgreSQL URL that does not parse",
+            ),
+            ("sqlite://data/payhook.db", "sqlite://data/payhook.db"),
+        ] {
+            let redacted = DatabaseUrl::parse(url).unwrap().redacted();
+            assert_eq!(redacted, shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_the_attempt_and_stays_within_twice_its_base() {
+        for attempt in 1..=12 {
+            let base = 2u64 << attempt.min(8);
+            let waits: Vec<u64> = (0..200)
+                .map(|_| backoff(attempt).as_millis() as u64)
+                .collect();
+            assert!(
+                waits.iter().all(|w| (base..2 * base).contains(w)),
+                "{attempt}: {waits:?}"
+            );
+            assert!(
+                waits.iter().any(|w| *w != waits[0]),
+                "{attempt}: no jitter in {waits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn postgresql_connections_get_keepalives_without_losing_the_users_settings() {
+        let url = postgresql_session_url("postgres://u:p%40ss@db:5432/books").unwrap();
+        assert_eq!(
+            url,
+            "postgres://u:p%40ss@db:5432/books?keepalives=1&keepalives_idle=30\
+             &keepalives_interval=10&keepalives_count=3"
+        );
+        let theirs = "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20x%3Dy";
+        let url = postgresql_session_url(theirs).unwrap();
+        assert!(
+            url.starts_with(
+                "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20x%3Dy&"
+            ),
+            "{url}"
+        );
+        assert_eq!(url.matches("keepalives_idle").count(), 1, "{url}");
+    }
 }

@@ -7,7 +7,7 @@
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header;
+use actix_web::http::header::{self, ETag, EntityTag, Header, IfMatch};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -99,9 +99,14 @@ async fn new_order_number() -> HttpResponse {
     HttpResponse::Created().json(json!({ "order_no": orders::new_order_no() }))
 }
 
+/// The order's version as its entity tag, which `If-Match` gives back on close.
+fn etag(order: &Order) -> ETag {
+    ETag(EntityTag::new_strong(order.version.to_string()))
+}
+
 fn with_etag(mut response: actix_web::HttpResponseBuilder, order: &Order) -> HttpResponse {
     response
-        .insert_header((header::ETAG, format!("\"{}\"", order.version)))
+        .insert_header(etag(order))
         .json(OrderView::from(order))
 }
 
@@ -151,12 +156,19 @@ async fn get_order(state: web::Data<AppState>, path: web::Path<String>) -> HttpR
     }
 }
 
-/// `If-Match: "3"` (or `W/"3"`) as a version number.
+/// The one version that `If-Match: "3"` (or `W/"3"`) names; `*`, a list or anything else names
+/// none, since a close must say which version it saw.
 fn if_match_version(req: &HttpRequest) -> Option<Result<i64, ()>> {
-    let value = req.headers().get(header::IF_MATCH)?;
-    let text = value.to_str().unwrap_or_default().trim();
-    let text = text.strip_prefix("W/").unwrap_or(text);
-    Some(text.trim_matches('"').parse().map_err(|_| ()))
+    if !req.headers().contains_key(header::IF_MATCH) {
+        return None;
+    }
+    Some(match IfMatch::parse(req) {
+        Ok(IfMatch::Items(tags)) => match tags.as_slice() {
+            [tag] => tag.tag().parse().map_err(|_| ()),
+            _ => Err(()),
+        },
+        Ok(IfMatch::Any) | Err(_) => Err(()),
+    })
 }
 
 async fn close_order(
@@ -192,13 +204,13 @@ async fn close_order(
         Ok(orders::Closing::Closed(order)) => with_etag(HttpResponse::Ok(), &order),
         Ok(orders::Closing::NotFound) => no_such_order(&path),
         Ok(orders::Closing::NotPending(order)) => HttpResponse::Conflict()
-            .insert_header((header::ETAG, format!("\"{}\"", order.version)))
+            .insert_header(etag(&order))
             .json(json!({
                 "error": format!("order is {}, not pending", order.status.as_str()),
                 "status": order.status,
             })),
         Ok(orders::Closing::VersionMismatch(order)) => HttpResponse::PreconditionFailed()
-            .insert_header((header::ETAG, format!("\"{}\"", order.version)))
+            .insert_header(etag(&order))
             .json(json!({
                 "error": format!("order is at version {}, not {expected}", order.version),
             })),
