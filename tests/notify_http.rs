@@ -193,7 +193,11 @@ fn every_vector_gets_the_right_answer_and_balance(db: TestDb) {
                     "{label}"
                 );
                 if provider == "alipay" {
-                    assert_eq!(reply.body, "fail", "{label}");
+                    assert_eq!(
+                        (reply.status, reply.body.as_str()),
+                        (400, "fail"),
+                        "{label}"
+                    );
                 }
                 if provider == "wechatpay" {
                     assert_eq!(reply.status, 401, "{label}");
@@ -448,7 +452,7 @@ fn bad_input_gets_a_clear_refusal_and_never_credits(db: TestDb) {
             reply.body
         );
         assert!(
-            reply.status < 500 || channel == "alipay",
+            (400..500).contains(&reply.status),
             "{what}: a refusal, not a crash: {}",
             reply.status
         );
@@ -525,7 +529,57 @@ fn a_notification_before_its_order_is_retried_then_credited(db: TestDb) {
     assert_eq!(balance(&app, "late"), 1234);
 }
 
+/// Alipay resends on any body but `success`, so the status tells its operators apart: 400 for a
+/// request that is not a genuine notification, 500 only when payhook itself failed.
+fn alipay_answers_400_to_what_it_cannot_verify_and_500_when_payhook_fails(db: TestDb) {
+    let app = spawn_app(
+        &db,
+        &format!(
+            "[pool]\nmax_size = 1\nconnection_timeout_secs = 1\n{}",
+            channels_toml()
+        ),
+        vector_time(),
+    );
+    let set = vectors("alipay.json");
+    let form = [(
+        "Content-Type".to_owned(),
+        "application/x-www-form-urlencoded".to_owned(),
+    )];
+    let tampered = set["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tampered-amount")
+        .unwrap();
+    for (what, body) in [
+        ("garbage", b"garbage".to_vec()),
+        ("not UTF-8", b"subject=\xff&notify_id=1".to_vec()),
+        ("a tampered notification", s(tampered, "body").into_bytes()),
+    ] {
+        let reply = post(&app, "alipay", &form, &body);
+        assert_eq!((reply.status, reply.body.as_str()), (400, "fail"), "{what}");
+    }
+
+    // With the only connection taken, the genuine notification cannot be recorded.
+    let paid = &set["cases"][0];
+    create_order(
+        &mut app.pool.get().unwrap(),
+        "down",
+        "alipay",
+        "100.00",
+        "CNY",
+        Some(&s(paid, "out_trade_no")),
+    );
+    let held = app.pool.get().unwrap();
+    let reply = post(&app, "alipay", &form, s(paid, "body").as_bytes());
+    assert_eq!((reply.status, reply.body.as_str()), (500, "fail"));
+    drop(held);
+    let reply = post(&app, "alipay", &form, s(paid, "body").as_bytes());
+    assert_eq!((reply.status, reply.body.as_str()), (200, "success"));
+}
+
 on_both_backends!(
+    alipay_answers_400_to_what_it_cannot_verify_and_500_when_payhook_fails,
     every_vector_gets_the_right_answer_and_balance,
     the_real_alipay_notification_verifies_and_credits,
     twenty_concurrent_duplicates_credit_once_and_all_get_acks,

@@ -123,10 +123,14 @@ impl Provider for Alipay {
         common::text_answer(200, "success")
     }
 
-    fn retry(&self, _reason: RetryReason, _message: &str) -> Answer {
-        // Alipay resends on any body but `success`; a 5xx also keeps every hop in between from
-        // counting the request as handled.
-        common::text_answer(500, "fail")
+    /// Alipay resends on any body but `success`; the status is for people: 400 when the request
+    /// is not a notification we can verify, 500 only when payhook itself failed.
+    fn retry(&self, reason: RetryReason, _message: &str) -> Answer {
+        let status = match reason {
+            RetryReason::Unverified | RetryReason::BadRequest => 400,
+            RetryReason::Unavailable => 500,
+        };
+        common::text_answer(status, "fail")
     }
 }
 
@@ -561,14 +565,16 @@ mod tests {
         let (alipay, _) = vectors();
         assert_eq!(alipay.ack().body, b"success");
         assert_eq!(alipay.ack().status, 200);
-        for reason in [
-            RetryReason::Unverified,
-            RetryReason::BadRequest,
-            RetryReason::Unavailable,
+        for (reason, status) in [
+            (RetryReason::Unverified, 400),
+            (RetryReason::BadRequest, 400),
+            (RetryReason::Unavailable, 500),
         ] {
             let answer = alipay.retry(reason, "database down");
-            assert_eq!(answer.body, b"fail");
-            assert!(!(200..300).contains(&answer.status));
+            assert_eq!(
+                (answer.status, answer.body.as_slice()),
+                (status, &b"fail"[..])
+            );
         }
         assert!(alipay.signed_headers().is_empty());
     }
