@@ -39,6 +39,7 @@ pub struct PoolSettings {
     pub max_size: u32,
     pub connection_timeout_secs: u64,
     pub test_on_checkout: bool,
+    pub rejection_max_size: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +164,9 @@ impl Settings {
         let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
         if self.pool.max_size == 0 {
             return invalid("pool.max_size must be at least 1");
+        }
+        if self.pool.rejection_max_size == 0 {
+            return invalid("pool.rejection_max_size must be at least 1");
         }
         if self.pool.connection_timeout_secs == 0 {
             return invalid("pool.connection_timeout_secs must be at least 1");
@@ -308,6 +312,8 @@ mod tests {
 
         let err = Settings::from_toml("[pool]\nmax_size = 0\n").unwrap_err();
         assert!(err.to_string().contains("pool.max_size"), "{err}");
+        let err = Settings::from_toml("[pool]\nrejection_max_size = 0\n").unwrap_err();
+        assert!(err.to_string().contains("pool.rejection_max_size"), "{err}");
     }
 
     #[test]

@@ -119,26 +119,12 @@ pub(super) async fn notify(
         }
         Err(rejection) => {
             let reason = rejection.to_string();
-            let stored_reason = reason.clone();
-            let record_channel = channel.clone();
-            let pool = state.pool.clone();
-            let recorded = web::block(move || {
-                let mut conn = pool.get()?;
-                let headers: Vec<(&str, &str)> =
-                    kept.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                crate::inbox::record_rejection(
-                    &mut conn,
-                    &record_channel,
-                    &stored_reason,
-                    &headers,
-                    &body,
-                    now.naive_utc(),
-                )
-            })
-            .await;
-            let stored = match recorded {
-                Ok(Ok(_)) => "stored".to_owned(),
-                Ok(Err(e)) => format!("not stored: {e}"),
+            let stored = match state
+                .rejections
+                .record(channel.clone(), reason.clone(), kept, body, now.naive_utc())
+                .await
+            {
+                Ok(()) => "stored".to_owned(),
                 Err(e) => format!("not stored: {e}"),
             };
             let line = LogLine {
