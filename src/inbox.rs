@@ -136,19 +136,34 @@ pub fn lock_in_order(conn: &mut diesel::pg::PgConnection, ids: &[i64]) -> Result
     Ok(())
 }
 
-/// Records a request that failed verification or parsing, keyed by a digest of its body so a
-/// resent copy bumps the same row. Rejected rows never share a key with verified ones, so a
-/// forged request cannot occupy a real notification's id.
+/// Most of a rejected request's body that is kept. Anyone can send rejected requests, so each
+/// keeps enough to see what was sent, not the whole body.
+pub const REJECTED_BODY_BYTES: usize = 4096;
+/// Most of one header value of a rejected request that is kept.
+pub const REJECTED_HEADER_VALUE_BYTES: usize = 256;
+/// Most bytes of a rejected request's headers as stored (a JSON object); headers that would
+/// pass it are left out.
+pub const REJECTED_HEADERS_BYTES: usize = 2048;
+
+/// Records a request that failed verification or parsing, keyed by a digest of its whole body so
+/// a resent copy bumps the same row. Rejected rows never share a key with verified ones, so a
+/// forged request cannot occupy a real notification's id. Only [`rejected_headers`] and the first
+/// [`REJECTED_BODY_BYTES`] of the body are kept, and the commit does not wait for the disk: a
+/// rejected request is answered retry whatever becomes of its row.
 pub fn record_rejection(
     conn: &mut DbConnection,
     channel: &ChannelName,
     reason: &str,
-    evidence: Evidence<'_>,
+    headers: &[(&str, &str)],
+    body: &[u8],
     now: NaiveDateTime,
 ) -> Result<i64, crate::db::DbError> {
-    let digest = ring::digest::digest(&ring::digest::SHA256, evidence.body);
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
     let key = format!("unverified:{}", hex::encode(digest.as_ref()));
+    let headers_json = rejected_headers(headers);
+    let kept_body = &body[..body.len().min(REJECTED_BODY_BYTES)];
     crate::db::transact(conn, |conn| {
+        crate::db::commit_without_waiting_for_flush(conn)?;
         let row = notifications::table
             .filter(notifications::channel.eq(channel.as_str()))
             .filter(notifications::notification_id.eq(&key));
@@ -168,8 +183,8 @@ pub fn record_rejection(
                     notifications::verified.eq(false),
                     notifications::verify_error.eq(reason),
                     notifications::outcome.eq(REJECTED),
-                    notifications::raw_headers.eq(evidence.headers_json),
-                    notifications::raw_body.eq(evidence.body),
+                    notifications::raw_headers.eq(&headers_json),
+                    notifications::raw_body.eq(kept_body),
                     notifications::delivery_count.eq(1i64),
                     notifications::first_seen_at.eq(now),
                     notifications::last_seen_at.eq(now),
@@ -178,6 +193,35 @@ pub fn record_rejection(
         }
         row.select(notifications::id).first(conn)
     })
+}
+
+/// A rejected request's headers as stored: a JSON object of each value's first
+/// [`REJECTED_HEADER_VALUE_BYTES`], taken in order while the whole stays within
+/// [`REJECTED_HEADERS_BYTES`].
+pub fn rejected_headers(headers: &[(&str, &str)]) -> String {
+    let json_len = |text: &str| serde_json::Value::from(text).to_string().len();
+    let mut kept = serde_json::Map::new();
+    // The braces.
+    let mut len = 2;
+    for (name, value) in headers {
+        let value = cut(value, REJECTED_HEADER_VALUE_BYTES);
+        // A name, a colon, a value and, after the first, a comma.
+        let entry = json_len(name) + 1 + json_len(value) + usize::from(!kept.is_empty());
+        if len + entry <= REJECTED_HEADERS_BYTES && !kept.contains_key(*name) {
+            len += entry;
+            kept.insert((*name).to_owned(), value.into());
+        }
+    }
+    serde_json::Value::Object(kept).to_string()
+}
+
+/// The longest start of `text` of at most `max` bytes that ends on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A stored notification, as the API and operators see it.
@@ -280,4 +324,29 @@ pub fn list_for_order(
             Listed { notification, raw }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_headers_are_cut_per_value_and_in_all() {
+        let long = "é\"".repeat(200);
+        let names: Vec<String> = (0..10).map(|i| format!("x-header-{i}")).collect();
+        let headers: Vec<(&str, &str)> =
+            names.iter().map(|n| (n.as_str(), long.as_str())).collect();
+        let json = rejected_headers(&headers);
+        assert!(json.len() <= REJECTED_HEADERS_BYTES, "{}", json.len());
+        let kept: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json).unwrap();
+        assert!((1..10).contains(&kept.len()), "{}", kept.len());
+        for value in kept.values() {
+            let value = value.as_str().unwrap();
+            assert!(long.starts_with(value));
+            assert!(value.len() > REJECTED_HEADER_VALUE_BYTES - 4);
+            assert!(value.len() <= REJECTED_HEADER_VALUE_BYTES);
+        }
+        let short = rejected_headers(&[("content-type", "text/plain")]);
+        assert_eq!(short, r#"{"content-type":"text/plain"}"#);
+    }
 }

@@ -205,7 +205,11 @@ fn every_vector_gets_the_right_answer_and_balance(db: TestDb) {
                     "{label}"
                 );
                 if provider == "alipay" {
-                    assert_eq!(reply.body, "fail", "{label}");
+                    assert_eq!(
+                        (reply.status, reply.body.as_str()),
+                        (400, "fail"),
+                        "{label}"
+                    );
                 }
                 if provider == "wechatpay" {
                     assert_eq!(reply.status, 401, "{label}");
@@ -460,7 +464,7 @@ fn bad_input_gets_a_clear_refusal_and_never_credits(db: TestDb) {
             reply.body
         );
         assert!(
-            reply.status < 500 || channel == "alipay",
+            (400..500).contains(&reply.status),
             "{what}: a refusal, not a crash: {}",
             reply.status
         );
@@ -644,9 +648,138 @@ fn a_connected_accounts_stripe_event_is_acked_as_an_anomaly_and_never_credits(db
     assert_eq!(kept, 1, "kept for a human, naming the account");
 }
 
+/// Alipay resends on any body but `success`, so the status tells its operators apart: 400 for a
+/// request that is not a genuine notification, 500 only when payhook itself failed.
+fn alipay_answers_400_to_what_it_cannot_verify_and_500_when_payhook_fails(db: TestDb) {
+    let app = spawn_app(
+        &db,
+        &format!(
+            "[pool]\nmax_size = 1\nconnection_timeout_secs = 1\n{}",
+            channels_toml()
+        ),
+        vector_time(),
+    );
+    let set = vectors("alipay.json");
+    let form = [(
+        "Content-Type".to_owned(),
+        "application/x-www-form-urlencoded".to_owned(),
+    )];
+    let tampered = set["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tampered-amount")
+        .unwrap();
+    for (what, body) in [
+        ("garbage", b"garbage".to_vec()),
+        ("not UTF-8", b"subject=\xff&notify_id=1".to_vec()),
+        ("a tampered notification", s(tampered, "body").into_bytes()),
+    ] {
+        let reply = post(&app, "alipay", &form, &body);
+        assert_eq!((reply.status, reply.body.as_str()), (400, "fail"), "{what}");
+    }
+
+    // With the only connection taken, the genuine notification cannot be recorded.
+    let paid = &set["cases"][0];
+    create_order(
+        &mut app.pool.get().unwrap(),
+        "down",
+        "alipay",
+        "100.00",
+        "CNY",
+        Some(&s(paid, "out_trade_no")),
+    );
+    let held = app.pool.get().unwrap();
+    let reply = post(&app, "alipay", &form, s(paid, "body").as_bytes());
+    assert_eq!((reply.status, reply.body.as_str()), (500, "fail"));
+    drop(held);
+    let reply = post(&app, "alipay", &form, s(paid, "body").as_bytes());
+    assert_eq!((reply.status, reply.body.as_str()), (200, "success"));
+}
+
+/// A rejected request as stored.
+#[derive(diesel::QueryableByName)]
+struct Rejected {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    notification_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    raw_headers: String,
+    #[diesel(sql_type = diesel::sql_types::Binary)]
+    raw_body: Vec<u8>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    delivery_count: i64,
+}
+
+fn rejected_rows(app: &TestApp) -> Vec<Rejected> {
+    use diesel::RunQueryDsl;
+    diesel::sql_query(
+        "SELECT notification_id, raw_headers, raw_body, delivery_count FROM notifications \
+         WHERE outcome = 'rejected' ORDER BY id",
+    )
+    .load(&mut *app.pool.get().unwrap())
+    .unwrap()
+}
+
+/// Anyone can send a rejected request, so each keeps only its digest, cut headers and the start
+/// of its body; the digest is still of the whole body.
+fn a_rejected_request_keeps_its_digest_cut_headers_and_the_first_4_kib(db: TestDb) {
+    let app = app(&db);
+    let big = "x\"".repeat(500);
+    let mut headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+    for name in [
+        "Wechatpay-Timestamp",
+        "Wechatpay-Nonce",
+        "Wechatpay-Signature",
+        "Wechatpay-Serial",
+        "Wechatpay-Signature-Type",
+    ] {
+        headers.push((name.to_owned(), big.clone()));
+    }
+    let body: Vec<u8> = (0..60 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let reply = post(&app, "wxpay", &headers, &body);
+    assert_eq!(reply.status, 401, "{}", reply.body);
+
+    let rows = rejected_rows(&app);
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+    assert_eq!(
+        row.notification_id,
+        format!("unverified:{}", hex::encode(digest.as_ref()))
+    );
+    assert_eq!(row.raw_body.len(), 4096);
+    assert!(body.starts_with(&row.raw_body));
+    assert!(row.raw_headers.len() <= 2048, "{}", row.raw_headers.len());
+    let kept: serde_json::Map<String, Value> = serde_json::from_str(&row.raw_headers).unwrap();
+    assert_eq!(kept["content-type"], "application/json");
+    assert!(kept.len() > 1, "{kept:?}");
+    for (name, value) in &kept {
+        let value = value.as_str().unwrap();
+        assert!(value.len() <= 256, "{name}: {} bytes", value.len());
+        let sent = &headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .unwrap()
+            .1;
+        assert!(sent.starts_with(value), "{name}");
+    }
+
+    // The same body again counts on its row; one that differs after 4 KiB has a row of its own.
+    post(&app, "wxpay", &headers, &body);
+    let mut longer = body.clone();
+    longer.push(b'!');
+    post(&app, "wxpay", &headers, &longer);
+    let rows = rejected_rows(&app);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].delivery_count, 2);
+    assert!(rows[1].raw_body == rows[0].raw_body);
+}
+
 on_both_backends!(
     a_payment_that_names_no_trade_is_retried_and_never_credits,
     a_connected_accounts_stripe_event_is_acked_as_an_anomaly_and_never_credits,
+    a_rejected_request_keeps_its_digest_cut_headers_and_the_first_4_kib,
+    alipay_answers_400_to_what_it_cannot_verify_and_500_when_payhook_fails,
     every_vector_gets_the_right_answer_and_balance,
     the_real_alipay_notification_verifies_and_credits,
     twenty_concurrent_duplicates_credit_once_and_all_get_acks,

@@ -224,7 +224,7 @@ fn replay_exits_non_zero_when_an_answer_differs_from_its_expect() {
         "{summary}"
     );
     assert!(
-        summary.contains("alipay #3") && summary.contains("expected ack, got retry (HTTP 500)"),
+        summary.contains("alipay #3") && summary.contains("expected ack, got retry (HTTP 400)"),
         "{summary}"
     );
     assert!(!summary.contains("refused"), "{summary}");
@@ -247,7 +247,7 @@ fn replay_exits_non_zero_when_an_answer_differs_from_its_expect() {
         .collect();
     assert!(named[0].starts_with("alipay #2 "), "{named:?}");
     assert!(named[1].starts_with("alipay #3 "), "{named:?}");
-    assert_eq!(json["mismatches"][1]["status"], 500, "{json}");
+    assert_eq!(json["mismatches"][1]["status"], 400, "{json}");
 
     // Only #1 and #2 were paid, once each.
     let credits = "SELECT COUNT(*) AS n FROM ledger WHERE user_id = 'u-expect'";

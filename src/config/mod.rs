@@ -42,6 +42,7 @@ pub struct PoolSettings {
     pub test_on_checkout: bool,
     pub lock_timeout_secs: u64,
     pub statement_timeout_secs: u64,
+    pub rejection_max_size: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +250,9 @@ impl Settings {
         if self.pool.max_size == 0 {
             return invalid("pool.max_size must be at least 1");
         }
+        if self.pool.rejection_max_size == 0 {
+            return invalid("pool.rejection_max_size must be at least 1");
+        }
         if self.pool.connection_timeout_secs == 0 {
             return invalid("pool.connection_timeout_secs must be at least 1");
         }
@@ -434,6 +438,8 @@ mod tests {
 
         let err = Settings::from_toml("[pool]\nmax_size = 0\n").unwrap_err();
         assert!(err.to_string().contains("pool.max_size"), "{err}");
+        let err = Settings::from_toml("[pool]\nrejection_max_size = 0\n").unwrap_err();
+        assert!(err.to_string().contains("pool.rejection_max_size"), "{err}");
     }
 
     #[test]

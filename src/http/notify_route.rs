@@ -8,7 +8,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::AppState;
 use crate::apply::{Answer, Applied};
 use crate::ids::ChannelName;
-use crate::inbox::{self, Evidence};
 use crate::notify::{self, Notification, Provider, RawRequest, Rejection, RetryReason};
 use crate::telemetry;
 
@@ -29,20 +28,25 @@ fn request_id(req: &HttpRequest) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
 }
 
-/// The headers to keep with the body: the provider's signature headers and the content type.
-fn evidence_headers(provider: &dyn Provider, headers: &[(String, String)]) -> String {
+/// The headers to keep with the body: the content type and the provider's signature headers.
+fn kept_headers(
+    provider: &dyn Provider,
+    headers: &[(String, String)],
+) -> Vec<(&'static str, String)> {
     let request = RawRequest { headers, body: &[] };
-    let kept: serde_json::Map<String, serde_json::Value> = provider
-        .signed_headers()
+    std::iter::once(&"content-type")
+        .chain(provider.signed_headers())
+        .filter_map(|name| request.header(name).map(|v| (*name, v.to_owned())))
+        .collect()
+}
+
+/// The kept headers as the JSON object stored with a verified notification.
+fn evidence_headers(kept: &[(&'static str, String)]) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = kept
         .iter()
-        .chain(std::iter::once(&"content-type"))
-        .filter_map(|name| {
-            request
-                .header(name)
-                .map(|v| ((*name).to_owned(), serde_json::Value::from(v)))
-        })
+        .map(|(name, value)| ((*name).to_owned(), value.as_str().into()))
         .collect();
-    serde_json::Value::Object(kept).to_string()
+    serde_json::Value::Object(object).to_string()
 }
 
 pub(super) async fn notify(
@@ -78,11 +82,11 @@ pub(super) async fn notify(
         body: &body,
     };
     let verified = notify::verify(provider.as_ref(), &channel, &request, now);
-    let headers_json = evidence_headers(provider.as_ref(), &headers);
-    let pool = state.pool.clone();
+    let kept = kept_headers(provider.as_ref(), &headers);
 
     let mut response = match verified {
         Ok(notification) => {
+            let headers_json = evidence_headers(&kept);
             let started_apply = Instant::now();
             let result = state
                 .committer
@@ -115,26 +119,12 @@ pub(super) async fn notify(
         }
         Err(rejection) => {
             let reason = rejection.to_string();
-            let stored_reason = reason.clone();
-            let record_channel = channel.clone();
-            let recorded = web::block(move || {
-                let mut conn = pool.get()?;
-                let evidence = Evidence {
-                    headers_json: &headers_json,
-                    body: &body,
-                };
-                inbox::record_rejection(
-                    &mut conn,
-                    &record_channel,
-                    &stored_reason,
-                    evidence,
-                    now.naive_utc(),
-                )
-            })
-            .await;
-            let stored = match recorded {
-                Ok(Ok(_)) => "stored".to_owned(),
-                Ok(Err(e)) => format!("not stored: {e}"),
+            let stored = match state
+                .rejections
+                .record(channel.clone(), reason.clone(), kept, body, now.naive_utc())
+                .await
+            {
+                Ok(()) => "stored".to_owned(),
                 Err(e) => format!("not stored: {e}"),
             };
             let line = LogLine {
