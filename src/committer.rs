@@ -282,7 +282,8 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
 ///
 /// A transient conflict runs the whole batch again; when conflicts persist, or the commit itself
 /// fails, each notification is applied in a transaction of its own, so that one notification's
-/// trouble is never another's.
+/// trouble is never another's. A lock timeout that is not one notification's own (the batch's
+/// up-front locks) goes to that one by one at once: each attempt costs the whole timeout.
 pub fn commit_batch(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
@@ -294,10 +295,18 @@ pub fn commit_batch(
     let failure = loop {
         match db::write_transaction(conn, |conn| apply_all(conn, applies, &failed, counts)) {
             Ok(results) => return results,
-            Err(BatchError { at: Some(i), error }) if !db::is_transient(&error) => {
+            // A lock timeout of one notification's row: its holder may be frozen, so the batch
+            // runs again without it rather than wait for the timeout once more.
+            Err(BatchError { at: Some(i), error })
+                if !db::is_transient(&error) || db::is_lock_timeout(&error) =>
+            {
                 failed[i] = Some(DbError::Query(error).to_string());
             }
-            Err(e) if attempt < BATCH_ATTEMPTS && db::is_transient(&e.error) => {
+            Err(e)
+                if attempt < BATCH_ATTEMPTS
+                    && db::is_transient(&e.error)
+                    && !db::is_lock_timeout(&e.error) =>
+            {
                 log::debug!(
                     "batch of {}: transient conflict, attempt {attempt}: {}",
                     applies.len() + counts.len(),
@@ -420,9 +429,11 @@ fn apply_all(
 /// Adds the counted deliveries to their inbox rows: one statement for all the rows counted the
 /// same number of times (usually once each).
 ///
-/// Rows are locked in id order, as every writer of every instance does, so two batches counting
-/// the same rows wait for each other instead of deadlocking. On PostgreSQL one ordered
-/// `SELECT ... FOR UPDATE` takes those locks first; on SQLite the database lock is the only one.
+/// The rows are locked in id order, by every writer of every instance, so two batches counting
+/// the same rows wait for each other instead of deadlocking over them. (A batch's inbox upserts
+/// lock rows earlier, in order-number order; a deadlock between those and counts is still
+/// possible, and is retried as a conflict.) On PostgreSQL one ordered `SELECT ... FOR UPDATE`
+/// takes the locks first; on SQLite the database lock is the only one.
 fn count_all<'a>(
     conn: &mut DbConnection,
     counts: impl Iterator<Item = &'a CountJob> + Clone,

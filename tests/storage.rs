@@ -132,15 +132,26 @@ fn crediting_sessions_wait_for_the_flush_whatever_the_database_default() {
         unreachable!()
     };
     assert_eq!(setting(pg, "synchronous_commit"), "on");
-    assert_eq!(setting(pg, "lock_timeout"), "3s");
+    assert_eq!(setting(pg, "lock_timeout"), "2s");
     assert_eq!(setting(pg, "statement_timeout"), "15s");
     // Migrations lift the timeouts while they run, and put them back.
     db::migrate(&mut conn).unwrap();
     let DbConnection::Postgresql(pg) = &mut *conn else {
         unreachable!()
     };
-    assert_eq!(setting(pg, "lock_timeout"), "3s");
+    assert_eq!(setting(pg, "lock_timeout"), "2s");
     assert_eq!(setting(pg, "statement_timeout"), "15s");
+
+    // A pooler may hand a transaction a session that never saw payhook's settings: each write
+    // transaction sets what an ack depends on itself.
+    pg.batch_execute("SET synchronous_commit = off").unwrap();
+    let inside = db::write_transaction(&mut conn, |conn| {
+        let DbConnection::Postgresql(pg) = conn else {
+            unreachable!()
+        };
+        Ok::<_, diesel::result::Error>(setting(pg, "synchronous_commit"))
+    });
+    assert_eq!(inside.unwrap(), "on");
 }
 
 fn setting(conn: &mut PgConnection, name: &str) -> String {

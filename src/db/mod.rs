@@ -137,7 +137,7 @@ impl From<r2d2::PoolError> for DbError {
 }
 
 /// Conflicts that vanish when the whole transaction is tried again. A lock timeout is one: the
-/// row's holder may be frozen, or merely slow.
+/// row's holder may be merely slow. It may also be frozen, so see [`is_lock_timeout`].
 pub fn is_transient(error: &DieselError) -> bool {
     match error {
         DieselError::DatabaseError(kind, info) => match kind {
@@ -153,6 +153,13 @@ pub fn is_transient(error: &DieselError) -> bool {
         },
         _ => false,
     }
+}
+
+/// A statement gave up waiting for a row lock (`lock_timeout`). Unlike other conflicts it is tried
+/// again only once: each attempt costs the whole timeout, and a frozen holder stays frozen.
+pub fn is_lock_timeout(error: &DieselError) -> bool {
+    matches!(error, DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+        if info.message().contains("due to lock timeout"))
 }
 
 /// Opens connections by URL scheme for r2d2.
@@ -174,7 +181,7 @@ impl Manager {
             }
         }
         let pg_url = match &url {
-            DatabaseUrl::Postgresql(url) => Some(postgresql_session_url(url)?),
+            DatabaseUrl::Postgresql(url) => Some(postgresql_session_url(url)),
             DatabaseUrl::Sqlite(_) => None,
         };
         Ok(Manager { url, pg_url })
@@ -192,24 +199,37 @@ const PG_KEEPALIVES: [(&str, &str); 4] = [
 
 /// The URL payhook connects to PostgreSQL with: the user's, plus libpq's keepalives where it sets
 /// none. They are client-side settings, so a connection pooler in between sees nothing new.
-fn postgresql_session_url(url: &str) -> Result<String, DbError> {
-    let mut parsed = url::Url::parse(url)
-        .map_err(|e| DbError::Url(format!("database_url is not a valid PostgreSQL URL: {e}")))?;
-    // libpq reads `%XX` escapes but not `+` for a space, so the user's query is kept as written.
-    let given = parsed.query().unwrap_or_default().to_owned();
+///
+/// The URL is extended as text, not through a URL parser: libpq also takes URLs no WHATWG parser
+/// does (several hosts, `postgresql://user@/db` for a local socket).
+fn postgresql_session_url(url: &str) -> String {
+    let (head, fragment) = url
+        .split_once('#')
+        .map_or((url, None), |(h, f)| (h, Some(f)));
+    let given = head.split_once('?').map_or("", |(_, query)| query);
     let key_of = |pair: &str| pair.split('=').next().unwrap_or_default().to_owned();
-    let mut query: Vec<String> = given
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(str::to_owned)
+    let missing: Vec<String> = PG_KEEPALIVES
+        .iter()
+        .filter(|(key, _)| !given.split('&').any(|pair| key_of(pair) == *key))
+        .map(|(key, value)| format!("{key}={value}"))
         .collect();
-    for (key, value) in PG_KEEPALIVES {
-        if !query.iter().any(|pair| key_of(pair) == key) {
-            query.push(format!("{key}={value}"));
-        }
+    let mut extended = head.to_owned();
+    if !missing.is_empty() {
+        let separator = if !head.contains('?') {
+            "?"
+        } else if given.is_empty() || given.ends_with('&') {
+            ""
+        } else {
+            "&"
+        };
+        extended.push_str(separator);
+        extended.push_str(&missing.join("&"));
     }
-    parsed.set_query(Some(&query.join("&")));
-    Ok(parsed.into())
+    if let Some(fragment) = fragment {
+        extended.push('#');
+        extended.push_str(fragment);
+    }
+    extended
 }
 
 impl ManageConnection for Manager {
@@ -405,17 +425,20 @@ where
         DbConnection::Sqlite(inner) => Some(sqlite_writer(inner)?),
         DbConnection::Postgresql(_) => None,
     };
-    let _writing = match (&mut *conn, &writer) {
-        (DbConnection::Sqlite(inner), Some(writer)) => {
-            let writing = writer.lock().unwrap_or_else(|e| e.into_inner());
-            AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
-            Some(writing)
+    let _writing = writer
+        .as_ref()
+        .map(|writer| writer.lock().unwrap_or_else(|e| e.into_inner()));
+    match conn {
+        DbConnection::Sqlite(inner) => {
+            AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?
         }
-        _ => {
-            Manager::begin_transaction(conn)?;
-            None
-        }
-    };
+        // Every write waits for its flush, whatever the role, the server or a pooler that hands
+        // this transaction another session says; in the same round trip as the BEGIN.
+        DbConnection::Postgresql(inner) => AnsiTransactionManager::begin_transaction_sql(
+            inner,
+            "BEGIN; SET LOCAL synchronous_commit = on",
+        )?,
+    }
     match f(conn) {
         Ok(value) => {
             Manager::commit_transaction(conn)?;
@@ -450,6 +473,9 @@ where
 /// How often a transaction that met a transient conflict is tried again before giving up.
 pub const MAX_ATTEMPTS: u32 = 8;
 
+/// How often a transaction that met a lock timeout runs in all.
+pub const LOCK_TIMEOUT_ATTEMPTS: u32 = 2;
+
 /// Runs `f` in a write transaction, and runs it again from the start, a bounded number of times,
 /// when it fails with a transient conflict (see [`is_transient`]). Under SERIALIZABLE isolation or
 /// a distributed SQL engine the loser of a race gets SQLSTATE 40001 and lands here.
@@ -461,6 +487,9 @@ where
     loop {
         match write_transaction(conn, &mut f) {
             Ok(value) => return Ok(value),
+            Err(e) if is_lock_timeout(&e) && attempt >= LOCK_TIMEOUT_ATTEMPTS => {
+                return Err(DbError::Query(e))
+            }
             Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
                 log::debug!("transient conflict, attempt {attempt} of {MAX_ATTEMPTS}: {e}");
                 std::thread::sleep(backoff(attempt));
@@ -504,7 +533,11 @@ where
 {
     conn.transaction(|conn| {
         if let DbConnection::Postgresql(pg) = conn {
-            pg.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+            // A report over the whole books may take longer than any write should.
+            pg.batch_execute(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+                 SET LOCAL statement_timeout = 0",
+            )?;
         }
         f(conn)
     })
@@ -564,20 +597,32 @@ mod tests {
 
     #[test]
     fn postgresql_connections_get_keepalives_without_losing_the_users_settings() {
-        let url = postgresql_session_url("postgres://u:p%40ss@db:5432/books").unwrap();
+        let all = "keepalives=1&keepalives_idle=30&keepalives_interval=10&keepalives_count=3";
+        for (given, expected) in [
+            (
+                "postgres://u:p%40ss@db:5432/books".to_owned(),
+                format!("postgres://u:p%40ss@db:5432/books?{all}"),
+            ),
+            (
+                "postgresql://h1:5432,h2:5432/db?target_session_attrs=read-write".to_owned(),
+                format!("postgresql://h1:5432,h2:5432/db?target_session_attrs=read-write&{all}"),
+            ),
+            (
+                "postgresql://user@/db?host=/run/postgresql".to_owned(),
+                format!("postgresql://user@/db?host=/run/postgresql&{all}"),
+            ),
+            (
+                "postgres://db/books?".to_owned(),
+                format!("postgres://db/books?{all}"),
+            ),
+        ] {
+            assert_eq!(postgresql_session_url(&given), expected);
+        }
+        let theirs = "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20x%3Dy";
+        let url = postgresql_session_url(theirs);
         assert_eq!(
             url,
-            "postgres://u:p%40ss@db:5432/books?keepalives=1&keepalives_idle=30\
-             &keepalives_interval=10&keepalives_count=3"
+            format!("{theirs}&keepalives=1&keepalives_interval=10&keepalives_count=3")
         );
-        let theirs = "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20x%3Dy";
-        let url = postgresql_session_url(theirs).unwrap();
-        assert!(
-            url.starts_with(
-                "postgres://db/books?sslmode=require&keepalives_idle=5&options=-c%20x%3Dy&"
-            ),
-            "{url}"
-        );
-        assert_eq!(url.matches("keepalives_idle").count(), 1, "{url}");
     }
 }
