@@ -140,10 +140,10 @@ pub fn lock_in_order(conn: &mut diesel::pg::PgConnection, ids: &[i64]) -> Result
 /// keeps enough to see what was sent, not the whole body.
 pub const REJECTED_BODY_BYTES: usize = 4096;
 /// Most of one header value of a rejected request that is kept.
-pub const REJECTED_HEADER_VALUE_BYTES: usize = 256;
+pub const REJECTED_HEADER_VALUE_BYTES: usize = 1024;
 /// Most bytes of a rejected request's headers as stored (a JSON object); headers that would
 /// pass it are left out.
-pub const REJECTED_HEADERS_BYTES: usize = 2048;
+pub const REJECTED_HEADERS_BYTES: usize = 4096;
 
 /// Records a request that failed verification or parsing, keyed by a digest of its whole body so
 /// a resent copy bumps the same row. Rejected rows never share a key with verified ones, so a
@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn rejected_headers_are_cut_per_value_and_in_all() {
-        let long = "é\"".repeat(200);
+        let long = "é\"".repeat(600);
         let names: Vec<String> = (0..10).map(|i| format!("x-header-{i}")).collect();
         let headers: Vec<(&str, &str)> =
             names.iter().map(|n| (n.as_str(), long.as_str())).collect();
