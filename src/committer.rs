@@ -630,6 +630,9 @@ mod tests {
         let mut foreign = n.clone();
         foreign.merchant_mismatch = Some("another merchant".to_owned());
         assert!(Fingerprint::of(&foreign).is_none());
+        let mut tradeless = n.clone();
+        tradeless.provider_trade_no = None;
+        assert!(Fingerprint::of(&tradeless).is_none());
         let mut nameless = n;
         nameless.order_no = None;
         assert!(Fingerprint::of(&nameless).is_none());

@@ -388,6 +388,27 @@ fn a_payment_that_names_no_trade_never_credits_nor_passes_as_a_repeat(db: TestDb
     assert_ne!(run(&pool, &second).outcome, Outcome::AlreadyPaid);
     assert_eq!(balance(&pool, "u-tl"), 100);
     assert_books_balance(&pool);
+
+    // An order paid before trades were required, by no named trade: a nameless payment is never
+    // its repeat, neither on its first delivery nor on the next ones.
+    let legacy = create_order(
+        &mut pool.get().unwrap(),
+        "u-tl2",
+        "alipay",
+        "1.00",
+        "CNY",
+        None,
+    );
+    exec(
+        &pool,
+        &format!("UPDATE orders SET status = 'paid', provider_trade_no = NULL WHERE order_no = '{legacy}'"),
+    );
+    let mut nameless = paid(&legacy, "unused-3", 100, "CNY");
+    nameless.provider_trade_no = None;
+    for delivery in 1..=2 {
+        let outcome = run(&pool, &nameless).outcome;
+        assert_eq!(outcome, Outcome::Mismatch, "delivery {delivery}");
+    }
 }
 
 fn job(n: &Notification) -> ApplyJob {

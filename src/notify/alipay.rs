@@ -658,8 +658,10 @@ mod tests {
             use base64::Engine;
             let (alipay, v) = vectors();
             let valid: Vec<&Case> = v.cases.iter().filter(|c| c.is_valid()).collect();
-            let mut params: Vec<(String, String)> =
-                serde_urlencoded::from_str(&valid[case % valid.len()].body).unwrap();
+            let original = &valid[case % valid.len()].body;
+            // Each case on the channel whose scheme it is signed with.
+            let alipay = if original.ends_with("&sign_type=RSA") { legacy() } else { alipay };
+            let mut params: Vec<(String, String)> = serde_urlencoded::from_str(original).unwrap();
             match added_key {
                 Some(key) => {
                     prop_assume!(!NOT_SIGNED_OR_PARSED_FIRST.contains(&key.as_str()));
@@ -692,6 +694,7 @@ mod tests {
             let (alipay, v) = vectors();
             let valid: Vec<&Case> = v.cases.iter().filter(|c| c.is_valid()).collect();
             let original = valid[case % valid.len()].body.as_bytes();
+            let alipay = if original.ends_with(b"&sign_type=RSA") { legacy() } else { alipay };
             let flipped = testing::flip_bit(original, index, bit);
             // `%2F` and `%2f` decode alike: such a flip changes nothing that is signed.
             prop_assume!(decoded(&flipped) != decoded(original));
