@@ -105,8 +105,14 @@ impl Serialize for Currency {
 
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The value is not repeated: a config error must not print what was typed in its place,
+        // which may be a secret on the wrong line.
         let code = String::deserialize(d)?;
-        Currency::parse(&code).map_err(serde::de::Error::custom)
+        Currency::parse(&code).map_err(|_| {
+            serde::de::Error::custom(
+                "currency is not supported (supported: CNY, USD, EUR, GBP, HKD, JPY, KRW)",
+            )
+        })
     }
 }
 

@@ -499,6 +499,7 @@ mod tests {
             "[channels.s]\nprovider = \"stripe\"\nsecrets = \"whsec_s3cr3t\"\n",
             "[pool]\nmax_size = \"s3cr3t\"\n",
             "[channels.s]\nprovider = \"s3cr3t\"\n",
+            "[channels.s]\nprovider = \"stripe\"\nsecrets = [\"k\"]\ncurrency = \"whsec_s3cr3t\"\n",
         ] {
             let error = Settings::from_toml(text).unwrap_err().to_string();
             assert!(
