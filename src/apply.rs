@@ -24,13 +24,13 @@
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
-use crate::accounts;
+use crate::books::accounts;
+use crate::books::inbox::{self, Evidence};
+use crate::books::orders::{self, Order, OrderStatus};
 use crate::db::statement::Statement;
 use crate::db::{self, DbConnection, DbError};
 use crate::ids::OrderNo;
-use crate::inbox::{self, Evidence};
 use crate::notify::{Notification, NotificationKind};
-use crate::orders::{self, Order, OrderStatus};
 
 /// What one delivery of a notification came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

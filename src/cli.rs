@@ -7,15 +7,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::accounts;
+use crate::books::accounts;
+use crate::books::orders::{self, Created, OrderRequest, OrderView};
+use crate::books::verify;
 use crate::clock::SystemClock;
 use crate::config::{Overrides, Settings};
 use crate::db;
 use crate::http;
 use crate::ids::UserId;
-use crate::orders::{self, Created, OrderRequest, OrderView};
 use crate::telemetry::{self, LogFormat};
-use crate::verify;
 
 #[derive(Debug, Parser)]
 #[command(

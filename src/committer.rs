@@ -31,10 +31,10 @@ use tokio::sync::{mpsc, oneshot};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::accounts;
 use crate::apply::{self, Applied, Durability, Outcome};
+use crate::books::accounts;
+use crate::books::inbox::{self, Evidence};
 use crate::db::{self, DbConnection, DbError, Pool};
-use crate::inbox::{self, Evidence};
 use crate::notify::{Notification, NotificationKind};
 use crate::telemetry;
 

@@ -21,12 +21,12 @@ use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde_json::json;
 
+use crate::books::orders::{self, Created, NewOrder, OrderRequest};
 use crate::config::ChannelConfig;
 use crate::ids::{ChannelName, OrderNo};
 use crate::money::{AmountMinor, Currency};
 use crate::notify::sign::{self, RsaSigner};
 use crate::notify::{self, NotificationKind, RawRequest};
-use crate::orders::{self, Created, NewOrder, OrderRequest};
 use crate::replay::{Expect, Fixture, ProviderName};
 
 /// How many fixture orders share one transaction.

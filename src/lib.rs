@@ -9,10 +9,10 @@
 //!   order, then balance, ledger and inbox in one commit.
 //! - [`committer`]: group commit; a writer applies the notifications that arrived together in
 //!   one transaction and answers them after that commit.
-//! - [`orders`], [`accounts`] and [`inbox`]: the rows the transaction works on.
+//! - [`books`]: orders, accounts and their ledger, the inbox; the rows the transaction works on,
+//!   and the one-command proof that they balance.
 //! - [`db`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations.
 //! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).
-//! - [`verify`]: the one-command proof that the books balance.
 //! - [`telemetry`]: log lines to tail and Prometheus metrics.
 //! - [`config`] and [`cli`]: layered settings and the `payhook` command line.
 //! - [`fixtures`] and [`replay`]: tools around the server; signed notifications for new orders,
@@ -20,8 +20,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod accounts;
 pub mod apply;
+pub mod books;
 pub mod cli;
 pub mod clock;
 pub mod committer;
@@ -30,10 +30,7 @@ pub mod db;
 pub mod fixtures;
 pub mod http;
 pub mod ids;
-pub mod inbox;
 pub mod money;
 pub mod notify;
-pub mod orders;
 pub mod replay;
 pub mod telemetry;
-pub mod verify;

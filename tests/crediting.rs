@@ -7,13 +7,13 @@ use std::sync::{Arc, Barrier};
 
 use common::{count, create_order, exec, now, pg_cluster, Backend, TestDb};
 use payhook::apply::{apply, Answer, Outcome};
+use payhook::books::inbox::{self, Evidence};
+use payhook::books::orders::{self, OrderStatus};
 use payhook::committer::{commit_batch, ApplyJob, CountJob};
 use payhook::db::Pool;
 use payhook::ids::{ChannelName, OrderNo};
-use payhook::inbox::{self, Evidence};
 use payhook::money::{AmountMinor, Currency};
 use payhook::notify::{Notification, NotificationKind};
-use payhook::orders::{self, OrderStatus};
 
 const EVIDENCE: Evidence<'static> = Evidence {
     headers_json: "{}",

@@ -140,7 +140,7 @@ fn balance(app: &TestApp, user: &str) -> i64 {
 
 fn order_status(app: &TestApp, order_no: &str) -> String {
     let mut conn = app.pool.get().unwrap();
-    payhook::orders::find(&mut conn, &payhook::ids::OrderNo::parse(order_no).unwrap())
+    payhook::books::orders::find(&mut conn, &payhook::ids::OrderNo::parse(order_no).unwrap())
         .unwrap()
         .unwrap()
         .status

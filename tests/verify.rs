@@ -6,12 +6,12 @@ use std::process::Command;
 
 use common::{create_order, exec, now, TestDb};
 use payhook::apply::{apply, Outcome};
+use payhook::books::inbox::Evidence;
+use payhook::books::verify::verify;
 use payhook::db::Pool;
 use payhook::ids::{ChannelName, OrderNo};
-use payhook::inbox::Evidence;
 use payhook::money::{AmountMinor, Currency};
 use payhook::notify::{Notification, NotificationKind};
-use payhook::verify::verify;
 
 /// Three users, four paid orders, one pending, one closed, one duplicate and one anomaly.
 fn good_books(db: &TestDb) -> (Pool, Vec<OrderNo>) {

@@ -112,12 +112,12 @@ impl ChannelConfig {
     }
 
     /// What orders on this channel must look like.
-    pub fn terms(&self) -> crate::orders::ChannelTerms {
+    pub fn terms(&self) -> crate::books::orders::ChannelTerms {
         let order_no_len = match self {
             ChannelConfig::WechatPay(_) => 6..=32,
             _ => 1..=crate::ids::OrderNo::MAX,
         };
-        crate::orders::ChannelTerms {
+        crate::books::orders::ChannelTerms {
             currency: self.currency(),
             order_no_len,
         }

@@ -15,11 +15,11 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::accounts;
+use crate::books::accounts;
+use crate::books::inbox;
+use crate::books::orders::{self, Created, Order, OrderRequest, OrderView};
 use crate::db::{self, DbError};
 use crate::ids::{OrderNo, UserId};
-use crate::inbox;
-use crate::orders::{self, Created, Order, OrderRequest, OrderView};
 
 pub(super) fn scope() -> actix_web::Scope<
     impl actix_web::dev::ServiceFactory<

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 
+use crate::books::orders::ChannelTerms;
 use crate::clock::Clock;
 use crate::committer::Committer;
 use crate::config::{PoolSettings, Secret, Settings};
 use crate::db::{DbError, Pool};
 use crate::ids::ChannelName;
 use crate::notify::{self, Provider};
-use crate::orders::ChannelTerms;
 
 mod api;
 mod notify_route;
@@ -129,7 +129,7 @@ impl RejectionStore {
         })
     }
 
-    /// Records one rejected request (see [`crate::inbox::record_rejection`]) unless every
+    /// Records one rejected request (see [`crate::books::inbox::record_rejection`]) unless every
     /// connection is busy.
     pub async fn record(
         &self,
@@ -150,7 +150,9 @@ impl RejectionStore {
             let headers: Vec<(&str, &str)> =
                 headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let mut conn = pool.get()?;
-            crate::inbox::record_rejection(&mut conn, &channel, &reason, &headers, &body, now)?;
+            crate::books::inbox::record_rejection(
+                &mut conn, &channel, &reason, &headers, &body, now,
+            )?;
             Ok::<_, DbError>(())
         })
         .await??;

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use serde::Serialize;
 
-use crate::accounts;
+use crate::books::accounts;
 use crate::db::schema::orders;
 use crate::db::{self, DbConnection, DbError};
 use crate::ids::{ChannelName, OrderNo, UserId};

@@ -5,11 +5,11 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use serde::Serialize;
 
+use crate::books::orders::Order;
 use crate::db::schema::{accounts, ledger};
 use crate::db::DbConnection;
 use crate::ids::UserId;
 use crate::money::{AmountMinor, Currency};
-use crate::orders::Order;
 
 /// Inserts the (user, currency) account with a zero balance unless it exists.
 pub fn ensure(

@@ -1,0 +1,14 @@
+//! The books: what payhook keeps, and the proof that it adds up.
+//!
+//! - [`orders`]: recharge orders, from pending to paid or closed.
+//! - [`accounts`]: one balance per user and currency, changed only together with a ledger row.
+//! - [`inbox`]: every notification received, with the evidence to verify it again.
+//! - [`verify`]: the one-command proof that the books balance.
+//!
+//! Queries here are written once for every backend; SQL that differs by backend lives in
+//! [`crate::store`].
+
+pub mod accounts;
+pub mod inbox;
+pub mod orders;
+pub mod verify;
