@@ -24,65 +24,13 @@
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
-use crate::books::accounts;
-use crate::books::inbox::{self, Evidence};
+use crate::books::inbox::{self, Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderStatus};
-use crate::db::statement::Statement;
 use crate::db::{self, DbConnection, DbError};
+pub use crate::domain::outcome::{Answer, Outcome};
 use crate::ids::OrderNo;
 use crate::notify::{Notification, NotificationKind};
-
-/// What one delivery of a notification came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// This delivery paid the order and credited the balance.
-    Credited,
-    /// The order was already paid by this same provider trade: a duplicate.
-    AlreadyPaid,
-    /// The order was already paid by a different provider trade: never credited, for a human.
-    PaidByOtherTrade,
-    /// A pending order was closed (or was closed already).
-    Closed,
-    /// Nothing to do: a refund, a non-final status, an event we do not act on.
-    Ignored,
-    /// Amount, currency, merchant or order state disagree: never credited, for a human.
-    Mismatch,
-    /// No such order yet; its own transaction may not have committed.
-    UnknownOrder,
-}
-
-/// The two answers a provider can get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    Ack,
-    Retry,
-}
-
-impl Outcome {
-    pub fn answer(self) -> Answer {
-        match self {
-            Outcome::UnknownOrder => Answer::Retry,
-            _ => Answer::Ack,
-        }
-    }
-
-    /// True for outcomes a human should look at.
-    pub fn is_anomaly(self) -> bool {
-        matches!(self, Outcome::PaidByOtherTrade | Outcome::Mismatch)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Credited => "credited",
-            Outcome::AlreadyPaid => "already_paid",
-            Outcome::PaidByOtherTrade => "paid_by_other_trade",
-            Outcome::Closed => "closed",
-            Outcome::Ignored => "ignored",
-            Outcome::Mismatch => "mismatch",
-            Outcome::UnknownOrder => "unknown_order",
-        }
-    }
-}
+use crate::store;
 
 /// The committed result of [`apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,14 +56,13 @@ pub fn apply(
 ) -> Result<Applied, DbError> {
     db::transact(conn, |conn| {
         // The same lock order as a batch's (see `crate::committer`).
-        if let (DbConnection::Postgresql(pg), Some(order_no)) = (&mut *conn, &notification.order_no)
-        {
-            accounts::lock_for_orders(pg, &[order_no.as_str()])?;
+        if let Some(order_no) = &notification.order_no {
+            store::lock_for_credits(conn, &[order_no.as_str()])?;
         }
         let (applied, durability) = apply_in(conn, notification, evidence, now)?;
         if let Durability::CountOnly { inbox_id } = durability {
             inbox::count_deliveries(conn, &[inbox_id], 1, now)?;
-            db::commit_without_waiting_for_flush(conn)?;
+            store::commit_without_waiting_for_flush(conn)?;
         }
         Ok(applied)
     })
@@ -169,11 +116,11 @@ pub fn apply_in(
     let mut decision = decide(conn, n, evidence, found.order, found.trade_paid, now)?;
     let recorded = match decision.recorded.take() {
         Some(recorded) => recorded,
-        None => inbox::record(
+        None => store::record_delivery(
             conn,
             n,
             evidence,
-            decision.outcome.as_str(),
+            decision.outcome,
             decision.detail.as_deref(),
             now,
         )?,
@@ -206,7 +153,7 @@ struct Decision {
     detail: Option<String>,
     balance_after: Option<i64>,
     /// The inbox row, when the statement that credited also recorded the delivery.
-    recorded: Option<inbox::Recorded>,
+    recorded: Option<InboxRow>,
 }
 
 impl Decision {
@@ -301,12 +248,12 @@ fn pay(
             Some(format!("trade {trade_no} already paid order {other}")),
         ));
     }
-    if let Some((balance_after, recorded)) = pay_and_credit(conn, order, n, evidence, now)? {
+    if let Some(credit) = store::pay_and_credit(conn, order, n, evidence, now)? {
         return Ok(Decision {
             outcome: Outcome::Credited,
             detail: None,
-            balance_after: Some(balance_after),
-            recorded,
+            balance_after: Some(credit.balance_after),
+            recorded: credit.delivery,
         });
     }
     // Lost the compare-and-set: read what the winner committed.
@@ -328,116 +275,6 @@ fn pay(
         ),
         OrderStatus::Pending => return Err(db::conflict("order still pending after CAS")),
     })
-}
-
-/// The compare-and-set, and for the transaction that wins it the balance increment and the ledger
-/// row. Returns the balance after the credit, or `None` when the order was no longer pending.
-///
-/// On PostgreSQL the three writes and the inbox record of the credit are one statement
-/// (data-modifying CTEs), one round trip, which also returns the inbox row; on SQLite, which runs
-/// in-process, they are separate statements and the caller records the delivery.
-fn pay_and_credit(
-    conn: &mut DbConnection,
-    order: &Order,
-    n: &Notification,
-    evidence: Evidence<'_>,
-    now: NaiveDateTime,
-) -> Result<Option<(i64, Option<inbox::Recorded>)>, DieselError> {
-    use diesel::prelude::*;
-    use diesel::sql_types::{BigInt, Nullable};
-
-    let trade_no = n.provider_trade_no.as_deref();
-    if !matches!(conn, DbConnection::Postgresql(_)) {
-        if !mark_paid(conn, order, trade_no, now)? {
-            return Ok(None);
-        }
-        return accounts::credit(conn, order, now).map(|balance| Some((balance, None)));
-    }
-    type Row = (BigInt, Nullable<BigInt>, Nullable<BigInt>, Nullable<BigInt>);
-    let statement = Statement::<Row>::new(
-        "WITH paid AS ( \
-                 UPDATE orders SET status = 'paid', provider_trade_no = ",
-    )
-    .nullable_text(trade_no)
-    .sql(", version = version + 1, paid_at = ")
-    .timestamp(now)
-    .sql(" WHERE order_no = ")
-    .text(order.order_no.as_str())
-    .sql(
-        " AND status = 'pending' \
-             RETURNING order_no, user_id, currency, amount_minor), \
-             credited AS ( \
-             UPDATE accounts AS a SET balance_minor = a.balance_minor + paid.amount_minor, \
-                 version = a.version + 1, updated_at = ",
-    )
-    .timestamp(now)
-    .sql(
-        " FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
-                 AND a.balance_minor <= 9223372036854775807 - paid.amount_minor \
-             RETURNING a.user_id, a.currency, a.balance_minor, paid.order_no, \
-                 paid.amount_minor), \
-             booked AS ( \
-             INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, \
-                 balance_after, created_at) \
-             SELECT user_id, currency, order_no, 'credit', amount_minor, balance_minor, ",
-    )
-    .timestamp(now)
-    .sql(
-        " FROM credited RETURNING balance_after), \
-             recorded AS (",
-    )
-    .sql(inbox::INSERT_DELIVERY)
-    .sql("SELECT ");
-    let (paid, balance_after, inbox_id, deliveries): (i64, Option<i64>, Option<i64>, Option<i64>) =
-        inbox::delivery_values(
-            statement,
-            n,
-            evidence,
-            Outcome::Credited.as_str(),
-            None,
-            now,
-        )
-        .sql(" FROM booked")
-        .sql(inbox::ON_REPEAT_DELIVERY)
-        .sql(
-            ") \
-             SELECT (SELECT count(*) FROM paid), (SELECT balance_after FROM booked), \
-                 (SELECT id FROM recorded), (SELECT delivery_count FROM recorded)",
-        )
-        .get_result(conn)?;
-    match (paid, balance_after, inbox_id.zip(deliveries)) {
-        (0, _, _) => Ok(None),
-        (_, Some(balance_after), Some((id, delivery_count))) => Ok(Some((
-            balance_after,
-            Some(inbox::Recorded { id, delivery_count }),
-        ))),
-        // Paid but nothing credited: fail the transaction.
-        _ => Err(accounts::not_credited(order)),
-    }
-}
-
-/// `UPDATE orders SET status = paid ... WHERE order_no = ? AND status = pending`: true when this
-/// transaction changed the row.
-fn mark_paid(
-    conn: &mut DbConnection,
-    order: &Order,
-    trade_no: Option<&str>,
-    now: NaiveDateTime,
-) -> Result<bool, DieselError> {
-    use crate::db::schema::orders::dsl::*;
-    use diesel::prelude::*;
-
-    let changed = diesel::update(orders)
-        .filter(order_no.eq(order.order_no.as_str()))
-        .filter(status.eq(OrderStatus::Pending.as_str()))
-        .set((
-            status.eq(OrderStatus::Paid.as_str()),
-            provider_trade_no.eq(trade_no),
-            version.eq(version + 1),
-            paid_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(changed == 1)
 }
 
 /// A provider's close of a pending order. A paid order stays paid: the provider's word that it

@@ -32,10 +32,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::apply::{self, Applied, Durability, Outcome};
-use crate::books::accounts;
 use crate::books::inbox::{self, Evidence};
 use crate::db::{self, DbConnection, DbError, Pool};
 use crate::notify::{Notification, NotificationKind};
+use crate::store;
 use crate::telemetry;
 
 /// How many notifications wait for the writer before new ones wait to be queued.
@@ -376,16 +376,14 @@ fn apply_all(
     // SQLite runs in-process, so a savepoint per notification is nearly free. On PostgreSQL it
     // is two more round trips per notification; there a failing notification aborts the
     // transaction instead, and [`commit_batch`] runs the batch again without it.
-    let savepoints = matches!(conn, DbConnection::Sqlite(_));
-    if let DbConnection::Postgresql(pg) = conn {
-        let order_nos: Vec<&str> = applies
-            .iter()
-            .zip(failed)
-            .filter(|(_, failed)| failed.is_none())
-            .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
-            .collect();
-        accounts::lock_for_orders(pg, &order_nos)?;
-    }
+    let savepoints = store::savepoints_are_cheap(conn);
+    let order_nos: Vec<&str> = applies
+        .iter()
+        .zip(failed)
+        .filter(|(_, failed)| failed.is_none())
+        .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
+        .collect();
+    store::lock_for_credits(conn, &order_nos)?;
     for (i, (job, failed)) in applies.iter().zip(failed).enumerate() {
         if let Some(error) = failed {
             results.push(Err(error.clone()));
@@ -421,7 +419,7 @@ fn apply_all(
     }
     count_all(conn, counts.iter().chain(&repeats))?;
     if !flush {
-        db::commit_without_waiting_for_flush(conn)?;
+        store::commit_without_waiting_for_flush(conn)?;
     }
     Ok(results)
 }
@@ -445,10 +443,8 @@ fn count_all<'a>(
     for job in counts {
         *per_row.entry(job.inbox_id).or_default() += 1;
     }
-    if let DbConnection::Postgresql(pg) = conn {
-        let rows: Vec<i64> = per_row.keys().copied().collect();
-        inbox::lock_in_order(pg, &rows)?;
-    }
+    let rows: Vec<i64> = per_row.keys().copied().collect();
+    store::lock_inbox_rows(conn, &rows)?;
     let mut per_increment: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for (inbox_id, increment) in per_row {
         per_increment.entry(increment).or_default().push(inbox_id);

@@ -5,7 +5,6 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use serde::Serialize;
 
-use crate::books::orders::Order;
 use crate::db::schema::{accounts, ledger};
 use crate::db::DbConnection;
 use crate::ids::UserId;
@@ -39,88 +38,19 @@ pub fn ensure(
     Ok(())
 }
 
-/// Adds `amount` to the account in the database (never read-modify-write in the application, so
-/// concurrent credits cannot lose each other) and writes the ledger row. Returns the new balance.
-///
-/// The ledger's unique (order_no, kind) key refuses a second credit for one order even if every
-/// check above this line were wrong.
-pub fn credit(
-    conn: &mut DbConnection,
-    order: &Order,
-    now: NaiveDateTime,
-) -> Result<i64, DieselError> {
-    let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
-    // SQLite turns an integer overflow into a float; refuse it here on both backends instead.
-    let room = accounts::balance_minor.le(i64::MAX - order.amount.get());
-    let increment = diesel::update(account.filter(room)).set((
-        accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
-        accounts::version.eq(accounts::version + 1),
-        accounts::updated_at.eq(now),
-    ));
-    // The new balance comes back from the update itself (RETURNING, on both backends).
-    let balance_after: Option<i64> = match conn {
-        DbConnection::Postgresql(pg) => increment
-            .returning(accounts::balance_minor)
-            .get_result(pg)
-            .optional()?,
-        DbConnection::Sqlite(lite) => increment
-            .returning(accounts::balance_minor)
-            .get_result(lite)
-            .optional()?,
-    };
-    let balance_after = balance_after.ok_or_else(|| not_credited(order))?;
-    diesel::insert_into(ledger::table)
-        .values((
-            ledger::user_id.eq(order.user_id.as_str()),
-            ledger::currency.eq(order.currency.code()),
-            ledger::order_no.eq(order.order_no.as_str()),
-            ledger::kind.eq("credit"),
-            ledger::amount_minor.eq(order.amount.get()),
-            ledger::balance_after.eq(balance_after),
-            ledger::created_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(balance_after)
+/// Why a ledger row moved a balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerKind {
+    /// A paid order's amount, added once.
+    Credit,
 }
 
-/// Locks, in key order, the accounts that the given orders may credit, and those orders
-/// (`SELECT ... FOR UPDATE`, PostgreSQL). A transaction that takes its locks this way before it
-/// touches any of those rows waits for another such transaction instead of deadlocking with it.
-pub fn lock_for_orders(
-    conn: &mut diesel::pg::PgConnection,
-    order_nos: &[&str],
-) -> Result<(), DieselError> {
-    use crate::db::schema::orders;
-
-    if order_nos.is_empty() {
-        return Ok(());
+impl LedgerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerKind::Credit => "credit",
+        }
     }
-    accounts::table
-        .inner_join(
-            orders::table.on(orders::user_id
-                .eq(accounts::user_id)
-                .and(orders::currency.eq(accounts::currency))),
-        )
-        .filter(orders::order_no.eq_any(order_nos))
-        .order((accounts::user_id, accounts::currency, orders::order_no))
-        .select(accounts::user_id)
-        .for_update()
-        .load::<String>(conn)?;
-    Ok(())
-}
-
-/// The error for a credit that found no account to add to, or no room in its balance. It fails
-/// the transaction (nothing is credited, the provider is asked to retry) and is for a human.
-pub fn not_credited(order: &Order) -> DieselError {
-    DieselError::DatabaseError(
-        diesel::result::DatabaseErrorKind::CheckViolation,
-        Box::new(format!(
-            "order {}: account {}/{} is missing or its balance would overflow",
-            order.order_no,
-            order.user_id,
-            order.currency.code()
-        )),
-    )
 }
 
 /// One balance, as the API shows it.

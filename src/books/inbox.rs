@@ -8,10 +8,8 @@ use diesel::result::Error as DieselError;
 use serde::Serialize;
 
 use crate::db::schema::notifications;
-use crate::db::statement::Statement;
 use crate::db::DbConnection;
 use crate::ids::ChannelName;
-use crate::notify::Notification;
 
 /// The request as it arrived: what must be kept to verify it again later.
 #[derive(Debug, Clone, Copy)]
@@ -22,90 +20,13 @@ pub struct Evidence<'a> {
 }
 
 /// The inbox row that counts a delivery, and how many deliveries it has counted.
-#[derive(Debug, Clone)]
-pub struct Recorded {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxRow {
     pub id: i64,
     pub delivery_count: i64,
 }
 
 pub const REJECTED: &str = "rejected";
-
-/// Records one delivery of `notification` and what it came to, in one statement: inserts its
-/// row, or (same channel and provider id) bumps the delivery count of the row it has. A row that
-/// once credited keeps saying so: later duplicates count as deliveries, not as new outcomes.
-pub fn record(
-    conn: &mut DbConnection,
-    notification: &Notification,
-    evidence: Evidence<'_>,
-    outcome: &str,
-    detail: Option<&str>,
-    now: NaiveDateTime,
-) -> Result<Recorded, DieselError> {
-    use diesel::sql_types::BigInt;
-
-    let statement = Statement::<(BigInt, BigInt)>::new(INSERT_DELIVERY).sql("VALUES (");
-    let (id, delivery_count): (i64, i64) =
-        delivery_values(statement, notification, evidence, outcome, detail, now)
-            .sql(")")
-            .sql(ON_REPEAT_DELIVERY)
-            .get_result(conn)?;
-    Ok(Recorded { id, delivery_count })
-}
-
-/// The head of the statement that stores a delivery; [`delivery_values`] and
-/// [`ON_REPEAT_DELIVERY`] complete it, after `VALUES (` or a `SELECT`.
-pub(crate) const INSERT_DELIVERY: &str = "INSERT INTO notifications (channel, notification_id, \
-     order_no, provider_trade_no, kind, amount_minor, currency, verified, outcome, detail, \
-     raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) ";
-
-/// What a repeated delivery does to the row its notification has: counts itself, and takes the
-/// new outcome unless the row once credited. Returns the row's id and delivery count.
-pub(crate) const ON_REPEAT_DELIVERY: &str =
-    " ON CONFLICT (channel, notification_id) DO UPDATE SET \
-     delivery_count = notifications.delivery_count + 1, \
-     last_seen_at = excluded.last_seen_at, \
-     outcome = CASE WHEN notifications.outcome = 'credited' THEN notifications.outcome \
-     ELSE excluded.outcome END, \
-     detail = CASE WHEN notifications.outcome = 'credited' THEN notifications.detail \
-     ELSE excluded.detail END \
-     RETURNING id, delivery_count";
-
-/// The values of a first delivery's row, in [`INSERT_DELIVERY`]'s column order.
-pub(crate) fn delivery_values<'a, ST>(
-    statement: Statement<'a, ST>,
-    notification: &'a Notification,
-    evidence: Evidence<'a>,
-    outcome: &'a str,
-    detail: Option<&'a str>,
-    now: NaiveDateTime,
-) -> Statement<'a, ST> {
-    statement
-        .text(notification.channel.as_str())
-        .sql(", ")
-        .text(&notification.notification_id)
-        .sql(", ")
-        .nullable_text(notification.order_no.as_ref().map(|o| o.as_str()))
-        .sql(", ")
-        .nullable_text(notification.provider_trade_no.as_deref())
-        .sql(", ")
-        .text(notification.kind.as_str())
-        .sql(", ")
-        .nullable_bigint(notification.amount.map(|a| a.get()))
-        .sql(", ")
-        .nullable_text(notification.currency.map(|c| c.code()))
-        .sql(", TRUE, ")
-        .text(outcome)
-        .sql(", ")
-        .nullable_text(detail)
-        .sql(", ")
-        .text(evidence.headers_json)
-        .sql(", ")
-        .binary(evidence.body)
-        .sql(", 1, ")
-        .timestamp(now)
-        .sql(", ")
-        .timestamp(now)
-}
 
 /// Adds `increment` deliveries to each of the inbox rows `ids`, in one statement.
 pub fn count_deliveries(
@@ -120,20 +41,6 @@ pub fn count_deliveries(
             notifications::last_seen_at.eq(now),
         ))
         .execute(conn)
-}
-
-/// Locks the inbox rows `ids` in id order, the one order in which every writer takes them.
-pub fn lock_in_order(conn: &mut diesel::pg::PgConnection, ids: &[i64]) -> Result<(), DieselError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    notifications::table
-        .filter(notifications::id.eq_any(ids))
-        .order(notifications::id)
-        .select(notifications::id)
-        .for_update()
-        .load::<i64>(conn)?;
-    Ok(())
 }
 
 /// Most of a rejected request's body that is kept. Anyone can send rejected requests, so each
@@ -163,7 +70,7 @@ pub fn record_rejection(
     let headers_json = rejected_headers(headers);
     let kept_body = &body[..body.len().min(REJECTED_BODY_BYTES)];
     crate::db::transact(conn, |conn| {
-        crate::db::commit_without_waiting_for_flush(conn)?;
+        crate::store::commit_without_waiting_for_flush(conn)?;
         let row = notifications::table
             .filter(notifications::channel.eq(channel.as_str()))
             .filter(notifications::notification_id.eq(&key));

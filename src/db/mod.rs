@@ -26,7 +26,6 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use crate::config::PoolSettings;
 
 pub mod schema;
-pub mod statement;
 
 /// A connection to whichever backend the URL names.
 #[derive(diesel::MultiConnection)]
@@ -82,6 +81,16 @@ impl DatabaseUrl {
             ));
         }
         Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+    }
+
+    /// How many writer threads commit in parallel when `[commit] writers` leaves it to the
+    /// backend: SQLite has one writer anyway; on PostgreSQL four let round trips overlap, leaving
+    /// a connection of the pool for the API and the probes.
+    pub fn default_writers(&self, pool_size: u32) -> usize {
+        match self {
+            DatabaseUrl::Sqlite(_) => 1,
+            DatabaseUrl::Postgresql(_) => (pool_size as usize).saturating_sub(1).clamp(1, 4),
+        }
     }
 
     /// A description safe for logs: the SQLite path, or PostgreSQL's scheme, host, port and
@@ -272,7 +281,7 @@ impl ManageConnection for Manager {
 ///   that freezes inside a transaction is ended by the server, and its locks with it;
 /// - `synchronous_commit = on`: a credit is acked only after its commit is flushed, whatever the
 ///   role or server default says. The repeat-count path turns it off deliberately, for its own
-///   transactions only ([`commit_without_waiting_for_flush`]).
+///   transactions only ([`crate::store::commit_without_waiting_for_flush`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SessionSettings {
     pub lock_timeout_secs: u64,
@@ -513,16 +522,6 @@ pub fn conflict(message: &str) -> DieselError {
         DatabaseErrorKind::SerializationFailure,
         Box::new(message.to_owned()),
     )
-}
-
-/// Lets the current transaction commit without waiting for its WAL flush (PostgreSQL's
-/// `synchronous_commit = off`, for this transaction only). Only for writes whose loss in a crash
-/// loses no money; SQLite keeps its full sync.
-pub fn commit_without_waiting_for_flush(conn: &mut DbConnection) -> Result<(), DieselError> {
-    match conn {
-        DbConnection::Postgresql(pg) => pg.batch_execute("SET LOCAL synchronous_commit = off"),
-        DbConnection::Sqlite(_) => Ok(()),
-    }
 }
 
 /// Runs `f` in a read-only transaction, so a report sees one consistent state of the books.

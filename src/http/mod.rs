@@ -59,17 +59,10 @@ impl AppState {
             };
             channels.insert(name.clone(), channel);
         }
-        let on_sqlite = matches!(
-            crate::db::DatabaseUrl::parse(settings.database_url.expose()),
-            Ok(crate::db::DatabaseUrl::Sqlite(_))
-        );
-        let writers = match (settings.commit.writers, on_sqlite) {
-            (0, true) => 1,
-            // Leave a connection for the API and the probes.
-            (0, _) => (settings.pool.max_size as usize)
-                .saturating_sub(1)
-                .clamp(1, 4),
-            (n, _) => n,
+        let writers = match settings.commit.writers {
+            0 => crate::db::DatabaseUrl::parse(settings.database_url.expose())
+                .map_or(1, |url| url.default_writers(settings.pool.max_size)),
+            n => n,
         };
         let committer = Committer::start(
             pool.clone(),

@@ -12,7 +12,7 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Binary, Nullable, Text, Timestamp};
 use diesel::{QueryResult, RunQueryDsl};
 
-use super::{DbConnection, MultiBackend};
+use crate::db::{DbConnection, MultiBackend};
 
 /// One piece of a statement: SQL text, or a value bound in its place.
 enum Piece<'a> {

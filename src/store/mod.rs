@@ -1,0 +1,187 @@
+//! Every backend's SQL. Code above this module is written once against [`DbConnection`]; where
+//! SQLite and PostgreSQL need different SQL, the difference is one function here that dispatches
+//! to `sqlite.rs` or `postgres.rs`, and nothing outside this module (and [`crate::db`], which
+//! opens, migrates and runs transactions) matches on the backend.
+//!
+//! - [`pay_and_credit`]: the compare-and-set from pending to paid, and for its winner the balance
+//!   increment and the ledger row.
+//! - [`record_delivery`]: one delivery of a verified notification into the inbox.
+//! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing.
+//! - [`savepoints_are_cheap`] and [`commit_without_waiting_for_flush`]: what a batch may afford.
+
+use chrono::NaiveDateTime;
+use diesel::connection::SimpleConnection;
+use diesel::result::Error as DieselError;
+use diesel::sql_types::BigInt;
+use diesel::RunQueryDsl;
+
+use crate::books::inbox::{Evidence, InboxRow};
+use crate::books::orders::Order;
+use crate::db::DbConnection;
+use crate::domain::outcome::Outcome;
+use crate::notify::Notification;
+
+mod postgres;
+mod sqlite;
+pub mod statement;
+
+use statement::Statement;
+
+/// What a credit wrote.
+#[derive(Debug, Clone)]
+pub struct Credit {
+    pub balance_after: i64,
+    /// The inbox row of the delivery, when the backend recorded it in the same statement.
+    pub delivery: Option<InboxRow>,
+}
+
+/// The compare-and-set `UPDATE orders SET status = paid ... WHERE order_no = ? AND status =
+/// pending`, and only for the transaction whose update changed the row, the balance increment and
+/// the ledger row. `None` when the order was no longer pending.
+///
+/// On PostgreSQL the three writes and the inbox record of the delivery are one statement, one
+/// round trip; on SQLite, which runs in-process, they are separate statements and the caller
+/// records the delivery.
+pub fn pay_and_credit(
+    conn: &mut DbConnection,
+    order: &Order,
+    n: &Notification,
+    evidence: Evidence<'_>,
+    now: NaiveDateTime,
+) -> Result<Option<Credit>, DieselError> {
+    match conn {
+        DbConnection::Postgresql(_) => postgres::pay_and_credit(conn, order, n, evidence, now),
+        DbConnection::Sqlite(_) => sqlite::pay_and_credit(conn, order, n, now),
+    }
+}
+
+/// Records one delivery of a verified notification and what it came to, in one statement:
+/// inserts its row, or (same channel and provider id) counts one more delivery on the row it has.
+/// A row that once credited keeps saying so: later duplicates count as deliveries, not as new
+/// outcomes.
+pub fn record_delivery(
+    conn: &mut DbConnection,
+    n: &Notification,
+    evidence: Evidence<'_>,
+    outcome: Outcome,
+    detail: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<InboxRow, DieselError> {
+    let statement = Statement::<(BigInt, BigInt)>::new(INSERT_DELIVERY).sql("VALUES (");
+    let values = delivery_values(statement, n, evidence, outcome.as_str(), detail, now).sql(")");
+    let (id, delivery_count): (i64, i64) = on_repeat_delivery(values).get_result(conn)?;
+    Ok(InboxRow { id, delivery_count })
+}
+
+/// Locks, in key order, the accounts that the given orders may credit and those orders, so that a
+/// transaction taking its locks this way waits for another instead of deadlocking with it. On
+/// SQLite the database lock serialises writers already.
+pub fn lock_for_credits(conn: &mut DbConnection, order_nos: &[&str]) -> Result<(), DieselError> {
+    match conn {
+        DbConnection::Postgresql(pg) => postgres::lock_for_credits(pg, order_nos),
+        DbConnection::Sqlite(_) => Ok(()),
+    }
+}
+
+/// Locks the inbox rows `ids` in id order, the one order in which every writer takes them.
+pub fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> Result<(), DieselError> {
+    match conn {
+        DbConnection::Postgresql(pg) => postgres::lock_inbox_rows(pg, ids),
+        DbConnection::Sqlite(_) => Ok(()),
+    }
+}
+
+/// Whether a savepoint per notification is cheap: SQLite runs in-process, while on PostgreSQL
+/// each costs two round trips, so a batch there lets a failure abort it and runs it again.
+pub fn savepoints_are_cheap(conn: &DbConnection) -> bool {
+    matches!(conn, DbConnection::Sqlite(_))
+}
+
+/// Lets the current transaction commit without waiting for its WAL flush (PostgreSQL's
+/// `synchronous_commit = off`, for this transaction only). Only for writes whose loss in a crash
+/// loses no money; SQLite keeps its full sync.
+pub fn commit_without_waiting_for_flush(conn: &mut DbConnection) -> Result<(), DieselError> {
+    match conn {
+        DbConnection::Postgresql(pg) => pg.batch_execute("SET LOCAL synchronous_commit = off"),
+        DbConnection::Sqlite(_) => Ok(()),
+    }
+}
+
+/// The head of the statement that stores a delivery; [`delivery_values`] and
+/// [`on_repeat_delivery`] complete it, after `VALUES (` or a `SELECT`.
+const INSERT_DELIVERY: &str = "INSERT INTO notifications (channel, notification_id, \
+     order_no, provider_trade_no, kind, amount_minor, currency, verified, outcome, detail, \
+     raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) ";
+
+/// What a repeated delivery does to the row its notification has: counts itself, and takes the
+/// new outcome unless the row once credited. Returns the row's id and delivery count.
+fn on_repeat_delivery<ST>(statement: Statement<'_, ST>) -> Statement<'_, ST> {
+    statement
+        .sql(
+            " ON CONFLICT (channel, notification_id) DO UPDATE SET \
+             delivery_count = notifications.delivery_count + 1, \
+             last_seen_at = excluded.last_seen_at, \
+             outcome = CASE WHEN notifications.outcome = ",
+        )
+        .text(Outcome::Credited.as_str())
+        .sql(
+            " THEN notifications.outcome ELSE excluded.outcome END, \
+             detail = CASE WHEN notifications.outcome = ",
+        )
+        .text(Outcome::Credited.as_str())
+        .sql(
+            " THEN notifications.detail ELSE excluded.detail END \
+             RETURNING id, delivery_count",
+        )
+}
+
+/// The values of a first delivery's row, in [`INSERT_DELIVERY`]'s column order.
+fn delivery_values<'a, ST>(
+    statement: Statement<'a, ST>,
+    n: &'a Notification,
+    evidence: Evidence<'a>,
+    outcome: &'a str,
+    detail: Option<&'a str>,
+    now: NaiveDateTime,
+) -> Statement<'a, ST> {
+    statement
+        .text(n.channel.as_str())
+        .sql(", ")
+        .text(&n.notification_id)
+        .sql(", ")
+        .nullable_text(n.order_no.as_ref().map(|o| o.as_str()))
+        .sql(", ")
+        .nullable_text(n.provider_trade_no.as_deref())
+        .sql(", ")
+        .text(n.kind.as_str())
+        .sql(", ")
+        .nullable_bigint(n.amount.map(|a| a.get()))
+        .sql(", ")
+        .nullable_text(n.currency.map(|c| c.code()))
+        .sql(", TRUE, ")
+        .text(outcome)
+        .sql(", ")
+        .nullable_text(detail)
+        .sql(", ")
+        .text(evidence.headers_json)
+        .sql(", ")
+        .binary(evidence.body)
+        .sql(", 1, ")
+        .timestamp(now)
+        .sql(", ")
+        .timestamp(now)
+}
+
+/// The error for a credit that found no account to add to, or no room in its balance. It fails
+/// the transaction (nothing is credited, the provider is asked to retry) and is for a human.
+pub fn not_credited(order: &Order) -> DieselError {
+    DieselError::DatabaseError(
+        diesel::result::DatabaseErrorKind::CheckViolation,
+        Box::new(format!(
+            "order {}: account {}/{} is missing or its balance would overflow",
+            order.order_no,
+            order.user_id,
+            order.currency.code()
+        )),
+    )
+}

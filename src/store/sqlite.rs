@@ -1,0 +1,65 @@
+//! SQLite's SQL: separate statements, since SQLite runs in-process and a round trip costs little.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::result::Error as DieselError;
+
+use super::{not_credited, Credit};
+use crate::books::accounts::LedgerKind;
+use crate::books::orders::{self, Order};
+use crate::db::schema::{accounts, ledger};
+use crate::db::DbConnection;
+use crate::notify::Notification;
+
+/// The compare-and-set, then for its winner the credit and the ledger row; the caller records the
+/// delivery.
+pub(super) fn pay_and_credit(
+    conn: &mut DbConnection,
+    order: &Order,
+    n: &Notification,
+    now: NaiveDateTime,
+) -> Result<Option<Credit>, DieselError> {
+    let trade_no = n.provider_trade_no.as_deref();
+    if !orders::mark_paid(conn, &order.order_no, trade_no, now)? {
+        return Ok(None);
+    }
+    let balance_after = credit(conn, order, now)?;
+    Ok(Some(Credit {
+        balance_after,
+        delivery: None,
+    }))
+}
+
+/// Adds the order's amount to its account in the database (never read-modify-write in the
+/// application, so concurrent credits cannot lose each other) and writes the ledger row. Returns
+/// the new balance.
+///
+/// The ledger's unique (order_no, kind) key refuses a second credit for one order even if every
+/// check above this line were wrong.
+fn credit(conn: &mut DbConnection, order: &Order, now: NaiveDateTime) -> Result<i64, DieselError> {
+    let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
+    // SQLite turns an integer overflow into a float; refuse it here instead.
+    let room = accounts::balance_minor.le(i64::MAX - order.amount.get());
+    let balance_after: Option<i64> = diesel::update(account.filter(room))
+        .set((
+            accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
+            accounts::version.eq(accounts::version + 1),
+            accounts::updated_at.eq(now),
+        ))
+        .returning(accounts::balance_minor)
+        .get_result(conn)
+        .optional()?;
+    let balance_after = balance_after.ok_or_else(|| not_credited(order))?;
+    diesel::insert_into(ledger::table)
+        .values((
+            ledger::user_id.eq(order.user_id.as_str()),
+            ledger::currency.eq(order.currency.code()),
+            ledger::order_no.eq(order.order_no.as_str()),
+            ledger::kind.eq(LedgerKind::Credit.as_str()),
+            ledger::amount_minor.eq(order.amount.get()),
+            ledger::balance_after.eq(balance_after),
+            ledger::created_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(balance_after)
+}
