@@ -5,10 +5,9 @@
 //! - [`http`]: the actix-web server; takes the raw body and answers in the provider's protocol.
 //! - [`notify`]: one adapter per provider (Alipay, WeChat Pay, Stripe, Standard Webhooks) turns
 //!   the raw request into a verified, provider-neutral [`notify::Notification`].
-//! - [`apply`]: the crediting transaction, the one place money moves; compare-and-set on the
-//!   order, then balance, ledger and inbox in one commit.
-//! - [`committer`]: group commit; a writer applies the notifications that arrived together in
-//!   one transaction and answers them after that commit.
+//! - [`crediting`]: the crediting transaction, the one place money moves (compare-and-set on
+//!   the order, then balance, ledger and inbox in one commit), and group commit: a writer applies
+//!   the notifications that arrived together in one transaction and answers them after it.
 //! - [`books`]: orders, accounts and their ledger, the inbox; the rows the transaction works on,
 //!   and the one-command proof that they balance.
 //! - [`db`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations.
@@ -20,12 +19,11 @@
 
 #![forbid(unsafe_code)]
 
-pub mod apply;
 pub mod books;
 pub mod cli;
 pub mod clock;
-pub mod committer;
 pub mod config;
+pub mod crediting;
 pub mod db;
 pub mod domain;
 pub mod fixtures;

@@ -6,10 +6,10 @@ mod common;
 use std::sync::{Arc, Barrier};
 
 use common::{count, create_order, exec, now, pg_cluster, Backend, TestDb};
-use payhook::apply::{apply, Answer, Outcome};
 use payhook::books::inbox::{self, Evidence};
 use payhook::books::orders::{self, OrderStatus};
-use payhook::committer::{commit_batch, ApplyJob, CountJob};
+use payhook::crediting::{apply_alone, Answer, Outcome};
+use payhook::crediting::{commit_batch, ApplyJob, CountJob};
 use payhook::db::Pool;
 use payhook::ids::{ChannelName, OrderNo};
 use payhook::money::{AmountMinor, Currency};
@@ -33,8 +33,8 @@ fn paid(order_no: &OrderNo, trade_no: &str, minor: i64, currency: &str) -> Notif
     }
 }
 
-fn run(pool: &Pool, n: &Notification) -> payhook::apply::Applied {
-    apply(&mut pool.get().unwrap(), n, EVIDENCE, now()).expect("apply")
+fn run(pool: &Pool, n: &Notification) -> payhook::crediting::Applied {
+    apply_alone(&mut pool.get().unwrap(), n, EVIDENCE, now()).expect("apply")
 }
 
 fn balance(pool: &Pool, user: &str) -> i64 {
@@ -415,7 +415,9 @@ fn job(n: &Notification) -> ApplyJob {
     ApplyJob::new(n.clone(), "{}".to_owned(), "raw body".into(), now())
 }
 
-fn outcomes(results: &[Result<payhook::apply::Applied, String>]) -> Vec<Result<Outcome, String>> {
+fn outcomes(
+    results: &[Result<payhook::crediting::Applied, String>],
+) -> Vec<Result<Outcome, String>> {
     results
         .iter()
         .map(|r| r.as_ref().map(|a| a.outcome).map_err(String::clone))
@@ -542,12 +544,12 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
     for i in 0..5 {
         let order = create_order(&mut conn, "prep", "alipay", "1.00", "CNY", None);
         let n = paid(&order, &format!("PREP{i}"), 100, "CNY");
-        let applied = apply(&mut conn, &n, EVIDENCE, now()).unwrap();
+        let applied = apply_alone(&mut conn, &n, EVIDENCE, now()).unwrap();
         assert_eq!(applied.outcome, Outcome::Credited);
         // A wrong amount is recorded by the inbox's own statement.
         let order = create_order(&mut conn, "prep", "alipay", "1.00", "CNY", None);
         let n = paid(&order, &format!("PREPX{i}"), 99, "CNY");
-        let applied = apply(&mut conn, &n, EVIDENCE, now()).unwrap();
+        let applied = apply_alone(&mut conn, &n, EVIDENCE, now()).unwrap();
         assert_eq!(applied.outcome, Outcome::Mismatch);
     }
     use diesel::RunQueryDsl;
@@ -758,7 +760,7 @@ fn serializable_isolation_conflicts_are_retried_into_exactly_one_credit() {
     let n = paid(&order, "T-ser", 100, "CNY");
     let p = pool.clone();
     let outcomes = race(16, move |_| {
-        apply(&mut p.get().unwrap(), &n, EVIDENCE, now()).map(|a| a.outcome)
+        apply_alone(&mut p.get().unwrap(), &n, EVIDENCE, now()).map(|a| a.outcome)
     });
     let outcomes: Vec<Outcome> = outcomes
         .into_iter()
@@ -790,7 +792,7 @@ fn serializable_isolation_conflicts_are_retried_into_exactly_one_credit() {
         .collect();
     let p = pool.clone();
     let outcomes = race(16, move |i| {
-        apply(
+        apply_alone(
             &mut p.get().unwrap(),
             &paid(&others[i], &format!("T-ser-{i}"), 100, "CNY"),
             EVIDENCE,

@@ -5,9 +5,9 @@ mod common;
 use std::process::Command;
 
 use common::{create_order, exec, now, TestDb};
-use payhook::apply::{apply, Outcome};
 use payhook::books::inbox::Evidence;
 use payhook::books::verify::verify;
+use payhook::crediting::{apply_alone, Outcome};
 use payhook::db::Pool;
 use payhook::ids::{ChannelName, OrderNo};
 use payhook::money::{AmountMinor, Currency};
@@ -51,18 +51,20 @@ fn good_books(db: &TestDb) -> (Pool, Vec<OrderNo>) {
             body: b"x",
         };
         assert_eq!(
-            apply(&mut conn, &n, evidence, now()).unwrap().outcome,
+            apply_alone(&mut conn, &n, evidence, now()).unwrap().outcome,
             Outcome::Credited
         );
         assert_eq!(
-            apply(&mut conn, &n, evidence, now()).unwrap().outcome,
+            apply_alone(&mut conn, &n, evidence, now()).unwrap().outcome,
             Outcome::AlreadyPaid
         );
         let mut wrong = n.clone();
         wrong.notification_id = format!("vn-wrong-{i}");
         wrong.amount = Some(AmountMinor::new(1).unwrap());
         assert_eq!(
-            apply(&mut conn, &wrong, evidence, now()).unwrap().outcome,
+            apply_alone(&mut conn, &wrong, evidence, now())
+                .unwrap()
+                .outcome,
             Outcome::Mismatch
         );
         paid.push(order);

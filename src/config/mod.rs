@@ -54,7 +54,7 @@ pub struct HttpSettings {
     pub shutdown_timeout_secs: u64,
 }
 
-/// How notifications share transactions (see [`crate::committer`]).
+/// How notifications share transactions (see [`crate::crediting::committer`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommitSettings {

@@ -2,7 +2,7 @@
 //!
 //! The notify handler takes the body as raw bytes, lets the channel's adapter verify and parse
 //! it on the worker, then hands the verified notification to the [`Committer`], whose writer
-//! thread applies it in the next group commit. The answer follows [`crate::apply`]'s policy: ack
+//! thread applies it in the next group commit. The answer follows [`crate::crediting`]'s policy: ack
 //! only after a commit; anything that failed asks the provider to retry.
 
 use std::collections::HashMap;
@@ -14,8 +14,8 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 
 use crate::books::orders::ChannelTerms;
 use crate::clock::Clock;
-use crate::committer::Committer;
 use crate::config::{PoolSettings, Secret, Settings};
+use crate::crediting::Committer;
 use crate::db::{DbError, Pool};
 use crate::ids::ChannelName;
 use crate::notify::{self, Provider};

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
-use crate::apply::{Answer, Applied};
+use crate::crediting::{Answer, Applied};
 use crate::ids::ChannelName;
 use crate::notify::{self, Notification, Provider, RawRequest, Rejection, RetryReason};
 use crate::telemetry;
@@ -90,7 +90,7 @@ pub(super) async fn notify(
             let started_apply = Instant::now();
             let result = state
                 .committer
-                .apply(notification.clone(), headers_json, body, now.naive_utc())
+                .submit(notification.clone(), headers_json, body, now.naive_utc())
                 .await
                 .map_err(|e| e.to_string());
             telemetry::record_apply_seconds(started_apply.elapsed().as_secs_f64());

@@ -2,7 +2,7 @@
 //!
 //! Each provider's rules live in one file behind the [`Provider`] trait. Adapters verify the
 //! signature over the raw bytes first and parse afterwards; they hold no database code and never
-//! decide about money. What a notification *does* is decided by [`crate::apply`].
+//! decide about money. What a notification *does* is decided by [`crate::crediting`].
 
 use chrono::{DateTime, Utc};
 

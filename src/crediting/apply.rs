@@ -1,25 +1,5 @@
-//! The crediting transaction: the one place where a verified notification moves money.
-//!
-//! Every path runs [`apply_in`]: alone in a transaction with [`apply`], or with the other
-//! notifications of a batch ([`crate::committer`]). It compare-and-sets the order from `pending`
-//! to `paid`; only the transaction whose update changed exactly one row credits the balance and
-//! writes the ledger; then it records the delivery and its outcome in the inbox. Duplicates
-//! arriving at the same moment on other instances lose the compare-and-set inside the database
-//! and credit nothing.
-//!
-//! # Error policy: what the provider is told
-//!
-//! Every result maps to exactly one answer:
-//!
-//! - **ack** ([`Answer::Ack`]): the delivery is committed and needs nothing more from the
-//!   provider. That holds for `Credited` and `AlreadyPaid`, but also for `PaidByOtherTrade`,
-//!   `Mismatch`, `Closed` and `Ignored`: retrying them would change nothing, and the anomalies
-//!   are kept in the inbox for a human.
-//! - **retry** ([`Answer::Retry`]): nothing may be lost, so when the order is not visible yet
-//!   (`UnknownOrder`, committed to the inbox) or anything fails (the transaction rolls back:
-//!   database down, pool exhausted, conflicts beyond the retry budget) the provider is asked to
-//!   send again. Providers retry for a day or more; an ack for something not committed would
-//!   lose money.
+//! The decision: what one verified notification does to its order, the balance and the inbox,
+//! inside a transaction that the caller opened and will commit.
 
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
@@ -27,12 +7,13 @@ use diesel::result::Error as DieselError;
 use crate::books::inbox::{self, Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderStatus};
 use crate::db::{self, DbConnection, DbError};
-pub use crate::domain::outcome::{Answer, Outcome};
-use crate::ids::OrderNo;
+use crate::domain::outcome::Outcome;
+use crate::ids::{ChannelName, OrderNo};
+use crate::money::{AmountMinor, Currency};
 use crate::notify::{Notification, NotificationKind};
 use crate::store;
 
-/// The committed result of [`apply`].
+/// The committed result of [`apply_in`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub outcome: Outcome,
@@ -47,15 +28,15 @@ pub struct Applied {
 
 /// Applies a verified notification exactly once, in a transaction of its own. See the module doc
 /// for what the result means. The HTTP path batches many notifications into one transaction with
-/// [`crate::committer`]; both run [`apply_in`].
-pub fn apply(
+/// [`super::committer`]; both run [`apply_in`].
+pub fn apply_alone(
     conn: &mut DbConnection,
     notification: &Notification,
     evidence: Evidence<'_>,
     now: NaiveDateTime,
 ) -> Result<Applied, DbError> {
     db::transact(conn, |conn| {
-        // The same lock order as a batch's (see `crate::committer`).
+        // The same lock order as a batch's (see `super::committer`).
         if let Some(order_no) = &notification.order_no {
             store::lock_for_credits(conn, &[order_no.as_str()])?;
         }
@@ -81,7 +62,7 @@ pub enum Durability {
     CountOnly { inbox_id: i64 },
 }
 
-/// The work of [`apply`] inside a transaction the caller opened and will commit.
+/// The work of [`apply_alone`] inside a transaction the caller opened and will commit.
 pub fn apply_in(
     conn: &mut DbConnection,
     notification: &Notification,
@@ -102,7 +83,7 @@ pub fn apply_in(
     // The commonest repeat costs this one read: a paid order never leaves `paid`, so once it is
     // paid by this very trade and the delivery has its inbox row, only the count is left.
     if let (Some(order), Some((inbox_id, deliveries))) = (&found.order, found.inbox) {
-        if repeats_its_credit(order, n) {
+        if Claim::of(n).is_some_and(|claim| claim.is_paid_in(order)) {
             let applied = Applied {
                 outcome: Outcome::AlreadyPaid,
                 detail: None,
@@ -135,17 +116,40 @@ pub fn apply_in(
     Ok((applied, Durability::Flush))
 }
 
-/// A paid notification for an order already paid by the same trade. A trade that is not named
-/// is never the same as another.
-fn repeats_its_credit(order: &Order, n: &Notification) -> bool {
-    n.kind == NotificationKind::Paid
-        && n.merchant_mismatch.is_none()
-        && order.status == OrderStatus::Paid
-        && order.channel == n.channel
-        && n.provider_trade_no.is_some()
-        && order.provider_trade_no == n.provider_trade_no
-        && Some(order.amount) == n.amount
-        && Some(order.currency) == n.currency
+/// What a payment notification claims: the facts that decide whether it repeats a credit. Only
+/// a payment addressed to us that names its order, trade, amount and currency claims anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim<'a> {
+    pub channel: &'a ChannelName,
+    pub order_no: &'a OrderNo,
+    pub trade_no: &'a str,
+    pub amount: AmountMinor,
+    pub currency: Currency,
+}
+
+impl<'a> Claim<'a> {
+    pub fn of(n: &'a Notification) -> Option<Claim<'a>> {
+        if n.kind != NotificationKind::Paid || n.merchant_mismatch.is_some() {
+            return None;
+        }
+        Some(Claim {
+            channel: &n.channel,
+            order_no: n.order_no.as_ref()?,
+            trade_no: n.provider_trade_no.as_deref()?,
+            amount: n.amount?,
+            currency: n.currency?,
+        })
+    }
+
+    /// Whether `order` is already paid by exactly this payment: a repeat of its credit.
+    pub fn is_paid_in(&self, order: &Order) -> bool {
+        order.status == OrderStatus::Paid
+            && &order.order_no == self.order_no
+            && &order.channel == self.channel
+            && order.provider_trade_no.as_deref() == Some(self.trade_no)
+            && order.amount == self.amount
+            && order.currency == self.currency
+    }
 }
 
 struct Decision {
