@@ -416,11 +416,11 @@ fn job(n: &Notification) -> ApplyJob {
 }
 
 fn outcomes(
-    results: &[Result<payhook::crediting::Applied, String>],
+    results: &[Result<payhook::crediting::Applied, payhook::crediting::Failure>],
 ) -> Vec<Result<Outcome, String>> {
     results
         .iter()
-        .map(|r| r.as_ref().map(|a| a.outcome).map_err(String::clone))
+        .map(|r| r.as_ref().map(|a| a.outcome).map_err(|e| e.to_string()))
         .collect()
 }
 
@@ -494,7 +494,11 @@ fn a_notification_that_fails_in_a_batch_fails_alone(db: TestDb) {
     let results = commit_batch(&mut conn, &batch, &[]);
     assert_eq!(results[0].as_ref().unwrap().outcome, Outcome::Credited);
     let error = results[1].as_ref().unwrap_err();
-    assert!(error.contains("overflow"), "{error}");
+    assert!(
+        matches!(**error, payhook::crediting::CreditError::NotCredited { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("overflow"), "{error}");
     assert_eq!(results[2].as_ref().unwrap().outcome, Outcome::Credited);
     assert_eq!(balance(&pool, "f1"), 100);
     assert_eq!(balance(&pool, "f3"), 300);

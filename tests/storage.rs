@@ -85,13 +85,13 @@ fn a_row_locked_by_a_frozen_peer_holds_up_only_its_own_order() {
     assert!(
         results[0]
             .as_ref()
-            .is_err_and(|e| e.contains("lock timeout")),
+            .is_err_and(|e| e.to_string().contains("lock timeout")),
         "{:?}",
         results[0]
     );
     assert_eq!(
-        results[1].as_ref().map(|a| a.outcome),
-        Ok(Outcome::Credited)
+        results[1].as_ref().map(|a| a.outcome).ok(),
+        Some(Outcome::Credited)
     );
 }
 

@@ -70,7 +70,7 @@ pub fn record_rejection(
     let headers_json = rejected_headers(headers);
     let kept_body = &body[..body.len().min(REJECTED_BODY_BYTES)];
     crate::db::transact(conn, |conn| {
-        crate::store::commit_without_waiting_for_flush(conn)?;
+        crate::db::commit_without_waiting_for_flush(conn)?;
         let row = notifications::table
             .filter(notifications::channel.eq(channel.as_str()))
             .filter(notifications::notification_id.eq(&key));
@@ -98,7 +98,7 @@ pub fn record_rejection(
                 ))
                 .execute(conn)?;
         }
-        row.select(notifications::id).first(conn)
+        Ok(row.select(notifications::id).first(conn)?)
     })
 }
 

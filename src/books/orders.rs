@@ -295,7 +295,9 @@ pub fn create(
     new: &NewOrder,
     now: NaiveDateTime,
 ) -> Result<Created, DbError> {
-    db::transact(conn, |conn| create_in(conn, new, now))
+    db::transact(conn, |conn| {
+        create_in(conn, new, now).map_err(DbError::from)
+    })
 }
 
 /// Creates many orders in one transaction (a repeat or a conflict is reported per order, as by
@@ -307,7 +309,7 @@ pub fn create_all(
 ) -> Result<Vec<Created>, DbError> {
     db::transact(conn, |conn| {
         new.iter()
-            .map(|order| create_in(conn, order, now))
+            .map(|order| create_in(conn, order, now).map_err(DbError::from))
             .collect()
     })
 }

@@ -4,14 +4,15 @@
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
+use super::CreditError;
 use crate::books::inbox::{self, Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderStatus};
-use crate::db::{self, DbConnection, DbError};
+use crate::db::{self, DbConnection};
 use crate::domain::outcome::Outcome;
 use crate::ids::{ChannelName, OrderNo};
 use crate::money::{AmountMinor, Currency};
 use crate::notify::{Notification, NotificationKind};
-use crate::store;
+use crate::store::{self, CreditWrite};
 
 /// The committed result of [`apply_in`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +35,7 @@ pub fn apply_alone(
     notification: &Notification,
     evidence: Evidence<'_>,
     now: NaiveDateTime,
-) -> Result<Applied, DbError> {
+) -> Result<Applied, CreditError> {
     db::transact(conn, |conn| {
         // The same lock order as a batch's (see `super::committer`).
         if let Some(order_no) = &notification.order_no {
@@ -43,7 +44,7 @@ pub fn apply_alone(
         let (applied, durability) = apply_in(conn, notification, evidence, now)?;
         if let Durability::CountOnly { inbox_id } = durability {
             inbox::count_deliveries(conn, &[inbox_id], 1, now)?;
-            store::commit_without_waiting_for_flush(conn)?;
+            db::commit_without_waiting_for_flush(conn)?;
         }
         Ok(applied)
     })
@@ -68,7 +69,7 @@ pub fn apply_in(
     notification: &Notification,
     evidence: Evidence<'_>,
     now: NaiveDateTime,
-) -> Result<(Applied, Durability), DieselError> {
+) -> Result<(Applied, Durability), CreditError> {
     let n = notification;
     let found = match &n.order_no {
         Some(order_no) => orders::find_for_notification(
@@ -180,7 +181,7 @@ fn decide(
     order: Option<Order>,
     trade_paid: Option<OrderNo>,
     now: NaiveDateTime,
-) -> Result<Decision, DieselError> {
+) -> Result<Decision, CreditError> {
     if n.order_no.is_none() {
         return Ok(Decision::new(
             Outcome::Ignored,
@@ -222,7 +223,7 @@ fn pay(
     n: &Notification,
     evidence: Evidence<'_>,
     now: NaiveDateTime,
-) -> Result<Decision, DieselError> {
+) -> Result<Decision, CreditError> {
     if n.amount != Some(order.amount) || n.currency != Some(order.currency) {
         let said = match (n.amount, n.currency) {
             (Some(a), Some(c)) => format!("{} {c}", a.format(c)),
@@ -252,13 +253,17 @@ fn pay(
             Some(format!("trade {trade_no} already paid order {other}")),
         ));
     }
-    if let Some(credit) = store::pay_and_credit(conn, order, n, evidence, now)? {
-        return Ok(Decision {
-            outcome: Outcome::Credited,
-            detail: None,
-            balance_after: Some(credit.balance_after),
-            recorded: credit.delivery,
-        });
+    match store::pay_and_credit(conn, order, n, evidence, now)? {
+        CreditWrite::Credited(credit) => {
+            return Ok(Decision {
+                outcome: Outcome::Credited,
+                detail: None,
+                balance_after: Some(credit.balance_after),
+                recorded: credit.delivery,
+            })
+        }
+        CreditWrite::NotCredited => return Err(CreditError::not_credited(order)),
+        CreditWrite::NotPending => {}
     }
     // Lost the compare-and-set: read what the winner committed.
     let current = orders::find(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
@@ -277,7 +282,7 @@ fn pay(
             Outcome::Mismatch,
             Some("paid after the order was closed; refund the buyer".to_owned()),
         ),
-        OrderStatus::Pending => return Err(db::conflict("order still pending after CAS")),
+        OrderStatus::Pending => return Err(CreditError::StillPending(order.order_no.clone())),
     })
 }
 
@@ -287,7 +292,7 @@ fn close(
     conn: &mut DbConnection,
     order: &Order,
     now: NaiveDateTime,
-) -> Result<Decision, DieselError> {
+) -> Result<Decision, CreditError> {
     if orders::close_pending(conn, &order.order_no, None, now)? {
         return Ok(Decision::new(Outcome::Closed, None));
     }
@@ -298,6 +303,6 @@ fn close(
             Outcome::Ignored,
             Some("provider reports closed, but the order is paid".to_owned()),
         ),
-        OrderStatus::Pending => return Err(db::conflict("order still pending after CAS")),
+        OrderStatus::Pending => return Err(CreditError::StillPending(order.order_no.clone())),
     })
 }

@@ -33,8 +33,9 @@ use std::sync::Arc;
 
 use super::apply::{self, Applied, Durability};
 use super::settled::{Fingerprint, Settled, SETTLED_CAPACITY};
+use super::{CreditError, Failure};
 use crate::books::inbox::{self, Evidence};
-use crate::db::{self, DbConnection, DbError, Pool};
+use crate::db::{self, DbConnection, Pool, Retry};
 use crate::domain::outcome::Outcome;
 use crate::notify::Notification;
 use crate::store;
@@ -61,7 +62,7 @@ pub struct ApplyJob {
     pub headers_json: String,
     pub body: bytes::Bytes,
     pub now: NaiveDateTime,
-    reply: Option<oneshot::Sender<Result<Applied, String>>>,
+    reply: Option<oneshot::Sender<Result<Applied, Failure>>>,
 }
 
 impl ApplyJob {
@@ -101,7 +102,7 @@ impl Job {
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     #[error("{0}")]
-    Failed(String),
+    Failed(Failure),
     #[error("the writer has stopped")]
     Stopped,
     #[error("no commit within {0:?}")]
@@ -250,14 +251,12 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
             }))
             .unwrap_or_else(|_| {
                 log::error!("writer: a batch of {} panicked", applies.len());
-                applies
-                    .iter()
-                    .map(|_| Err("internal error".to_owned()))
-                    .collect()
+                let error = Arc::new(CreditError::Panicked);
+                applies.iter().map(|_| Err(error.clone())).collect()
             }),
             Err(e) => {
                 // The database is unreachable: what is queued would fail the same way now.
-                let error = DbError::Pool(e).to_string();
+                let error = Arc::new(CreditError::Pool(e));
                 while let Ok(job) = receiver.try_recv() {
                     if let Job::Apply(job) = job {
                         applies.push(*job);
@@ -290,9 +289,9 @@ pub fn commit_batch(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
     counts: &[CountJob],
-) -> Vec<Result<Applied, String>> {
+) -> Vec<Result<Applied, Failure>> {
     // Notifications that failed on their own (PostgreSQL): the batch runs again without them.
-    let mut failed: Vec<Option<String>> = vec![None; applies.len()];
+    let mut failed: Vec<Option<Failure>> = vec![None; applies.len()];
     let mut attempt = 1;
     let failure = loop {
         match db::write_transaction(conn, |conn| apply_all(conn, applies, &failed, counts)) {
@@ -300,14 +299,14 @@ pub fn commit_batch(
             // A lock timeout of one notification's row: its holder may be frozen, so the batch
             // runs again without it rather than wait for the timeout once more.
             Err(BatchError { at: Some(i), error })
-                if !db::is_transient(&error) || db::is_lock_timeout(&error) =>
+                if !error.is_transient() || error.is_lock_timeout() =>
             {
-                failed[i] = Some(DbError::Query(error).to_string());
+                failed[i] = Some(Arc::new(error));
             }
             Err(e)
                 if attempt < BATCH_ATTEMPTS
-                    && db::is_transient(&e.error)
-                    && !db::is_lock_timeout(&e.error) =>
+                    && e.error.is_transient()
+                    && !e.error.is_lock_timeout() =>
             {
                 log::debug!(
                     "batch of {}: transient conflict, attempt {attempt}: {}",
@@ -335,32 +334,35 @@ pub fn commit_batch(
                         headers_json: &job.headers_json,
                         body: &job.body,
                     };
-                    apply::apply_alone(conn, &job.notification, evidence, job.now)
-                        .map_err(|e| e.to_string())
+                    apply::apply_alone(conn, &job.notification, evidence, job.now).map_err(Arc::new)
                 }
             })
             .collect();
         if !counts.is_empty() {
-            let counted = db::transact(conn, |conn| count_all(conn, counts.iter()));
+            let counted: Result<(), DieselError> =
+                db::transact(conn, |conn| count_all(conn, counts.iter()));
             if let Err(e) = counted {
                 log::warn!("{} delivery counts not written: {e}", counts.len());
             }
         }
         return results;
     }
-    let error = DbError::Query(failure).to_string();
+    let error = Arc::new(failure);
     applies.iter().map(|_| Err(error.clone())).collect()
 }
 
 /// Why a batch's transaction failed, and which notification failed it, if one did.
 struct BatchError {
     at: Option<usize>,
-    error: DieselError,
+    error: CreditError,
 }
 
 impl From<DieselError> for BatchError {
     fn from(error: DieselError) -> BatchError {
-        BatchError { at: None, error }
+        BatchError {
+            at: None,
+            error: error.into(),
+        }
     }
 }
 
@@ -369,9 +371,9 @@ impl From<DieselError> for BatchError {
 fn apply_all(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
-    failed: &[Option<String>],
+    failed: &[Option<Failure>],
     counts: &[CountJob],
-) -> Result<Vec<Result<Applied, String>>, BatchError> {
+) -> Result<Vec<Result<Applied, Failure>>, BatchError> {
     let mut results = Vec::with_capacity(applies.len());
     let mut flush = false;
     let mut repeats = Vec::new();
@@ -413,15 +415,15 @@ fn apply_all(
             }
             // A conflict is about timing, not this notification: the whole batch runs again.
             // Without savepoints any error has aborted the transaction.
-            Err(error) if db::is_transient(&error) || !savepoints => {
+            Err(error) if error.is_transient() || !savepoints => {
                 return Err(BatchError { at: Some(i), error })
             }
-            Err(e) => results.push(Err(DbError::Query(e).to_string())),
+            Err(e) => results.push(Err(Arc::new(e))),
         }
     }
     count_all(conn, counts.iter().chain(&repeats))?;
     if !flush {
-        store::commit_without_waiting_for_flush(conn)?;
+        db::commit_without_waiting_for_flush(conn)?;
     }
     Ok(results)
 }

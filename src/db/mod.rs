@@ -281,7 +281,7 @@ impl ManageConnection for Manager {
 ///   that freezes inside a transaction is ended by the server, and its locks with it;
 /// - `synchronous_commit = on`: a credit is acked only after its commit is flushed, whatever the
 ///   role or server default says. The repeat-count path turns it off deliberately, for its own
-///   transactions only ([`crate::store::commit_without_waiting_for_flush`]).
+///   transactions only ([`commit_without_waiting_for_flush`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SessionSettings {
     pub lock_timeout_secs: u64,
@@ -485,26 +485,53 @@ pub const MAX_ATTEMPTS: u32 = 8;
 /// How often a transaction that met a lock timeout runs in all.
 pub const LOCK_TIMEOUT_ATTEMPTS: u32 = 2;
 
+/// An error that says whether running the whole transaction again may succeed.
+pub trait Retry {
+    /// A conflict about timing (see [`is_transient`]), not about the work itself.
+    fn is_transient(&self) -> bool;
+    /// A lock wait that timed out (see [`is_lock_timeout`]): tried again once at most.
+    fn is_lock_timeout(&self) -> bool;
+}
+
+impl Retry for DieselError {
+    fn is_transient(&self) -> bool {
+        is_transient(self)
+    }
+
+    fn is_lock_timeout(&self) -> bool {
+        is_lock_timeout(self)
+    }
+}
+
+impl Retry for DbError {
+    fn is_transient(&self) -> bool {
+        matches!(self, DbError::Query(e) if is_transient(e))
+    }
+
+    fn is_lock_timeout(&self) -> bool {
+        matches!(self, DbError::Query(e) if is_lock_timeout(e))
+    }
+}
+
 /// Runs `f` in a write transaction, and runs it again from the start, a bounded number of times,
-/// when it fails with a transient conflict (see [`is_transient`]). Under SERIALIZABLE isolation or
-/// a distributed SQL engine the loser of a race gets SQLSTATE 40001 and lands here.
-pub fn transact<T, F>(conn: &mut DbConnection, mut f: F) -> Result<T, DbError>
+/// when it fails with a transient conflict (see [`Retry`]). Under SERIALIZABLE isolation or a
+/// distributed SQL engine the loser of a race gets SQLSTATE 40001 and lands here.
+pub fn transact<T, E, F>(conn: &mut DbConnection, mut f: F) -> Result<T, E>
 where
-    F: FnMut(&mut DbConnection) -> Result<T, DieselError>,
+    F: FnMut(&mut DbConnection) -> Result<T, E>,
+    E: From<DieselError> + Retry + std::fmt::Display,
 {
     let mut attempt = 1;
     loop {
         match write_transaction(conn, &mut f) {
             Ok(value) => return Ok(value),
-            Err(e) if is_lock_timeout(&e) && attempt >= LOCK_TIMEOUT_ATTEMPTS => {
-                return Err(DbError::Query(e))
-            }
-            Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
+            Err(e) if e.is_lock_timeout() && attempt >= LOCK_TIMEOUT_ATTEMPTS => return Err(e),
+            Err(e) if attempt < MAX_ATTEMPTS && e.is_transient() => {
                 log::debug!("transient conflict, attempt {attempt} of {MAX_ATTEMPTS}: {e}");
                 std::thread::sleep(backoff(attempt));
                 attempt += 1;
             }
-            Err(e) => return Err(DbError::Query(e)),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -515,13 +542,14 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + fastrand::u64(..base))
 }
 
-/// An error that makes [`transact`] run the transaction again: for a state that a concurrent
-/// transaction is about to change.
-pub fn conflict(message: &str) -> DieselError {
-    DieselError::DatabaseError(
-        DatabaseErrorKind::SerializationFailure,
-        Box::new(message.to_owned()),
-    )
+/// Lets the current transaction commit without waiting for its WAL flush (PostgreSQL's
+/// `synchronous_commit = off`, for this transaction only). Only for writes whose loss in a crash
+/// loses no money; SQLite keeps its full sync.
+pub fn commit_without_waiting_for_flush(conn: &mut DbConnection) -> Result<(), DieselError> {
+    match conn {
+        DbConnection::Postgresql(pg) => pg.batch_execute("SET LOCAL synchronous_commit = off"),
+        DbConnection::Sqlite(_) => Ok(()),
+    }
 }
 
 /// Runs `f` in a read-only transaction, so a report sees one consistent state of the books.

@@ -7,10 +7,9 @@
 //!   increment and the ledger row.
 //! - [`record_delivery`]: one delivery of a verified notification into the inbox.
 //! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing.
-//! - [`savepoints_are_cheap`] and [`commit_without_waiting_for_flush`]: what a batch may afford.
+//! - [`savepoints_are_cheap`]: what a batch may afford.
 
 use chrono::NaiveDateTime;
-use diesel::connection::SimpleConnection;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::BigInt;
 use diesel::RunQueryDsl;
@@ -27,6 +26,18 @@ pub mod statement;
 
 use statement::Statement;
 
+/// What the compare-and-set and the credit came to.
+#[derive(Debug, Clone)]
+pub enum CreditWrite {
+    /// The order was no longer pending: another transaction won, or it was closed.
+    NotPending,
+    /// This transaction paid the order and credited the balance.
+    Credited(Credit),
+    /// The order was marked paid, but its account is missing or the balance would overflow: the
+    /// caller must fail the transaction, so that nothing stays written.
+    NotCredited,
+}
+
 /// What a credit wrote.
 #[derive(Debug, Clone)]
 pub struct Credit {
@@ -37,7 +48,7 @@ pub struct Credit {
 
 /// The compare-and-set `UPDATE orders SET status = paid ... WHERE order_no = ? AND status =
 /// pending`, and only for the transaction whose update changed the row, the balance increment and
-/// the ledger row. `None` when the order was no longer pending.
+/// the ledger row.
 ///
 /// On PostgreSQL the three writes and the inbox record of the delivery are one statement, one
 /// round trip; on SQLite, which runs in-process, they are separate statements and the caller
@@ -48,7 +59,7 @@ pub fn pay_and_credit(
     n: &Notification,
     evidence: Evidence<'_>,
     now: NaiveDateTime,
-) -> Result<Option<Credit>, DieselError> {
+) -> Result<CreditWrite, DieselError> {
     match conn {
         DbConnection::Postgresql(_) => postgres::pay_and_credit(conn, order, n, evidence, now),
         DbConnection::Sqlite(_) => sqlite::pay_and_credit(conn, order, n, now),
@@ -95,16 +106,6 @@ pub fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> Result<(), Diese
 /// each costs two round trips, so a batch there lets a failure abort it and runs it again.
 pub fn savepoints_are_cheap(conn: &DbConnection) -> bool {
     matches!(conn, DbConnection::Sqlite(_))
-}
-
-/// Lets the current transaction commit without waiting for its WAL flush (PostgreSQL's
-/// `synchronous_commit = off`, for this transaction only). Only for writes whose loss in a crash
-/// loses no money; SQLite keeps its full sync.
-pub fn commit_without_waiting_for_flush(conn: &mut DbConnection) -> Result<(), DieselError> {
-    match conn {
-        DbConnection::Postgresql(pg) => pg.batch_execute("SET LOCAL synchronous_commit = off"),
-        DbConnection::Sqlite(_) => Ok(()),
-    }
 }
 
 /// The head of the statement that stores a delivery; [`delivery_values`] and
@@ -170,18 +171,4 @@ fn delivery_values<'a, ST>(
         .timestamp(now)
         .sql(", ")
         .timestamp(now)
-}
-
-/// The error for a credit that found no account to add to, or no room in its balance. It fails
-/// the transaction (nothing is credited, the provider is asked to retry) and is for a human.
-pub fn not_credited(order: &Order) -> DieselError {
-    DieselError::DatabaseError(
-        diesel::result::DatabaseErrorKind::CheckViolation,
-        Box::new(format!(
-            "order {}: account {}/{} is missing or its balance would overflow",
-            order.order_no,
-            order.user_id,
-            order.currency.code()
-        )),
-    )
 }

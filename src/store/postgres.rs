@@ -8,7 +8,7 @@ use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Nullable};
 
 use super::statement::Statement;
-use super::{delivery_values, not_credited, on_repeat_delivery, Credit, INSERT_DELIVERY};
+use super::{delivery_values, on_repeat_delivery, Credit, CreditWrite, INSERT_DELIVERY};
 use crate::books::accounts::LedgerKind;
 use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::{Order, OrderStatus};
@@ -28,7 +28,7 @@ pub(super) fn pay_and_credit(
     n: &Notification,
     evidence: Evidence<'_>,
     now: NaiveDateTime,
-) -> Result<Option<Credit>, DieselError> {
+) -> Result<CreditWrite, DieselError> {
     type Row = (BigInt, Nullable<BigInt>, Nullable<BigInt>, Nullable<BigInt>);
     let statement = Statement::<Row>::new("WITH paid AS (UPDATE orders SET status = ")
         .text(OrderStatus::Paid.as_str())
@@ -80,15 +80,14 @@ pub(super) fn pay_and_credit(
                      (SELECT id FROM recorded), (SELECT delivery_count FROM recorded)",
             )
             .get_result(conn)?;
-    match (paid, balance_after, inbox_id.zip(deliveries)) {
-        (0, _, _) => Ok(None),
-        (_, Some(balance_after), Some((id, delivery_count))) => Ok(Some(Credit {
+    Ok(match (paid, balance_after, inbox_id.zip(deliveries)) {
+        (0, _, _) => CreditWrite::NotPending,
+        (_, Some(balance_after), Some((id, delivery_count))) => CreditWrite::Credited(Credit {
             balance_after,
             delivery: Some(InboxRow { id, delivery_count }),
-        })),
-        // Paid but nothing credited: fail the transaction.
-        _ => Err(not_credited(order)),
-    }
+        }),
+        _ => CreditWrite::NotCredited,
+    })
 }
 
 /// `SELECT ... FOR UPDATE` over the accounts the orders may credit and the orders, in key order.

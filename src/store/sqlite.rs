@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
-use super::{not_credited, Credit};
+use super::{Credit, CreditWrite};
 use crate::books::accounts::LedgerKind;
 use crate::books::orders::{self, Order};
 use crate::db::schema::{accounts, ledger};
@@ -18,25 +18,31 @@ pub(super) fn pay_and_credit(
     order: &Order,
     n: &Notification,
     now: NaiveDateTime,
-) -> Result<Option<Credit>, DieselError> {
+) -> Result<CreditWrite, DieselError> {
     let trade_no = n.provider_trade_no.as_deref();
     if !orders::mark_paid(conn, &order.order_no, trade_no, now)? {
-        return Ok(None);
+        return Ok(CreditWrite::NotPending);
     }
-    let balance_after = credit(conn, order, now)?;
-    Ok(Some(Credit {
-        balance_after,
-        delivery: None,
-    }))
+    Ok(match credit(conn, order, now)? {
+        Some(balance_after) => CreditWrite::Credited(Credit {
+            balance_after,
+            delivery: None,
+        }),
+        None => CreditWrite::NotCredited,
+    })
 }
 
 /// Adds the order's amount to its account in the database (never read-modify-write in the
 /// application, so concurrent credits cannot lose each other) and writes the ledger row. Returns
-/// the new balance.
+/// the new balance, or `None` when the account is missing or the balance would overflow.
 ///
 /// The ledger's unique (order_no, kind) key refuses a second credit for one order even if every
 /// check above this line were wrong.
-fn credit(conn: &mut DbConnection, order: &Order, now: NaiveDateTime) -> Result<i64, DieselError> {
+fn credit(
+    conn: &mut DbConnection,
+    order: &Order,
+    now: NaiveDateTime,
+) -> Result<Option<i64>, DieselError> {
     let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
     // SQLite turns an integer overflow into a float; refuse it here instead.
     let room = accounts::balance_minor.le(i64::MAX - order.amount.get());
@@ -49,7 +55,9 @@ fn credit(conn: &mut DbConnection, order: &Order, now: NaiveDateTime) -> Result<
         .returning(accounts::balance_minor)
         .get_result(conn)
         .optional()?;
-    let balance_after = balance_after.ok_or_else(|| not_credited(order))?;
+    let Some(balance_after) = balance_after else {
+        return Ok(None);
+    };
     diesel::insert_into(ledger::table)
         .values((
             ledger::user_id.eq(order.user_id.as_str()),
@@ -61,5 +69,5 @@ fn credit(conn: &mut DbConnection, order: &Order, now: NaiveDateTime) -> Result<
             ledger::created_at.eq(now),
         ))
         .execute(conn)?;
-    Ok(balance_after)
+    Ok(Some(balance_after))
 }
