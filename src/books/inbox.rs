@@ -134,7 +134,7 @@ fn cut(text: &str, max: usize) -> &str {
 /// A stored notification, as the API and operators see it.
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = notifications)]
-pub struct StoredNotification {
+pub struct InboxEntry {
     pub id: i64,
     pub channel: String,
     pub notification_id: String,
@@ -153,14 +153,11 @@ pub struct StoredNotification {
 }
 
 /// Every stored notification for one order, oldest first.
-pub fn for_order(
-    conn: &mut DbConnection,
-    order_no: &str,
-) -> Result<Vec<StoredNotification>, DieselError> {
+pub fn for_order(conn: &mut DbConnection, order_no: &str) -> Result<Vec<InboxEntry>, DieselError> {
     notifications::table
         .filter(notifications::order_no.eq(order_no))
         .order(notifications::id.asc())
-        .select(StoredNotification::as_select())
+        .select(InboxEntry::as_select())
         .load(conn)
 }
 
@@ -169,11 +166,11 @@ pub fn find(
     conn: &mut DbConnection,
     channel: &ChannelName,
     notification_id: &str,
-) -> Result<Option<StoredNotification>, DieselError> {
+) -> Result<Option<InboxEntry>, DieselError> {
     notifications::table
         .filter(notifications::channel.eq(channel.as_str()))
         .filter(notifications::notification_id.eq(notification_id))
-        .select(StoredNotification::as_select())
+        .select(InboxEntry::as_select())
         .first(conn)
         .optional()
 }
@@ -182,7 +179,7 @@ pub fn find(
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
     #[serde(flatten)]
-    pub notification: StoredNotification,
+    pub notification: InboxEntry,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<RawEvidence>,
 }

@@ -45,7 +45,7 @@ impl OrderStatus {
 /// An order as stored.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = orders)]
-struct OrderRow {
+pub struct OrderRow {
     order_no: String,
     user_id: String,
     channel: String,
@@ -73,6 +73,13 @@ pub struct Order {
     pub created_at: NaiveDateTime,
     pub paid_at: Option<NaiveDateTime>,
     pub closed_at: Option<NaiveDateTime>,
+}
+
+impl OrderRow {
+    /// The order number as stored, before it is parsed.
+    pub fn order_no(&self) -> &str {
+        &self.order_no
+    }
 }
 
 impl TryFrom<OrderRow> for Order {
@@ -235,58 +242,6 @@ pub fn find(conn: &mut DbConnection, order_no: &OrderNo) -> Result<Option<Order>
         .optional()?
         .map(Order::try_from)
         .transpose()
-}
-
-/// What one statement reads for a notification before anything is written.
-#[derive(Debug, Default)]
-pub struct Found {
-    /// The order the notification names.
-    pub order: Option<Order>,
-    /// Another order that the notification's provider trade already paid.
-    pub trade_paid: Option<OrderNo>,
-    /// The notification's inbox row, if it has one: its id and delivery count.
-    pub inbox: Option<(i64, i64)>,
-}
-
-/// Reads, in one statement, the order a notification names, any other order its provider trade
-/// already paid, and the notification's inbox row.
-pub fn find_for_notification(
-    conn: &mut DbConnection,
-    order_no: &OrderNo,
-    channel: &ChannelName,
-    notification_id: &str,
-    trade_no: Option<&str>,
-) -> Result<Found, DieselError> {
-    use crate::db::schema::notifications;
-
-    let delivery = notifications::table.on(notifications::channel
-        .eq(channel.as_str())
-        .and(notifications::notification_id.eq(notification_id)));
-    let query = orders::table.left_join(delivery).select((
-        OrderRow::as_select(),
-        (notifications::id, notifications::delivery_count).nullable(),
-    ));
-    let named = orders::order_no.eq(order_no.as_str());
-    let rows: Vec<(OrderRow, Option<(i64, i64)>)> = match trade_no {
-        Some(trade_no) => query
-            .filter(
-                named.or(orders::channel
-                    .eq(channel.as_str())
-                    .and(orders::provider_trade_no.eq(trade_no))),
-            )
-            .load(conn)?,
-        None => query.filter(named).load(conn)?,
-    };
-    let mut found = Found::default();
-    for (row, inbox) in rows {
-        found.inbox = found.inbox.or(inbox);
-        if row.order_no == order_no.as_str() {
-            found.order = Some(Order::try_from(row)?);
-        } else {
-            found.trade_paid = OrderNo::parse(&row.order_no).ok();
-        }
-    }
-    Ok(found)
 }
 
 /// Creates the order, or recognises a repeat of it. The account is created on first use.

@@ -4,7 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
-use super::CreditError;
+use super::{read, CreditError};
 use crate::books::inbox::{self, Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderStatus};
 use crate::db::{self, DbConnection};
@@ -72,27 +72,32 @@ pub fn apply_in(
 ) -> Result<(Applied, Durability), CreditError> {
     let n = notification;
     let found = match &n.order_no {
-        Some(order_no) => orders::find_for_notification(
+        Some(order_no) => read::find_for_notification(
             conn,
             order_no,
             &n.channel,
             &n.notification_id,
             n.provider_trade_no.as_deref(),
         )?,
-        None => orders::Found::default(),
+        None => read::Found::default(),
     };
     // The commonest repeat costs this one read: a paid order never leaves `paid`, so once it is
     // paid by this very trade and the delivery has its inbox row, only the count is left.
-    if let (Some(order), Some((inbox_id, deliveries))) = (&found.order, found.inbox) {
+    if let (Some(order), Some(delivery)) = (&found.order, found.delivery) {
         if Claim::of(n).is_some_and(|claim| claim.is_paid_in(order)) {
             let applied = Applied {
                 outcome: Outcome::AlreadyPaid,
                 detail: None,
-                inbox_id,
-                delivery_count: deliveries + 1,
+                inbox_id: delivery.id,
+                delivery_count: delivery.delivery_count + 1,
                 balance_after: None,
             };
-            return Ok((applied, Durability::CountOnly { inbox_id }));
+            return Ok((
+                applied,
+                Durability::CountOnly {
+                    inbox_id: delivery.id,
+                },
+            ));
         }
     }
     let mut decision = decide(conn, n, evidence, found.order, found.trade_paid, now)?;

@@ -294,7 +294,7 @@ pub fn commit_batch(
     let mut failed: Vec<Option<Failure>> = vec![None; applies.len()];
     let mut attempt = 1;
     let failure = loop {
-        match db::write_transaction(conn, |conn| apply_all(conn, applies, &failed, counts)) {
+        match db::write_transaction(conn, |conn| apply_batch_in(conn, applies, &failed, counts)) {
             Ok(results) => return results,
             // A lock timeout of one notification's row: its holder may be frozen, so the batch
             // runs again without it rather than wait for the timeout once more.
@@ -368,7 +368,7 @@ impl From<DieselError> for BatchError {
 
 /// Applies every notification inside the open transaction (except those that `failed` before),
 /// then writes the delivery counts.
-fn apply_all(
+fn apply_batch_in(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
     failed: &[Option<Failure>],

@@ -29,6 +29,7 @@
 
 pub mod apply;
 pub mod committer;
+mod read;
 pub mod settled;
 
 pub use crate::domain::outcome::{Answer, Outcome};
