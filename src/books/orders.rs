@@ -10,6 +10,7 @@ use diesel::result::Error as DieselError;
 use serde::Serialize;
 
 use crate::books::accounts;
+use crate::config::ChannelTerms;
 use crate::db::schema::orders;
 use crate::db::{self, DbConnection, DbError};
 use crate::ids::{ChannelName, OrderNo, UserId};
@@ -148,14 +149,6 @@ impl From<&Order> for OrderView {
 /// across instances; valid for every provider.
 pub fn new_order_no() -> OrderNo {
     OrderNo::parse(&uuid::Uuid::now_v7().simple().to_string()).expect("32 hex characters")
-}
-
-/// What a channel accepts in an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelTerms {
-    pub currency: Currency,
-    /// The order-number lengths the provider accepts (WeChat Pay: 6 to 32).
-    pub order_no_len: std::ops::RangeInclusive<usize>,
 }
 
 /// A create request as it arrives (API body or command line), not yet trusted.

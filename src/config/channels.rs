@@ -61,6 +61,14 @@ fn default_tolerance() -> u64 {
     300
 }
 
+/// What a channel accepts in an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelTerms {
+    pub currency: Currency,
+    /// The order-number lengths the provider accepts (WeChat Pay: 6 to 32).
+    pub order_no_len: std::ops::RangeInclusive<usize>,
+}
+
 /// One channel, tagged by `provider`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "provider")]
@@ -112,12 +120,12 @@ impl ChannelConfig {
     }
 
     /// What orders on this channel must look like.
-    pub fn terms(&self) -> crate::books::orders::ChannelTerms {
+    pub fn terms(&self) -> ChannelTerms {
         let order_no_len = match self {
             ChannelConfig::WechatPay(_) => 6..=32,
             _ => 1..=crate::ids::OrderNo::MAX,
         };
-        crate::books::orders::ChannelTerms {
+        ChannelTerms {
             currency: self.currency(),
             order_no_len,
         }

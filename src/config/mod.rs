@@ -12,8 +12,8 @@ use serde::Deserialize;
 mod channels;
 
 pub use channels::{
-    AlipayConfig, AlipaySignType, ChannelConfig, Secret, StandardWebhooksConfig, StripeConfig,
-    WechatPayConfig,
+    AlipayConfig, AlipaySignType, ChannelConfig, ChannelTerms, Secret, StandardWebhooksConfig,
+    StripeConfig, WechatPayConfig,
 };
 
 use crate::ids::ChannelName;

@@ -4,7 +4,8 @@
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
-use super::{read, CreditError};
+use super::error::CreditError;
+use super::read;
 use crate::books::inbox::{self, Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderStatus};
 use crate::db::{self, DbConnection};

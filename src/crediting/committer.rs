@@ -32,8 +32,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::apply::{self, Applied, Durability};
+use super::error::{CreditError, Failure};
 use super::settled::{Fingerprint, Settled, SETTLED_CAPACITY};
-use super::{CreditError, Failure};
 use crate::books::inbox::{self, Evidence};
 use crate::db::{self, DbConnection, Pool, Retry};
 use crate::domain::outcome::Outcome;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 
-use crate::books::orders::ChannelTerms;
 use crate::clock::Clock;
+use crate::config::ChannelTerms;
 use crate::config::{PoolSettings, Secret, Settings};
 use crate::crediting::Committer;
 use crate::db::{DbError, Pool};
