@@ -45,7 +45,7 @@ Example, with the test-only demo configuration:
 pub struct Args {
     /// The config file that configures the channel, and the database.
     #[command(flatten)]
-    pub db: crate::cli::DbArgs,
+    pub db: crate::app::DbArgs,
     /// The configured channel the orders are paid through.
     #[arg(long, value_name = "NAME")]
     pub channel: String,
@@ -510,7 +510,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("channel {channel} would refuse these notifications: {e}.{hint}");
     }
 
-    let pool = crate::cli::open_migrated(&settings)?;
+    let pool = crate::app::open_migrated(&settings)?;
     let mut conn = pool.get()?;
 
     let mut out: Box<dyn Write> = match &args.out {

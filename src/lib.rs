@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod app;
 pub mod apply;
 pub mod cli;
 pub mod clock;
