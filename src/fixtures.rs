@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::config::ChannelConfig;
 use crate::ids::{ChannelName, OrderNo};
 use crate::money::{AmountMinor, Currency};
-use crate::notify::sign::{self, RsaSigner};
+use crate::notify::sign::{self, RsaSigner, SignError};
 use crate::notify::{self, NotificationKind, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
 use crate::replay::{Expect, Fixture, ProviderName};
@@ -126,21 +126,16 @@ impl Signer {
         cfg: &ChannelConfig,
         private_key: Option<&str>,
         serial: Option<&str>,
-    ) -> Result<Signer, String> {
-        let rsa_key = |provider: &str, public: &str| {
-            let pem = private_key.ok_or_else(|| {
-                format!(
-                    "signing as {provider} needs --private-key PEM_FILE, the private half of the \
-                     channel's {public}"
-                )
-            })?;
-            RsaSigner::from_pem(pem).map_err(|e| format!("--private-key: {e}"))
+    ) -> Result<Signer, SignError> {
+        let rsa_key = |provider: &'static str, public: &'static str| {
+            let pem = private_key.ok_or(SignError::NoPrivateKey { provider, public })?;
+            RsaSigner::from_pem(pem).map_err(SignError::PrivateKey)
         };
         let first_secret = |secrets: &[crate::config::Secret]| {
             secrets
                 .first()
                 .map(|s| s.expose().to_owned())
-                .ok_or_else(|| "the channel has no signing secret".to_owned())
+                .ok_or(SignError::NoSecret)
         };
         Ok(match cfg {
             ChannelConfig::Alipay(c) => Signer::Alipay {
@@ -153,17 +148,17 @@ impl Signer {
                     Some(s) if c.public_keys.contains_key(s) => s.to_owned(),
                     Some(s) => {
                         let known: Vec<&str> = c.public_keys.keys().map(String::as_str).collect();
-                        return Err(format!(
-                            "--serial {s} is not one of the channel's public_keys ({})",
-                            known.join(", ")
-                        ));
+                        return Err(SignError::UnknownSerial {
+                            serial: s.to_owned(),
+                            known: known.join(", "),
+                        });
                     }
                     None => c
                         .public_keys
                         .keys()
                         .next()
                         .cloned()
-                        .ok_or_else(|| "the channel has no public_keys".to_owned())?,
+                        .ok_or(SignError::NoPublicKeys)?,
                 };
                 Signer::WechatPay {
                     mchid: c.mchid.clone(),
@@ -193,7 +188,7 @@ impl Signer {
 
     /// The notification that reports `payment` paid, signed at `now`, with fresh notification
     /// and trade ids.
-    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<Signed, String> {
+    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<Signed, SignError> {
         match self {
             Signer::Alipay {
                 app_id,
@@ -286,7 +281,7 @@ fn wechatpay(
     key: &RsaSigner,
     payment: &Payment,
     now: DateTime<Utc>,
-) -> Result<Signed, String> {
+) -> Result<Signed, SignError> {
     let local = china(now);
     let time = local.to_rfc3339_opts(SecondsFormat::Secs, false);
     let transaction = json!({
@@ -394,7 +389,7 @@ fn standard_webhooks(
     secret: &str,
     payment: &Payment,
     now: DateTime<Utc>,
-) -> Result<Signed, String> {
+) -> Result<Signed, SignError> {
     let id = unique_hex();
     let body = json!({
         "type": "payment.succeeded",
@@ -685,18 +680,21 @@ mod tests {
         let settings = demo();
         let channel = |name: &str| &settings.channels[&ChannelName::parse(name).unwrap()];
         let error = Signer::new(channel("alipay"), None, None).err().unwrap();
+        let error = error.to_string();
         assert!(error.contains("--private-key"), "{error}");
         let key = demo_key("wechatpay-test-private-key.pem");
         let error = Signer::new(channel("wxpay"), Some(&key), Some("PUB_KEY_ID_NOPE"))
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(
             error.contains("PUB_KEY_ID_NOPE") && error.contains("PUB_KEY_ID_0119"),
             "{error}"
         );
         let error = Signer::new(channel("wxpay"), Some("not a key"), None)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(error.contains("--private-key"), "{error}");
         assert!(Signer::new(channel("stripe"), None, None).is_ok());
     }

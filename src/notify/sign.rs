@@ -12,6 +12,46 @@ use ring::{aead, hmac};
 
 use super::standard_webhooks;
 
+/// Why a private key cannot sign; it describes the key's shape, never its content.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not valid PEM: {0}")]
+    Pem(spki::der::pem::Error),
+    #[error("PEM {0:?} is not an RSA private key")]
+    NotRsaPrivateKey(String),
+    #[error("not a usable RSA private key: {0}")]
+    Unusable(ring::error::KeyRejected),
+}
+
+/// Why a notification cannot be signed with a channel's keys.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(
+        "signing as {provider} needs --private-key PEM_FILE, the private half of the channel's \
+         {public}"
+    )]
+    NoPrivateKey {
+        provider: &'static str,
+        public: &'static str,
+    },
+    #[error("--private-key: {0}")]
+    PrivateKey(KeyError),
+    #[error("--serial {serial} is not one of the channel's public_keys ({known})")]
+    UnknownSerial { serial: String, known: String },
+    #[error("the channel has no public_keys")]
+    NoPublicKeys,
+    #[error("the channel has no signing secret")]
+    NoSecret,
+    #[error("apiv3_key must be 32 bytes")]
+    ApiV3KeyLength,
+    #[error("the nonce must be 12 bytes")]
+    NonceLength,
+    #[error("the resource is too large to encrypt")]
+    TooLarge,
+    #[error("the secret is not whsec_ followed by non-empty base64")]
+    Secret,
+}
+
 /// An RSA private key, the signing half of a provider's RSA public key.
 pub struct RsaSigner(RsaKeyPair);
 
@@ -19,16 +59,15 @@ impl RsaSigner {
     /// Reads a PEM private key: PKCS #8 (`PRIVATE KEY`) or PKCS #1 (`RSA PRIVATE KEY`).
     ///
     /// Errors describe the key's shape, never its content.
-    pub fn from_pem(text: &str) -> Result<RsaSigner, String> {
-        let (label, der) = spki::der::pem::decode_vec(text.trim().as_bytes())
-            .map_err(|e| format!("not valid PEM: {e}"))?;
+    pub fn from_pem(text: &str) -> Result<RsaSigner, KeyError> {
+        let (label, der) =
+            spki::der::pem::decode_vec(text.trim().as_bytes()).map_err(KeyError::Pem)?;
         let pair = match label {
             "PRIVATE KEY" => RsaKeyPair::from_pkcs8(&der),
             "RSA PRIVATE KEY" => RsaKeyPair::from_der(&der),
-            other => return Err(format!("PEM {other:?} is not an RSA private key")),
+            other => return Err(KeyError::NotRsaPrivateKey(other.to_owned())),
         };
-        pair.map(RsaSigner)
-            .map_err(|e| format!("not a usable RSA private key: {e}"))
+        pair.map(RsaSigner).map_err(KeyError::Unusable)
     }
 
     /// SHA256withRSA, PKCS #1 v1.5: Alipay's `RSA2` and WeChat Pay v3's scheme.
@@ -88,11 +127,11 @@ pub fn wechatpay_encrypt(
     nonce: &str,
     associated_data: &str,
     plaintext: &[u8],
-) -> Result<String, String> {
+) -> Result<String, SignError> {
     let key = aead::UnboundKey::new(&aead::AES_256_GCM, apiv3_key.as_bytes())
-        .map_err(|_| "apiv3_key must be 32 bytes".to_owned())?;
+        .map_err(|_| SignError::ApiV3KeyLength)?;
     let nonce = aead::Nonce::try_assume_unique_for_key(nonce.as_bytes())
-        .map_err(|_| "the nonce must be 12 bytes".to_owned())?;
+        .map_err(|_| SignError::NonceLength)?;
     let mut sealed = plaintext.to_vec();
     aead::LessSafeKey::new(key)
         .seal_in_place_append_tag(
@@ -100,7 +139,7 @@ pub fn wechatpay_encrypt(
             aead::Aad::from(associated_data.as_bytes()),
             &mut sealed,
         )
-        .map_err(|_| "the resource is too large to encrypt".to_owned())?;
+        .map_err(|_| SignError::TooLarge)?;
     Ok(STANDARD.encode(sealed))
 }
 
@@ -134,9 +173,8 @@ pub fn standard_webhooks_signature(
     id: &str,
     timestamp: i64,
     body: &[u8],
-) -> Result<String, String> {
-    let key = standard_webhooks::signing_key(secret)
-        .ok_or_else(|| "the secret is not whsec_ followed by non-empty base64".to_owned())?;
+) -> Result<String, SignError> {
+    let key = standard_webhooks::signing_key(secret).ok_or(SignError::Secret)?;
     let content = [format!("{id}.{timestamp}.").as_bytes(), body].concat();
     Ok(format!(
         "v1,{}",
@@ -289,7 +327,7 @@ mod tests {
             .as_str()
             .unwrap()
             .to_owned();
-        let error = RsaSigner::from_pem(&public).err().unwrap();
+        let error = RsaSigner::from_pem(&public).err().unwrap().to_string();
         assert!(error.contains("PUBLIC KEY"), "{error}");
         assert!(RsaSigner::from_pem("not a key").is_err());
     }
