@@ -25,9 +25,9 @@ use crate::config::ChannelConfig;
 use crate::ids::{ChannelName, OrderNo};
 use crate::money::{AmountMinor, Currency};
 use crate::notify::sign::{self, RsaSigner, SignError};
-use crate::notify::{self, NotificationKind, RawRequest};
+use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
-use crate::replay::{Expect, Fixture, ProviderName};
+use crate::replay::{Expect, Fixture};
 
 /// How many fixture orders share one transaction.
 const ORDERS_PER_TRANSACTION: usize = 1000;

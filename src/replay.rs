@@ -20,10 +20,11 @@
 //! non-2xx status is a retry, as payhook answers every retry with 4xx or 5xx. A 2xx is an ack,
 //! except for Alipay, whose protocol acks only with the exact body `success`.
 //!
-//! Alipay is therefore the one provider replay must recognise. An item's `provider` field says
-//! which it is; without one, an item whose body is a form with both `notify_id` and `sign` keys is
-//! Alipay's, and every other item is judged by its status alone. Fixtures made by
-//! `payhook fixtures` always carry `provider`.
+//! Which answer acks is the provider's to say ([`ProviderName::is_ack`]). An item's `provider`
+//! field names its provider; without one, the provider is recognised from the body when the body
+//! tells ([`ProviderName::recognise`]: a form with both `notify_id` and `sign` keys is Alipay's),
+//! and every other item is judged by its status alone. Fixtures made by `payhook fixtures` always
+//! carry `provider`.
 //!
 //! # As a load generator
 //!
@@ -50,6 +51,7 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::ChannelName;
+use crate::notify::ProviderName;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -97,19 +99,6 @@ impl Expect {
             Expect::Retry => "retry",
         }
     }
-}
-
-/// The provider protocol an item speaks, named as in the config's `provider` key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProviderName {
-    #[serde(rename = "alipay")]
-    Alipay,
-    #[serde(rename = "wechatpay")]
-    WechatPay,
-    #[serde(rename = "stripe")]
-    Stripe,
-    #[serde(rename = "standard-webhooks")]
-    StandardWebhooks,
 }
 
 /// One recorded request, as a fixture file holds it.
@@ -167,26 +156,17 @@ impl Answer {
     }
 }
 
-/// Classifies an HTTP answer; see the module doc. `alipay` says the item is Alipay's.
-pub fn classify(alipay: bool, status: u16, body: &[u8]) -> Answer {
+/// Classifies an HTTP answer; see the module doc. `provider` is the item's, when it is known.
+pub fn classify(provider: Option<ProviderName>, status: u16, body: &[u8]) -> Answer {
+    let acked = match provider {
+        Some(provider) => provider.is_ack(status, body),
+        None => (200..=299).contains(&status),
+    };
     match status {
         404 | 405 | 413 => Answer::HttpError,
-        200..=299 if !alipay || body == b"success" => Answer::Ack,
+        _ if acked => Answer::Ack,
         _ => Answer::Retry,
     }
-}
-
-/// Whether an item without a `provider` field is Alipay's: a form body with `notify_id` and
-/// `sign`. Alipay's key names are plain ASCII, so they are compared undecoded.
-pub fn looks_like_alipay(body: &str) -> bool {
-    if body.trim_start().starts_with(['{', '[']) {
-        return false;
-    }
-    let has = |name: &str| {
-        body.split('&')
-            .any(|pair| pair.split_once('=').map_or(pair, |(key, _)| key) == name)
-    };
-    has("notify_id") && has("sign")
 }
 
 /// Parses one fixture file's text; `source` names it in errors and locations.
@@ -272,7 +252,8 @@ struct Target {
     url: Url,
     headers: HeaderMap,
     body: Bytes,
-    alipay: bool,
+    /// The item's provider: as its `provider` field says, or recognised from its body.
+    provider: Option<ProviderName>,
     expect: Option<Expect>,
     label: String,
 }
@@ -300,15 +281,14 @@ impl Target {
                 headers.insert(name, value);
             }
         }
-        let alipay = match fixture.provider {
-            Some(provider) => provider == ProviderName::Alipay,
-            None => looks_like_alipay(&fixture.body),
-        };
+        let provider = fixture
+            .provider
+            .or_else(|| ProviderName::recognise(&fixture.body));
         Ok(Target {
             url,
             headers,
             body: Bytes::from(fixture.body),
-            alipay,
+            provider,
             expect: fixture.expect,
             label,
         })
@@ -434,7 +414,7 @@ async fn sender(plan: Arc<Plan>) -> Tally {
             Ok((status, body)) => {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tally.latency.saturating_record(micros);
-                (classify(target.alipay, status, &body), Some(status))
+                (classify(target.provider, status, &body), Some(status))
             }
             Err(e) => {
                 if tally.first_transport_error.is_none() {
@@ -825,30 +805,33 @@ mod tests {
 
     #[test]
     fn answers_follow_each_provider_protocol() {
-        let cases: [(bool, u16, &[u8], Answer); 12] = [
-            (false, 200, b"", Answer::Ack),
-            (false, 204, b"", Answer::Ack),
-            (false, 200, b"fail", Answer::Ack),
-            (true, 200, b"success", Answer::Ack),
-            (true, 200, b"fail", Answer::Retry),
-            (true, 200, b"success\n", Answer::Retry),
-            (true, 500, b"success", Answer::Retry),
-            (false, 400, b"", Answer::Retry),
-            (false, 401, b"", Answer::Retry),
-            (false, 503, b"", Answer::Retry),
-            (true, 404, b"unknown channel", Answer::HttpError),
-            (false, 413, b"", Answer::HttpError),
+        const ALIPAY: Option<ProviderName> = Some(ProviderName::Alipay);
+        let cases: [(Option<ProviderName>, u16, &[u8], Answer); 14] = [
+            (None, 200, b"", Answer::Ack),
+            (None, 204, b"", Answer::Ack),
+            (None, 200, b"fail", Answer::Ack),
+            (Some(ProviderName::Stripe), 200, b"fail", Answer::Ack),
+            (Some(ProviderName::WechatPay), 204, b"", Answer::Ack),
+            (ALIPAY, 200, b"success", Answer::Ack),
+            (ALIPAY, 200, b"fail", Answer::Retry),
+            (ALIPAY, 200, b"success\n", Answer::Retry),
+            (ALIPAY, 500, b"success", Answer::Retry),
+            (None, 400, b"", Answer::Retry),
+            (Some(ProviderName::StandardWebhooks), 401, b"", Answer::Retry),
+            (None, 503, b"", Answer::Retry),
+            (ALIPAY, 404, b"unknown channel", Answer::HttpError),
+            (None, 413, b"", Answer::HttpError),
         ];
-        for (alipay, status, body, answer) in cases {
+        for (provider, status, body, answer) in cases {
             assert_eq!(
-                classify(alipay, status, body),
+                classify(provider, status, body),
                 answer,
-                "alipay={alipay} status={status} body={:?}",
+                "provider={provider:?} status={status} body={:?}",
                 String::from_utf8_lossy(body)
             );
         }
-        assert_eq!(classify(false, 405, b""), Answer::HttpError);
-        assert_eq!(classify(false, 302, b""), Answer::Retry);
+        assert_eq!(classify(None, 405, b""), Answer::HttpError);
+        assert_eq!(classify(None, 302, b""), Answer::Retry);
         assert!(Answer::Ack.is(Expect::Ack) && Answer::Retry.is(Expect::Retry));
         assert!(!Answer::TransportError.is(Expect::Retry));
         assert!(!Answer::HttpError.is(Expect::Retry));
@@ -856,18 +839,17 @@ mod tests {
 
     #[test]
     fn alipay_is_told_by_the_provider_field_or_else_by_its_form() {
-        assert!(looks_like_alipay("a=1&notify_id=N&sign=x%3D"));
-        assert!(!looks_like_alipay("notify_id=N&total_amount=1.00"));
-        assert!(!looks_like_alipay(r#"{"q": "notify_id=N&sign=x"}"#));
-        assert!(!looks_like_alipay("x_notify_id=N&sign=x"));
         let base = "http://127.0.0.1:1";
+        let provider = |located: &Located| Target::new(base, located.clone()).unwrap().provider;
         let mut located = parse(ALIPAY, "a").unwrap().remove(0);
-        assert!(Target::new(base, located.clone()).unwrap().alipay);
+        assert_eq!(provider(&located), Some(ProviderName::Alipay));
         located.fixture.provider = Some(ProviderName::Stripe);
-        assert!(!Target::new(base, located.clone()).unwrap().alipay);
+        assert_eq!(provider(&located), Some(ProviderName::Stripe));
         located.fixture.body = "{}".to_owned();
         located.fixture.provider = Some(ProviderName::Alipay);
-        assert!(Target::new(base, located).unwrap().alipay);
+        assert_eq!(provider(&located), Some(ProviderName::Alipay));
+        located.fixture.provider = None;
+        assert_eq!(provider(&located), None);
     }
 
     #[test]

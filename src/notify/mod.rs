@@ -5,6 +5,7 @@
 //! decide about money. What a notification *does* is decided by [`crate::apply`].
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{ChannelName, OrderNo};
 use crate::money::{AmountMinor, Currency};
@@ -133,6 +134,38 @@ pub trait Provider: Send + Sync {
 mod common;
 #[cfg(test)]
 mod testing;
+
+/// A provider's protocol named as in the config's `provider` key, for tools that handle its
+/// requests without the channel's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProviderName {
+    #[serde(rename = "alipay")]
+    Alipay,
+    #[serde(rename = "wechatpay")]
+    WechatPay,
+    #[serde(rename = "stripe")]
+    Stripe,
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
+}
+
+impl ProviderName {
+    /// Whether an HTTP answer with this status and body stops the provider's retries.
+    pub fn is_ack(self, status: u16, body: &[u8]) -> bool {
+        match self {
+            ProviderName::Alipay => alipay::is_ack(status, body),
+            ProviderName::WechatPay => wechatpay::is_ack(status),
+            ProviderName::Stripe => stripe::is_ack(status),
+            ProviderName::StandardWebhooks => standard_webhooks::is_ack(status),
+        }
+    }
+
+    /// The provider a request body shows it comes from without its headers or keys, when the
+    /// body tells: only Alipay's form does.
+    pub fn recognise(body: &str) -> Option<ProviderName> {
+        alipay::looks_like_notification(body).then_some(ProviderName::Alipay)
+    }
+}
 
 /// Verifies a request with its channel's adapter, and holds what comes out to the rules every
 /// provider's notification obeys.

@@ -122,7 +122,7 @@ impl Provider for Alipay {
     }
 
     fn ack(&self) -> Answer {
-        common::text_answer(200, "success")
+        common::text_answer(200, ACK)
     }
 
     /// Alipay resends on any body but `success`; the status is for people: 400 when the request
@@ -134,6 +134,28 @@ impl Provider for Alipay {
         };
         common::text_answer(status, "fail")
     }
+}
+
+/// The one answer body that stops Alipay resending.
+const ACK: &str = "success";
+
+/// Whether an HTTP answer stops Alipay resending: a success status, and exactly `success`.
+pub fn is_ack(status: u16, body: &[u8]) -> bool {
+    common::is_success(status) && body == ACK.as_bytes()
+}
+
+/// Whether a body is an Alipay notification's form, for a request recorded without its provider:
+/// a form with `notify_id` and `sign`. Alipay's key names are plain ASCII, so they are compared
+/// undecoded.
+pub fn looks_like_notification(body: &str) -> bool {
+    if body.trim_start().starts_with(['{', '[']) {
+        return false;
+    }
+    let has = |name: &str| {
+        body.split('&')
+            .any(|pair| pair.split_once('=').map_or(pair, |(key, _)| key) == name)
+    };
+    has("notify_id") && has("sign")
 }
 
 impl Alipay {
@@ -629,8 +651,22 @@ mod tests {
                 (answer.status, answer.body.as_slice()),
                 (status, &b"fail"[..])
             );
+            assert!(!is_ack(answer.status, &answer.body));
         }
         assert!(alipay.signed_headers().is_empty());
+        assert!(is_ack(alipay.ack().status, &alipay.ack().body));
+        assert!(is_ack(204, b"success"));
+        for (status, body) in [(200, &b"fail"[..]), (200, b"success\n"), (500, b"success")] {
+            assert!(!is_ack(status, body), "{status} {body:?}");
+        }
+    }
+
+    #[test]
+    fn a_form_with_notify_id_and_sign_is_told_apart_as_alipay() {
+        assert!(looks_like_notification("a=1&notify_id=N&sign=x%3D"));
+        assert!(!looks_like_notification("notify_id=N&total_amount=1.00"));
+        assert!(!looks_like_notification(r#"{"q": "notify_id=N&sign=x"}"#));
+        assert!(!looks_like_notification("x_notify_id=N&sign=x"));
     }
 
     /// The parameters a form decodes to, by an independent decoder.

@@ -96,6 +96,11 @@ impl Provider for Stripe {
     }
 }
 
+/// Whether an HTTP answer stops Stripe resending: any success status.
+pub fn is_ack(status: u16) -> bool {
+    common::is_success(status)
+}
+
 /// `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`.
 struct SignatureHeader<'a> {
     timestamp: &'a str,
@@ -617,9 +622,11 @@ mod tests {
     fn failures_are_never_answered_with_a_success_status() {
         let (stripe, _) = vectors();
         assert_eq!(stripe.ack().status, 200);
+        assert!(is_ack(stripe.ack().status));
         assert_eq!(stripe.retry(RetryReason::Unverified, "x").status, 400);
         assert_eq!(stripe.retry(RetryReason::BadRequest, "x").status, 400);
         assert_eq!(stripe.retry(RetryReason::Unavailable, "x").status, 503);
+        assert!(!is_ack(stripe.retry(RetryReason::Unavailable, "x").status));
         assert_eq!(stripe.signed_headers(), ["Stripe-Signature"]);
     }
 

@@ -230,6 +230,11 @@ impl Provider for WechatPay {
     }
 }
 
+/// Whether an HTTP answer stops WeChat Pay resending: any success status.
+pub fn is_ack(status: u16) -> bool {
+    common::is_success(status)
+}
+
 /// Refund events are records whatever the refund's own status; payments follow `trade_state`.
 fn kind(event_type: &str, trade_state: Option<&str>) -> NotificationKind {
     if event_type.starts_with("REFUND.") {
@@ -596,7 +601,7 @@ mod tests {
     #[test]
     fn failures_are_never_answered_with_a_success_status() {
         let (wechat, _) = vectors();
-        assert!((200..300).contains(&wechat.ack().status));
+        assert!(is_ack(wechat.ack().status));
         for (reason, status) in [
             (RetryReason::Unverified, 401),
             (RetryReason::BadRequest, 400),
@@ -604,6 +609,7 @@ mod tests {
         ] {
             let answer = wechat.retry(reason, "said \"no\"");
             assert_eq!(answer.status, status);
+            assert!(!is_ack(answer.status));
             let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
             assert_eq!(body, json!({ "code": "FAIL", "message": "said \"no\"" }));
         }
