@@ -22,9 +22,8 @@ use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde_json::json;
 
 use crate::config::ChannelConfig;
-use crate::ids::{ChannelName, OrderNo};
-use crate::money::{AmountMinor, Currency};
-use crate::notify::sign::{self, RsaSigner, SignError};
+use crate::ids::ChannelName;
+use crate::notify::sign::{self, china, digits, unique_hex, Payment, RsaSigner, SignError, Signed};
 use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
 use crate::replay::{Expect, Fixture};
@@ -73,14 +72,6 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-/// The order a notification pays.
-#[derive(Debug, Clone)]
-pub struct Payment {
-    pub order_no: OrderNo,
-    pub amount: AmountMinor,
-    pub currency: Currency,
-}
-
 impl From<&NewOrder> for Payment {
     fn from(order: &NewOrder) -> Payment {
         Payment {
@@ -89,13 +80,6 @@ impl From<&NewOrder> for Payment {
             currency: order.currency,
         }
     }
-}
-
-/// A signed request: what a fixture item carries.
-#[derive(Debug, Clone)]
-pub struct Signed {
-    pub headers: Vec<(String, String)>,
-    pub body: String,
 }
 
 /// A channel's keys, ready to sign its provider's payment notifications.
@@ -127,16 +111,7 @@ impl Signer {
         private_key: Option<&str>,
         serial: Option<&str>,
     ) -> Result<Signer, SignError> {
-        let rsa_key = |provider: &'static str, public: &'static str| {
-            let pem = private_key.ok_or(SignError::NoPrivateKey { provider, public })?;
-            RsaSigner::from_pem(pem).map_err(SignError::PrivateKey)
-        };
-        let first_secret = |secrets: &[crate::config::Secret]| {
-            secrets
-                .first()
-                .map(|s| s.expose().to_owned())
-                .ok_or(SignError::NoSecret)
-        };
+        let rsa_key = |provider, public| sign::private_key(private_key, provider, public);
         Ok(match cfg {
             ChannelConfig::Alipay(c) => Signer::Alipay {
                 app_id: c.app_id.clone(),
@@ -169,10 +144,10 @@ impl Signer {
                 }
             }
             ChannelConfig::Stripe(c) => Signer::Stripe {
-                secret: first_secret(&c.secrets)?,
+                secret: sign::first_secret(&c.secrets)?,
             },
             ChannelConfig::StandardWebhooks(c) => Signer::StandardWebhooks {
-                secret: first_secret(&c.secrets)?,
+                secret: sign::first_secret(&c.secrets)?,
             },
         })
     }
@@ -206,21 +181,6 @@ impl Signer {
             Signer::StandardWebhooks { secret } => standard_webhooks(secret, payment, now),
         }
     }
-}
-
-/// China Standard Time, in which Alipay and WeChat Pay write their times.
-fn china(now: DateTime<Utc>) -> DateTime<FixedOffset> {
-    now.with_timezone(&FixedOffset::east_opt(8 * 3600).expect("a valid offset"))
-}
-
-/// `n` random decimal digits.
-fn digits(n: usize) -> String {
-    (0..n).map(|_| fastrand::digit(10)).collect()
-}
-
-/// A fresh id: 32 hex digits, time-ordered and unique.
-fn unique_hex() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
 }
 
 fn alipay(
@@ -569,6 +529,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::config::Settings;
+    use crate::money::AmountMinor;
 
     fn demo() -> Settings {
         Settings::from_toml(include_str!("../config/demo.toml")).expect("demo config")

@@ -817,7 +817,12 @@ mod tests {
             (ALIPAY, 200, b"success\n", Answer::Retry),
             (ALIPAY, 500, b"success", Answer::Retry),
             (None, 400, b"", Answer::Retry),
-            (Some(ProviderName::StandardWebhooks), 401, b"", Answer::Retry),
+            (
+                Some(ProviderName::StandardWebhooks),
+                401,
+                b"",
+                Answer::Retry,
+            ),
             (None, 503, b"", Answer::Retry),
             (ALIPAY, 404, b"unknown channel", Answer::HttpError),
             (None, 413, b"", Answer::HttpError),

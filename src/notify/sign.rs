@@ -6,11 +6,63 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use chrono::{DateTime, FixedOffset, Utc};
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use ring::{aead, hmac};
 
 use super::standard_webhooks;
+use crate::config::Secret;
+use crate::ids::OrderNo;
+use crate::money::{AmountMinor, Currency};
+
+/// The order a notification pays.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub order_no: OrderNo,
+    pub amount: AmountMinor,
+    pub currency: Currency,
+}
+
+/// A signed request: what a fixture item carries.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// The private half of a channel's RSA public key, which only the command line can give.
+pub(crate) fn private_key(
+    pem: Option<&str>,
+    provider: &'static str,
+    public: &'static str,
+) -> Result<RsaSigner, SignError> {
+    let pem = pem.ok_or(SignError::NoPrivateKey { provider, public })?;
+    RsaSigner::from_pem(pem).map_err(SignError::PrivateKey)
+}
+
+/// The secret fixtures sign with: the channel's first configured one.
+pub(crate) fn first_secret(secrets: &[Secret]) -> Result<String, SignError> {
+    secrets
+        .first()
+        .map(|s| s.expose().to_owned())
+        .ok_or(SignError::NoSecret)
+}
+
+/// China Standard Time, in which Alipay and WeChat Pay write their times.
+pub(crate) fn china(now: DateTime<Utc>) -> DateTime<FixedOffset> {
+    now.with_timezone(&FixedOffset::east_opt(8 * 3600).expect("a valid offset"))
+}
+
+/// `n` random decimal digits.
+pub(crate) fn digits(n: usize) -> String {
+    (0..n).map(|_| fastrand::digit(10)).collect()
+}
+
+/// A fresh id: 32 hex digits, time-ordered and unique.
+pub(crate) fn unique_hex() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
 
 /// Why a private key cannot sign; it describes the key's shape, never its content.
 #[derive(Debug, thiserror::Error)]
