@@ -18,11 +18,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
 use crate::config::ChannelConfig;
 use crate::ids::ChannelName;
+use crate::notify::alipay::sign::AlipaySigner;
 use crate::notify::sign::{self, china, digits, unique_hex, Payment, RsaSigner, SignError, Signed};
 use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
@@ -84,11 +85,7 @@ impl From<&NewOrder> for Payment {
 
 /// A channel's keys, ready to sign its provider's payment notifications.
 pub enum Signer {
-    Alipay {
-        app_id: String,
-        seller_id: Option<String>,
-        key: RsaSigner,
-    },
+    Alipay(AlipaySigner),
     WechatPay {
         mchid: String,
         appid: String,
@@ -113,11 +110,7 @@ impl Signer {
     ) -> Result<Signer, SignError> {
         let rsa_key = |provider, public| sign::private_key(private_key, provider, public);
         Ok(match cfg {
-            ChannelConfig::Alipay(c) => Signer::Alipay {
-                app_id: c.app_id.clone(),
-                seller_id: c.seller_id.clone(),
-                key: rsa_key("Alipay", "alipay_public_key")?,
-            },
+            ChannelConfig::Alipay(c) => Signer::Alipay(AlipaySigner::new(c, private_key)?),
             ChannelConfig::WechatPay(c) => {
                 let serial = match serial {
                     Some(s) if c.public_keys.contains_key(s) => s.to_owned(),
@@ -154,7 +147,7 @@ impl Signer {
 
     pub fn provider(&self) -> ProviderName {
         match self {
-            Signer::Alipay { .. } => ProviderName::Alipay,
+            Signer::Alipay(_) => ProviderName::Alipay,
             Signer::WechatPay { .. } => ProviderName::WechatPay,
             Signer::Stripe { .. } => ProviderName::Stripe,
             Signer::StandardWebhooks { .. } => ProviderName::StandardWebhooks,
@@ -165,11 +158,7 @@ impl Signer {
     /// and trade ids.
     pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<Signed, SignError> {
         match self {
-            Signer::Alipay {
-                app_id,
-                seller_id,
-                key,
-            } => Ok(alipay(app_id, seller_id.as_deref(), key, payment, now)),
+            Signer::Alipay(signer) => Ok(signer.paid(payment, now)),
             Signer::WechatPay {
                 mchid,
                 appid,
@@ -180,56 +169,6 @@ impl Signer {
             Signer::Stripe { secret } => Ok(stripe(secret, payment, now)),
             Signer::StandardWebhooks { secret } => standard_webhooks(secret, payment, now),
         }
-    }
-}
-
-fn alipay(
-    app_id: &str,
-    seller_id: Option<&str>,
-    key: &RsaSigner,
-    payment: &Payment,
-    now: DateTime<Utc>,
-) -> Signed {
-    let local = china(now);
-    let time = |t: DateTime<FixedOffset>| t.format("%Y-%m-%d %H:%M:%S").to_string();
-    let amount = payment.amount.format(payment.currency);
-    let trade_no = format!("{}22001{}", local.format("%Y%m%d"), digits(15));
-    let buyer_id = format!("2088{}", digits(12));
-    let seller_id = seller_id.map_or_else(|| format!("2088{}", digits(12)), str::to_owned);
-    let fund_bill_list = json!([{ "amount": amount, "fundChannel": "ALIPAYACCOUNT" }]).to_string();
-    let fields = [
-        ("gmt_create", time(local - chrono::Duration::seconds(5))),
-        ("charset", "utf-8".to_owned()),
-        ("subject", "充值 (payhook fixture)".to_owned()),
-        ("buyer_id", buyer_id),
-        ("invoice_amount", amount.clone()),
-        ("notify_id", unique_hex()),
-        ("fund_bill_list", fund_bill_list),
-        ("notify_type", "trade_status_sync".to_owned()),
-        ("trade_status", "TRADE_SUCCESS".to_owned()),
-        ("receipt_amount", amount.clone()),
-        ("buyer_pay_amount", amount.clone()),
-        ("app_id", app_id.to_owned()),
-        ("seller_id", seller_id),
-        ("gmt_payment", time(local - chrono::Duration::seconds(1))),
-        ("notify_time", time(local)),
-        ("version", "1.0".to_owned()),
-        ("out_trade_no", payment.order_no.to_string()),
-        ("total_amount", amount),
-        ("trade_no", trade_no),
-        ("auth_app_id", app_id.to_owned()),
-        ("point_amount", "0.00".to_owned()),
-    ];
-    let mut params: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-    let signature = sign::alipay_rsa2(&params, key);
-    params.push(("sign", signature.as_bytes()));
-    params.push(("sign_type", b"RSA2"));
-    Signed {
-        headers: vec![(
-            "Content-Type".to_owned(),
-            "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
-        )],
-        body: sign::form_encode(&params),
     }
 }
 

@@ -138,40 +138,6 @@ impl RsaSigner {
     }
 }
 
-/// Alipay's `RSA2` `sign` for form parameters given decoded: every parameter but `sign` and
-/// `sign_type`, sorted by key, joined as `k=v` with `&`, signed, in base64.
-pub fn alipay_rsa2(params: &[(&str, &[u8])], key: &RsaSigner) -> String {
-    let mut signed: Vec<&(&str, &[u8])> = params
-        .iter()
-        .filter(|(k, _)| *k != "sign" && *k != "sign_type")
-        .collect();
-    signed.sort_by_key(|(k, _)| k.as_bytes());
-    let mut content = Vec::new();
-    for (k, v) in signed {
-        if !content.is_empty() {
-            content.push(b'&');
-        }
-        content.extend_from_slice(k.as_bytes());
-        content.push(b'=');
-        content.extend_from_slice(v);
-    }
-    STANDARD.encode(key.sign_sha256(&content))
-}
-
-/// An `application/x-www-form-urlencoded` body, values given as bytes (in the form's charset).
-pub fn form_encode(fields: &[(&str, &[u8])]) -> String {
-    let mut body = String::new();
-    for (k, v) in fields {
-        if !body.is_empty() {
-            body.push('&');
-        }
-        body.extend(form_urlencoded::byte_serialize(k.as_bytes()));
-        body.push('=');
-        body.extend(form_urlencoded::byte_serialize(v));
-    }
-    body
-}
-
 /// WeChat Pay's encrypted `resource.ciphertext`: AES-256-GCM under the 32-byte APIv3 key, tag
 /// appended, in base64. `nonce` must be 12 bytes and never reused with the same key.
 pub fn wechatpay_encrypt(
@@ -304,50 +270,6 @@ mod tests {
         assert_eq!(
             header,
             format!("t={},{}", p.stripe.timestamp, p.stripe.signature)
-        );
-    }
-
-    #[test]
-    fn an_rsa2_sign_matches_the_alipay_vector_made_by_another_signer() {
-        // PKCS #1 v1.5 is deterministic, so re-signing a vector's form must give its `sign`.
-        #[derive(Deserialize)]
-        struct Vectors {
-            cases: Vec<testing::Case>,
-        }
-        let v: Vectors = testing::load("alipay.json");
-        let paid = &v.cases[0];
-        let params: Vec<(String, Vec<u8>)> = form_urlencoded::parse(paid.body.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned().into_bytes()))
-            .collect();
-        let borrowed: Vec<(&str, &[u8])> = params
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
-        let sign = params.iter().find(|(k, _)| k == "sign").unwrap();
-        let key = testing::signer("alipay-test-private-key.pem");
-        assert_eq!(alipay_rsa2(&borrowed, &key).as_bytes(), sign.1.as_slice());
-    }
-
-    #[test]
-    fn form_encoding_round_trips_reserved_characters() {
-        let fields: [(&str, &[u8]); 2] = [
-            ("subject", "充值 100% & more=yes+1".as_bytes()),
-            ("body", b""),
-        ];
-        let encoded = form_encode(&fields);
-        assert!(
-            !encoded.contains(' ') && encoded.matches('&').count() == 1,
-            "{encoded}"
-        );
-        let decoded: Vec<(String, String)> = form_urlencoded::parse(encoded.as_bytes())
-            .into_owned()
-            .collect();
-        assert_eq!(
-            decoded,
-            [
-                ("subject".to_owned(), "充值 100% & more=yes+1".to_owned()),
-                ("body".to_owned(), String::new())
-            ]
         );
     }
 
