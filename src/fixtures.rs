@@ -18,13 +18,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::config::ChannelConfig;
 use crate::ids::ChannelName;
 use crate::notify::alipay::sign::AlipaySigner;
-use crate::notify::sign::{self, china, digits, unique_hex, Payment, RsaSigner, SignError, Signed};
+use crate::notify::sign::{self, unique_hex, Payment, SignError, Signed};
+use crate::notify::wechatpay::sign::WechatPaySigner;
 use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
 use crate::replay::{Expect, Fixture};
@@ -86,19 +87,9 @@ impl From<&NewOrder> for Payment {
 /// A channel's keys, ready to sign its provider's payment notifications.
 pub enum Signer {
     Alipay(AlipaySigner),
-    WechatPay {
-        mchid: String,
-        appid: String,
-        apiv3_key: String,
-        serial: String,
-        key: RsaSigner,
-    },
-    Stripe {
-        secret: String,
-    },
-    StandardWebhooks {
-        secret: String,
-    },
+    WechatPay(WechatPaySigner),
+    Stripe { secret: String },
+    StandardWebhooks { secret: String },
 }
 
 impl Signer {
@@ -108,33 +99,10 @@ impl Signer {
         private_key: Option<&str>,
         serial: Option<&str>,
     ) -> Result<Signer, SignError> {
-        let rsa_key = |provider, public| sign::private_key(private_key, provider, public);
         Ok(match cfg {
             ChannelConfig::Alipay(c) => Signer::Alipay(AlipaySigner::new(c, private_key)?),
             ChannelConfig::WechatPay(c) => {
-                let serial = match serial {
-                    Some(s) if c.public_keys.contains_key(s) => s.to_owned(),
-                    Some(s) => {
-                        let known: Vec<&str> = c.public_keys.keys().map(String::as_str).collect();
-                        return Err(SignError::UnknownSerial {
-                            serial: s.to_owned(),
-                            known: known.join(", "),
-                        });
-                    }
-                    None => c
-                        .public_keys
-                        .keys()
-                        .next()
-                        .cloned()
-                        .ok_or(SignError::NoPublicKeys)?,
-                };
-                Signer::WechatPay {
-                    mchid: c.mchid.clone(),
-                    appid: c.appid.clone(),
-                    apiv3_key: c.apiv3_key.expose().to_owned(),
-                    serial,
-                    key: rsa_key("WeChat Pay", "public key")?,
-                }
+                Signer::WechatPay(WechatPaySigner::new(c, private_key, serial)?)
             }
             ChannelConfig::Stripe(c) => Signer::Stripe {
                 secret: sign::first_secret(&c.secrets)?,
@@ -148,7 +116,7 @@ impl Signer {
     pub fn provider(&self) -> ProviderName {
         match self {
             Signer::Alipay(_) => ProviderName::Alipay,
-            Signer::WechatPay { .. } => ProviderName::WechatPay,
+            Signer::WechatPay(_) => ProviderName::WechatPay,
             Signer::Stripe { .. } => ProviderName::Stripe,
             Signer::StandardWebhooks { .. } => ProviderName::StandardWebhooks,
         }
@@ -159,89 +127,11 @@ impl Signer {
     pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<Signed, SignError> {
         match self {
             Signer::Alipay(signer) => Ok(signer.paid(payment, now)),
-            Signer::WechatPay {
-                mchid,
-                appid,
-                apiv3_key,
-                serial,
-                key,
-            } => wechatpay(mchid, appid, apiv3_key, serial, key, payment, now),
+            Signer::WechatPay(signer) => signer.paid(payment, now),
             Signer::Stripe { secret } => Ok(stripe(secret, payment, now)),
             Signer::StandardWebhooks { secret } => standard_webhooks(secret, payment, now),
         }
     }
-}
-
-fn wechatpay(
-    mchid: &str,
-    appid: &str,
-    apiv3_key: &str,
-    serial: &str,
-    key: &RsaSigner,
-    payment: &Payment,
-    now: DateTime<Utc>,
-) -> Result<Signed, SignError> {
-    let local = china(now);
-    let time = local.to_rfc3339_opts(SecondsFormat::Secs, false);
-    let transaction = json!({
-        "mchid": mchid,
-        "appid": appid,
-        "out_trade_no": payment.order_no,
-        "transaction_id": format!("42000{}{}{}", digits(5), local.format("%Y%m%d"), digits(10)),
-        "trade_type": "JSAPI",
-        "trade_state": "SUCCESS",
-        "trade_state_desc": "支付成功",
-        "bank_type": "OTHERS",
-        "attach": "",
-        "success_time": time,
-        "payer": { "openid": format!("o{}", &unique_hex()[..27]) },
-        "amount": {
-            "total": payment.amount.get(),
-            "payer_total": payment.amount.get(),
-            "currency": payment.currency.code(),
-            "payer_currency": payment.currency.code(),
-        },
-    });
-    let resource_nonce: String = (0..12).map(|_| fastrand::alphanumeric()).collect();
-    let ciphertext = sign::wechatpay_encrypt(
-        apiv3_key,
-        &resource_nonce,
-        "transaction",
-        transaction.to_string().as_bytes(),
-    )?;
-    let body = json!({
-        "id": uuid::Uuid::now_v7().hyphenated().to_string(),
-        "create_time": time,
-        "resource_type": "encrypt-resource",
-        "event_type": "TRANSACTION.SUCCESS",
-        "summary": "支付成功",
-        "resource": {
-            "original_type": "transaction",
-            "algorithm": "AEAD_AES_256_GCM",
-            "ciphertext": ciphertext,
-            "associated_data": "transaction",
-            "nonce": resource_nonce,
-        },
-    })
-    .to_string();
-    let timestamp = now.timestamp().to_string();
-    let nonce = unique_hex().to_uppercase();
-    let signature = sign::wechatpay_signature(key, &timestamp, &nonce, body.as_bytes());
-    let headers = [
-        ("Content-Type", "application/json".to_owned()),
-        ("Wechatpay-Nonce", nonce),
-        ("Wechatpay-Serial", serial.to_owned()),
-        ("Wechatpay-Signature", signature),
-        (
-            "Wechatpay-Signature-Type",
-            "WECHATPAY2-SHA256-RSA2048".to_owned(),
-        ),
-        ("Wechatpay-Timestamp", timestamp),
-    ];
-    Ok(Signed {
-        headers: headers.map(|(k, v)| (k.to_owned(), v)).to_vec(),
-        body,
-    })
 }
 
 fn stripe(secret: &str, payment: &Payment, now: DateTime<Utc>) -> Signed {

@@ -7,9 +7,9 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, FixedOffset, Utc};
+use ring::hmac;
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
-use ring::{aead, hmac};
 
 use super::standard_webhooks;
 use crate::config::Secret;
@@ -138,43 +138,6 @@ impl RsaSigner {
     }
 }
 
-/// WeChat Pay's encrypted `resource.ciphertext`: AES-256-GCM under the 32-byte APIv3 key, tag
-/// appended, in base64. `nonce` must be 12 bytes and never reused with the same key.
-pub fn wechatpay_encrypt(
-    apiv3_key: &str,
-    nonce: &str,
-    associated_data: &str,
-    plaintext: &[u8],
-) -> Result<String, SignError> {
-    let key = aead::UnboundKey::new(&aead::AES_256_GCM, apiv3_key.as_bytes())
-        .map_err(|_| SignError::ApiV3KeyLength)?;
-    let nonce = aead::Nonce::try_assume_unique_for_key(nonce.as_bytes())
-        .map_err(|_| SignError::NonceLength)?;
-    let mut sealed = plaintext.to_vec();
-    aead::LessSafeKey::new(key)
-        .seal_in_place_append_tag(
-            nonce,
-            aead::Aad::from(associated_data.as_bytes()),
-            &mut sealed,
-        )
-        .map_err(|_| SignError::TooLarge)?;
-    Ok(STANDARD.encode(sealed))
-}
-
-/// WeChat Pay v3's `Wechatpay-Signature`: SHA256withRSA over `timestamp\nnonce\nbody\n`.
-pub fn wechatpay_signature(key: &RsaSigner, timestamp: &str, nonce: &str, body: &[u8]) -> String {
-    let message = [
-        timestamp.as_bytes(),
-        b"\n",
-        nonce.as_bytes(),
-        b"\n",
-        body,
-        b"\n",
-    ]
-    .concat();
-    STANDARD.encode(key.sign_sha256(&message))
-}
-
 /// Stripe's `Stripe-Signature` value: `t=<timestamp>,v1=<hex HMAC-SHA256 of "t.body">`, keyed
 /// with the secret's text, `whsec_` prefix included.
 pub fn stripe_signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
@@ -211,8 +174,6 @@ mod tests {
     struct Published {
         #[serde(rename = "standard-webhooks-spec")]
         spec: Spec,
-        #[serde(rename = "wechatpay-aes-256-gcm")]
-        aes: Aes,
         #[serde(rename = "stripe-derived")]
         stripe: Stripe,
     }
@@ -224,15 +185,6 @@ mod tests {
         timestamp: i64,
         body: String,
         signature: String,
-    }
-
-    #[derive(Deserialize)]
-    struct Aes {
-        key: String,
-        nonce: String,
-        associated_data: String,
-        ciphertext: String,
-        plaintext: String,
     }
 
     #[derive(Deserialize)]
@@ -254,14 +206,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec, p.spec.signature);
-        let sealed = wechatpay_encrypt(
-            &p.aes.key,
-            &p.aes.nonce,
-            &p.aes.associated_data,
-            p.aes.plaintext.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(sealed, p.aes.ciphertext);
         let header = stripe_signature(
             &p.stripe.secret,
             p.stripe.timestamp,
