@@ -25,6 +25,7 @@ use crate::config::ChannelConfig;
 use crate::ids::ChannelName;
 use crate::notify::alipay::sign::AlipaySigner;
 use crate::notify::sign::{self, unique_hex, Payment, SignError, Signed};
+use crate::notify::stripe::sign::StripeSigner;
 use crate::notify::wechatpay::sign::WechatPaySigner;
 use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
@@ -88,7 +89,7 @@ impl From<&NewOrder> for Payment {
 pub enum Signer {
     Alipay(AlipaySigner),
     WechatPay(WechatPaySigner),
-    Stripe { secret: String },
+    Stripe(StripeSigner),
     StandardWebhooks { secret: String },
 }
 
@@ -104,9 +105,7 @@ impl Signer {
             ChannelConfig::WechatPay(c) => {
                 Signer::WechatPay(WechatPaySigner::new(c, private_key, serial)?)
             }
-            ChannelConfig::Stripe(c) => Signer::Stripe {
-                secret: sign::first_secret(&c.secrets)?,
-            },
+            ChannelConfig::Stripe(c) => Signer::Stripe(StripeSigner::new(c)?),
             ChannelConfig::StandardWebhooks(c) => Signer::StandardWebhooks {
                 secret: sign::first_secret(&c.secrets)?,
             },
@@ -117,7 +116,7 @@ impl Signer {
         match self {
             Signer::Alipay(_) => ProviderName::Alipay,
             Signer::WechatPay(_) => ProviderName::WechatPay,
-            Signer::Stripe { .. } => ProviderName::Stripe,
+            Signer::Stripe(_) => ProviderName::Stripe,
             Signer::StandardWebhooks { .. } => ProviderName::StandardWebhooks,
         }
     }
@@ -128,49 +127,9 @@ impl Signer {
         match self {
             Signer::Alipay(signer) => Ok(signer.paid(payment, now)),
             Signer::WechatPay(signer) => signer.paid(payment, now),
-            Signer::Stripe { secret } => Ok(stripe(secret, payment, now)),
+            Signer::Stripe(signer) => Ok(signer.paid(payment, now)),
             Signer::StandardWebhooks { secret } => standard_webhooks(secret, payment, now),
         }
-    }
-}
-
-fn stripe(secret: &str, payment: &Payment, now: DateTime<Utc>) -> Signed {
-    let id = unique_hex();
-    let body = json!({
-        "id": format!("evt_{id}"),
-        "object": "event",
-        "api_version": "2024-06-20",
-        "created": now.timestamp(),
-        "livemode": false,
-        "pending_webhooks": 1,
-        "type": "checkout.session.completed",
-        "data": {
-            "object": {
-                "id": format!("cs_test_{id}"),
-                "object": "checkout.session",
-                "client_reference_id": payment.order_no,
-                "amount_subtotal": payment.amount.get(),
-                "amount_total": payment.amount.get(),
-                "currency": payment.currency.code().to_ascii_lowercase(),
-                "mode": "payment",
-                "payment_status": "paid",
-                "status": "complete",
-                "payment_intent": format!("pi_{id}"),
-                "metadata": { "order_no": payment.order_no },
-            }
-        },
-    })
-    .to_string();
-    let header = sign::stripe_signature(secret, now.timestamp(), body.as_bytes());
-    Signed {
-        headers: vec![
-            (
-                "Content-Type".to_owned(),
-                "application/json; charset=utf-8".to_owned(),
-            ),
-            ("Stripe-Signature".to_owned(), header),
-        ],
-        body,
     }
 }
 

@@ -627,7 +627,7 @@ fn a_connected_accounts_stripe_event_is_acked_as_an_anomaly_and_never_credits(db
         } }
     })
     .to_string();
-    let signature = payhook::notify::sign::stripe_signature(
+    let signature = payhook::notify::stripe::sign::signature(
         &s(&stripe, "secret"),
         VECTOR_TIME,
         event.as_bytes(),

@@ -138,15 +138,6 @@ impl RsaSigner {
     }
 }
 
-/// Stripe's `Stripe-Signature` value: `t=<timestamp>,v1=<hex HMAC-SHA256 of "t.body">`, keyed
-/// with the secret's text, `whsec_` prefix included.
-pub fn stripe_signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let payload = [timestamp.to_string().as_bytes(), b".", body].concat();
-    let v1 = hex::encode(hmac::sign(&key, &payload));
-    format!("t={timestamp},v1={v1}")
-}
-
 /// A Standard Webhooks `webhook-signature` entry: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`,
 /// keyed with the base64-decoded secret after `whsec_`.
 pub fn standard_webhooks_signature(
@@ -174,22 +165,12 @@ mod tests {
     struct Published {
         #[serde(rename = "standard-webhooks-spec")]
         spec: Spec,
-        #[serde(rename = "stripe-derived")]
-        stripe: Stripe,
     }
 
     #[derive(Deserialize)]
     struct Spec {
         secret: String,
         id: String,
-        timestamp: i64,
-        body: String,
-        signature: String,
-    }
-
-    #[derive(Deserialize)]
-    struct Stripe {
-        secret: String,
         timestamp: i64,
         body: String,
         signature: String,
@@ -206,15 +187,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec, p.spec.signature);
-        let header = stripe_signature(
-            &p.stripe.secret,
-            p.stripe.timestamp,
-            p.stripe.body.as_bytes(),
-        );
-        assert_eq!(
-            header,
-            format!("t={},{}", p.stripe.timestamp, p.stripe.signature)
-        );
     }
 
     #[test]
