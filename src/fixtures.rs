@@ -19,12 +19,12 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Utc};
-use serde_json::json;
 
 use crate::config::ChannelConfig;
 use crate::ids::ChannelName;
 use crate::notify::alipay::sign::AlipaySigner;
-use crate::notify::sign::{self, unique_hex, Payment, SignError, Signed};
+use crate::notify::sign::{Payment, SignError, Signed};
+use crate::notify::standard_webhooks::sign::StandardWebhooksSigner;
 use crate::notify::stripe::sign::StripeSigner;
 use crate::notify::wechatpay::sign::WechatPaySigner;
 use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
@@ -90,7 +90,7 @@ pub enum Signer {
     Alipay(AlipaySigner),
     WechatPay(WechatPaySigner),
     Stripe(StripeSigner),
-    StandardWebhooks { secret: String },
+    StandardWebhooks(StandardWebhooksSigner),
 }
 
 impl Signer {
@@ -106,9 +106,9 @@ impl Signer {
                 Signer::WechatPay(WechatPaySigner::new(c, private_key, serial)?)
             }
             ChannelConfig::Stripe(c) => Signer::Stripe(StripeSigner::new(c)?),
-            ChannelConfig::StandardWebhooks(c) => Signer::StandardWebhooks {
-                secret: sign::first_secret(&c.secrets)?,
-            },
+            ChannelConfig::StandardWebhooks(c) => {
+                Signer::StandardWebhooks(StandardWebhooksSigner::new(c)?)
+            }
         })
     }
 
@@ -117,7 +117,7 @@ impl Signer {
             Signer::Alipay(_) => ProviderName::Alipay,
             Signer::WechatPay(_) => ProviderName::WechatPay,
             Signer::Stripe(_) => ProviderName::Stripe,
-            Signer::StandardWebhooks { .. } => ProviderName::StandardWebhooks,
+            Signer::StandardWebhooks(_) => ProviderName::StandardWebhooks,
         }
     }
 
@@ -128,40 +128,9 @@ impl Signer {
             Signer::Alipay(signer) => Ok(signer.paid(payment, now)),
             Signer::WechatPay(signer) => signer.paid(payment, now),
             Signer::Stripe(signer) => Ok(signer.paid(payment, now)),
-            Signer::StandardWebhooks { secret } => standard_webhooks(secret, payment, now),
+            Signer::StandardWebhooks(signer) => signer.paid(payment, now),
         }
     }
-}
-
-fn standard_webhooks(
-    secret: &str,
-    payment: &Payment,
-    now: DateTime<Utc>,
-) -> Result<Signed, SignError> {
-    let id = unique_hex();
-    let body = json!({
-        "type": "payment.succeeded",
-        "data": {
-            "order_no": payment.order_no,
-            "amount": payment.amount.get(),
-            "currency": payment.currency.code(),
-            "transaction_id": format!("tx_{id}"),
-        },
-    })
-    .to_string();
-    let message_id = format!("msg_{id}");
-    let signature =
-        sign::standard_webhooks_signature(secret, &message_id, now.timestamp(), body.as_bytes())?;
-    let headers = [
-        ("Content-Type", "application/json".to_owned()),
-        ("webhook-id", message_id),
-        ("webhook-signature", signature),
-        ("webhook-timestamp", now.timestamp().to_string()),
-    ];
-    Ok(Signed {
-        headers: headers.map(|(k, v)| (k.to_owned(), v)).to_vec(),
-        body,
-    })
 }
 
 /// Verifies `signed` with the channel's own adapter, as the server would at `now`, and checks it

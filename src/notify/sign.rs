@@ -4,14 +4,10 @@
 //! Each function follows the same rule its adapter checks, so a
 //! notification made here verifies with the channel's configured keys and nothing else.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use chrono::{DateTime, FixedOffset, Utc};
-use ring::hmac;
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 
-use super::standard_webhooks;
 use crate::config::Secret;
 use crate::ids::OrderNo;
 use crate::money::{AmountMinor, Currency};
@@ -138,56 +134,10 @@ impl RsaSigner {
     }
 }
 
-/// A Standard Webhooks `webhook-signature` entry: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`,
-/// keyed with the base64-decoded secret after `whsec_`.
-pub fn standard_webhooks_signature(
-    secret: &str,
-    id: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> Result<String, SignError> {
-    let key = standard_webhooks::signing_key(secret).ok_or(SignError::Secret)?;
-    let content = [format!("{id}.{timestamp}.").as_bytes(), body].concat();
-    Ok(format!(
-        "v1,{}",
-        STANDARD.encode(hmac::sign(&key, &content))
-    ))
-}
-
 #[cfg(test)]
 mod tests {
-    use serde::Deserialize;
-
     use super::*;
     use crate::notify::testing;
-
-    #[derive(Deserialize)]
-    struct Published {
-        #[serde(rename = "standard-webhooks-spec")]
-        spec: Spec,
-    }
-
-    #[derive(Deserialize)]
-    struct Spec {
-        secret: String,
-        id: String,
-        timestamp: i64,
-        body: String,
-        signature: String,
-    }
-
-    #[test]
-    fn the_published_vectors_come_out_byte_for_byte() {
-        let p: Published = testing::load("published.json");
-        let spec = standard_webhooks_signature(
-            &p.spec.secret,
-            &p.spec.id,
-            p.spec.timestamp,
-            p.spec.body.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(spec, p.spec.signature);
-    }
 
     #[test]
     fn private_keys_are_read_from_either_pem_form_and_public_keys_are_refused() {
