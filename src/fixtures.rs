@@ -22,11 +22,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::ChannelConfig;
 use crate::ids::ChannelName;
-use crate::notify::alipay::sign::AlipaySigner;
-use crate::notify::sign::{Payment, SignError, Signed};
-use crate::notify::standard_webhooks::sign::StandardWebhooksSigner;
-use crate::notify::stripe::sign::StripeSigner;
-use crate::notify::wechatpay::sign::WechatPaySigner;
+use crate::notify::sign::{Payment, Signed, Signer};
 use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
 use crate::replay::{Expect, Fixture};
@@ -81,54 +77,6 @@ impl From<&NewOrder> for Payment {
             order_no: order.order_no.clone(),
             amount: order.amount,
             currency: order.currency,
-        }
-    }
-}
-
-/// A channel's keys, ready to sign its provider's payment notifications.
-pub enum Signer {
-    Alipay(AlipaySigner),
-    WechatPay(WechatPaySigner),
-    Stripe(StripeSigner),
-    StandardWebhooks(StandardWebhooksSigner),
-}
-
-impl Signer {
-    /// `private_key` is PEM text, needed by the RSA providers and ignored by the others.
-    pub fn new(
-        cfg: &ChannelConfig,
-        private_key: Option<&str>,
-        serial: Option<&str>,
-    ) -> Result<Signer, SignError> {
-        Ok(match cfg {
-            ChannelConfig::Alipay(c) => Signer::Alipay(AlipaySigner::new(c, private_key)?),
-            ChannelConfig::WechatPay(c) => {
-                Signer::WechatPay(WechatPaySigner::new(c, private_key, serial)?)
-            }
-            ChannelConfig::Stripe(c) => Signer::Stripe(StripeSigner::new(c)?),
-            ChannelConfig::StandardWebhooks(c) => {
-                Signer::StandardWebhooks(StandardWebhooksSigner::new(c)?)
-            }
-        })
-    }
-
-    pub fn provider(&self) -> ProviderName {
-        match self {
-            Signer::Alipay(_) => ProviderName::Alipay,
-            Signer::WechatPay(_) => ProviderName::WechatPay,
-            Signer::Stripe(_) => ProviderName::Stripe,
-            Signer::StandardWebhooks(_) => ProviderName::StandardWebhooks,
-        }
-    }
-
-    /// The notification that reports `payment` paid, signed at `now`, with fresh notification
-    /// and trade ids.
-    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<Signed, SignError> {
-        match self {
-            Signer::Alipay(signer) => Ok(signer.paid(payment, now)),
-            Signer::WechatPay(signer) => signer.paid(payment, now),
-            Signer::Stripe(signer) => Ok(signer.paid(payment, now)),
-            Signer::StandardWebhooks(signer) => signer.paid(payment, now),
         }
     }
 }
@@ -391,29 +339,5 @@ mod tests {
         let signed = signer.paid(&payment, Utc::now()).unwrap();
         let error = check(cfg, &channel, &payment, &signed, Utc::now()).unwrap_err();
         assert!(error.contains("signature"), "{error}");
-    }
-
-    #[test]
-    fn rsa_channels_need_a_private_key_and_a_configured_serial() {
-        let settings = demo();
-        let channel = |name: &str| &settings.channels[&ChannelName::parse(name).unwrap()];
-        let error = Signer::new(channel("alipay"), None, None).err().unwrap();
-        let error = error.to_string();
-        assert!(error.contains("--private-key"), "{error}");
-        let key = demo_key("wechatpay-test-private-key.pem");
-        let error = Signer::new(channel("wxpay"), Some(&key), Some("PUB_KEY_ID_NOPE"))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            error.contains("PUB_KEY_ID_NOPE") && error.contains("PUB_KEY_ID_0119"),
-            "{error}"
-        );
-        let error = Signer::new(channel("wxpay"), Some("not a key"), None)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(error.contains("--private-key"), "{error}");
-        assert!(Signer::new(channel("stripe"), None, None).is_ok());
     }
 }
