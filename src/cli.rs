@@ -61,9 +61,9 @@ enum Command {
         command: AccountCommand,
     },
     /// Send recorded notifications to a server and check its answers (also a load generator).
-    Replay(crate::replay::Args),
+    Replay(crate::tools::replay::Args),
     /// Create pending orders on a channel and write the signed notifications that pay them.
-    Fixtures(crate::fixtures::Args),
+    Fixtures(crate::tools::fixtures::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,8 +120,8 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { db, bind } => app::serve(db.settings(bind)?),
-        Command::Replay(args) => crate::replay::run(args),
-        Command::Fixtures(args) => crate::fixtures::run(args),
+        Command::Replay(args) => crate::tools::replay::run(args),
+        Command::Fixtures(args) => crate::tools::fixtures::run(args),
         Command::Migrate { db } => {
             let settings = db.settings(None)?;
             let pool = open(&settings)?;

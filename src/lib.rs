@@ -14,9 +14,10 @@
 //! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).
 //! - [`verify`]: the one-command proof that the books balance.
 //! - [`telemetry`]: log lines to tail and Prometheus metrics.
-//! - [`config`] and [`cli`]: layered settings and the `payhook` command line.
-//! - [`fixtures`] and [`replay`]: tools around the server; signed notifications for new orders,
-//!   and a client that sends recorded notifications and checks the answers (also for load).
+//! - [`config`], [`app`] and [`cli`]: layered settings, what a command opens (settings, pool,
+//!   server), and the `payhook` command line.
+//! - [`tools`]: `fixtures` and `replay`, apart from the daemon; signed notifications for new
+//!   orders, and a client that sends recorded notifications and checks the answers (also for load).
 
 #![forbid(unsafe_code)]
 
@@ -28,13 +29,12 @@ pub mod clock;
 pub mod committer;
 pub mod config;
 pub mod db;
-pub mod fixtures;
 pub mod http;
 pub mod ids;
 pub mod inbox;
 pub mod money;
 pub mod notify;
 pub mod orders;
-pub mod replay;
 pub mod telemetry;
+pub mod tools;
 pub mod verify;

@@ -20,12 +20,12 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Utc};
 
+use super::replay::{Expect, Fixture};
 use crate::config::ChannelConfig;
 use crate::ids::ChannelName;
 use crate::notify::sign::{Payment, Signed, Signer};
 use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
-use crate::replay::{Expect, Fixture};
 
 /// How many fixture orders share one transaction.
 const ORDERS_PER_TRANSACTION: usize = 1000;
@@ -237,7 +237,7 @@ mod tests {
     use crate::money::AmountMinor;
 
     fn demo() -> Settings {
-        Settings::from_toml(include_str!("../config/demo.toml")).expect("demo config")
+        Settings::from_toml(include_str!("../../config/demo.toml")).expect("demo config")
     }
 
     fn demo_key(file: &str) -> String {
