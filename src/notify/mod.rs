@@ -12,6 +12,7 @@ use crate::money::{AmountMinor, Currency};
 
 pub mod alipay;
 pub mod sign;
+pub mod signer;
 pub mod standard_webhooks;
 pub mod stripe;
 pub mod wechatpay;

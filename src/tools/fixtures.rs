@@ -23,7 +23,8 @@ use chrono::{DateTime, Utc};
 use super::replay::{Expect, Fixture};
 use crate::config::ChannelConfig;
 use crate::ids::ChannelName;
-use crate::notify::sign::{Payment, Signed, Signer};
+use crate::notify::sign::{Payment, Signed};
+use crate::notify::signer::Signer;
 use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
 use crate::orders::{self, Created, NewOrder, OrderRequest};
 
