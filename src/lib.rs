@@ -3,8 +3,9 @@
 //! How a notification flows, module by module:
 //!
 //! - [`http`]: the actix-web server; takes the raw body and answers in the provider's protocol.
-//! - [`notify`]: one adapter per provider (Alipay, WeChat Pay, Stripe, Standard Webhooks) turns
-//!   the raw request into a verified, provider-neutral [`notify::Notification`].
+//! - [`notify`]: one folder per provider (Alipay, WeChat Pay, Stripe, Standard Webhooks); its
+//!   adapter turns the raw request into a verified, provider-neutral [`notify::Notification`],
+//!   and its signer beside it signs notifications for tests and tools with the same bytes.
 //! - [`apply`]: the crediting transaction, the one place money moves; compare-and-set on the
 //!   order, then balance, ledger and inbox in one commit.
 //! - [`committer`]: group commit; a writer applies the notifications that arrived together in

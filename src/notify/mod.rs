@@ -1,6 +1,11 @@
 //! Provider adapters: raw request in, a verified provider-neutral [`Notification`] out.
 //!
-//! Each provider's rules live in one file behind the [`Provider`] trait. Adapters verify the
+//! One folder per provider holds its adapter, its answers and, in `sign`, its signer: what
+//! `payhook fixtures` and the tests sign notifications with, over bytes built by the function the
+//! adapter verifies them with. [`signer::Signer`] picks a channel's signer as [`from_config`]
+//! picks its adapter.
+//!
+//! Each provider's rules live in its folder behind the [`Provider`] trait. Adapters verify the
 //! signature over the raw bytes first and parse afterwards; they hold no database code and never
 //! decide about money. What a notification *does* is decided by [`crate::apply`].
 

@@ -3,7 +3,7 @@
 //!
 //! Orders take the same path as `payhook order create`: validated against the channel's terms,
 //! then [`orders::create`] after the migrations are applied. The notifications are signed as the
-//! provider signs them ([`crate::notify::sign`]): HMAC providers with the channel's first
+//! provider signs them ([`Signer`]): HMAC providers with the channel's first
 //! configured secret, RSA providers (Alipay, WeChat Pay) with `--private-key`, since the channel
 //! holds only the public half. The first notification is verified with the channel's own adapter
 //! before any order is created, so a key that does not match fails at once instead of leaving
