@@ -2,18 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
+use crate::app::{self, open, open_migrated, DbArgs};
 use crate::books::accounts;
 use crate::books::orders::{self, Created, OrderRequest, OrderView};
 use crate::books::verify;
-use crate::clock::SystemClock;
-use crate::config::{Overrides, Settings};
 use crate::db;
-use crate::http;
 use crate::ids::UserId;
 use crate::telemetry::{self, LogFormat};
 
@@ -65,9 +61,9 @@ enum Command {
         command: AccountCommand,
     },
     /// Send recorded notifications to a server and check its answers (also a load generator).
-    Replay(crate::replay::Args),
+    Replay(crate::tools::replay::Args),
     /// Create pending orders on a channel and write the signed notifications that pay them.
-    Fixtures(crate::fixtures::Args),
+    Fixtures(crate::tools::fixtures::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,33 +101,6 @@ enum AccountCommand {
     },
 }
 
-/// The flags every command that touches the database takes.
-#[derive(Debug, Args)]
-pub struct DbArgs {
-    /// Config file (TOML); also PAYHOOK_CONFIG. Nothing is read by default.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// sqlite://PATH or postgres://user:pass@host:5432/db; also PAYHOOK_DATABASE_URL.
-    #[arg(long, value_name = "URL")]
-    database_url: Option<String>,
-}
-
-impl DbArgs {
-    /// The settings these flags name, over the file, the environment and the defaults.
-    pub fn settings(&self, bind: Option<String>) -> anyhow::Result<Settings> {
-        let flags = Overrides {
-            bind,
-            database_url: self.database_url.clone(),
-            admin_token: None,
-        };
-        Ok(Settings::load(
-            self.config.as_deref(),
-            &Overrides::from_env(),
-            &flags,
-        )?)
-    }
-}
-
 /// Parses the command line, runs the command, and turns an error into a message and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -150,9 +119,9 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { db, bind } => serve(db.settings(bind)?),
-        Command::Replay(args) => crate::replay::run(args),
-        Command::Fixtures(args) => crate::fixtures::run(args),
+        Command::Serve { db, bind } => app::serve(db.settings(bind)?),
+        Command::Replay(args) => crate::tools::replay::run(args),
+        Command::Fixtures(args) => crate::tools::fixtures::run(args),
         Command::Migrate { db } => {
             let settings = db.settings(None)?;
             let pool = open(&settings)?;
@@ -224,47 +193,4 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Opens the pool and applies pending migrations, for commands that work on the books directly.
-pub fn open_migrated(settings: &Settings) -> anyhow::Result<db::Pool> {
-    let pool = open(settings)?;
-    db::migrate(&mut *pool.get()?)?;
-    Ok(pool)
-}
-
-/// Opens the pool; the error carries the database's own message.
-fn open(settings: &Settings) -> anyhow::Result<db::Pool> {
-    let url = settings.database_url.expose();
-    let redacted = db::DatabaseUrl::parse(url)?.redacted();
-    db::connect(url, &settings.pool).with_context(|| format!("database {redacted}"))
-}
-
-fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
-    let pool = open(&settings)?;
-    let ran = db::migrate(&mut *pool.get()?)?;
-    if ran > 0 {
-        log::info!("applied {ran} migration(s)");
-    }
-    if settings.admin_token.is_none() {
-        log::warn!("no admin_token configured: /api refuses every request");
-    }
-    let state = http::AppState::new(&settings, pool, Arc::new(SystemClock))?;
-    let channels: Vec<String> = state.channels.keys().map(|c| c.to_string()).collect();
-    let bound = http::bind(&settings, state)
-        .with_context(|| format!("cannot listen on {}", settings.bind))?;
-    for addr in &bound.addrs {
-        log::info!(
-            "payhook listening on http://{addr} (database {}, channels: {})",
-            db::DatabaseUrl::parse(settings.database_url.expose())?.redacted(),
-            if channels.is_empty() {
-                "none".to_owned()
-            } else {
-                channels.join(", ")
-            }
-        );
-    }
-    actix_web::rt::System::new().block_on(bound.server)?;
-    log::info!("payhook stopped");
-    Ok(ExitCode::SUCCESS)
 }

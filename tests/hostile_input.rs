@@ -116,11 +116,11 @@ fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(VECTOR_TIME, 0).unwrap()
 }
 
-/// What the signature covers. JSON providers sign the body byte for byte. Alipay signs the
-/// form's decoded parameters: not `sign_type`, not empty `&&` pairs, not their order or the case
-/// of their percent-escapes.
+/// What the signature covers. JSON providers sign the body byte for byte. Alipay (both its
+/// channels, RSA2 and legacy RSA) signs the form's decoded parameters: not `sign_type`, not empty
+/// `&&` pairs, not their order or the case of their percent-escapes.
 fn signed_content(channel: &str, body: &[u8]) -> Vec<Vec<u8>> {
-    if channel != "alipay" {
+    if !["alipay", "alipay_legacy"].contains(&channel) {
         return vec![body.to_vec()];
     }
     let decode = |part: &[u8]| -> Vec<u8> {

@@ -545,7 +545,7 @@ fn a_notification_before_its_order_is_retried_then_credited(db: TestDb) {
 fn webhook(id: &str, event: &str, data: Value) -> (Vec<(String, String)>, Vec<u8>) {
     let secret = s(&vectors("standard-webhooks.json"), "secret");
     let body = serde_json::json!({ "type": event, "data": data }).to_string();
-    let signature = payhook::notify::sign::standard_webhooks_signature(
+    let signature = payhook::notify::standard_webhooks::sign::signature(
         &secret,
         id,
         VECTOR_TIME,
@@ -627,7 +627,7 @@ fn a_connected_accounts_stripe_event_is_acked_as_an_anomaly_and_never_credits(db
         } }
     })
     .to_string();
-    let signature = payhook::notify::sign::stripe_signature(
+    let signature = payhook::notify::stripe::sign::signature(
         &s(&stripe, "secret"),
         VECTOR_TIME,
         event.as_bytes(),

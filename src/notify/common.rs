@@ -255,6 +255,11 @@ pub(crate) fn shown(value: &str) -> String {
     }
 }
 
+/// A 2xx status: every provider but Alipay reads it as delivered, whatever the body says.
+pub(crate) fn is_success(status: u16) -> bool {
+    (200..=299).contains(&status)
+}
+
 pub(crate) fn text_answer(status: u16, body: &str) -> Answer {
     Answer {
         status,

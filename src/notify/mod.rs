@@ -1,16 +1,23 @@
 //! Provider adapters: raw request in, a verified provider-neutral [`Notification`] out.
 //!
-//! Each provider's rules live in one file behind the [`Provider`] trait. Adapters verify the
+//! One folder per provider holds its adapter, its answers and, in `sign`, its signer: what
+//! `payhook fixtures` and the tests sign notifications with, over bytes built by the function the
+//! adapter verifies them with. [`signer::Signer`] picks a channel's signer as [`from_config`]
+//! picks its adapter.
+//!
+//! Each provider's rules live in its folder behind the [`Provider`] trait. Adapters verify the
 //! signature over the raw bytes first and parse afterwards; they hold no database code and never
 //! decide about money. What a notification *does* is decided by [`crate::crediting`].
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{ChannelName, OrderNo};
 use crate::money::{AmountMinor, Currency};
 
 pub mod alipay;
 pub mod sign;
+pub mod signer;
 pub mod standard_webhooks;
 pub mod stripe;
 pub mod wechatpay;
@@ -133,6 +140,38 @@ pub trait Provider: Send + Sync {
 mod common;
 #[cfg(test)]
 mod testing;
+
+/// A provider's protocol named as in the config's `provider` key, for tools that handle its
+/// requests without the channel's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProviderName {
+    #[serde(rename = "alipay")]
+    Alipay,
+    #[serde(rename = "wechatpay")]
+    WechatPay,
+    #[serde(rename = "stripe")]
+    Stripe,
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
+}
+
+impl ProviderName {
+    /// Whether an HTTP answer with this status and body stops the provider's retries.
+    pub fn is_ack(self, status: u16, body: &[u8]) -> bool {
+        match self {
+            ProviderName::Alipay => alipay::is_ack(status, body),
+            ProviderName::WechatPay => wechatpay::is_ack(status),
+            ProviderName::Stripe => stripe::is_ack(status),
+            ProviderName::StandardWebhooks => standard_webhooks::is_ack(status),
+        }
+    }
+
+    /// The provider a request body shows it comes from without its headers or keys, when the
+    /// body tells: only Alipay's form does.
+    pub fn recognise(body: &str) -> Option<ProviderName> {
+        alipay::looks_like_notification(body).then_some(ProviderName::Alipay)
+    }
+}
 
 /// Verifies a request with its channel's adapter, and holds what comes out to the rules every
 /// provider's notification obeys.

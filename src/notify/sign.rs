@@ -1,16 +1,74 @@
-//! Signing notifications the way each provider does: the inverse of the adapters, for
-//! `payhook fixtures` and for tests. Nothing on the receiving path uses it.
+//! What every provider's signer shares: the payment a notification reports, the signed request
+//! that comes out, RSA private keys, errors, and the fresh ids a provider would issue. For
+//! `payhook fixtures` and for tests; nothing on the receiving path uses it.
 //!
-//! Each function follows the same rule its adapter checks, so a
-//! notification made here verifies with the channel's configured keys and nothing else.
+//! Each provider's signer lives beside its verifier (`alipay::sign`, `wechatpay::sign`, ...) and
+//! builds the signed bytes with the verifier's own function, so a notification it makes verifies
+//! with the channel's configured keys and nothing else. [`super::signer::Signer`] picks a
+//! channel's.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use chrono::{DateTime, FixedOffset, Utc};
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
-use ring::{aead, hmac};
 
-use super::standard_webhooks;
+use crate::config::Secret;
+use crate::ids::OrderNo;
+use crate::money::{AmountMinor, Currency};
+
+/// The order a notification pays.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub order_no: OrderNo,
+    pub amount: AmountMinor,
+    pub currency: Currency,
+}
+
+/// A signed request: what a fixture item carries.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// Why a private key cannot sign; it describes the key's shape, never its content.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not valid PEM: {0}")]
+    Pem(spki::der::pem::Error),
+    #[error("PEM {0:?} is not an RSA private key")]
+    NotRsaPrivateKey(String),
+    #[error("not a usable RSA private key: {0}")]
+    Unusable(ring::error::KeyRejected),
+}
+
+/// Why a notification cannot be signed with a channel's keys.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(
+        "signing as {provider} needs --private-key PEM_FILE, the private half of the channel's \
+         {public}"
+    )]
+    NoPrivateKey {
+        provider: &'static str,
+        public: &'static str,
+    },
+    #[error("--private-key: {0}")]
+    PrivateKey(KeyError),
+    #[error("--serial {serial} is not one of the channel's public_keys ({known})")]
+    UnknownSerial { serial: String, known: String },
+    #[error("the channel has no public_keys")]
+    NoPublicKeys,
+    #[error("the channel has no signing secret")]
+    NoSecret,
+    #[error("apiv3_key must be 32 bytes")]
+    ApiV3KeyLength,
+    #[error("the nonce must be 12 bytes")]
+    NonceLength,
+    #[error("the resource is too large to encrypt")]
+    TooLarge,
+    #[error("the secret is not whsec_ followed by non-empty base64")]
+    Secret,
+}
 
 /// An RSA private key, the signing half of a provider's RSA public key.
 pub struct RsaSigner(RsaKeyPair);
@@ -19,16 +77,15 @@ impl RsaSigner {
     /// Reads a PEM private key: PKCS #8 (`PRIVATE KEY`) or PKCS #1 (`RSA PRIVATE KEY`).
     ///
     /// Errors describe the key's shape, never its content.
-    pub fn from_pem(text: &str) -> Result<RsaSigner, String> {
-        let (label, der) = spki::der::pem::decode_vec(text.trim().as_bytes())
-            .map_err(|e| format!("not valid PEM: {e}"))?;
+    pub fn from_pem(text: &str) -> Result<RsaSigner, KeyError> {
+        let (label, der) =
+            spki::der::pem::decode_vec(text.trim().as_bytes()).map_err(KeyError::Pem)?;
         let pair = match label {
             "PRIVATE KEY" => RsaKeyPair::from_pkcs8(&der),
             "RSA PRIVATE KEY" => RsaKeyPair::from_der(&der),
-            other => return Err(format!("PEM {other:?} is not an RSA private key")),
+            other => return Err(KeyError::NotRsaPrivateKey(other.to_owned())),
         };
-        pair.map(RsaSigner)
-            .map_err(|e| format!("not a usable RSA private key: {e}"))
+        pair.map(RsaSigner).map_err(KeyError::Unusable)
     }
 
     /// SHA256withRSA, PKCS #1 v1.5: Alipay's `RSA2` and WeChat Pay v3's scheme.
@@ -47,219 +104,44 @@ impl RsaSigner {
     }
 }
 
-/// Alipay's `RSA2` `sign` for form parameters given decoded: every parameter but `sign` and
-/// `sign_type`, sorted by key, joined as `k=v` with `&`, signed, in base64.
-pub fn alipay_rsa2(params: &[(&str, &[u8])], key: &RsaSigner) -> String {
-    let mut signed: Vec<&(&str, &[u8])> = params
-        .iter()
-        .filter(|(k, _)| *k != "sign" && *k != "sign_type")
-        .collect();
-    signed.sort_by_key(|(k, _)| k.as_bytes());
-    let mut content = Vec::new();
-    for (k, v) in signed {
-        if !content.is_empty() {
-            content.push(b'&');
-        }
-        content.extend_from_slice(k.as_bytes());
-        content.push(b'=');
-        content.extend_from_slice(v);
-    }
-    STANDARD.encode(key.sign_sha256(&content))
+/// The private half of a channel's RSA public key, as PEM text: the channel holds only the
+/// public half.
+pub(crate) fn private_key(
+    pem: Option<&str>,
+    provider: &'static str,
+    public: &'static str,
+) -> Result<RsaSigner, SignError> {
+    let pem = pem.ok_or(SignError::NoPrivateKey { provider, public })?;
+    RsaSigner::from_pem(pem).map_err(SignError::PrivateKey)
 }
 
-/// An `application/x-www-form-urlencoded` body, values given as bytes (in the form's charset).
-pub fn form_encode(fields: &[(&str, &[u8])]) -> String {
-    let mut body = String::new();
-    for (k, v) in fields {
-        if !body.is_empty() {
-            body.push('&');
-        }
-        body.extend(form_urlencoded::byte_serialize(k.as_bytes()));
-        body.push('=');
-        body.extend(form_urlencoded::byte_serialize(v));
-    }
-    body
+/// The secret fixtures sign with: the channel's first configured one.
+pub(crate) fn first_secret(secrets: &[Secret]) -> Result<String, SignError> {
+    secrets
+        .first()
+        .map(|s| s.expose().to_owned())
+        .ok_or(SignError::NoSecret)
 }
 
-/// WeChat Pay's encrypted `resource.ciphertext`: AES-256-GCM under the 32-byte APIv3 key, tag
-/// appended, in base64. `nonce` must be 12 bytes and never reused with the same key.
-pub fn wechatpay_encrypt(
-    apiv3_key: &str,
-    nonce: &str,
-    associated_data: &str,
-    plaintext: &[u8],
-) -> Result<String, String> {
-    let key = aead::UnboundKey::new(&aead::AES_256_GCM, apiv3_key.as_bytes())
-        .map_err(|_| "apiv3_key must be 32 bytes".to_owned())?;
-    let nonce = aead::Nonce::try_assume_unique_for_key(nonce.as_bytes())
-        .map_err(|_| "the nonce must be 12 bytes".to_owned())?;
-    let mut sealed = plaintext.to_vec();
-    aead::LessSafeKey::new(key)
-        .seal_in_place_append_tag(
-            nonce,
-            aead::Aad::from(associated_data.as_bytes()),
-            &mut sealed,
-        )
-        .map_err(|_| "the resource is too large to encrypt".to_owned())?;
-    Ok(STANDARD.encode(sealed))
+/// China Standard Time, in which Alipay and WeChat Pay write their times.
+pub(crate) fn china(now: DateTime<Utc>) -> DateTime<FixedOffset> {
+    now.with_timezone(&FixedOffset::east_opt(8 * 3600).expect("a valid offset"))
 }
 
-/// WeChat Pay v3's `Wechatpay-Signature`: SHA256withRSA over `timestamp\nnonce\nbody\n`.
-pub fn wechatpay_signature(key: &RsaSigner, timestamp: &str, nonce: &str, body: &[u8]) -> String {
-    let message = [
-        timestamp.as_bytes(),
-        b"\n",
-        nonce.as_bytes(),
-        b"\n",
-        body,
-        b"\n",
-    ]
-    .concat();
-    STANDARD.encode(key.sign_sha256(&message))
+/// `n` random decimal digits.
+pub(crate) fn digits(n: usize) -> String {
+    (0..n).map(|_| fastrand::digit(10)).collect()
 }
 
-/// Stripe's `Stripe-Signature` value: `t=<timestamp>,v1=<hex HMAC-SHA256 of "t.body">`, keyed
-/// with the secret's text, `whsec_` prefix included.
-pub fn stripe_signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let payload = [timestamp.to_string().as_bytes(), b".", body].concat();
-    let v1 = hex::encode(hmac::sign(&key, &payload));
-    format!("t={timestamp},v1={v1}")
-}
-
-/// A Standard Webhooks `webhook-signature` entry: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`,
-/// keyed with the base64-decoded secret after `whsec_`.
-pub fn standard_webhooks_signature(
-    secret: &str,
-    id: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> Result<String, String> {
-    let key = standard_webhooks::signing_key(secret)
-        .ok_or_else(|| "the secret is not whsec_ followed by non-empty base64".to_owned())?;
-    let content = [format!("{id}.{timestamp}.").as_bytes(), body].concat();
-    Ok(format!(
-        "v1,{}",
-        STANDARD.encode(hmac::sign(&key, &content))
-    ))
+/// A fresh id: 32 hex digits, time-ordered and unique.
+pub(crate) fn unique_hex() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 #[cfg(test)]
 mod tests {
-    use serde::Deserialize;
-
     use super::*;
     use crate::notify::testing;
-
-    #[derive(Deserialize)]
-    struct Published {
-        #[serde(rename = "standard-webhooks-spec")]
-        spec: Spec,
-        #[serde(rename = "wechatpay-aes-256-gcm")]
-        aes: Aes,
-        #[serde(rename = "stripe-derived")]
-        stripe: Stripe,
-    }
-
-    #[derive(Deserialize)]
-    struct Spec {
-        secret: String,
-        id: String,
-        timestamp: i64,
-        body: String,
-        signature: String,
-    }
-
-    #[derive(Deserialize)]
-    struct Aes {
-        key: String,
-        nonce: String,
-        associated_data: String,
-        ciphertext: String,
-        plaintext: String,
-    }
-
-    #[derive(Deserialize)]
-    struct Stripe {
-        secret: String,
-        timestamp: i64,
-        body: String,
-        signature: String,
-    }
-
-    #[test]
-    fn the_published_vectors_come_out_byte_for_byte() {
-        let p: Published = testing::load("published.json");
-        let spec = standard_webhooks_signature(
-            &p.spec.secret,
-            &p.spec.id,
-            p.spec.timestamp,
-            p.spec.body.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(spec, p.spec.signature);
-        let sealed = wechatpay_encrypt(
-            &p.aes.key,
-            &p.aes.nonce,
-            &p.aes.associated_data,
-            p.aes.plaintext.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(sealed, p.aes.ciphertext);
-        let header = stripe_signature(
-            &p.stripe.secret,
-            p.stripe.timestamp,
-            p.stripe.body.as_bytes(),
-        );
-        assert_eq!(
-            header,
-            format!("t={},{}", p.stripe.timestamp, p.stripe.signature)
-        );
-    }
-
-    #[test]
-    fn an_rsa2_sign_matches_the_alipay_vector_made_by_another_signer() {
-        // PKCS #1 v1.5 is deterministic, so re-signing a vector's form must give its `sign`.
-        #[derive(Deserialize)]
-        struct Vectors {
-            cases: Vec<testing::Case>,
-        }
-        let v: Vectors = testing::load("alipay.json");
-        let paid = &v.cases[0];
-        let params: Vec<(String, Vec<u8>)> = form_urlencoded::parse(paid.body.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned().into_bytes()))
-            .collect();
-        let borrowed: Vec<(&str, &[u8])> = params
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
-        let sign = params.iter().find(|(k, _)| k == "sign").unwrap();
-        let key = testing::signer("alipay-test-private-key.pem");
-        assert_eq!(alipay_rsa2(&borrowed, &key).as_bytes(), sign.1.as_slice());
-    }
-
-    #[test]
-    fn form_encoding_round_trips_reserved_characters() {
-        let fields: [(&str, &[u8]); 2] = [
-            ("subject", "充值 100% & more=yes+1".as_bytes()),
-            ("body", b""),
-        ];
-        let encoded = form_encode(&fields);
-        assert!(
-            !encoded.contains(' ') && encoded.matches('&').count() == 1,
-            "{encoded}"
-        );
-        let decoded: Vec<(String, String)> = form_urlencoded::parse(encoded.as_bytes())
-            .into_owned()
-            .collect();
-        assert_eq!(
-            decoded,
-            [
-                ("subject".to_owned(), "充值 100% & more=yes+1".to_owned()),
-                ("body".to_owned(), String::new())
-            ]
-        );
-    }
 
     #[test]
     fn private_keys_are_read_from_either_pem_form_and_public_keys_are_refused() {
@@ -289,7 +171,7 @@ mod tests {
             .as_str()
             .unwrap()
             .to_owned();
-        let error = RsaSigner::from_pem(&public).err().unwrap();
+        let error = RsaSigner::from_pem(&public).err().unwrap().to_string();
         assert!(error.contains("PUBLIC KEY"), "{error}");
         assert!(RsaSigner::from_pem("not a key").is_err());
     }

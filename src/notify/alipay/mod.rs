@@ -14,6 +14,8 @@ use crate::config::{AlipayConfig, AlipaySignType};
 use crate::ids::ChannelName;
 use crate::money::{AmountMinor, Currency};
 
+pub mod sign;
+
 pub struct Alipay {
     app_id: String,
     seller_id: Option<String>,
@@ -43,7 +45,7 @@ impl Alipay {
         let signature = common::signature_from_base64(sign)?;
         if self
             .public_key
-            .verifies(algorithm, &form.signed_content(), &signature)
+            .verifies(algorithm, &signed_content(&form.params), &signature)
         {
             Ok(())
         } else {
@@ -122,7 +124,7 @@ impl Provider for Alipay {
     }
 
     fn ack(&self) -> Answer {
-        common::text_answer(200, "success")
+        common::text_answer(200, ACK)
     }
 
     /// Alipay resends on any body but `success`; the status is for people: 400 when the request
@@ -134,6 +136,28 @@ impl Provider for Alipay {
         };
         common::text_answer(status, "fail")
     }
+}
+
+/// The one answer body that stops Alipay resending.
+const ACK: &str = "success";
+
+/// Whether an HTTP answer stops Alipay resending: a success status, and exactly `success`.
+pub fn is_ack(status: u16, body: &[u8]) -> bool {
+    common::is_success(status) && body == ACK.as_bytes()
+}
+
+/// Whether a body is an Alipay notification's form, for a request recorded without its provider:
+/// a form with `notify_id` and `sign`. Alipay's key names are plain ASCII, so they are compared
+/// undecoded.
+pub fn looks_like_notification(body: &str) -> bool {
+    if body.trim_start().starts_with(['{', '[']) {
+        return false;
+    }
+    let has = |name: &str| {
+        body.split('&')
+            .any(|pair| pair.split_once('=').map_or(pair, |(key, _)| key) == name)
+    };
+    has("notify_id") && has("sign")
 }
 
 impl Alipay {
@@ -245,25 +269,27 @@ impl Form {
             })
             .transpose()
     }
+}
 
-    /// What Alipay signs: every parameter but `sign` and `sign_type`, empty ones included,
-    /// sorted by key and joined as `k=v` with `&`.
-    fn signed_content(&self) -> Vec<u8> {
-        let mut content = Vec::new();
-        let signed = self
-            .params
-            .iter()
-            .filter(|(key, _)| key != b"sign" && key != b"sign_type");
-        for (key, value) in signed {
-            if !content.is_empty() {
-                content.push(b'&');
-            }
-            content.extend_from_slice(key);
-            content.push(b'=');
-            content.extend_from_slice(value);
+/// What Alipay signs: every parameter but `sign` and `sign_type`, empty ones included, sorted by
+/// key and joined as `k=v` with `&`. The verifier and the signer both build it here.
+fn signed_content<K: AsRef<[u8]>, V: AsRef<[u8]>>(params: &[(K, V)]) -> Vec<u8> {
+    let mut signed: Vec<(&[u8], &[u8])> = params
+        .iter()
+        .map(|(key, value)| (key.as_ref(), value.as_ref()))
+        .filter(|(key, _)| *key != b"sign" && *key != b"sign_type")
+        .collect();
+    signed.sort_by_key(|(key, _)| *key);
+    let mut content = Vec::new();
+    for (key, value) in signed {
+        if !content.is_empty() {
+            content.push(b'&');
         }
-        content
+        content.extend_from_slice(key);
+        content.push(b'=');
+        content.extend_from_slice(value);
     }
+    content
 }
 
 /// Form decoding: `+` is a space, then percent-escapes are bytes.
@@ -282,7 +308,6 @@ mod tests {
 
     use super::*;
     use crate::config::{AlipaySignType, Secret};
-    use crate::notify::sign;
     use crate::notify::testing::{self, Case};
 
     #[derive(Deserialize)]
@@ -344,7 +369,7 @@ mod tests {
     /// A form signed (RSA2) with the test key, for cases the vector file does not hold.
     fn signed_form(params: &[(&str, &[u8])], sign_type: Option<&str>) -> Vec<u8> {
         let key = testing::signer("alipay-test-private-key.pem");
-        let sign = sign::alipay_rsa2(params, &key);
+        let sign = sign::rsa2(params, &key);
         let mut fields: Vec<(&str, &[u8])> = params.to_vec();
         fields.push(("sign", sign.as_bytes()));
         if let Some(sign_type) = sign_type {
@@ -629,8 +654,22 @@ mod tests {
                 (answer.status, answer.body.as_slice()),
                 (status, &b"fail"[..])
             );
+            assert!(!is_ack(answer.status, &answer.body));
         }
         assert!(alipay.signed_headers().is_empty());
+        assert!(is_ack(alipay.ack().status, &alipay.ack().body));
+        assert!(is_ack(204, b"success"));
+        for (status, body) in [(200, &b"fail"[..]), (200, b"success\n"), (500, b"success")] {
+            assert!(!is_ack(status, body), "{status} {body:?}");
+        }
+    }
+
+    #[test]
+    fn a_form_with_notify_id_and_sign_is_told_apart_as_alipay() {
+        assert!(looks_like_notification("a=1&notify_id=N&sign=x%3D"));
+        assert!(!looks_like_notification("notify_id=N&total_amount=1.00"));
+        assert!(!looks_like_notification(r#"{"q": "notify_id=N&sign=x"}"#));
+        assert!(!looks_like_notification("x_notify_id=N&sign=x"));
     }
 
     /// The parameters a form decodes to, by an independent decoder.

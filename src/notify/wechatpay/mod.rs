@@ -20,8 +20,13 @@ use crate::config::WechatPayConfig;
 use crate::ids::ChannelName;
 use crate::money::Currency;
 
+pub mod sign;
+
 /// The only scheme API v3 signs notifications with.
 const SIGNATURE_TYPE: &str = "WECHATPAY2-SHA256-RSA2048";
+
+/// The only cipher API v3 encrypts resources with.
+const RESOURCE_ALGORITHM: &str = "AEAD_AES_256_GCM";
 
 /// WeChat sends deliberately broken signatures with this prefix to check that merchants verify.
 const PROBE_PREFIX: &str = "WECHATPAY/SIGNTEST/";
@@ -96,15 +101,7 @@ impl WechatPay {
         })?;
         common::check_timestamp(timestamp, now, self.tolerance_secs, common::Window::Both)?;
         let signature = common::signature_from_base64(signature)?;
-        let message = [
-            timestamp.as_bytes(),
-            b"\n",
-            nonce.as_bytes(),
-            b"\n",
-            request.body,
-            b"\n",
-        ]
-        .concat();
+        let message = signed_message(timestamp, nonce, request.body);
         if key.verifies(&RSA_PKCS1_2048_8192_SHA256, &message, &signature) {
             Ok(())
         } else {
@@ -117,10 +114,10 @@ impl WechatPay {
     /// Opens the resource. A resource that does not open under an authentic signature means the
     /// configured APIv3 key is wrong, which a retry after fixing it can still recover.
     fn decrypt(&self, resource: &EncryptedResource) -> Result<Vec<u8>, Rejection> {
-        if resource.algorithm != "AEAD_AES_256_GCM" {
+        if resource.algorithm != RESOURCE_ALGORITHM {
             let algorithm = shown(&resource.algorithm);
             return Err(Rejection::Format(format!(
-                "resource algorithm {algorithm} is not AEAD_AES_256_GCM"
+                "resource algorithm {algorithm} is not {RESOURCE_ALGORITHM}"
             )));
         }
         let nonce = aead::Nonce::try_assume_unique_for_key(resource.nonce.as_bytes())
@@ -230,6 +227,25 @@ impl Provider for WechatPay {
     }
 }
 
+/// What WeChat Pay signs: `timestamp\nnonce\nbody\n`. The verifier and the signer both build it
+/// here.
+fn signed_message(timestamp: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
+    [
+        timestamp.as_bytes(),
+        b"\n",
+        nonce.as_bytes(),
+        b"\n",
+        body,
+        b"\n",
+    ]
+    .concat()
+}
+
+/// Whether an HTTP answer stops WeChat Pay resending: any success status.
+pub fn is_ack(status: u16) -> bool {
+    common::is_success(status)
+}
+
 /// Refund events are records whatever the refund's own status; payments follow `trade_state`.
 fn kind(event_type: &str, trade_state: Option<&str>) -> NotificationKind {
     if event_type.starts_with("REFUND.") {
@@ -284,7 +300,6 @@ mod tests {
 
     use super::*;
     use crate::config::Secret;
-    use crate::notify::sign;
     use crate::notify::testing::{self, Case};
 
     const SENT_AT: i64 = 1_795_375_716;
@@ -355,7 +370,7 @@ mod tests {
         resource: &serde_json::Value,
     ) -> (Vec<(String, String)>, Vec<u8>) {
         let nonce = "0123456789ab";
-        let ciphertext = sign::wechatpay_encrypt(
+        let ciphertext = sign::encrypt(
             &v.apiv3_key,
             nonce,
             "transaction",
@@ -376,7 +391,7 @@ mod tests {
         .to_string();
         let timestamp = SENT_AT.to_string();
         let signer = testing::signer("wechatpay-test-private-key.pem");
-        let signature = sign::wechatpay_signature(&signer, &timestamp, "NONCE", body.as_bytes());
+        let signature = sign::signature(&signer, &timestamp, "NONCE", body.as_bytes());
         let headers = [
             ("Wechatpay-Timestamp", timestamp),
             ("Wechatpay-Nonce", "NONCE".to_owned()),
@@ -596,7 +611,7 @@ mod tests {
     #[test]
     fn failures_are_never_answered_with_a_success_status() {
         let (wechat, _) = vectors();
-        assert!((200..300).contains(&wechat.ack().status));
+        assert!(is_ack(wechat.ack().status));
         for (reason, status) in [
             (RetryReason::Unverified, 401),
             (RetryReason::BadRequest, 400),
@@ -604,6 +619,7 @@ mod tests {
         ] {
             let answer = wechat.retry(reason, "said \"no\"");
             assert_eq!(answer.status, status);
+            assert!(!is_ack(answer.status));
             let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
             assert_eq!(body, json!({ "code": "FAIL", "message": "said \"no\"" }));
         }

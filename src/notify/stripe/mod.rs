@@ -13,6 +13,8 @@ use super::{Answer, Notification, NotificationKind, Provider, RawRequest, Reject
 use crate::config::StripeConfig;
 use crate::ids::ChannelName;
 
+pub mod sign;
+
 pub struct Stripe {
     /// One per configured endpoint secret; several while one is being rolled.
     secrets: Vec<hmac::Key>,
@@ -32,8 +34,7 @@ impl Stripe {
             .enumerate()
             .map(|(i, secret)| match secret.expose() {
                 "" => Err(format!("secrets[{i}] is empty")),
-                // The key is the secret's text, `whsec_` prefix and all.
-                text => Ok(hmac::Key::new(hmac::HMAC_SHA256, text.as_bytes())),
+                text => Ok(signing_key(text)),
             })
             .collect::<Result<_, _>>()?;
         Ok(Stripe {
@@ -57,7 +58,7 @@ impl Stripe {
             self.tolerance_secs,
             common::Window::PastOnly,
         )?;
-        let payload = [header.timestamp.as_bytes(), b".", request.body].concat();
+        let payload = signed_payload(header.timestamp, request.body);
         common::check_hmac(&self.secrets, &payload, &header.v1)
     }
 }
@@ -94,6 +95,22 @@ impl Provider for Stripe {
         };
         common::json_answer(status, &json!({ "error": message }))
     }
+}
+
+/// The HMAC key a secret stands for: the secret's text, `whsec_` prefix and all.
+fn signing_key(secret: &str) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())
+}
+
+/// What Stripe signs: `timestamp.body`, the timestamp as the header carries it. The verifier and
+/// the signer both build it here.
+fn signed_payload(timestamp: &str, body: &[u8]) -> Vec<u8> {
+    [timestamp.as_bytes(), b".", body].concat()
+}
+
+/// Whether an HTTP answer stops Stripe resending: any success status.
+pub fn is_ack(status: u16) -> bool {
+    common::is_success(status)
 }
 
 /// `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`.
@@ -279,7 +296,6 @@ mod tests {
     use super::*;
     use crate::config::Secret;
     use crate::money::Currency;
-    use crate::notify::sign;
     use crate::notify::testing::{self, Case};
 
     #[derive(Deserialize)]
@@ -335,7 +351,7 @@ mod tests {
     /// `body` signed at `timestamp` with the vectors' secret.
     fn signed(v: &Vectors, body: &serde_json::Value) -> (Vec<(String, String)>, Vec<u8>) {
         let body = body.to_string().into_bytes();
-        let header = sign::stripe_signature(&v.secret, v.timestamp, &body);
+        let header = sign::signature(&v.secret, v.timestamp, &body);
         (vec![("Stripe-Signature".to_owned(), header)], body)
     }
 
@@ -617,9 +633,11 @@ mod tests {
     fn failures_are_never_answered_with_a_success_status() {
         let (stripe, _) = vectors();
         assert_eq!(stripe.ack().status, 200);
+        assert!(is_ack(stripe.ack().status));
         assert_eq!(stripe.retry(RetryReason::Unverified, "x").status, 400);
         assert_eq!(stripe.retry(RetryReason::BadRequest, "x").status, 400);
         assert_eq!(stripe.retry(RetryReason::Unavailable, "x").status, 503);
+        assert!(!is_ack(stripe.retry(RetryReason::Unavailable, "x").status));
         assert_eq!(stripe.signed_headers(), ["Stripe-Signature"]);
     }
 

@@ -20,10 +20,11 @@
 //! non-2xx status is a retry, as payhook answers every retry with 4xx or 5xx. A 2xx is an ack,
 //! except for Alipay, whose protocol acks only with the exact body `success`.
 //!
-//! Alipay is therefore the one provider replay must recognise. An item's `provider` field says
-//! which it is; without one, an item whose body is a form with both `notify_id` and `sign` keys is
-//! Alipay's, and every other item is judged by its status alone. Fixtures made by
-//! `payhook fixtures` always carry `provider`.
+//! Which answer acks is the provider's to say ([`ProviderName::is_ack`]). An item's `provider`
+//! field names its provider; without one, the provider is recognised from the body when the body
+//! tells ([`ProviderName::recognise`]: a form with both `notify_id` and `sign` keys is Alipay's),
+//! and every other item is judged by its status alone. Fixtures made by `payhook fixtures` always
+//! carry `provider`.
 //!
 //! # As a load generator
 //!
@@ -33,7 +34,6 @@
 //! in its own HDR histogram; nothing is logged per request. The progress bar is drawn only when
 //! stdout is a terminal.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,9 +47,14 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::ids::ChannelName;
+use crate::notify::ProviderName;
+
+mod fixture_file;
+
+pub use fixture_file::{load, parse, Expect, Fixture, Located};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -80,60 +85,6 @@ pub struct Args {
     /// Fixture files (.ndjson or .json) or folders of them.
     #[arg(required = true, value_name = "FILE_OR_DIR")]
     pub paths: Vec<PathBuf>,
-}
-
-/// The answer an item is expected to get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Expect {
-    Ack,
-    Retry,
-}
-
-impl Expect {
-    fn as_str(self) -> &'static str {
-        match self {
-            Expect::Ack => "ack",
-            Expect::Retry => "retry",
-        }
-    }
-}
-
-/// The provider protocol an item speaks, named as in the config's `provider` key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProviderName {
-    #[serde(rename = "alipay")]
-    Alipay,
-    #[serde(rename = "wechatpay")]
-    WechatPay,
-    #[serde(rename = "stripe")]
-    Stripe,
-    #[serde(rename = "standard-webhooks")]
-    StandardWebhooks,
-}
-
-/// One recorded request, as a fixture file holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fixture {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub channel: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<ProviderName>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect: Option<Expect>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// The raw body, byte for byte.
-    pub body: String,
-}
-
-/// A fixture and where it was read: `FILE:LINE` or `FILE item N`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
-    pub fixture: Fixture,
-    pub location: String,
 }
 
 /// How the server answered one request.
@@ -167,103 +118,17 @@ impl Answer {
     }
 }
 
-/// Classifies an HTTP answer; see the module doc. `alipay` says the item is Alipay's.
-pub fn classify(alipay: bool, status: u16, body: &[u8]) -> Answer {
+/// Classifies an HTTP answer; see the module doc. `provider` is the item's, when it is known.
+pub fn classify(provider: Option<ProviderName>, status: u16, body: &[u8]) -> Answer {
+    let acked = match provider {
+        Some(provider) => provider.is_ack(status, body),
+        None => (200..=299).contains(&status),
+    };
     match status {
         404 | 405 | 413 => Answer::HttpError,
-        200..=299 if !alipay || body == b"success" => Answer::Ack,
+        _ if acked => Answer::Ack,
         _ => Answer::Retry,
     }
-}
-
-/// Whether an item without a `provider` field is Alipay's: a form body with `notify_id` and
-/// `sign`. Alipay's key names are plain ASCII, so they are compared undecoded.
-pub fn looks_like_alipay(body: &str) -> bool {
-    if body.trim_start().starts_with(['{', '[']) {
-        return false;
-    }
-    let has = |name: &str| {
-        body.split('&')
-            .any(|pair| pair.split_once('=').map_or(pair, |(key, _)| key) == name)
-    };
-    has("notify_id") && has("sign")
-}
-
-/// Parses one fixture file's text; `source` names it in errors and locations.
-pub fn parse(text: &str, source: &str) -> anyhow::Result<Vec<Located>> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if text.trim_start().starts_with('[') {
-        let items: Vec<serde_json::Value> = serde_json::from_str(text)
-            .map_err(|e| anyhow!("{source}:{}:{}: {}", e.line(), e.column(), bare(&e)))?;
-        return items
-            .into_iter()
-            .enumerate()
-            .map(|(i, value)| {
-                let location = format!("{source} item {}", i + 1);
-                match serde_json::from_value(value) {
-                    Ok(fixture) => Ok(Located { fixture, location }),
-                    Err(e) => Err(anyhow!("{location}: {}", bare(&e))),
-                }
-            })
-            .collect();
-    }
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(n, line)| {
-            let location = format!("{source}:{}", n + 1);
-            match serde_json::from_str(line) {
-                Ok(fixture) => Ok(Located { fixture, location }),
-                Err(e) => Err(anyhow!("{location}:{}: {}", e.column(), bare(&e))),
-            }
-        })
-        .collect()
-}
-
-/// serde_json's message without its own " at line L column C", which would count from the start
-/// of the line or item rather than the file.
-fn bare(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let suffix = format!(" at line {} column {}", e.line(), e.column());
-    text.strip_suffix(&suffix).unwrap_or(&text).to_owned()
-}
-
-/// Reads every fixture the command line names; a folder stands for its fixture files.
-pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Located>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("cannot read folder {}", path.display()))?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_fixture_file(p))
-                .collect();
-            if found.is_empty() {
-                bail!(
-                    "{}: no .ndjson or .json files in this folder",
-                    path.display()
-                );
-            }
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    let mut all = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        all.extend(parse(&text, &file.display().to_string())?);
-    }
-    Ok(all)
-}
-
-fn is_fixture_file(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("ndjson" | "json")
-    )
 }
 
 /// A fixture made ready to send: everything that can be checked is checked before the first
@@ -272,7 +137,8 @@ struct Target {
     url: Url,
     headers: HeaderMap,
     body: Bytes,
-    alipay: bool,
+    /// The item's provider: as its `provider` field says, or recognised from its body.
+    provider: Option<ProviderName>,
     expect: Option<Expect>,
     label: String,
 }
@@ -300,15 +166,14 @@ impl Target {
                 headers.insert(name, value);
             }
         }
-        let alipay = match fixture.provider {
-            Some(provider) => provider == ProviderName::Alipay,
-            None => looks_like_alipay(&fixture.body),
-        };
+        let provider = fixture
+            .provider
+            .or_else(|| ProviderName::recognise(&fixture.body));
         Ok(Target {
             url,
             headers,
             body: Bytes::from(fixture.body),
-            alipay,
+            provider,
             expect: fixture.expect,
             label,
         })
@@ -434,7 +299,7 @@ async fn sender(plan: Arc<Plan>) -> Tally {
             Ok((status, body)) => {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tally.latency.saturating_record(micros);
-                (classify(target.alipay, status, &body), Some(status))
+                (classify(target.provider, status, &body), Some(status))
             }
             Err(e) => {
                 if tally.first_transport_error.is_none() {
@@ -755,100 +620,39 @@ mod tests {
     const ALIPAY: &str = r#"{"name": "paid", "channel": "alipay", "body": "notify_id=N1&sign=abc%3D&total_amount=1.00", "expect": "retry"}"#;
 
     #[test]
-    fn json_lines_and_json_arrays_read_alike() {
-        let lines = format!("{STRIPE}\n\n{ALIPAY}\n");
-        let from_lines = parse(&lines, "a.ndjson").unwrap();
-        assert_eq!(from_lines.len(), 2);
-        assert_eq!(from_lines[0].location, "a.ndjson:1");
-        assert_eq!(from_lines[1].location, "a.ndjson:3");
-        let array = format!("\u{feff} [\n{STRIPE},\n{ALIPAY}\n]");
-        let from_array = parse(&array, "a.json").unwrap();
-        assert_eq!(from_array[1].location, "a.json item 2");
-        for (a, b) in from_lines.iter().zip(&from_array) {
-            assert_eq!(a.fixture, b.fixture);
-        }
-        let stripe = &from_lines[0].fixture;
-        assert_eq!(stripe.channel, "stripe");
-        assert_eq!(stripe.body, r#"{"id": "evt_1"}"#);
-        assert_eq!(stripe.headers["Stripe-Signature"], "t=1,v1=00");
-        assert_eq!(stripe.expect, Some(Expect::Ack));
-        assert_eq!(from_lines[1].fixture.name.as_deref(), Some("paid"));
-        assert_eq!(from_lines[1].fixture.expect, Some(Expect::Retry));
-    }
-
-    #[test]
-    fn a_bad_line_or_item_is_named_in_the_error() {
-        let missing_body = r#"{"channel": "stripe"}"#;
-        let text = format!("{STRIPE}\n{STRIPE}\n{missing_body}\n");
-        let error = parse(&text, "f.ndjson").unwrap_err().to_string();
-        assert!(error.starts_with("f.ndjson:3:"), "{error}");
-        assert!(error.contains("body"), "{error}");
-        assert!(!error.contains("at line 1"), "{error}");
-
-        let broken = format!("{STRIPE}\n{{\"channel\": \n");
-        let error = parse(&broken, "f.ndjson").unwrap_err().to_string();
-        assert!(error.starts_with("f.ndjson:2:"), "{error}");
-
-        let typo = STRIPE.replace("\"expect\": \"ack\"", "\"expect\": \"acked\"");
-        let error = parse(&format!("[{STRIPE}, {typo}]"), "f.json")
-            .unwrap_err()
-            .to_string();
-        assert!(error.starts_with("f.json item 2: "), "{error}");
-        assert!(error.contains("acked"), "{error}");
-
-        let unknown = STRIPE.replace("\"expect\"", "\"expcet\"");
-        let error = parse(&unknown, "f.ndjson").unwrap_err().to_string();
-        assert!(error.contains("expcet"), "{error}");
-
-        let error = parse("[1, 2", "f.json").unwrap_err().to_string();
-        assert!(error.starts_with("f.json:1:"), "{error}");
-    }
-
-    #[test]
-    fn a_folder_stands_for_its_fixture_files_in_name_order() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("b.ndjson"), format!("{ALIPAY}\n")).unwrap();
-        std::fs::write(dir.path().join("a.json"), format!("[{STRIPE}]")).unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "not a fixture").unwrap();
-        let loaded = load(&[dir.path().to_path_buf()]).unwrap();
-        let channels: Vec<&str> = loaded.iter().map(|l| l.fixture.channel.as_str()).collect();
-        assert_eq!(channels, ["stripe", "alipay"]);
-
-        let empty = tempfile::tempdir().unwrap();
-        let error = load(&[empty.path().to_path_buf()]).unwrap_err().to_string();
-        assert!(error.contains("no .ndjson or .json files"), "{error}");
-        let error = load(&[dir.path().join("missing.ndjson")])
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("missing.ndjson"), "{error}");
-    }
-
-    #[test]
     fn answers_follow_each_provider_protocol() {
-        let cases: [(bool, u16, &[u8], Answer); 12] = [
-            (false, 200, b"", Answer::Ack),
-            (false, 204, b"", Answer::Ack),
-            (false, 200, b"fail", Answer::Ack),
-            (true, 200, b"success", Answer::Ack),
-            (true, 200, b"fail", Answer::Retry),
-            (true, 200, b"success\n", Answer::Retry),
-            (true, 500, b"success", Answer::Retry),
-            (false, 400, b"", Answer::Retry),
-            (false, 401, b"", Answer::Retry),
-            (false, 503, b"", Answer::Retry),
-            (true, 404, b"unknown channel", Answer::HttpError),
-            (false, 413, b"", Answer::HttpError),
+        let alipay = Some(ProviderName::Alipay);
+        let cases: [(Option<ProviderName>, u16, &[u8], Answer); 14] = [
+            (None, 200, b"", Answer::Ack),
+            (None, 204, b"", Answer::Ack),
+            (None, 200, b"fail", Answer::Ack),
+            (Some(ProviderName::Stripe), 200, b"fail", Answer::Ack),
+            (Some(ProviderName::WechatPay), 204, b"", Answer::Ack),
+            (alipay, 200, b"success", Answer::Ack),
+            (alipay, 200, b"fail", Answer::Retry),
+            (alipay, 200, b"success\n", Answer::Retry),
+            (alipay, 500, b"success", Answer::Retry),
+            (None, 400, b"", Answer::Retry),
+            (
+                Some(ProviderName::StandardWebhooks),
+                401,
+                b"",
+                Answer::Retry,
+            ),
+            (None, 503, b"", Answer::Retry),
+            (alipay, 404, b"unknown channel", Answer::HttpError),
+            (None, 413, b"", Answer::HttpError),
         ];
-        for (alipay, status, body, answer) in cases {
+        for (provider, status, body, answer) in cases {
             assert_eq!(
-                classify(alipay, status, body),
+                classify(provider, status, body),
                 answer,
-                "alipay={alipay} status={status} body={:?}",
+                "provider={provider:?} status={status} body={:?}",
                 String::from_utf8_lossy(body)
             );
         }
-        assert_eq!(classify(false, 405, b""), Answer::HttpError);
-        assert_eq!(classify(false, 302, b""), Answer::Retry);
+        assert_eq!(classify(None, 405, b""), Answer::HttpError);
+        assert_eq!(classify(None, 302, b""), Answer::Retry);
         assert!(Answer::Ack.is(Expect::Ack) && Answer::Retry.is(Expect::Retry));
         assert!(!Answer::TransportError.is(Expect::Retry));
         assert!(!Answer::HttpError.is(Expect::Retry));
@@ -856,18 +660,17 @@ mod tests {
 
     #[test]
     fn alipay_is_told_by_the_provider_field_or_else_by_its_form() {
-        assert!(looks_like_alipay("a=1&notify_id=N&sign=x%3D"));
-        assert!(!looks_like_alipay("notify_id=N&total_amount=1.00"));
-        assert!(!looks_like_alipay(r#"{"q": "notify_id=N&sign=x"}"#));
-        assert!(!looks_like_alipay("x_notify_id=N&sign=x"));
         let base = "http://127.0.0.1:1";
+        let provider = |located: &Located| Target::new(base, located.clone()).unwrap().provider;
         let mut located = parse(ALIPAY, "a").unwrap().remove(0);
-        assert!(Target::new(base, located.clone()).unwrap().alipay);
+        assert_eq!(provider(&located), Some(ProviderName::Alipay));
         located.fixture.provider = Some(ProviderName::Stripe);
-        assert!(!Target::new(base, located.clone()).unwrap().alipay);
+        assert_eq!(provider(&located), Some(ProviderName::Stripe));
         located.fixture.body = "{}".to_owned();
         located.fixture.provider = Some(ProviderName::Alipay);
-        assert!(Target::new(base, located).unwrap().alipay);
+        assert_eq!(provider(&located), Some(ProviderName::Alipay));
+        located.fixture.provider = None;
+        assert_eq!(provider(&located), None);
     }
 
     #[test]
