@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use crate::clock::SystemClock;
 use crate::config::{Overrides, Settings};
 use crate::db;
+use crate::domain::clock::SystemClock;
 use crate::http;
 
 /// The flags every command that touches the database takes.

@@ -10,7 +10,7 @@ use crate::books::accounts;
 use crate::books::orders::{self, Created, OrderRequest, OrderView};
 use crate::books::verify;
 use crate::db;
-use crate::ids::UserId;
+use crate::domain::ids::UserId;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]

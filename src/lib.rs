@@ -13,8 +13,9 @@
 //!   and the one-command proof that they balance.
 //! - [`db`] and [`store`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations
 //!   and transactions; and every SQL statement that differs by backend.
-//! - [`domain`]: the outcomes of a delivery and the answer a provider gets.
-//! - [`money`] and [`ids`]: values parsed once at the edge (`AmountMinor`, `Currency`, `OrderNo`).
+//! - [`domain`]: what every part speaks in: values parsed once at the edge (`AmountMinor`,
+//!   `Currency`, `OrderNo`), the injected clock, the provider-neutral notification, the outcome
+//!   of a delivery and the answer a provider gets.
 //! - [`telemetry`]: log lines to tail and Prometheus metrics.
 //! - [`config`], [`app`] and [`cli`]: layered settings, what a command opens (settings, pool,
 //!   server), and the `payhook` command line.
@@ -26,14 +27,11 @@
 pub mod app;
 pub mod books;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod crediting;
 pub mod db;
 pub mod domain;
 pub mod http;
-pub mod ids;
-pub mod money;
 pub mod notify;
 pub mod store;
 pub mod telemetry;

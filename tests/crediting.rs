@@ -11,9 +11,9 @@ use payhook::books::orders::{self, OrderStatus};
 use payhook::crediting::{apply_alone, Answer, Outcome};
 use payhook::crediting::{commit_batch, ApplyJob, CountJob};
 use payhook::db::Pool;
-use payhook::ids::{ChannelName, OrderNo};
-use payhook::money::{AmountMinor, Currency};
-use payhook::notify::{Notification, NotificationKind};
+use payhook::domain::ids::{ChannelName, OrderNo};
+use payhook::domain::money::{AmountMinor, Currency};
+use payhook::domain::notification::{Notification, NotificationKind};
 
 const EVIDENCE: Evidence<'static> = Evidence {
     headers_json: "{}",

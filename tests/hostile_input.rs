@@ -6,10 +6,12 @@
 
 use chrono::{DateTime, Utc};
 use payhook::config::Settings;
-use payhook::ids::ChannelName;
+use payhook::domain::ids::ChannelName;
 use std::sync::OnceLock;
 
-use payhook::notify::{self, Notification, Provider, RawRequest};
+use payhook::notify::{self, Provider, RawRequest};
+
+use payhook::domain::notification::Notification;
 use proptest::prelude::*;
 use serde_json::Value;
 

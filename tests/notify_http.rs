@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 
 use chrono::{DateTime, Utc};
 use common::{count, create_order, settled_count, spawn_app, TestApp, TestDb};
-use payhook::money::{AmountMinor, Currency};
+use payhook::domain::money::{AmountMinor, Currency};
 use serde_json::Value;
 
 /// The instant every generated vector was signed at.
@@ -140,12 +140,15 @@ fn balance(app: &TestApp, user: &str) -> i64 {
 
 fn order_status(app: &TestApp, order_no: &str) -> String {
     let mut conn = app.pool.get().unwrap();
-    payhook::books::orders::find(&mut conn, &payhook::ids::OrderNo::parse(order_no).unwrap())
-        .unwrap()
-        .unwrap()
-        .status
-        .as_str()
-        .to_owned()
+    payhook::books::orders::find(
+        &mut conn,
+        &payhook::domain::ids::OrderNo::parse(order_no).unwrap(),
+    )
+    .unwrap()
+    .unwrap()
+    .status
+    .as_str()
+    .to_owned()
 }
 
 /// Cases that are authentic but must not credit.

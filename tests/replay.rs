@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use common::{count, free_port, settled_count, spawn_app_with_clock, Backend, TestApp, TestDb};
-use payhook::clock::SystemClock;
+use payhook::domain::clock::SystemClock;
 
 const DEMO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml");
 const DEMO_KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo-keys");

@@ -15,9 +15,9 @@ use payhook::config::Settings;
 use payhook::crediting::Outcome;
 use payhook::crediting::{commit_batch, ApplyJob, CountJob};
 use payhook::db::{self, DbConnection, Pool};
-use payhook::ids::{ChannelName, OrderNo};
-use payhook::money::{AmountMinor, Currency};
-use payhook::notify::{Notification, NotificationKind};
+use payhook::domain::ids::{ChannelName, OrderNo};
+use payhook::domain::money::{AmountMinor, Currency};
+use payhook::domain::notification::{Notification, NotificationKind};
 
 fn paid(order_no: &OrderNo, trade_no: &str) -> Notification {
     Notification {

@@ -9,9 +9,9 @@ use payhook::books::inbox::Evidence;
 use payhook::books::verify::verify;
 use payhook::crediting::{apply_alone, Outcome};
 use payhook::db::Pool;
-use payhook::ids::{ChannelName, OrderNo};
-use payhook::money::{AmountMinor, Currency};
-use payhook::notify::{Notification, NotificationKind};
+use payhook::domain::ids::{ChannelName, OrderNo};
+use payhook::domain::money::{AmountMinor, Currency};
+use payhook::domain::notification::{Notification, NotificationKind};
 
 /// Three users, four paid orders, one pending, one closed, one duplicate and one anomaly.
 fn good_books(db: &TestDb) -> (Pool, Vec<OrderNo>) {

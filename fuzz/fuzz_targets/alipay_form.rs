@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use chrono::{DateTime, TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
 use payhook::config::{AlipayConfig, AlipaySignType, Secret};
-use payhook::ids::ChannelName;
-use payhook::money::Currency;
+use payhook::domain::ids::ChannelName;
+use payhook::domain::money::Currency;
 use payhook::notify::alipay::Alipay;
 use payhook::notify::{Provider, RawRequest};
 

@@ -15,8 +15,8 @@ use arbitrary::Arbitrary;
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
 use payhook::config::{Secret, WechatPayConfig};
-use payhook::ids::ChannelName;
-use payhook::money::Currency;
+use payhook::domain::ids::ChannelName;
+use payhook::domain::money::Currency;
 use payhook::notify::wechatpay::WechatPay;
 use payhook::notify::{Provider, RawRequest};
 

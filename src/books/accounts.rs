@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::db::schema::{accounts, ledger};
 use crate::db::DbConnection;
-use crate::ids::UserId;
-use crate::money::{AmountMinor, Currency};
+use crate::domain::ids::UserId;
+use crate::domain::money::{AmountMinor, Currency};
 
 /// Inserts the (user, currency) account with a zero balance unless it exists.
 pub fn ensure(

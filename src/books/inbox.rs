@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::db::schema::notifications;
 use crate::db::DbConnection;
-use crate::ids::ChannelName;
+use crate::domain::ids::ChannelName;
 
 /// The request as it arrived: what must be kept to verify it again later.
 #[derive(Debug, Clone, Copy)]

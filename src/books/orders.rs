@@ -13,8 +13,8 @@ use crate::books::accounts;
 use crate::config::ChannelTerms;
 use crate::db::schema::orders;
 use crate::db::{self, DbConnection, DbError};
-use crate::ids::{ChannelName, OrderNo, UserId};
-use crate::money::{AmountMinor, Currency};
+use crate::domain::ids::{ChannelName, OrderNo, UserId};
+use crate::domain::money::{AmountMinor, Currency};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::money::Currency;
+use crate::domain::money::Currency;
 
 /// A secret value: given inline, or as `{ file = "PATH" }` or `{ env = "NAME" }`.
 ///
@@ -123,7 +123,7 @@ impl ChannelConfig {
     pub fn terms(&self) -> ChannelTerms {
         let order_no_len = match self {
             ChannelConfig::WechatPay(_) => 6..=32,
-            _ => 1..=crate::ids::OrderNo::MAX,
+            _ => 1..=crate::domain::ids::OrderNo::MAX,
         };
         ChannelTerms {
             currency: self.currency(),

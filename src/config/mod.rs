@@ -16,7 +16,7 @@ pub use channels::{
     StripeConfig, WechatPayConfig,
 };
 
-use crate::ids::ChannelName;
+use crate::domain::ids::ChannelName;
 
 /// The built-in defaults, documented key by key.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");

@@ -9,10 +9,10 @@ use super::read;
 use crate::books::inbox::{self, Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderStatus};
 use crate::db::{self, DbConnection};
+use crate::domain::ids::{ChannelName, OrderNo};
+use crate::domain::money::{AmountMinor, Currency};
+use crate::domain::notification::{Notification, NotificationKind};
 use crate::domain::outcome::Outcome;
-use crate::ids::{ChannelName, OrderNo};
-use crate::money::{AmountMinor, Currency};
-use crate::notify::{Notification, NotificationKind};
 use crate::store::{self, CreditWrite};
 
 /// The committed result of [`apply_in`].

@@ -36,8 +36,8 @@ use super::error::{CreditError, Failure};
 use super::settled::{Fingerprint, Settled, SETTLED_CAPACITY};
 use crate::books::inbox::{self, Evidence};
 use crate::db::{self, DbConnection, Pool, Retry};
+use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
-use crate::notify::Notification;
 use crate::store;
 use crate::telemetry;
 
@@ -90,7 +90,7 @@ pub struct CountJob {
 }
 
 impl Job {
-    fn order_no(&self) -> Option<&crate::ids::OrderNo> {
+    fn order_no(&self) -> Option<&crate::domain::ids::OrderNo> {
         match self {
             Job::Apply(job) => job.notification.order_no.as_ref(),
             Job::Count(_) => None,

@@ -6,8 +6,8 @@ use diesel::result::Error as DieselError;
 
 use crate::books::orders::Order;
 use crate::db::{self, Retry};
-use crate::ids::{OrderNo, UserId};
-use crate::money::Currency;
+use crate::domain::ids::{OrderNo, UserId};
+use crate::domain::money::Currency;
 
 /// Why a notification was not applied. Nothing of it was committed, so each is answered "retry".
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use crate::books::inbox::InboxRow;
 use crate::books::orders::{Order, OrderRow};
 use crate::db::schema::{notifications, orders};
 use crate::db::DbConnection;
-use crate::ids::{ChannelName, OrderNo};
+use crate::domain::ids::{ChannelName, OrderNo};
 
 /// What one statement reads for a notification before anything is written.
 #[derive(Debug, Default)]

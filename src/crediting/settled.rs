@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::apply::{Applied, Claim};
+use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
-use crate::notify::Notification;
 
 /// How many settled notifications one generation of [`Settled`] remembers.
 pub const SETTLED_CAPACITY: usize = 50_000;
@@ -105,9 +105,9 @@ impl Settled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ChannelName, OrderNo};
-    use crate::money::{AmountMinor, Currency};
-    use crate::notify::NotificationKind;
+    use crate::domain::ids::{ChannelName, OrderNo};
+    use crate::domain::money::{AmountMinor, Currency};
+    use crate::domain::notification::NotificationKind;
 
     fn paid(id: &str, order: &str, trade: &str, minor: i64) -> Notification {
         Notification {

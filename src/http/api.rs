@@ -19,7 +19,7 @@ use crate::books::accounts;
 use crate::books::inbox;
 use crate::books::orders::{self, Created, Order, OrderRequest, OrderView};
 use crate::db::{self, DbError};
-use crate::ids::{OrderNo, UserId};
+use crate::domain::ids::{OrderNo, UserId};
 
 pub(super) fn scope() -> actix_web::Scope<
     impl actix_web::dev::ServiceFactory<

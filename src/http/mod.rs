@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 
-use crate::clock::Clock;
 use crate::config::ChannelTerms;
 use crate::config::{PoolSettings, Secret, Settings};
 use crate::crediting::Committer;
 use crate::db::{DbError, Pool};
-use crate::ids::ChannelName;
+use crate::domain::clock::Clock;
+use crate::domain::ids::ChannelName;
 use crate::notify::{self, Provider};
 
 mod api;

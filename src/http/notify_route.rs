@@ -7,11 +7,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
 use crate::crediting::{Answer, Applied};
-use crate::ids::ChannelName;
-use crate::notify::{self, Notification, Provider, RawRequest, Rejection, RetryReason};
+use crate::domain::ids::ChannelName;
+use crate::domain::notification::Notification;
+use crate::notify::{self, Provider, RawRequest, Rejection, RetryReason};
 use crate::telemetry;
 
-fn reply(answer: notify::Answer) -> HttpResponse {
+fn reply(answer: notify::Reply) -> HttpResponse {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     HttpResponse::build(status)
         .content_type(answer.content_type)

@@ -15,9 +15,9 @@ use spki::der::{self, Decode, Encode, Reader, SliceReader};
 use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 use x509_cert::Certificate;
 
-use super::{Answer, RawRequest, Rejection};
-use crate::ids::OrderNo;
-use crate::money::{AmountMinor, Currency};
+use super::provider::{RawRequest, Rejection, Reply};
+use crate::domain::ids::OrderNo;
+use crate::domain::money::{AmountMinor, Currency};
 
 /// `rsaEncryption` (PKCS #1): every provider here signs with RSA.
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
@@ -260,16 +260,16 @@ pub(crate) fn is_success(status: u16) -> bool {
     (200..=299).contains(&status)
 }
 
-pub(crate) fn text_answer(status: u16, body: &str) -> Answer {
-    Answer {
+pub(crate) fn text_reply(status: u16, body: &str) -> Reply {
+    Reply {
         status,
         content_type: "text/plain; charset=utf-8",
         body: body.as_bytes().to_vec(),
     }
 }
 
-pub(crate) fn json_answer(status: u16, body: &serde_json::Value) -> Answer {
-    Answer {
+pub(crate) fn json_reply(status: u16, body: &serde_json::Value) -> Reply {
+    Reply {
         status,
         content_type: "application/json",
         body: body.to_string().into_bytes(),

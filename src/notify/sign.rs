@@ -12,8 +12,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 
 use crate::config::Secret;
-use crate::ids::OrderNo;
-use crate::money::{AmountMinor, Currency};
+use crate::domain::ids::OrderNo;
+use crate::domain::money::{AmountMinor, Currency};
 
 /// The order a notification pays.
 #[derive(Debug, Clone)]

@@ -65,7 +65,7 @@ impl Signer {
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use crate::ids::ChannelName;
+    use crate::domain::ids::ChannelName;
 
     fn demo() -> Settings {
         Settings::from_toml(include_str!("../../config/demo.toml")).expect("demo config")

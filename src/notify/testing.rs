@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::provider::{RawRequest, Rejection};
 use super::sign::RsaSigner;
-use super::{Notification, NotificationKind, RawRequest, Rejection};
-use crate::ids::ChannelName;
+use crate::domain::ids::ChannelName;
+use crate::domain::notification::{Notification, NotificationKind};
 
 /// A self-signed certificate over the WeChat Pay test key.
 pub const WECHAT_TEST_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----

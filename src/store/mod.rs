@@ -17,8 +17,8 @@ use diesel::RunQueryDsl;
 use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::Order;
 use crate::db::DbConnection;
+use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
-use crate::notify::Notification;
 
 mod postgres;
 mod sqlite;

@@ -14,8 +14,8 @@ use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::{Order, OrderStatus};
 use crate::db::schema::{accounts, notifications, orders};
 use crate::db::DbConnection;
+use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
-use crate::notify::Notification;
 
 /// The compare-and-set, the credit, the ledger row and the inbox record of the delivery, as one
 /// statement of data-modifying CTEs.

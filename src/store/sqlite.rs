@@ -9,7 +9,7 @@ use crate::books::accounts::LedgerKind;
 use crate::books::orders::{self, Order};
 use crate::db::schema::{accounts, ledger};
 use crate::db::DbConnection;
-use crate::notify::Notification;
+use crate::domain::notification::Notification;
 
 /// The compare-and-set, then for its winner the credit and the ledger row; the caller records the
 /// delivery.

@@ -23,10 +23,11 @@ use chrono::{DateTime, Utc};
 use super::replay::{Expect, Fixture};
 use crate::books::orders::{self, Created, NewOrder, OrderRequest};
 use crate::config::ChannelConfig;
-use crate::ids::ChannelName;
+use crate::domain::ids::ChannelName;
+use crate::domain::notification::NotificationKind;
 use crate::notify::sign::{Payment, Signed};
 use crate::notify::signer::Signer;
-use crate::notify::{self, NotificationKind, ProviderName, RawRequest};
+use crate::notify::{self, ProviderName, RawRequest};
 
 /// How many fixture orders share one transaction.
 const ORDERS_PER_TRANSACTION: usize = 1000;
@@ -235,7 +236,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use crate::money::AmountMinor;
+    use crate::domain::money::AmountMinor;
 
     fn demo() -> Settings {
         Settings::from_toml(include_str!("../../config/demo.toml")).expect("demo config")

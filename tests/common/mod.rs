@@ -17,11 +17,11 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use payhook::books::orders::{self, NewOrder};
-use payhook::clock::{Clock, FixedClock};
 use payhook::config::Settings;
 use payhook::db::{self, DbConnection, Pool};
-use payhook::ids::{ChannelName, OrderNo, UserId};
-use payhook::money::{AmountMinor, Currency};
+use payhook::domain::clock::{Clock, FixedClock};
+use payhook::domain::ids::{ChannelName, OrderNo, UserId};
+use payhook::domain::money::{AmountMinor, Currency};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

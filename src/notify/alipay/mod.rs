@@ -9,10 +9,11 @@ use percent_encoding::percent_decode;
 use ring::signature::{self, RsaParameters};
 
 use super::common::{self, shown, RsaPublicKey};
-use super::{Answer, Notification, NotificationKind, Provider, RawRequest, Rejection, RetryReason};
+use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::{AlipayConfig, AlipaySignType};
-use crate::ids::ChannelName;
-use crate::money::{AmountMinor, Currency};
+use crate::domain::ids::ChannelName;
+use crate::domain::money::{AmountMinor, Currency};
+use crate::domain::notification::{Notification, NotificationKind};
 
 pub mod sign;
 
@@ -123,18 +124,18 @@ impl Provider for Alipay {
         &[]
     }
 
-    fn ack(&self) -> Answer {
-        common::text_answer(200, ACK)
+    fn ack(&self) -> Reply {
+        common::text_reply(200, ACK)
     }
 
     /// Alipay resends on any body but `success`; the status is for people: 400 when the request
     /// is not a notification we can verify, 500 only when payhook itself failed.
-    fn retry(&self, reason: RetryReason, _message: &str) -> Answer {
+    fn retry(&self, reason: RetryReason, _message: &str) -> Reply {
         let status = match reason {
             RetryReason::Unverified | RetryReason::BadRequest => 400,
             RetryReason::Unavailable => 500,
         };
-        common::text_answer(status, "fail")
+        common::text_reply(status, "fail")
     }
 }
 

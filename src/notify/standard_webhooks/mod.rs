@@ -12,9 +12,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::common::{self, signed_header};
-use super::{Answer, Notification, NotificationKind, Provider, RawRequest, Rejection, RetryReason};
+use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::StandardWebhooksConfig;
-use crate::ids::ChannelName;
+use crate::domain::ids::ChannelName;
+use crate::domain::notification::{Notification, NotificationKind};
 
 pub mod sign;
 
@@ -143,17 +144,17 @@ impl Provider for StandardWebhooks {
         ]
     }
 
-    fn ack(&self) -> Answer {
-        common::text_answer(204, "")
+    fn ack(&self) -> Reply {
+        common::text_reply(204, "")
     }
 
-    fn retry(&self, reason: RetryReason, message: &str) -> Answer {
+    fn retry(&self, reason: RetryReason, message: &str) -> Reply {
         let status = match reason {
             RetryReason::Unverified => 401,
             RetryReason::BadRequest => 400,
             RetryReason::Unavailable => 503,
         };
-        common::json_answer(status, &json!({ "error": message }))
+        common::json_reply(status, &json!({ "error": message }))
     }
 }
 
@@ -185,7 +186,7 @@ mod tests {
 
     use super::*;
     use crate::config::Secret;
-    use crate::money::Currency;
+    use crate::domain::money::Currency;
     use crate::notify::testing::{self, Case};
 
     #[derive(Deserialize)]

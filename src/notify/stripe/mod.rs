@@ -9,9 +9,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::common::{self, shown, signed_header};
-use super::{Answer, Notification, NotificationKind, Provider, RawRequest, Rejection, RetryReason};
+use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::StripeConfig;
-use crate::ids::ChannelName;
+use crate::domain::ids::ChannelName;
+use crate::domain::notification::{Notification, NotificationKind};
 
 pub mod sign;
 
@@ -84,16 +85,16 @@ impl Provider for Stripe {
         &["Stripe-Signature"]
     }
 
-    fn ack(&self) -> Answer {
-        common::json_answer(200, &json!({ "received": true }))
+    fn ack(&self) -> Reply {
+        common::json_reply(200, &json!({ "received": true }))
     }
 
-    fn retry(&self, reason: RetryReason, message: &str) -> Answer {
+    fn retry(&self, reason: RetryReason, message: &str) -> Reply {
         let status = match reason {
             RetryReason::Unverified | RetryReason::BadRequest => 400,
             RetryReason::Unavailable => 503,
         };
-        common::json_answer(status, &json!({ "error": message }))
+        common::json_reply(status, &json!({ "error": message }))
     }
 }
 
@@ -295,7 +296,7 @@ mod tests {
 
     use super::*;
     use crate::config::Secret;
-    use crate::money::Currency;
+    use crate::domain::money::Currency;
     use crate::notify::testing::{self, Case};
 
     #[derive(Deserialize)]

@@ -15,10 +15,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::common::{self, shown, signed_header, RsaPublicKey};
-use super::{Answer, Notification, NotificationKind, Provider, RawRequest, Rejection, RetryReason};
+use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::WechatPayConfig;
-use crate::ids::ChannelName;
-use crate::money::Currency;
+use crate::domain::ids::ChannelName;
+use crate::domain::money::Currency;
+use crate::domain::notification::{Notification, NotificationKind};
 
 pub mod sign;
 
@@ -212,18 +213,18 @@ impl Provider for WechatPay {
         ]
     }
 
-    fn ack(&self) -> Answer {
-        common::text_answer(204, "")
+    fn ack(&self) -> Reply {
+        common::text_reply(204, "")
     }
 
     /// WeChat reads any 200 as delivered, error text or not, so failures are always 4xx/5xx.
-    fn retry(&self, reason: RetryReason, message: &str) -> Answer {
+    fn retry(&self, reason: RetryReason, message: &str) -> Reply {
         let status = match reason {
             RetryReason::Unverified => 401,
             RetryReason::BadRequest => 400,
             RetryReason::Unavailable => 500,
         };
-        common::json_answer(status, &json!({ "code": "FAIL", "message": message }))
+        common::json_reply(status, &json!({ "code": "FAIL", "message": message }))
     }
 }
 

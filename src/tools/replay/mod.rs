@@ -49,7 +49,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
 use serde::Serialize;
 
-use crate::ids::ChannelName;
+use crate::domain::ids::ChannelName;
 use crate::notify::ProviderName;
 
 mod fixture_file;
@@ -89,45 +89,45 @@ pub struct Args {
 
 /// How the server answered one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
+pub enum ReplyClass {
     Ack,
     Retry,
     HttpError,
     TransportError,
 }
 
-impl Answer {
+impl ReplyClass {
     fn index(self) -> usize {
         self as usize
     }
 
     fn as_str(self) -> &'static str {
         match self {
-            Answer::Ack => "ack",
-            Answer::Retry => "retry",
-            Answer::HttpError => "HTTP error",
-            Answer::TransportError => "transport error",
+            ReplyClass::Ack => "ack",
+            ReplyClass::Retry => "retry",
+            ReplyClass::HttpError => "HTTP error",
+            ReplyClass::TransportError => "transport error",
         }
     }
 
     fn is(self, expect: Expect) -> bool {
         matches!(
             (self, expect),
-            (Answer::Ack, Expect::Ack) | (Answer::Retry, Expect::Retry)
+            (ReplyClass::Ack, Expect::Ack) | (ReplyClass::Retry, Expect::Retry)
         )
     }
 }
 
 /// Classifies an HTTP answer; see the module doc. `provider` is the item's, when it is known.
-pub fn classify(provider: Option<ProviderName>, status: u16, body: &[u8]) -> Answer {
+pub fn classify(provider: Option<ProviderName>, status: u16, body: &[u8]) -> ReplyClass {
     let acked = match provider {
         Some(provider) => provider.is_ack(status, body),
         None => (200..=299).contains(&status),
     };
     match status {
-        404 | 405 | 413 => Answer::HttpError,
-        _ if acked => Answer::Ack,
-        _ => Answer::Retry,
+        404 | 405 | 413 => ReplyClass::HttpError,
+        _ if acked => ReplyClass::Ack,
+        _ => ReplyClass::Retry,
     }
 }
 
@@ -202,7 +202,7 @@ fn base_url(text: &str) -> anyhow::Result<String> {
 struct Mismatch {
     item: u32,
     expected: Expect,
-    answer: Answer,
+    answer: ReplyClass,
     status: Option<u16>,
 }
 
@@ -305,12 +305,12 @@ async fn sender(plan: Arc<Plan>) -> Tally {
                 if tally.first_transport_error.is_none() {
                     tally.first_transport_error = Some(error_chain(&e));
                 }
-                (Answer::TransportError, None)
+                (ReplyClass::TransportError, None)
             }
         };
         tally.counts[answer.index()] += 1;
         plan.sends[item as usize].fetch_add(1, Ordering::Relaxed);
-        if answer == Answer::Ack {
+        if answer == ReplyClass::Ack {
             plan.acks[item as usize].fetch_add(1, Ordering::Relaxed);
         }
         if let Some(expected) = target.expect.filter(|e| !answer.is(*e)) {
@@ -402,7 +402,7 @@ impl Summary {
         });
         tally.mismatches.sort_by_key(|m| m.item);
         tally.mismatches.dedup_by_key(|m| m.item);
-        let count = |answer: Answer| tally.counts[answer.index()];
+        let count = |answer: ReplyClass| tally.counts[answer.index()];
         Summary {
             url: args.url.clone(),
             items: plan.targets.len(),
@@ -416,10 +416,10 @@ impl Summary {
                 0.0
             },
             answers: Counts {
-                ack: count(Answer::Ack),
-                retry: count(Answer::Retry),
-                http_error: count(Answer::HttpError),
-                transport_error: count(Answer::TransportError),
+                ack: count(ReplyClass::Ack),
+                retry: count(ReplyClass::Retry),
+                http_error: count(ReplyClass::HttpError),
+                transport_error: count(ReplyClass::TransportError),
             },
             latency_ms: latency,
             items_with_expect: plan.targets.iter().filter(|t| t.expect.is_some()).count(),
@@ -622,26 +622,26 @@ mod tests {
     #[test]
     fn answers_follow_each_provider_protocol() {
         let alipay = Some(ProviderName::Alipay);
-        let cases: [(Option<ProviderName>, u16, &[u8], Answer); 14] = [
-            (None, 200, b"", Answer::Ack),
-            (None, 204, b"", Answer::Ack),
-            (None, 200, b"fail", Answer::Ack),
-            (Some(ProviderName::Stripe), 200, b"fail", Answer::Ack),
-            (Some(ProviderName::WechatPay), 204, b"", Answer::Ack),
-            (alipay, 200, b"success", Answer::Ack),
-            (alipay, 200, b"fail", Answer::Retry),
-            (alipay, 200, b"success\n", Answer::Retry),
-            (alipay, 500, b"success", Answer::Retry),
-            (None, 400, b"", Answer::Retry),
+        let cases: [(Option<ProviderName>, u16, &[u8], ReplyClass); 14] = [
+            (None, 200, b"", ReplyClass::Ack),
+            (None, 204, b"", ReplyClass::Ack),
+            (None, 200, b"fail", ReplyClass::Ack),
+            (Some(ProviderName::Stripe), 200, b"fail", ReplyClass::Ack),
+            (Some(ProviderName::WechatPay), 204, b"", ReplyClass::Ack),
+            (alipay, 200, b"success", ReplyClass::Ack),
+            (alipay, 200, b"fail", ReplyClass::Retry),
+            (alipay, 200, b"success\n", ReplyClass::Retry),
+            (alipay, 500, b"success", ReplyClass::Retry),
+            (None, 400, b"", ReplyClass::Retry),
             (
                 Some(ProviderName::StandardWebhooks),
                 401,
                 b"",
-                Answer::Retry,
+                ReplyClass::Retry,
             ),
-            (None, 503, b"", Answer::Retry),
-            (alipay, 404, b"unknown channel", Answer::HttpError),
-            (None, 413, b"", Answer::HttpError),
+            (None, 503, b"", ReplyClass::Retry),
+            (alipay, 404, b"unknown channel", ReplyClass::HttpError),
+            (None, 413, b"", ReplyClass::HttpError),
         ];
         for (provider, status, body, answer) in cases {
             assert_eq!(
@@ -651,11 +651,11 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
-        assert_eq!(classify(None, 405, b""), Answer::HttpError);
-        assert_eq!(classify(None, 302, b""), Answer::Retry);
-        assert!(Answer::Ack.is(Expect::Ack) && Answer::Retry.is(Expect::Retry));
-        assert!(!Answer::TransportError.is(Expect::Retry));
-        assert!(!Answer::HttpError.is(Expect::Retry));
+        assert_eq!(classify(None, 405, b""), ReplyClass::HttpError);
+        assert_eq!(classify(None, 302, b""), ReplyClass::Retry);
+        assert!(ReplyClass::Ack.is(Expect::Ack) && ReplyClass::Retry.is(Expect::Retry));
+        assert!(!ReplyClass::TransportError.is(Expect::Retry));
+        assert!(!ReplyClass::HttpError.is(Expect::Retry));
     }
 
     #[test]
