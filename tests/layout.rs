@@ -105,6 +105,26 @@ fn imports(modules: &BTreeMap<String, (PathBuf, String)>) -> BTreeMap<String, BT
                 }
             }
         }
+        // A path that starts with a child module's name, anywhere in the code.
+        for (child, _) in modules.range(format!("{name}::")..) {
+            let Some(short) = child
+                .strip_prefix(&format!("{name}::"))
+                .or_else(|| name.is_empty().then_some(child.as_str()))
+            else {
+                break;
+            };
+            if short.contains("::") {
+                continue;
+            }
+            let needle = format!("{short}::");
+            let starts_a_path = code.match_indices(&needle).any(|(at, _)| {
+                let before = code[..at].chars().next_back();
+                !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+            });
+            if starts_a_path {
+                paths.push(format!("self::{short}"));
+            }
+        }
         for prefix in ["crate::", "super::"] {
             for (at, _) in code.match_indices(prefix) {
                 let tail: String = code[at..]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::AppState;
+use super::state::AppState;
 use crate::books::accounts;
 use crate::books::inbox;
 use crate::books::orders::{self, Created, Order, OrderRequest, OrderView};

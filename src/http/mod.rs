@@ -5,153 +5,19 @@
 //! thread applies it in the next group commit. The answer follows [`crate::crediting`]'s policy: ack
 //! only after a commit; anything that failed asks the provider to retry.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 
-use crate::config::ChannelTerms;
-use crate::config::{PoolSettings, Secret, Settings};
-use crate::crediting::Committer;
-use crate::db::{DbError, Pool};
-use crate::domain::clock::Clock;
-use crate::domain::ids::ChannelName;
-use crate::notify::{self, Provider};
+use crate::config::Settings;
+use crate::db::DbError;
 
 mod api;
 mod notify_route;
+mod state;
 
-/// A configured channel: its provider's adapter and what its orders must look like.
-#[derive(Clone)]
-pub struct Channel {
-    pub provider: Arc<dyn Provider>,
-    pub terms: ChannelTerms,
-}
-
-/// What every handler shares.
-pub struct AppState {
-    pub pool: Pool,
-    /// The group-commit writer that applies verified notifications.
-    pub committer: Committer,
-    pub channels: HashMap<ChannelName, Channel>,
-    pub clock: Arc<dyn Clock>,
-    /// Where requests that fail verification are stored, apart from the writers' connections.
-    pub rejections: RejectionStore,
-    pub admin_token: Option<Secret>,
-    /// Largest notification body; larger ones are answered 413.
-    pub body_limit: usize,
-    /// How long a client may take to send a whole notification body; slower ones get 408.
-    pub body_timeout: Duration,
-}
-
-impl AppState {
-    /// Builds every configured channel's adapter; a bad key stops start-up with the channel named.
-    pub fn new(settings: &Settings, pool: Pool, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
-        let mut channels = HashMap::new();
-        for (name, cfg) in &settings.channels {
-            let provider =
-                notify::from_config(cfg).map_err(|e| anyhow::anyhow!("channel {name}: {e}"))?;
-            let channel = Channel {
-                provider: Arc::from(provider),
-                terms: cfg.terms(),
-            };
-            channels.insert(name.clone(), channel);
-        }
-        let writers = match settings.commit.writers {
-            0 => crate::db::DatabaseUrl::parse(settings.database_url.expose())
-                .map_or(1, |url| url.default_writers(settings.pool.max_size)),
-            n => n,
-        };
-        let committer = Committer::start(
-            pool.clone(),
-            writers,
-            settings.commit.max_batch,
-            Duration::from_secs(settings.commit.timeout_secs),
-        )
-        .map_err(|e| anyhow::anyhow!("cannot start the writer thread: {e}"))?;
-        let rejections = RejectionStore::open(settings)
-            .map_err(|e| anyhow::anyhow!("cannot open the pool for rejected requests: {e}"))?;
-        Ok(AppState {
-            pool,
-            committer,
-            channels,
-            clock,
-            rejections,
-            admin_token: settings.admin_token.clone(),
-            body_limit: settings.http.body_limit_bytes,
-            body_timeout: Duration::from_secs(settings.http.request_timeout_secs),
-        })
-    }
-}
-
-/// Stores rejected requests through a small pool of their own, so that a flood of unverified
-/// requests never takes a connection the writers need. A request that finds every connection
-/// busy is not stored: it is answered retry at once, as it would be anyway.
-pub struct RejectionStore {
-    pool: Pool,
-    /// One per connection, taken without waiting.
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-/// Why a rejected request was not stored.
-#[derive(Debug, thiserror::Error)]
-pub enum NotStored {
-    #[error("every connection for rejected requests is busy")]
-    Busy,
-    #[error(transparent)]
-    Database(#[from] DbError),
-    #[error("{0}")]
-    Blocking(#[from] actix_web::error::BlockingError),
-}
-
-impl RejectionStore {
-    /// A pool of `pool.rejection_max_size` connections and as many permits, so that a holder of
-    /// a permit never waits for a connection in use; only for one being opened.
-    pub fn open(settings: &Settings) -> Result<RejectionStore, DbError> {
-        let size = settings.pool.rejection_max_size;
-        let pool_settings = PoolSettings {
-            max_size: size,
-            connection_timeout_secs: 1,
-            ..settings.pool.clone()
-        };
-        Ok(RejectionStore {
-            pool: crate::db::connect(settings.database_url.expose(), &pool_settings)?,
-            permits: Arc::new(tokio::sync::Semaphore::new(size as usize)),
-        })
-    }
-
-    /// Records one rejected request (see [`crate::books::inbox::record_rejection`]) unless every
-    /// connection is busy.
-    pub async fn record(
-        &self,
-        channel: ChannelName,
-        reason: String,
-        headers: Vec<(&'static str, String)>,
-        body: web::Bytes,
-        now: chrono::NaiveDateTime,
-    ) -> Result<(), NotStored> {
-        let permit = self
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| NotStored::Busy)?;
-        let pool = self.pool.clone();
-        web::block(move || {
-            let _permit = permit;
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let mut conn = pool.get()?;
-            crate::books::inbox::record_rejection(
-                &mut conn, &channel, &reason, &headers, &body, now,
-            )?;
-            Ok::<_, DbError>(())
-        })
-        .await??;
-        Ok(())
-    }
-}
+pub use state::{AppState, Channel, NotStored, RejectionStore};
 
 /// A server bound to its address, not yet running.
 pub struct Bound {

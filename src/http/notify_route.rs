@@ -5,7 +5,7 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::AppState;
+use super::state::AppState;
 use crate::crediting::{Answer, Applied};
 use crate::domain::ids::ChannelName;
 use crate::domain::notification::Notification;

@@ -11,40 +11,18 @@
 
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
-use diesel::sql_types::BigInt;
-use diesel::RunQueryDsl;
 
-use crate::books::inbox::{Evidence, InboxRow};
+use crate::books::inbox::Evidence;
 use crate::books::orders::Order;
 use crate::db::DbConnection;
 use crate::domain::notification::Notification;
-use crate::domain::outcome::Outcome;
 
+mod delivery;
 mod postgres;
 mod sqlite;
 pub mod statement;
 
-use statement::Statement;
-
-/// What the compare-and-set and the credit came to.
-#[derive(Debug, Clone)]
-pub enum CreditWrite {
-    /// The order was no longer pending: another transaction won, or it was closed.
-    NotPending,
-    /// This transaction paid the order and credited the balance.
-    Credited(Credit),
-    /// The order was marked paid, but its account is missing or the balance would overflow: the
-    /// caller must fail the transaction, so that nothing stays written.
-    NotCredited,
-}
-
-/// What a credit wrote.
-#[derive(Debug, Clone)]
-pub struct Credit {
-    pub balance_after: i64,
-    /// The inbox row of the delivery, when the backend recorded it in the same statement.
-    pub delivery: Option<InboxRow>,
-}
+pub use delivery::{record_delivery, Credit, CreditWrite};
 
 /// The compare-and-set `UPDATE orders SET status = paid ... WHERE order_no = ? AND status =
 /// pending`, and only for the transaction whose update changed the row, the balance increment and
@@ -64,24 +42,6 @@ pub fn pay_and_credit(
         DbConnection::Postgresql(_) => postgres::pay_and_credit(conn, order, n, evidence, now),
         DbConnection::Sqlite(_) => sqlite::pay_and_credit(conn, order, n, now),
     }
-}
-
-/// Records one delivery of a verified notification and what it came to, in one statement:
-/// inserts its row, or (same channel and provider id) counts one more delivery on the row it has.
-/// A row that once credited keeps saying so: later duplicates count as deliveries, not as new
-/// outcomes.
-pub fn record_delivery(
-    conn: &mut DbConnection,
-    n: &Notification,
-    evidence: Evidence<'_>,
-    outcome: Outcome,
-    detail: Option<&str>,
-    now: NaiveDateTime,
-) -> Result<InboxRow, DieselError> {
-    let statement = Statement::<(BigInt, BigInt)>::new(INSERT_DELIVERY).sql("VALUES (");
-    let values = delivery_values(statement, n, evidence, outcome.as_str(), detail, now).sql(")");
-    let (id, delivery_count): (i64, i64) = on_repeat_delivery(values).get_result(conn)?;
-    Ok(InboxRow { id, delivery_count })
 }
 
 /// Locks, in key order, the accounts that the given orders may credit and those orders, so that a
@@ -106,69 +66,4 @@ pub fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> Result<(), Diese
 /// each costs two round trips, so a batch there lets a failure abort it and runs it again.
 pub fn savepoints_are_cheap(conn: &DbConnection) -> bool {
     matches!(conn, DbConnection::Sqlite(_))
-}
-
-/// The head of the statement that stores a delivery; [`delivery_values`] and
-/// [`on_repeat_delivery`] complete it, after `VALUES (` or a `SELECT`.
-const INSERT_DELIVERY: &str = "INSERT INTO notifications (channel, notification_id, \
-     order_no, provider_trade_no, kind, amount_minor, currency, verified, outcome, detail, \
-     raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) ";
-
-/// What a repeated delivery does to the row its notification has: counts itself, and takes the
-/// new outcome unless the row once credited. Returns the row's id and delivery count.
-fn on_repeat_delivery<ST>(statement: Statement<'_, ST>) -> Statement<'_, ST> {
-    statement
-        .sql(
-            " ON CONFLICT (channel, notification_id) DO UPDATE SET \
-             delivery_count = notifications.delivery_count + 1, \
-             last_seen_at = excluded.last_seen_at, \
-             outcome = CASE WHEN notifications.outcome = ",
-        )
-        .text(Outcome::Credited.as_str())
-        .sql(
-            " THEN notifications.outcome ELSE excluded.outcome END, \
-             detail = CASE WHEN notifications.outcome = ",
-        )
-        .text(Outcome::Credited.as_str())
-        .sql(
-            " THEN notifications.detail ELSE excluded.detail END \
-             RETURNING id, delivery_count",
-        )
-}
-
-/// The values of a first delivery's row, in [`INSERT_DELIVERY`]'s column order.
-fn delivery_values<'a, ST>(
-    statement: Statement<'a, ST>,
-    n: &'a Notification,
-    evidence: Evidence<'a>,
-    outcome: &'a str,
-    detail: Option<&'a str>,
-    now: NaiveDateTime,
-) -> Statement<'a, ST> {
-    statement
-        .text(n.channel.as_str())
-        .sql(", ")
-        .text(&n.notification_id)
-        .sql(", ")
-        .nullable_text(n.order_no.as_ref().map(|o| o.as_str()))
-        .sql(", ")
-        .nullable_text(n.provider_trade_no.as_deref())
-        .sql(", ")
-        .text(n.kind.as_str())
-        .sql(", ")
-        .nullable_bigint(n.amount.map(|a| a.get()))
-        .sql(", ")
-        .nullable_text(n.currency.map(|c| c.code()))
-        .sql(", TRUE, ")
-        .text(outcome)
-        .sql(", ")
-        .nullable_text(detail)
-        .sql(", ")
-        .text(evidence.headers_json)
-        .sql(", ")
-        .binary(evidence.body)
-        .sql(", 1, ")
-        .timestamp(now)
-        .sql(", ")
-        .timestamp(now)
 }

@@ -7,8 +7,8 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Nullable};
 
+use super::delivery::{delivery_values, on_repeat_delivery, Credit, CreditWrite, INSERT_DELIVERY};
 use super::statement::Statement;
-use super::{delivery_values, on_repeat_delivery, Credit, CreditWrite, INSERT_DELIVERY};
 use crate::books::accounts::LedgerKind;
 use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::{Order, OrderStatus};

@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
-use super::{Credit, CreditWrite};
+use super::delivery::{Credit, CreditWrite};
 use crate::books::accounts::LedgerKind;
 use crate::books::orders::{self, Order};
 use crate::db::schema::{accounts, ledger};
