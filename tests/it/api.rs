@@ -1,13 +1,11 @@
 //! The admin API through the real server on both backends: authentication, idempotent creation,
 //! versioned close, balances and the inbox.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
+use crate::common::{count, settled_count, spawn_app, TestApp, TestDb};
 use chrono::{DateTime, Utc};
-use common::{count, settled_count, spawn_app, TestApp, TestDb};
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
 

@@ -1,14 +1,12 @@
 //! Hostile clients against the real server: slow senders, oversized bodies, wrong methods and a
 //! thousand connections at once. None of them may credit, crash the server or hold it hostage.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::common::{count, create_order, settled_count, spawn_app, Backend, TestApp, TestDb};
 use chrono::{DateTime, Utc};
-use common::{count, create_order, settled_count, spawn_app, Backend, TestApp, TestDb};
 use serde_json::Value;
 
 const VECTOR_TIME: i64 = 1_795_375_716;

@@ -1,11 +1,9 @@
 //! The crediting transaction against real SQLite and PostgreSQL databases: every outcome, and
 //! real concurrency on one notification and on one account.
 
-mod common;
-
 use std::sync::{Arc, Barrier};
 
-use common::{count, create_order, exec, now, pg_cluster, Backend, TestDb};
+use crate::common::{count, create_order, exec, now, pg_cluster, Backend, TestDb};
 use payhook::books::inbox::{self, Evidence};
 use payhook::books::orders::{self, OrderStatus};
 use payhook::crediting::{apply_alone, Answer, Outcome};

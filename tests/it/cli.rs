@@ -1,16 +1,14 @@
 //! The `payhook` binary itself: `migrate` and `serve` on the SQLite default and on PostgreSQL, and
 //! the errors a user sees when something is wrong.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Backend, TestDb};
+use crate::common::{free_port, Backend, TestDb};
 
 fn payhook(cwd: &Path) -> Command {
-    let mut cmd = common::payhook();
+    let mut cmd = crate::common::payhook();
     cmd.current_dir(cwd);
     cmd
 }

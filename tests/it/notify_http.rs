@@ -2,12 +2,10 @@
 //! answer in the provider's protocol, the balance afterwards, and the inbox. Then duplicates and bad
 //! input.
 
-mod common;
-
 use std::sync::{Arc, Barrier};
 
+use crate::common::{count, create_order, settled_count, spawn_app, TestApp, TestDb};
 use chrono::{DateTime, Utc};
-use common::{count, create_order, settled_count, spawn_app, TestApp, TestDb};
 use payhook::domain::money::{AmountMinor, Currency};
 use serde_json::Value;
 

@@ -1,16 +1,14 @@
 //! What an operator sees of a running `payhook serve`: log lines with request ids, metrics that
 //! move, and a clean stop on SIGTERM with nothing half-done.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{free_port, payhook, Backend, TestDb};
 use base64::Engine;
-use common::{free_port, payhook, Backend, TestDb};
 use serde_json::Value;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -337,7 +335,7 @@ fn sigterm_during_load_drains_and_leaves_balanced_books() {
         "some notifications were acked before the stop"
     );
     for order in &acked {
-        let credited = common::count(
+        let credited = crate::common::count(
             &pool,
             &format!("SELECT COUNT(*) AS n FROM ledger WHERE order_no = '{order}'"),
         );

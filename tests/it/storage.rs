@@ -3,12 +3,10 @@
 //! commit is a commit, writers take rows in one order, and SQLite databases do not queue on each
 //! other.
 
-mod common;
-
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{count, create_order, now, Backend, TestDb};
+use crate::common::{count, create_order, now, Backend, TestDb};
 use diesel::connection::{Connection, SimpleConnection, TransactionManager};
 use diesel::PgConnection;
 use payhook::config::Settings;
@@ -118,7 +116,7 @@ fn a_frozen_payhook_session_loses_its_locks() {
 fn crediting_sessions_wait_for_the_flush_whatever_the_database_default() {
     let db = TestDb::new(Backend::Postgresql);
     let name = db.url.rsplit('/').next().unwrap().to_owned();
-    common::pg_cluster().admin_exec(&format!(
+    crate::common::pg_cluster().admin_exec(&format!(
         "ALTER DATABASE {name} SET synchronous_commit = off"
     ));
     let show = |conn: &mut dyn FnMut() -> String| conn();

@@ -1,10 +1,8 @@
 //! `payhook verify` on good books and on books corrupted by direct SQL, on both backends.
 
-mod common;
-
 use std::process::Command;
 
-use common::{create_order, exec, now, TestDb};
+use crate::common::{create_order, exec, now, TestDb};
 use payhook::books::inbox::Evidence;
 use payhook::books::verify::verify;
 use payhook::crediting::{apply_alone, Outcome};

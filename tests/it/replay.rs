@@ -1,13 +1,13 @@
 //! `payhook fixtures` and `payhook replay` (the binary) against the real server: signed
 //! notifications for new orders on every demo channel, replayed over HTTP, checked in the books.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use common::{count, free_port, settled_count, spawn_app_with_clock, Backend, TestApp, TestDb};
+use crate::common::{
+    count, free_port, settled_count, spawn_app_with_clock, Backend, TestApp, TestDb,
+};
 use payhook::domain::clock::SystemClock;
 
 const DEMO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml");

@@ -1,0 +1,18 @@
+//! Integration tests: the real server, real SQLite and PostgreSQL databases started by the
+//! harness (`common`), and the real command line, in one test binary. The multi-process fleet
+//! runs apart, in `tests/fleet.rs`.
+
+#[macro_use]
+mod common;
+
+mod api;
+mod cli;
+mod crediting;
+mod hostile;
+mod hostile_input;
+mod layout;
+mod notify_http;
+mod operate;
+mod replay;
+mod storage;
+mod verify;
