@@ -7,10 +7,11 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{self, open, open_migrated, DbArgs};
 use crate::books::accounts;
-use crate::books::orders::{self, Created, OrderRequest, OrderView};
+use crate::books::orders::{self, Created, OrderRequest};
 use crate::books::verify;
 use crate::db;
 use crate::domain::ids::UserId;
+use crate::http::views::{AccountView, OrderView};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -189,7 +190,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if statement.balances.is_empty() {
                 anyhow::bail!("no account for user {user}");
             }
-            println!("{}", serde_json::to_string_pretty(&statement)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&AccountView::from(statement))?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -3,12 +3,11 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
-use serde::Serialize;
 
 use crate::db::schema::{accounts, ledger};
 use crate::db::DbConnection;
 use crate::domain::ids::UserId;
-use crate::domain::money::{AmountMinor, Currency};
+use crate::domain::money::Currency;
 
 /// Inserts the (user, currency) account with a zero balance unless it exists.
 pub fn ensure(
@@ -53,16 +52,15 @@ impl LedgerKind {
     }
 }
 
-/// One balance, as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct BalanceView {
+/// One balance as stored: its currency code and amount in minor units.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct Balance {
     pub currency: String,
-    pub amount: String,
     pub amount_minor: i64,
 }
 
-/// One ledger row, as the API shows it.
-#[derive(Debug, Clone, Serialize, Queryable, Selectable, PartialEq, Eq)]
+/// One ledger row.
+#[derive(Debug, Clone, Queryable, Selectable, PartialEq, Eq)]
 #[diesel(table_name = ledger)]
 pub struct LedgerEntry {
     pub id: i64,
@@ -71,19 +69,14 @@ pub struct LedgerEntry {
     pub currency: String,
     pub amount_minor: i64,
     pub balance_after: i64,
-    #[serde(serialize_with = "as_utc")]
     pub created_at: NaiveDateTime,
 }
 
-fn as_utc<S: serde::Serializer>(t: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
-    t.and_utc().serialize(s)
-}
-
 /// A user's balances and a page of their ledger, newest first.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
     pub user_id: UserId,
-    pub balances: Vec<BalanceView>,
+    pub balances: Vec<Balance>,
     pub ledger: Vec<LedgerEntry>,
     /// Pass as `before` to get the next (older) page; absent on the last page.
     pub next_before: Option<i64>,
@@ -96,22 +89,11 @@ pub fn statement(
     limit: i64,
     before: Option<i64>,
 ) -> Result<Statement, DieselError> {
-    let rows: Vec<(String, i64)> = accounts::table
+    let balances: Vec<Balance> = accounts::table
         .filter(accounts::user_id.eq(user.as_str()))
         .order(accounts::currency.asc())
         .select((accounts::currency, accounts::balance_minor))
         .load(conn)?;
-    let balances = rows
-        .into_iter()
-        .map(|(currency, minor)| BalanceView {
-            amount: match (Currency::parse(&currency), AmountMinor::new(minor)) {
-                (Ok(c), Ok(a)) => a.format(c),
-                _ => minor.to_string(),
-            },
-            currency,
-            amount_minor: minor,
-        })
-        .collect();
     let mut query = ledger::table
         .filter(ledger::user_id.eq(user.as_str()))
         .order(ledger::id.desc())

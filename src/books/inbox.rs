@@ -175,21 +175,12 @@ pub fn find(
         .optional()
 }
 
-/// A stored notification with, on request, the bytes and headers it arrived with.
-#[derive(Debug, Clone, Serialize)]
+/// A stored notification with, on request, the headers (a JSON object) and bytes it arrived
+/// with.
+#[derive(Debug, Clone)]
 pub struct Listed {
-    #[serde(flatten)]
     pub notification: InboxEntry,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub raw: Option<RawEvidence>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RawEvidence {
-    pub headers: serde_json::Value,
-    /// The body as text when it is UTF-8.
-    pub body: Option<String>,
-    pub body_base64: String,
+    pub raw: Option<(String, Vec<u8>)>,
 }
 
 /// Every stored notification for one order, oldest first; with `with_raw`, their evidence too.
@@ -198,7 +189,6 @@ pub fn list_for_order(
     order_no: &str,
     with_raw: bool,
 ) -> Result<Vec<Listed>, DieselError> {
-    use base64::Engine;
     let stored = for_order(conn, order_no)?;
     let mut raws: std::collections::HashMap<i64, (String, Vec<u8>)> = if with_raw {
         notifications::table
@@ -218,13 +208,7 @@ pub fn list_for_order(
     Ok(stored
         .into_iter()
         .map(|notification| {
-            let raw = raws
-                .remove(&notification.id)
-                .map(|(headers, body)| RawEvidence {
-                    headers: serde_json::from_str(&headers).unwrap_or(serde_json::Value::Null),
-                    body_base64: base64::engine::general_purpose::STANDARD.encode(&body),
-                    body: String::from_utf8(body).ok(),
-                });
+            let raw = raws.remove(&notification.id);
             Listed { notification, raw }
         })
         .collect())

@@ -7,7 +7,6 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
-use serde::Serialize;
 
 use crate::books::accounts;
 use crate::config::ChannelTerms;
@@ -16,8 +15,7 @@ use crate::db::{self, DbConnection, DbError};
 use crate::domain::ids::{ChannelName, OrderNo, UserId};
 use crate::domain::money::{AmountMinor, Currency};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderStatus {
     Pending,
     Paid,
@@ -106,42 +104,6 @@ impl TryFrom<OrderRow> for Order {
             paid_at: row.paid_at,
             closed_at: row.closed_at,
         })
-    }
-}
-
-/// The JSON form of an order, as the API and the command line print it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct OrderView {
-    pub order_no: OrderNo,
-    pub user_id: UserId,
-    pub channel: ChannelName,
-    pub amount: String,
-    pub amount_minor: i64,
-    pub currency: Currency,
-    pub status: OrderStatus,
-    pub version: i64,
-    pub provider_trade_no: Option<String>,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub paid_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub closed_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl From<&Order> for OrderView {
-    fn from(o: &Order) -> OrderView {
-        OrderView {
-            order_no: o.order_no.clone(),
-            user_id: o.user_id.clone(),
-            channel: o.channel.clone(),
-            amount: o.amount.format(o.currency),
-            amount_minor: o.amount.get(),
-            currency: o.currency,
-            status: o.status,
-            version: o.version,
-            provider_trade_no: o.provider_trade_no.clone(),
-            created_at: o.created_at.and_utc(),
-            paid_at: o.paid_at.map(|t| t.and_utc()),
-            closed_at: o.closed_at.map(|t| t.and_utc()),
-        }
     }
 }
 

@@ -15,9 +15,10 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::state::AppState;
+use super::views::{AccountView, NotificationView, OrderView};
 use crate::books::accounts;
 use crate::books::inbox;
-use crate::books::orders::{self, Created, Order, OrderRequest, OrderView};
+use crate::books::orders::{self, Created, Order, OrderRequest};
 use crate::db::{self, DbError};
 use crate::domain::ids::{OrderNo, UserId};
 
@@ -207,7 +208,7 @@ async fn close_order(
             .insert_header(etag(&order))
             .json(json!({
                 "error": format!("order is {}, not pending", order.status.as_str()),
-                "status": order.status,
+                "status": order.status.as_str(),
             })),
         Ok(orders::Closing::VersionMismatch(order)) => HttpResponse::PreconditionFailed()
             .insert_header(etag(&order))
@@ -243,7 +244,7 @@ async fn get_account(
         Ok(statement) if statement.balances.is_empty() => {
             error(StatusCode::NOT_FOUND, "no such account")
         }
-        Ok(statement) => HttpResponse::Ok().json(statement),
+        Ok(statement) => HttpResponse::Ok().json(AccountView::from(statement)),
         Err(response) => response,
     }
 }
@@ -267,7 +268,11 @@ async fn list_notifications(
     })
     .await
     {
-        Ok(list) => HttpResponse::Ok().json(list),
+        Ok(list) => HttpResponse::Ok().json(
+            list.into_iter()
+                .map(NotificationView::from)
+                .collect::<Vec<_>>(),
+        ),
         Err(response) => response,
     }
 }

@@ -16,6 +16,7 @@ use crate::db::DbError;
 mod api;
 mod notify_route;
 mod state;
+pub mod views;
 
 pub use state::{AppState, Channel, NotStored, RejectionStore};
 

@@ -1,0 +1,147 @@
+//! The JSON shapes the API answers with (and the command line prints), made from the books' own
+//! types, so that the books know nothing of how they are shown.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::books::accounts::{LedgerEntry, Statement};
+use crate::books::inbox::{InboxEntry, Listed};
+use crate::books::orders::Order;
+use crate::domain::ids::{ChannelName, OrderNo, UserId};
+use crate::domain::money::{AmountMinor, Currency};
+
+/// An order.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OrderView {
+    pub order_no: OrderNo,
+    pub user_id: UserId,
+    pub channel: ChannelName,
+    pub amount: String,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub status: &'static str,
+    pub version: i64,
+    pub provider_trade_no: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> OrderView {
+        OrderView {
+            order_no: o.order_no.clone(),
+            user_id: o.user_id.clone(),
+            channel: o.channel.clone(),
+            amount: o.amount.format(o.currency),
+            amount_minor: o.amount.get(),
+            currency: o.currency,
+            status: o.status.as_str(),
+            version: o.version,
+            provider_trade_no: o.provider_trade_no.clone(),
+            created_at: o.created_at.and_utc(),
+            paid_at: o.paid_at.map(|t| t.and_utc()),
+            closed_at: o.closed_at.map(|t| t.and_utc()),
+        }
+    }
+}
+
+/// A user's balances and a page of their ledger.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AccountView {
+    pub user_id: UserId,
+    pub balances: Vec<BalanceView>,
+    pub ledger: Vec<LedgerEntryView>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BalanceView {
+    pub currency: String,
+    pub amount: String,
+    pub amount_minor: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LedgerEntryView {
+    pub id: i64,
+    pub order_no: String,
+    pub kind: String,
+    pub currency: String,
+    pub amount_minor: i64,
+    pub balance_after: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Statement> for AccountView {
+    fn from(statement: Statement) -> AccountView {
+        let balances = statement
+            .balances
+            .into_iter()
+            .map(|b| BalanceView {
+                // A balance the books cannot parse is shown as its raw minor units.
+                amount: match (
+                    Currency::parse(&b.currency),
+                    AmountMinor::new(b.amount_minor),
+                ) {
+                    (Ok(c), Ok(a)) => a.format(c),
+                    _ => b.amount_minor.to_string(),
+                },
+                currency: b.currency,
+                amount_minor: b.amount_minor,
+            })
+            .collect();
+        let ledger = statement
+            .ledger
+            .into_iter()
+            .map(|e: LedgerEntry| LedgerEntryView {
+                id: e.id,
+                order_no: e.order_no,
+                kind: e.kind,
+                currency: e.currency,
+                amount_minor: e.amount_minor,
+                balance_after: e.balance_after,
+                created_at: e.created_at.and_utc(),
+            })
+            .collect();
+        AccountView {
+            user_id: statement.user_id,
+            balances,
+            ledger,
+            next_before: statement.next_before,
+        }
+    }
+}
+
+/// A stored notification with, on request, its evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationView {
+    #[serde(flatten)]
+    pub notification: InboxEntry,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawEvidence>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RawEvidence {
+    pub headers: serde_json::Value,
+    /// The body as text when it is UTF-8.
+    pub body: Option<String>,
+    pub body_base64: String,
+}
+
+impl From<Listed> for NotificationView {
+    fn from(listed: Listed) -> NotificationView {
+        let raw = listed.raw.map(|(headers, body)| RawEvidence {
+            headers: serde_json::from_str(&headers).unwrap_or(serde_json::Value::Null),
+            body_base64: base64::engine::general_purpose::STANDARD.encode(&body),
+            body: String::from_utf8(body).ok(),
+        });
+        NotificationView {
+            notification: listed.notification,
+            raw,
+        }
+    }
+}
