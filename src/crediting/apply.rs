@@ -176,6 +176,11 @@ impl Decision {
             recorded: None,
         }
     }
+
+    /// An outcome with the reason a human reads in the inbox.
+    fn because(outcome: Outcome, why: impl Into<String>) -> Result<Decision, CreditError> {
+        Ok(Decision::new(outcome, Some(why.into())))
+    }
 }
 
 /// What the notification does to its order. `order` is the order as read at the start of this
@@ -189,35 +194,30 @@ fn decide(
     now: NaiveDateTime,
 ) -> Result<Decision, CreditError> {
     if n.order_no.is_none() {
-        return Ok(Decision::new(
-            Outcome::Ignored,
-            Some(format!("{} notification names no order", n.kind.as_str())),
-        ));
+        let why = format!("{} notification names no order", n.kind.as_str());
+        return Decision::because(Outcome::Ignored, why);
     }
     // Another merchant's notification never becomes ours, whether or not the order exists.
     if let Some(why) = &n.merchant_mismatch {
-        return Ok(Decision::new(Outcome::Mismatch, Some(why.clone())));
+        return Decision::because(Outcome::Mismatch, why);
     }
     let Some(order) = order else {
         return Ok(Decision::new(Outcome::UnknownOrder, None));
     };
     if order.channel != n.channel {
-        return Ok(Decision::new(
-            Outcome::Mismatch,
-            Some(format!("order belongs to channel {}", order.channel)),
-        ));
+        let why = format!("order belongs to channel {}", order.channel);
+        return Decision::because(Outcome::Mismatch, why);
     }
     match &n.kind {
         NotificationKind::Paid => pay(conn, &order, trade_paid, n, evidence, now),
         NotificationKind::Closed => close(conn, &order, now),
-        NotificationKind::Refund => Ok(Decision::new(
+        NotificationKind::Refund => Decision::because(
             Outcome::Ignored,
-            Some("refund recorded; the balance is not changed".to_owned()),
-        )),
-        NotificationKind::Other(status) => Ok(Decision::new(
-            Outcome::Ignored,
-            Some(format!("status {status} is not final")),
-        )),
+            "refund recorded; the balance is not changed",
+        ),
+        NotificationKind::Other(status) => {
+            Decision::because(Outcome::Ignored, format!("status {status} is not final"))
+        }
     }
 }
 
@@ -235,61 +235,50 @@ fn pay(
             (Some(a), Some(c)) => format!("{} {c}", a.format(c)),
             _ => "no amount".to_owned(),
         };
-        return Ok(Decision::new(
-            Outcome::Mismatch,
-            Some(format!(
-                "notification says {said}, order is {} {}",
-                order.amount.format(order.currency),
-                order.currency
-            )),
-        ));
+        let is = format!("{} {}", order.amount.format(order.currency), order.currency);
+        let why = format!("notification says {said}, order is {is}");
+        return Decision::because(Outcome::Mismatch, why);
     }
     // Without its trade, a second payment of this order could not be told from a repeat of the
     // first. The adapters refuse such a payment (`notify::verify`); this keeps it from crediting
     // on any other path.
     let Some(trade_no) = n.provider_trade_no.as_deref() else {
-        return Ok(Decision::new(
-            Outcome::Mismatch,
-            Some("payment names no provider trade".to_owned()),
-        ));
+        return Decision::because(Outcome::Mismatch, "payment names no provider trade");
     };
     if let Some(other) = trade_paid {
-        return Ok(Decision::new(
-            Outcome::Mismatch,
-            Some(format!("trade {trade_no} already paid order {other}")),
-        ));
+        let why = format!("trade {trade_no} already paid order {other}");
+        return Decision::because(Outcome::Mismatch, why);
     }
     match store::pay_and_credit(conn, order, n, evidence, now)? {
         CreditWrite::Credited(credit) => {
-            return Ok(Decision {
-                outcome: Outcome::Credited,
-                detail: None,
-                balance_after: Some(credit.balance_after),
-                recorded: credit.delivery,
-            })
+            let mut decision = Decision::new(Outcome::Credited, None);
+            decision.balance_after = Some(credit.balance_after);
+            decision.recorded = credit.delivery;
+            return Ok(decision);
         }
         CreditWrite::NotCredited => return Err(CreditError::not_credited(order)),
         CreditWrite::NotPending => {}
     }
     // Lost the compare-and-set: read what the winner committed.
     let current = orders::find(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
-    Ok(match current.status {
-        OrderStatus::Paid if current.provider_trade_no.as_deref() == Some(trade_no) => {
-            Decision::new(Outcome::AlreadyPaid, None)
+    let paid_by = current.provider_trade_no.as_deref();
+    match current.status {
+        OrderStatus::Paid if paid_by == Some(trade_no) => {
+            Ok(Decision::new(Outcome::AlreadyPaid, None))
         }
-        OrderStatus::Paid => Decision::new(
+        OrderStatus::Paid => Decision::because(
             Outcome::PaidByOtherTrade,
-            Some(format!(
+            format!(
                 "order was paid by trade {}; this notification is for trade {trade_no}",
-                current.provider_trade_no.as_deref().unwrap_or("(none)"),
-            )),
+                paid_by.unwrap_or("(none)")
+            ),
         ),
-        OrderStatus::Closed => Decision::new(
+        OrderStatus::Closed => Decision::because(
             Outcome::Mismatch,
-            Some("paid after the order was closed; refund the buyer".to_owned()),
+            "paid after the order was closed; refund the buyer",
         ),
-        OrderStatus::Pending => return Err(CreditError::StillPending(order.order_no.clone())),
-    })
+        OrderStatus::Pending => Err(CreditError::StillPending(order.order_no.clone())),
+    }
 }
 
 /// A provider's close of a pending order. A paid order stays paid: the provider's word that it
@@ -303,12 +292,12 @@ fn close(
         return Ok(Decision::new(Outcome::Closed, None));
     }
     let current = orders::find(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
-    Ok(match current.status {
-        OrderStatus::Closed => Decision::new(Outcome::Closed, Some("already closed".to_owned())),
-        OrderStatus::Paid => Decision::new(
+    match current.status {
+        OrderStatus::Closed => Decision::because(Outcome::Closed, "already closed"),
+        OrderStatus::Paid => Decision::because(
             Outcome::Ignored,
-            Some("provider reports closed, but the order is paid".to_owned()),
+            "provider reports closed, but the order is paid",
         ),
-        OrderStatus::Pending => return Err(CreditError::StillPending(order.order_no.clone())),
-    })
+        OrderStatus::Pending => Err(CreditError::StillPending(order.order_no.clone())),
+    }
 }
