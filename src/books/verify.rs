@@ -20,8 +20,8 @@ const RULES: [Rule; 6] = [
     Rule {
         name: "every account's balance equals the sum of its ledger",
         offending: "SELECT 'account ' || a.user_id || ' ' || a.currency || ': balance ' \
-                 || CAST(a.balance_minor AS TEXT) || ', ledger sum ' \
-                 || CAST(COALESCE(l.total, 0) AS TEXT) AS detail \
+                 || a.balance_minor || ', ledger sum ' \
+                 || COALESCE(l.total, 0) AS detail \
              FROM accounts a LEFT JOIN \
                  (SELECT user_id, currency, SUM(amount_minor) AS total FROM ledger \
                   GROUP BY user_id, currency) l \
@@ -30,9 +30,9 @@ const RULES: [Rule; 6] = [
     },
     Rule {
         name: "every paid order has exactly one credit of its amount",
-        offending: "SELECT 'order ' || o.order_no || ': paid ' || CAST(o.amount_minor AS TEXT) \
-                 || ', ' || CAST(COALESCE(c.n, 0) AS TEXT) || ' credit(s) totalling ' \
-                 || CAST(COALESCE(c.total, 0) AS TEXT) AS detail \
+        offending: "SELECT 'order ' || o.order_no || ': paid ' || o.amount_minor \
+                 || ', ' || COALESCE(c.n, 0) || ' credit(s) totalling ' \
+                 || COALESCE(c.total, 0) AS detail \
              FROM orders o LEFT JOIN \
                  (SELECT order_no, COUNT(*) AS n, SUM(amount_minor) AS total FROM ledger \
                   WHERE kind = 'credit' GROUP BY order_no) c ON c.order_no = o.order_no \
@@ -40,7 +40,7 @@ const RULES: [Rule; 6] = [
     },
     Rule {
         name: "no ledger entry lacks its order or credits another account",
-        offending: "SELECT 'ledger ' || CAST(l.id AS TEXT) || ': order ' || l.order_no || ' ' \
+        offending: "SELECT 'ledger ' || l.id || ': order ' || l.order_no || ' ' \
                  || CASE WHEN o.order_no IS NULL THEN 'does not exist' \
                     ELSE 'belongs to ' || o.user_id || ' ' || o.currency END AS detail \
              FROM ledger l LEFT JOIN orders o ON o.order_no = l.order_no \
@@ -49,14 +49,14 @@ const RULES: [Rule; 6] = [
     Rule {
         name: "no pending or closed order has a credit",
         offending: "SELECT 'order ' || o.order_no || ' is ' || o.status || ' but ledger ' \
-                 || CAST(l.id AS TEXT) || ' credits it' AS detail \
+                 || l.id || ' credits it' AS detail \
              FROM ledger l JOIN orders o ON o.order_no = l.order_no \
              WHERE o.status <> 'paid'",
     },
     Rule {
         name: "every credit has exactly one crediting notification",
         offending: "SELECT 'order ' || l.order_no || ': credited, but ' \
-                 || CAST(COUNT(n.id) AS TEXT) || ' notification(s) say credited' AS detail \
+                 || COUNT(n.id) || ' notification(s) say credited' AS detail \
              FROM ledger l LEFT JOIN notifications n \
                  ON n.order_no = l.order_no AND n.outcome = 'credited' \
              GROUP BY l.order_no HAVING COUNT(n.id) <> 1",

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::mysql::MysqlConnection;
 use diesel::pg::PgConnection;
 use diesel::r2d2::{self, CustomizeConnection, ManageConnection, R2D2Connection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -32,6 +33,7 @@ pub mod schema;
 pub enum DbConnection {
     Postgresql(PgConnection),
     Sqlite(SqliteConnection),
+    Mysql(MysqlConnection),
 }
 
 pub type Pool = r2d2::Pool<Manager>;
@@ -39,6 +41,7 @@ pub type PooledConnection = r2d2::PooledConnection<Manager>;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRESQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgresql");
+const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
 /// How long a SQLite writer waits for the lock before giving up with "database is locked".
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
@@ -48,6 +51,7 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 pub enum DatabaseUrl {
     Sqlite(PathBuf),
     Postgresql(String),
+    Mysql(String),
 }
 
 impl std::fmt::Debug for DatabaseUrl {
@@ -56,22 +60,28 @@ impl std::fmt::Debug for DatabaseUrl {
         match self {
             DatabaseUrl::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
             DatabaseUrl::Postgresql(_) => f.write_str("Postgresql(***)"),
+            DatabaseUrl::Mysql(_) => f.write_str("Mysql(***)"),
         }
     }
 }
 
 impl DatabaseUrl {
-    /// Accepts `sqlite://PATH`, `sqlite:PATH`, `postgres://...` and `postgresql://...`.
+    /// Accepts `sqlite://PATH`, `sqlite:PATH`, `postgres://...`, `postgresql://...`, and
+    /// `mysql://...` (MySQL or MariaDB; a local socket with `?unix_socket=PATH`).
     pub fn parse(url: &str) -> Result<DatabaseUrl, DbError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(DatabaseUrl::Postgresql(url.to_owned()));
+        }
+        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            return Ok(DatabaseUrl::Mysql(url));
         }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .ok_or_else(|| {
                 DbError::Url(
-                    "database_url must start with sqlite:// or postgres:// (e.g. sqlite://data/payhook.db)"
+                    "database_url must start with sqlite://, postgres:// or mysql:// (e.g. sqlite://data/payhook.db)"
                         .to_owned(),
                 )
             })?;
@@ -89,7 +99,9 @@ impl DatabaseUrl {
     pub fn default_writers(&self, pool_size: u32) -> usize {
         match self {
             DatabaseUrl::Sqlite(_) => 1,
-            DatabaseUrl::Postgresql(_) => (pool_size as usize).saturating_sub(1).clamp(1, 4),
+            DatabaseUrl::Postgresql(_) | DatabaseUrl::Mysql(_) => {
+                (pool_size as usize).saturating_sub(1).clamp(1, 4)
+            }
         }
     }
 
@@ -98,7 +110,7 @@ impl DatabaseUrl {
     pub fn redacted(&self) -> String {
         match self {
             DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
-            DatabaseUrl::Postgresql(url) => match url::Url::parse(url) {
+            DatabaseUrl::Postgresql(url) | DatabaseUrl::Mysql(url) => match url::Url::parse(url) {
                 Ok(url) => format!(
                     "{}://{}{}{}",
                     url.scheme(),
@@ -106,7 +118,7 @@ impl DatabaseUrl {
                     url.port().map(|p| format!(":{p}")).unwrap_or_default(),
                     url.path()
                 ),
-                Err(_) => "a PostgreSQL URL that does not parse".to_owned(),
+                Err(_) => "a database URL that does not parse".to_owned(),
             },
         }
     }
@@ -157,6 +169,10 @@ pub fn is_transient(error: &DieselError) -> bool {
                     || message.contains("deadlock detected")
                     || message.contains("could not serialize")
                     || message.contains("due to lock timeout")
+                    // MySQL and MariaDB: 1213, 1205, and 1020 under snapshot isolation.
+                    || message.contains("Deadlock found")
+                    || message.contains("Lock wait timeout exceeded")
+                    || message.contains("Record has changed since last read")
             }
             _ => false,
         },
@@ -168,7 +184,8 @@ pub fn is_transient(error: &DieselError) -> bool {
 /// again only once: each attempt costs the whole timeout, and a frozen holder stays frozen.
 pub fn is_lock_timeout(error: &DieselError) -> bool {
     matches!(error, DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
-        if info.message().contains("due to lock timeout"))
+        if info.message().contains("due to lock timeout")
+            || info.message().contains("Lock wait timeout exceeded"))
 }
 
 /// Opens connections by URL scheme for r2d2.
@@ -191,7 +208,7 @@ impl Manager {
         }
         let pg_url = match &url {
             DatabaseUrl::Postgresql(url) => Some(postgresql_session_url(url)),
-            DatabaseUrl::Sqlite(_) => None,
+            DatabaseUrl::Sqlite(_) | DatabaseUrl::Mysql(_) => None,
         };
         Ok(Manager { url, pg_url })
     }
@@ -254,6 +271,9 @@ impl ManageConnection for Manager {
             (DatabaseUrl::Sqlite(path), _) => {
                 SqliteConnection::establish(&path.to_string_lossy()).map(DbConnection::Sqlite)
             }
+            (DatabaseUrl::Mysql(url), _) => {
+                MysqlConnection::establish(url).map(DbConnection::Mysql)
+            }
         };
         conn.map_err(r2d2::Error::ConnectionError)
     }
@@ -315,6 +335,13 @@ impl CustomizeConnection<DbConnection, r2d2::Error> for SessionSettings {
                  PRAGMA foreign_keys = ON;"
             )),
             DbConnection::Postgresql(conn) => conn.batch_execute(&self.postgresql()),
+            // InnoDB's row-lock wait, the counterpart of `lock_timeout`; UTC, so `DATETIME`s read
+            // back as written; `||` joins text, as in standard SQL and on the other backends.
+            DbConnection::Mysql(conn) => conn.batch_execute(&format!(
+                "SET SESSION innodb_lock_wait_timeout = {}; SET time_zone = '+00:00'; \
+                 SET SESSION sql_mode = CONCAT(@@sql_mode, ',PIPES_AS_CONCAT');",
+                self.lock_timeout_secs
+            )),
         }
         .map_err(r2d2::Error::QueryError)
     }
@@ -382,6 +409,15 @@ pub fn migrate(conn: &mut DbConnection) -> Result<usize, DbError> {
             Ok(applied)
         }
         DbConnection::Sqlite(c) => run_migrations(c, SQLITE_MIGRATIONS),
+        DbConnection::Mysql(c) => {
+            // A named lock serialises instances starting together, as the advisory lock does.
+            c.batch_execute("DO GET_LOCK('payhook_migrations', -1)")?;
+            let applied = run_migrations(c, MYSQL_MIGRATIONS);
+            let unlocked = c.batch_execute("DO RELEASE_LOCK('payhook_migrations')");
+            let applied = applied?;
+            unlocked?;
+            Ok(applied)
+        }
     }
 }
 
@@ -432,7 +468,7 @@ where
     // of up to 100 ms. Other processes still meet `busy_timeout`.
     let writer = match conn {
         DbConnection::Sqlite(inner) => Some(sqlite_writer(inner)?),
-        DbConnection::Postgresql(_) => None,
+        DbConnection::Postgresql(_) | DbConnection::Mysql(_) => None,
     };
     let _writing = writer
         .as_ref()
@@ -447,6 +483,9 @@ where
             inner,
             "BEGIN; SET LOCAL synchronous_commit = on",
         )?,
+        DbConnection::Mysql(inner) => {
+            AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN")?
+        }
     }
     match f(conn) {
         Ok(value) => {
@@ -548,7 +587,8 @@ pub fn backoff(attempt: u32) -> Duration {
 pub fn commit_without_waiting_for_flush(conn: &mut DbConnection) -> Result<(), DieselError> {
     match conn {
         DbConnection::Postgresql(pg) => pg.batch_execute("SET LOCAL synchronous_commit = off"),
-        DbConnection::Sqlite(_) => Ok(()),
+        // MySQL's flush policy is the server's alone (`innodb_flush_log_at_trx_commit`).
+        DbConnection::Sqlite(_) | DbConnection::Mysql(_) => Ok(()),
     }
 }
 
@@ -595,7 +635,11 @@ mod tests {
             ),
             (
                 "postgres://payhook:s3/cr3t@db.example/payhook",
-                "a PostgreSQL URL that does not parse",
+                "a database URL that does not parse",
+            ),
+            (
+                "mysql://payhook:s3cr3t@db.example:3306/payhook?unix_socket=/run/s3cr3t",
+                "mysql://db.example:3306/payhook",
             ),
             ("sqlite://data/payhook.db", "sqlite://data/payhook.db"),
         ] {

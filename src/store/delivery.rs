@@ -32,11 +32,12 @@ pub struct Credit {
     pub delivery: Option<InboxRow>,
 }
 
-/// Records one delivery of a verified notification and what it came to, in one statement:
+/// Records one delivery in one statement, where `INSERT ... ON CONFLICT ... RETURNING` exists
+/// (SQLite and PostgreSQL):
 /// inserts its row, or (same channel and provider id) counts one more delivery on the row it has.
 /// A row that once credited keeps saying so: later duplicates count as deliveries, not as new
 /// outcomes.
-pub fn record_delivery(
+pub(super) fn record_delivery(
     conn: &mut DbConnection,
     n: &Notification,
     evidence: Evidence<'_>,

@@ -12,25 +12,27 @@
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
-use crate::books::inbox::Evidence;
+use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::Order;
 use crate::db::DbConnection;
 use crate::domain::notification::Notification;
+use crate::domain::outcome::Outcome;
 
 mod delivery;
+mod mysql;
 mod postgres;
 mod sqlite;
 pub mod statement;
 
-pub use delivery::{record_delivery, Credit, CreditWrite};
+pub use delivery::{Credit, CreditWrite};
 
 /// The compare-and-set `UPDATE orders SET status = paid ... WHERE order_no = ? AND status =
 /// pending`, and only for the transaction whose update changed the row, the balance increment and
 /// the ledger row.
 ///
 /// On PostgreSQL the three writes and the inbox record of the delivery are one statement, one
-/// round trip; on SQLite, which runs in-process, they are separate statements and the caller
-/// records the delivery.
+/// round trip; on SQLite and MySQL they are separate statements and the caller records the
+/// delivery.
 pub fn pay_and_credit(
     conn: &mut DbConnection,
     order: &Order,
@@ -41,6 +43,24 @@ pub fn pay_and_credit(
     match conn {
         DbConnection::Postgresql(_) => postgres::pay_and_credit(conn, order, n, evidence, now),
         DbConnection::Sqlite(_) => sqlite::pay_and_credit(conn, order, n, now),
+        DbConnection::Mysql(_) => mysql::pay_and_credit(conn, order, n, now),
+    }
+}
+
+/// Records one delivery of a verified notification and what it came to: inserts its row, or
+/// (same channel and provider id) counts one more delivery on the row it has. A row that once
+/// credited keeps saying so: later duplicates count as deliveries, not as new outcomes.
+pub fn record_delivery(
+    conn: &mut DbConnection,
+    n: &Notification,
+    evidence: Evidence<'_>,
+    outcome: Outcome,
+    detail: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<InboxRow, DieselError> {
+    match conn {
+        DbConnection::Mysql(_) => mysql::record_delivery(conn, n, evidence, outcome, detail, now),
+        _ => delivery::record_delivery(conn, n, evidence, outcome, detail, now),
     }
 }
 
@@ -50,6 +70,7 @@ pub fn pay_and_credit(
 pub fn lock_for_credits(conn: &mut DbConnection, order_nos: &[&str]) -> Result<(), DieselError> {
     match conn {
         DbConnection::Postgresql(pg) => postgres::lock_for_credits(pg, order_nos),
+        DbConnection::Mysql(my) => mysql::lock_for_credits(my, order_nos),
         DbConnection::Sqlite(_) => Ok(()),
     }
 }
@@ -58,12 +79,14 @@ pub fn lock_for_credits(conn: &mut DbConnection, order_nos: &[&str]) -> Result<(
 pub fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> Result<(), DieselError> {
     match conn {
         DbConnection::Postgresql(pg) => postgres::lock_inbox_rows(pg, ids),
+        DbConnection::Mysql(my) => mysql::lock_inbox_rows(my, ids),
         DbConnection::Sqlite(_) => Ok(()),
     }
 }
 
 /// Whether a savepoint per notification is cheap: SQLite runs in-process, while on PostgreSQL
-/// each costs two round trips, so a batch there lets a failure abort it and runs it again.
+/// and MySQL each costs two round trips, so a batch there lets a failure fail it and runs it
+/// again without that notification.
 pub fn savepoints_are_cheap(conn: &DbConnection) -> bool {
     matches!(conn, DbConnection::Sqlite(_))
 }

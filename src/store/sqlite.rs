@@ -46,14 +46,19 @@ fn credit(
     let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
     // SQLite turns an integer overflow into a float; refuse it here instead.
     let room = accounts::balance_minor.le(i64::MAX - order.amount.get());
-    let balance_after: Option<i64> = diesel::update(account.filter(room))
-        .set((
-            accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
-            accounts::version.eq(accounts::version + 1),
-            accounts::updated_at.eq(now),
-        ))
+    let increment = diesel::update(account.filter(room)).set((
+        accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
+        accounts::version.eq(accounts::version + 1),
+        accounts::updated_at.eq(now),
+    ));
+    let DbConnection::Sqlite(lite) = conn else {
+        return Err(DieselError::QueryBuilderError(
+            "the SQLite credit ran on another backend".into(),
+        ));
+    };
+    let balance_after: Option<i64> = increment
         .returning(accounts::balance_minor)
-        .get_result(conn)
+        .get_result(lite)
         .optional()?;
     let Some(balance_after) = balance_after else {
         return Ok(None);

@@ -536,7 +536,7 @@ fn accounts_show_balances_and_a_paged_ledger_and_the_inbox_shows_deliveries(db: 
     assert!(raw[0]["raw"]["headers"]["webhook-signature"].is_string());
 }
 
-on_both_backends!(
+on_every_backend!(
     every_api_route_refuses_a_missing_or_wrong_token,
     order_numbers_are_unique_and_fit_every_provider,
     creating_an_order_is_idempotent_and_conflicts_name_the_field,

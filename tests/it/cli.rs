@@ -103,6 +103,41 @@ fn migrate_and_serve_work_against_a_postgresql_url() {
 }
 
 #[test]
+fn a_mysql_server_that_is_down_or_refuses_the_password_is_named_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let down = format!("mysql://root:hunter2@127.0.0.1:{port}/nowhere");
+    let (out, text) = output(payhook(dir.path()).args(["migrate", "--database-url", &down]));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("Can't connect"),
+        "the client's own words: {text}"
+    );
+    assert!(
+        !text.contains("hunter2"),
+        "the password is never printed: {text}"
+    );
+
+    let server = crate::common::mariadb();
+    server.admin_exec(
+        "CREATE USER IF NOT EXISTS 'payhook_pw'@'%' IDENTIFIED BY 'right-one'; \
+         GRANT ALL ON *.* TO 'payhook_pw'@'%'",
+    );
+    let wrong = format!(
+        "mysql://payhook_pw:hunter2@127.0.0.1:{}/mysql",
+        server.port()
+    );
+    let (out, text) = output(payhook(dir.path()).args(["migrate", "--database-url", &wrong]));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("Access denied"), "{text}");
+    assert!(
+        !text.contains("hunter2"),
+        "the password is never printed: {text}"
+    );
+    assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
+}
+
+#[test]
 fn a_database_that_is_down_is_reported_with_its_own_message() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -133,10 +168,10 @@ fn a_wrong_config_key_or_url_is_refused_with_its_name() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("pool") && text.contains("max_sise"), "{text}");
 
-    let (out, text) = output(payhook(dir.path()).args(["migrate", "--database-url", "mysql://x"]));
+    let (out, text) = output(payhook(dir.path()).args(["migrate", "--database-url", "oracle://x"]));
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("sqlite://") && text.contains("postgres://"),
+        text.contains("sqlite://") && text.contains("postgres://") && text.contains("mysql://"),
         "{text}"
     );
 

@@ -409,6 +409,48 @@ fn a_payment_that_names_no_trade_never_credits_nor_passes_as_a_repeat(db: TestDb
     }
 }
 
+fn identifiers_that_differ_only_in_case_are_different_orders(db: TestDb) {
+    let pool = db.pool(4);
+    let mut conn = pool.get().unwrap();
+    let upper = create_order(
+        &mut conn,
+        "Case-User",
+        "alipay",
+        "1.00",
+        "CNY",
+        Some("CASE-A1"),
+    );
+    let lower = create_order(
+        &mut conn,
+        "case-user",
+        "alipay",
+        "2.00",
+        "CNY",
+        Some("case-a1"),
+    );
+    drop(conn);
+    assert_ne!(upper, lower);
+    let mut n = paid(&lower, "T-case", 200, "CNY");
+    n.notification_id = "n-Case".to_owned();
+    assert_eq!(run(&pool, &n).outcome, Outcome::Credited);
+    // A notification id, trade and order that differ only in case are others: this one credits
+    // its own order, and is neither a repeat of the first nor a second payment of its order.
+    let mut other = paid(&upper, "t-CASE", 100, "CNY");
+    other.notification_id = "n-case".to_owned();
+    assert_eq!(run(&pool, &other).outcome, Outcome::Credited);
+    assert_eq!(balance(&pool, "case-user"), 200);
+    assert_eq!(balance(&pool, "Case-User"), 100);
+    assert_eq!(status(&pool, &upper), OrderStatus::Paid);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) AS n FROM notifications WHERE notification_id IN ('n-Case', 'n-case')"
+        ),
+        2
+    );
+    assert_books_balance(&pool);
+}
+
 fn job(n: &Notification) -> ApplyJob {
     ApplyJob::new(n.clone(), "{}".to_owned(), "raw body".into(), now())
 }
@@ -718,7 +760,8 @@ fn thirty_two_threads_paying_different_orders_of_one_user_add_up(db: TestDb) {
     assert_books_balance(&pool);
 }
 
-on_both_backends!(
+on_every_backend!(
+    identifiers_that_differ_only_in_case_are_different_orders,
     a_payment_that_names_no_trade_never_credits_nor_passes_as_a_repeat,
     a_paid_notification_credits_the_order_once,
     a_second_trade_for_a_paid_order_is_an_anomaly_and_never_credits,

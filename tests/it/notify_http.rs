@@ -776,7 +776,7 @@ fn a_rejected_request_keeps_its_digest_cut_headers_and_the_first_4_kib(db: TestD
     assert!(rows[1].raw_body == rows[0].raw_body);
 }
 
-on_both_backends!(
+on_every_backend!(
     a_payment_that_names_no_trade_is_retried_and_never_credits,
     a_connected_accounts_stripe_event_is_acked_as_an_anomaly_and_never_credits,
     a_rejected_request_keeps_its_digest_cut_headers_and_the_first_4_kib,

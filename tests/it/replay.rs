@@ -181,7 +181,7 @@ fn fixtures_of_every_provider_replayed_five_times_credit_each_order_once(db: Tes
     assert_eq!(settled_count(&app.pool, deliveries, 500), 500);
 }
 
-on_both_backends!(fixtures_of_every_provider_replayed_five_times_credit_each_order_once);
+on_every_backend!(fixtures_of_every_provider_replayed_five_times_credit_each_order_once);
 
 #[test]
 fn replay_exits_non_zero_when_an_answer_differs_from_its_expect() {

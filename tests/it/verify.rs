@@ -141,7 +141,14 @@ fn a_bumped_balance_is_found_and_named(db: TestDb) {
 
 fn a_duplicate_ledger_row_is_found_and_named(db: TestDb) {
     let (pool, paid) = good_books(&db);
-    exec(&pool, "DROP INDEX ledger_order_kind");
+    // On MySQL the index also serves the foreign key on order_no, which goes with it.
+    let drop = match db.backend {
+        crate::common::Backend::Mysql => {
+            "ALTER TABLE ledger DROP FOREIGN KEY ledger_order, DROP INDEX ledger_order_kind"
+        }
+        _ => "DROP INDEX ledger_order_kind",
+    };
+    exec(&pool, drop);
     exec(
         &pool,
         &format!(
@@ -215,7 +222,7 @@ fn a_credit_on_an_unpaid_order_is_found_and_named(db: TestDb) {
     );
 }
 
-on_both_backends!(
+on_every_backend!(
     good_books_verify_with_exit_zero,
     a_bumped_balance_is_found_and_named,
     a_duplicate_ledger_row_is_found_and_named,

@@ -27,6 +27,7 @@ use payhook::domain::money::{AmountMinor, Currency};
 pub enum Backend {
     Sqlite,
     Postgresql,
+    Mysql,
 }
 
 /// A database of its own for one test.
@@ -51,6 +52,11 @@ impl TestDb {
             Backend::Postgresql => TestDb {
                 backend,
                 url: pg_cluster().new_database(),
+                _dir: None,
+            },
+            Backend::Mysql => TestDb {
+                backend,
+                url: mariadb().new_database(),
                 _dir: None,
             },
         }
@@ -93,7 +99,12 @@ pub fn count(pool: &Pool, sql: &str) -> i64 {
         n: i64,
     }
     let mut conn = pool.get().unwrap();
-    let rows: Vec<N> = diesel::sql_query(sql).load(&mut *conn).expect(sql);
+    // MySQL casts to SIGNED, its 64-bit integer, where the others name BIGINT.
+    let sql = match &*conn {
+        DbConnection::Mysql(_) => sql.replace("AS BIGINT)", "AS SIGNED)"),
+        _ => sql.to_owned(),
+    };
+    let rows: Vec<N> = diesel::sql_query(&sql).load(&mut *conn).expect(&sql);
     rows[0].n
 }
 
@@ -361,6 +372,160 @@ fn spawn_guardian(pg_ctl: &Path, data: &str, dir: &str, root: bool) {
         .expect("spawn cluster guardian");
 }
 
+// ---------------------------------------------------------------- MariaDB
+
+pub struct MariaDb {
+    port: u16,
+    dir: PathBuf,
+    databases: AtomicUsize,
+}
+
+/// The MariaDB server for this test process, started on first use.
+pub fn mariadb() -> &'static MariaDb {
+    static SERVER: OnceLock<MariaDb> = OnceLock::new();
+    SERVER.get_or_init(MariaDb::start)
+}
+
+/// A MariaDB program on PATH or in Debian's folders.
+fn mariadb_bin(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "MariaDB's `{name}` was not found. The MySQL tests need the server: \
+                 apt-get install mariadb-server"
+            )
+        })
+}
+
+impl MariaDb {
+    /// `mariadb-install-db` into a temporary folder, then `mariadbd` on a free port, with no
+    /// option files; stopped and removed when the test process exits.
+    pub fn start() -> MariaDb {
+        let dir = tempfile::Builder::new()
+            .prefix("payhook-mariadb-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        let data = dir.join("data");
+        let user = if is_root() {
+            "root".to_owned()
+        } else {
+            whoami()
+        };
+        let out = Command::new(mariadb_bin("mariadb-install-db"))
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--user={user}"))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .output()
+            .expect("run mariadb-install-db");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let socket = dir.join("sock");
+        let pid_file = dir.join("pid");
+        #[allow(clippy::zombie_processes)]
+        Command::new(mariadb_bin("mariadbd"))
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--port={port}"))
+            .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
+            .arg(format!("--user={user}"))
+            .arg(format!("--pid-file={}", pid_file.display()))
+            .arg(format!("--log-error={}", dir.join("err.log").display()))
+            .arg(format!("--tmpdir={}", dir.display()))
+            // Durability is not what these tests measure; the fleet and bench set their own.
+            .args([
+                "--innodb-flush-log-at-trx-commit=2",
+                "--max-connections=500",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start mariadbd");
+        let server = MariaDb {
+            port,
+            dir: dir.clone(),
+            databases: AtomicUsize::new(0),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if diesel::MysqlConnection::establish(&server.admin_url()).is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mariadbd did not answer within 30 s: see {}",
+                dir.join("err.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             kill -9 $(cat {pidfile}) >/dev/null 2>&1; sleep 0.5; rm -rf {dir}",
+            pid = std::process::id(),
+            pidfile = pid_file.display(),
+            dir = dir.display()
+        );
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mariadb guardian");
+        server
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/mysql", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates an empty database and returns its URL.
+    pub fn new_database(&self) -> String {
+        let n = self.databases.fetch_add(1, Ordering::SeqCst);
+        let name = format!("payhook_test_{n}");
+        let mut admin = diesel::MysqlConnection::establish(&self.admin_url()).expect("admin conn");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create database");
+        format!("mysql://root@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Runs SQL as root.
+    pub fn admin_exec(&self, sql: &str) {
+        let mut admin = diesel::MysqlConnection::establish(&self.admin_url()).expect("admin conn");
+        admin.batch_execute(sql).expect(sql);
+    }
+}
+
+fn whoami() -> String {
+    Command::new("id")
+        .arg("-un")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 // ---------------------------------------------------------------- the server
 
 /// A running server on a free port.
@@ -420,9 +585,9 @@ pub fn spawn_app_with_clock(db: &TestDb, extra: &str, clock: Arc<dyn Clock>) -> 
     }
 }
 
-/// Declares one test per backend: `name::sqlite` and `name::postgresql`.
+/// Declares one test per backend: `name::sqlite`, `name::postgresql` and `name::mysql`.
 #[macro_export]
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
@@ -433,6 +598,10 @@ macro_rules! on_both_backends {
                 #[test]
                 fn postgresql() {
                     super::$name($crate::common::TestDb::new($crate::common::Backend::Postgresql));
+                }
+                #[test]
+                fn mysql() {
+                    super::$name($crate::common::TestDb::new($crate::common::Backend::Mysql));
                 }
             }
         )*

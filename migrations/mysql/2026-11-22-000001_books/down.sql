@@ -1,0 +1,4 @@
+DROP TABLE notifications;
+DROP TABLE ledger;
+DROP TABLE orders;
+DROP TABLE accounts;

@@ -1,0 +1,130 @@
+//! MySQL's and MariaDB's SQL. There is no `RETURNING`, so what a statement changed is read back
+//! inside the same transaction, and the inbox upsert is `INSERT ... ON DUPLICATE KEY UPDATE`.
+//!
+//! The compare-and-set holds as on the other backends: under InnoDB's REPEATABLE READ an
+//! `UPDATE ... WHERE status = 'pending'` reads the latest committed row and locks it, so of two
+//! transactions paying one order the second waits and then matches no row.
+
+use chrono::NaiveDateTime;
+use diesel::mysql::MysqlConnection;
+use diesel::prelude::*;
+use diesel::result::Error as DieselError;
+
+use super::delivery::{delivery_values, Credit, CreditWrite, INSERT_DELIVERY};
+use super::statement::Statement;
+use crate::books::accounts::LedgerKind;
+use crate::books::inbox::{Evidence, InboxRow};
+use crate::books::orders::{self, Order};
+use crate::db::schema::{accounts, ledger, notifications, orders as orders_table};
+use crate::db::DbConnection;
+use crate::domain::notification::Notification;
+use crate::domain::outcome::Outcome;
+
+/// The compare-and-set, then for its winner the credit, the new balance read back, and the
+/// ledger row; the caller records the delivery.
+pub(super) fn pay_and_credit(
+    conn: &mut DbConnection,
+    order: &Order,
+    n: &Notification,
+    now: NaiveDateTime,
+) -> Result<CreditWrite, DieselError> {
+    let trade_no = n.provider_trade_no.as_deref();
+    if !orders::mark_paid(conn, &order.order_no, trade_no, now)? {
+        return Ok(CreditWrite::NotPending);
+    }
+    let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
+    let room = accounts::balance_minor.le(i64::MAX - order.amount.get());
+    let changed = diesel::update(account.filter(room))
+        .set((
+            accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
+            accounts::version.eq(accounts::version + 1),
+            accounts::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    if changed != 1 {
+        return Ok(CreditWrite::NotCredited);
+    }
+    // The row is locked by the update above: this reads the balance it wrote.
+    let balance_after: i64 = account.select(accounts::balance_minor).first(conn)?;
+    diesel::insert_into(ledger::table)
+        .values((
+            ledger::user_id.eq(order.user_id.as_str()),
+            ledger::currency.eq(order.currency.code()),
+            ledger::order_no.eq(order.order_no.as_str()),
+            ledger::kind.eq(LedgerKind::Credit.as_str()),
+            ledger::amount_minor.eq(order.amount.get()),
+            ledger::balance_after.eq(balance_after),
+            ledger::created_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(CreditWrite::Credited(Credit {
+        balance_after,
+        delivery: None,
+    }))
+}
+
+/// The inbox upsert: a new row, or one more delivery on the row the notification has. MySQL
+/// assigns left to right, so `detail` is decided before `outcome` changes.
+pub(super) fn record_delivery(
+    conn: &mut DbConnection,
+    n: &Notification,
+    evidence: Evidence<'_>,
+    outcome: Outcome,
+    detail: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<InboxRow, DieselError> {
+    let statement = Statement::<()>::new(INSERT_DELIVERY).sql("VALUES (");
+    delivery_values(statement, n, evidence, outcome.as_str(), detail, now)
+        .sql(") ON DUPLICATE KEY UPDATE detail = IF(outcome = ")
+        .text(Outcome::Credited.as_str())
+        .sql(", detail, VALUES(detail)), outcome = IF(outcome = ")
+        .text(Outcome::Credited.as_str())
+        .sql(
+            ", outcome, VALUES(outcome)), delivery_count = delivery_count + 1, \
+             last_seen_at = VALUES(last_seen_at)",
+        )
+        .execute(conn)?;
+    let (id, delivery_count) = notifications::table
+        .filter(notifications::channel.eq(n.channel.as_str()))
+        .filter(notifications::notification_id.eq(&n.notification_id))
+        .select((notifications::id, notifications::delivery_count))
+        .first::<(i64, i64)>(conn)?;
+    Ok(InboxRow { id, delivery_count })
+}
+
+/// `SELECT ... FOR UPDATE` over the accounts the orders may credit and the orders, in key order.
+pub(super) fn lock_for_credits(my: &mut MysqlConnection, order_nos: &[&str]) -> QueryResult<()> {
+    if order_nos.is_empty() {
+        return Ok(());
+    }
+    accounts::table
+        .inner_join(
+            orders_table::table.on(orders_table::user_id
+                .eq(accounts::user_id)
+                .and(orders_table::currency.eq(accounts::currency))),
+        )
+        .filter(orders_table::order_no.eq_any(order_nos))
+        .order((
+            accounts::user_id,
+            accounts::currency,
+            orders_table::order_no,
+        ))
+        .select(accounts::user_id)
+        .for_update()
+        .load::<String>(my)?;
+    Ok(())
+}
+
+/// The inbox rows in id order, locked.
+pub(super) fn lock_inbox_rows(my: &mut MysqlConnection, ids: &[i64]) -> QueryResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    notifications::table
+        .filter(notifications::id.eq_any(ids))
+        .order(notifications::id)
+        .select(notifications::id)
+        .for_update()
+        .load::<i64>(my)?;
+    Ok(())
+}
