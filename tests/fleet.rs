@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, payhook, PgCluster};
+use common::{free_port, payhook, MariaDb, PgCluster};
 use serde_json::Value;
 
 /// Prints a figure straight to stderr, past the test harness's capture, so that every run (CI's
@@ -90,11 +90,15 @@ impl Instance {
     }
 
     fn wait_ready(&self) {
-        wait_for_status(
-            &format!("{}/readyz", self.url()),
-            200,
-            Duration::from_secs(30),
-        );
+        let url = format!("{}/readyz", self.url());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reqwest::blocking::get(&url).is_ok_and(|r| r.status().as_u16() == 200) {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                panic!("{url} never answered 200; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn kill9(&mut self) {
@@ -385,11 +389,11 @@ fn credits_by_order(database_url: &str) -> HashMap<String, i64> {
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
-    let mut conn = diesel::PgConnection::establish(database_url)
-        .or_else(|_| diesel::PgConnection::establish(database_url))
-        .expect("connect for checks");
+    let settings = payhook::config::Settings::from_toml("").unwrap();
+    let pool = payhook::db::connect(database_url, &settings.pool).expect("connect for checks");
+    let mut conn = pool.get().expect("a connection for checks");
     diesel::sql_query("SELECT order_no, COUNT(*) AS n FROM ledger GROUP BY order_no")
-        .load::<Row>(&mut conn)
+        .load::<Row>(&mut *conn)
         .unwrap()
         .into_iter()
         .map(|r| (r.order_no, r.n))
@@ -461,9 +465,75 @@ fn assert_no_secrets_in(logs: &[PathBuf]) {
     }
 }
 
-/// Three instances and nginx on a fresh cluster; returns them with the fixture file.
+/// The database server a fleet shares, of either networked backend.
+enum Server {
+    Postgresql(PgCluster),
+    Mariadb(MariaDb),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgresql,
+    Mariadb,
+}
+
+impl Server {
+    fn start(backend: Backend) -> Server {
+        match backend {
+            Backend::Postgresql => Server::Postgresql(PgCluster::start()),
+            Backend::Mariadb => Server::Mariadb(MariaDb::start()),
+        }
+    }
+
+    fn new_database(&self) -> String {
+        match self {
+            Server::Postgresql(c) => c.new_database(),
+            Server::Mariadb(m) => m.new_database(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Server::Postgresql(_) => "PostgreSQL",
+            Server::Mariadb(_) => "MariaDB",
+        }
+    }
+
+    /// Stops the server, keeps it down for `down`, and starts it again on the same port.
+    fn restart(&self, down: Duration) {
+        match self {
+            Server::Postgresql(c) => c.restart(down),
+            Server::Mariadb(m) => m.restart(down),
+        }
+    }
+
+    /// Kills every connection to `database`; returns how many.
+    fn kill_connections(&self, database: &str) -> i64 {
+        match self {
+            Server::Postgresql(c) => {
+                use diesel::prelude::*;
+                #[derive(QueryableByName)]
+                struct N {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                let mut admin = diesel::PgConnection::establish(&c.admin_url()).unwrap();
+                let killed: Vec<N> = diesel::sql_query(format!(
+                    "SELECT COUNT(*) AS n FROM (SELECT pg_terminate_backend(pid) FROM \
+                     pg_stat_activity WHERE datname = '{database}' AND pid <> pg_backend_pid()) t"
+                ))
+                .load(&mut admin)
+                .unwrap();
+                killed[0].n
+            }
+            Server::Mariadb(m) => m.kill_connections(database),
+        }
+    }
+}
+
+/// Three instances and nginx on a fresh database server; returns them with the fixture file.
 struct Fleet {
-    cluster: PgCluster,
+    cluster: Server,
     database_url: String,
     dir: tempfile::TempDir,
     instances: Vec<Instance>,
@@ -472,8 +542,8 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn start(orders: usize) -> Fleet {
-        let cluster = PgCluster::start();
+    fn start(backend: Backend, orders: usize) -> Fleet {
+        let cluster = Server::start(backend);
         let database_url = cluster.new_database();
         let dir = tempfile::tempdir().unwrap();
         if common::is_root() {
@@ -520,10 +590,27 @@ fn report(scenario: &str, r: &Replayed) {
     );
 }
 
-#[test]
-fn three_instances_behind_nginx_credit_2000_orders_once_under_duplicate_storms() {
+mod three_instances_behind_nginx_credit_2000_orders_once_under_duplicate_storms {
+    use super::*;
+
+    #[test]
+    fn postgresql() {
+        super::three_instances_behind_nginx_credit_2000_orders_once_under_duplicate_storms(
+            Backend::Postgresql,
+        );
+    }
+
+    #[test]
+    fn mariadb() {
+        super::three_instances_behind_nginx_credit_2000_orders_once_under_duplicate_storms(
+            Backend::Mariadb,
+        );
+    }
+}
+
+fn three_instances_behind_nginx_credit_2000_orders_once_under_duplicate_storms(backend: Backend) {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let fleet = Fleet::start(2000);
+    let fleet = Fleet::start(backend, 2000);
     let r = replay(
         &fleet.nginx.url(),
         &fleet.fixtures,
@@ -568,10 +655,27 @@ fn three_instances_behind_nginx_credit_2000_orders_once_under_duplicate_storms()
     assert_no_secrets_in(&fleet.logs());
 }
 
-#[test]
-fn a_killed_instance_loses_no_ack_and_a_second_replay_completes_everything() {
+mod a_killed_instance_loses_no_ack_and_a_second_replay_completes_everything {
+    use super::*;
+
+    #[test]
+    fn postgresql() {
+        super::a_killed_instance_loses_no_ack_and_a_second_replay_completes_everything(
+            Backend::Postgresql,
+        );
+    }
+
+    #[test]
+    fn mariadb() {
+        super::a_killed_instance_loses_no_ack_and_a_second_replay_completes_everything(
+            Backend::Mariadb,
+        );
+    }
+}
+
+fn a_killed_instance_loses_no_ack_and_a_second_replay_completes_everything(backend: Backend) {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut fleet = Fleet::start(1500);
+    let mut fleet = Fleet::start(backend, 1500);
     let results = fleet.results("crash.ndjson");
     let child = replay_in_background(&fleet.nginx.url(), &fleet.fixtures, &results, 3);
     std::thread::sleep(Duration::from_millis(700));
@@ -602,10 +706,27 @@ fn a_killed_instance_loses_no_ack_and_a_second_replay_completes_everything() {
     assert_no_secrets_in(&fleet.logs());
 }
 
-#[test]
-fn a_database_restart_gets_retries_never_false_acks_and_instances_reconnect() {
+mod a_database_restart_gets_retries_never_false_acks_and_instances_reconnect {
+    use super::*;
+
+    #[test]
+    fn postgresql() {
+        super::a_database_restart_gets_retries_never_false_acks_and_instances_reconnect(
+            Backend::Postgresql,
+        );
+    }
+
+    #[test]
+    fn mariadb() {
+        super::a_database_restart_gets_retries_never_false_acks_and_instances_reconnect(
+            Backend::Mariadb,
+        );
+    }
+}
+
+fn a_database_restart_gets_retries_never_false_acks_and_instances_reconnect(backend: Backend) {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let fleet = Fleet::start(1500);
+    let fleet = Fleet::start(backend, 1500);
     let results = fleet.results("restart.ndjson");
     // Watch one instance's readiness through the restart.
     let watching = Arc::new(AtomicBool::new(true));
@@ -636,7 +757,7 @@ fn a_database_restart_gets_retries_never_false_acks_and_instances_reconnect() {
     fleet.cluster.restart(Duration::from_millis(1500));
     let during = finish(child, &results);
     report(
-        "PostgreSQL restart (-m fast, 1.5 s down) mid-replay",
+        &format!("{} restart (1.5 s down) mid-replay", fleet.cluster.name()),
         &during,
     );
     // The instances come back by themselves.
@@ -672,33 +793,36 @@ fn a_database_restart_gets_retries_never_false_acks_and_instances_reconnect() {
     verify(&fleet.database_url);
 }
 
-#[test]
-fn killed_database_connections_heal_with_the_same_guarantees() {
+mod killed_database_connections_heal_with_the_same_guarantees {
+    use super::*;
+
+    #[test]
+    fn postgresql() {
+        super::killed_database_connections_heal_with_the_same_guarantees(Backend::Postgresql);
+    }
+
+    #[test]
+    fn mariadb() {
+        super::killed_database_connections_heal_with_the_same_guarantees(Backend::Mariadb);
+    }
+}
+
+fn killed_database_connections_heal_with_the_same_guarantees(backend: Backend) {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let fleet = Fleet::start(1500);
+    let fleet = Fleet::start(backend, 1500);
     let results = fleet.results("terminate.ndjson");
     let child = replay_in_background(&fleet.nginx.url(), &fleet.fixtures, &results, 3);
     let db = fleet.database_url.rsplit('/').next().unwrap().to_owned();
     let mut terminated = 0;
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(400));
-        use diesel::prelude::*;
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut admin = diesel::PgConnection::establish(&fleet.cluster.admin_url()).unwrap();
-        let killed: Vec<N> = diesel::sql_query(format!(
-            "SELECT COUNT(*) AS n FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = '{db}' AND pid <> pg_backend_pid()) t"
-        ))
-        .load(&mut admin)
-        .unwrap();
-        terminated += killed[0].n;
+        terminated += fleet.cluster.kill_connections(&db);
     }
     let during = finish(child, &results);
-    report("pg_terminate_backend x3 mid-replay", &during);
+    report(
+        &format!("{} connections killed x3 mid-replay", fleet.cluster.name()),
+        &during,
+    );
     say!("  {terminated} connections terminated");
     assert!(terminated > 0);
     let acked = assert_acked_are_credited(&during, &fleet.database_url);

@@ -411,7 +411,20 @@ pub fn migrate(conn: &mut DbConnection) -> Result<usize, DbError> {
         DbConnection::Sqlite(c) => run_migrations(c, SQLITE_MIGRATIONS),
         DbConnection::Mysql(c) => {
             // A named lock serialises instances starting together, as the advisory lock does.
-            c.batch_execute("DO GET_LOCK('payhook_migrations', -1)")?;
+            #[derive(diesel::QueryableByName)]
+            struct Locked {
+                #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+                locked: Option<i32>,
+            }
+            let locked: Locked = diesel::RunQueryDsl::get_result(
+                diesel::sql_query("SELECT GET_LOCK('payhook_migrations', 600) AS locked"),
+                c,
+            )?;
+            if locked.locked != Some(1) {
+                return Err(DbError::Migration(
+                    "another instance held the migration lock for 10 minutes".to_owned(),
+                ));
+            }
             let applied = run_migrations(c, MYSQL_MIGRATIONS);
             let unlocked = c.batch_execute("DO RELEASE_LOCK('payhook_migrations')");
             let applied = applied?;

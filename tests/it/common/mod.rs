@@ -377,7 +377,10 @@ fn spawn_guardian(pg_ctl: &Path, data: &str, dir: &str, root: bool) {
 pub struct MariaDb {
     port: u16,
     dir: PathBuf,
+    user: String,
     databases: AtomicUsize,
+    /// The running `mariadbd`, reaped when it is stopped.
+    server: std::sync::Mutex<Option<std::process::Child>>,
 }
 
 /// The MariaDB server for this test process, started on first use.
@@ -401,15 +404,15 @@ fn mariadb_bin(name: &str) -> PathBuf {
 }
 
 impl MariaDb {
-    /// `mariadb-install-db` into a temporary folder, then `mariadbd` on a free port, with no
-    /// option files; stopped and removed when the test process exits.
+    /// A server of the caller's own: `mariadb-install-db` into a temporary folder, then
+    /// `mariadbd` on a free port, with no option files; stopped and removed when the test process
+    /// exits.
     pub fn start() -> MariaDb {
         let dir = tempfile::Builder::new()
             .prefix("payhook-mariadb-")
             .tempdir()
             .expect("temp dir")
             .keep();
-        let data = dir.join("data");
         let user = if is_root() {
             "root".to_owned()
         } else {
@@ -417,7 +420,7 @@ impl MariaDb {
         };
         let out = Command::new(mariadb_bin("mariadb-install-db"))
             .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--datadir={}", dir.join("data").display()))
             .arg(format!("--user={user}"))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .output()
@@ -428,52 +431,19 @@ impl MariaDb {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let socket = dir.join("sock");
-        let pid_file = dir.join("pid");
-        #[allow(clippy::zombie_processes)]
-        Command::new(mariadb_bin("mariadbd"))
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--port={port}"))
-            .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
-            .arg(format!("--user={user}"))
-            .arg(format!("--pid-file={}", pid_file.display()))
-            .arg(format!("--log-error={}", dir.join("err.log").display()))
-            .arg(format!("--tmpdir={}", dir.display()))
-            // Durability is not what these tests measure; the fleet and bench set their own.
-            .args([
-                "--innodb-flush-log-at-trx-commit=2",
-                "--max-connections=500",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start mariadbd");
         let server = MariaDb {
-            port,
+            port: free_port(),
             dir: dir.clone(),
+            user,
             databases: AtomicUsize::new(0),
+            server: std::sync::Mutex::new(None),
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            if diesel::MysqlConnection::establish(&server.admin_url()).is_ok() {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mariadbd did not answer within 30 s: see {}",
-                dir.join("err.log").display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        server.spawn();
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
              kill -9 $(cat {pidfile}) >/dev/null 2>&1; sleep 0.5; rm -rf {dir}",
             pid = std::process::id(),
-            pidfile = pid_file.display(),
+            pidfile = dir.join("pid").display(),
             dir = dir.display()
         );
         #[allow(clippy::zombie_processes)]
@@ -486,6 +456,79 @@ impl MariaDb {
             .spawn()
             .expect("spawn mariadb guardian");
         server
+    }
+
+    /// Starts `mariadbd` on this server's folder and port, and waits until it answers.
+    fn spawn(&self) {
+        let dir = &self.dir;
+        let child = Command::new(mariadb_bin("mariadbd"))
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--port={}", self.port))
+            .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
+            .arg(format!("--user={}", self.user))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .arg(format!("--log-error={}", dir.join("err.log").display()))
+            .arg(format!("--tmpdir={}", dir.display()))
+            // Durability is not what these tests measure; the benchmark sets its own.
+            .args([
+                "--innodb-flush-log-at-trx-commit=2",
+                "--max-connections=500",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start mariadbd");
+        *self.server.lock().unwrap() = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while diesel::MysqlConnection::establish(&self.admin_url()).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mariadbd did not answer within 30 s: see {}",
+                dir.join("err.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server (SIGTERM, waiting for it to go), keeps it down for `down`, and starts it
+    /// again on the same port: every connection is cut.
+    pub fn restart(&self, down: std::time::Duration) {
+        if let Some(mut child) = self.server.lock().unwrap().take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            child.wait().expect("mariadbd stops on SIGTERM");
+        }
+        std::thread::sleep(down);
+        self.spawn();
+    }
+
+    /// Kills every client connection to `database` but the caller's; returns how many.
+    pub fn kill_connections(&self, database: &str) -> i64 {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            id: i64,
+        }
+        let mut admin = diesel::MysqlConnection::establish(&self.admin_url()).expect("admin conn");
+        let ids: Vec<Id> = diesel::sql_query(format!(
+            "SELECT CAST(ID AS SIGNED) AS id FROM information_schema.PROCESSLIST \
+             WHERE DB = '{database}' AND ID <> CONNECTION_ID()"
+        ))
+        .load(&mut admin)
+        .expect("processlist");
+        let mut killed = 0;
+        for Id { id } in ids {
+            if admin
+                .batch_execute(&format!("KILL CONNECTION {id}"))
+                .is_ok()
+            {
+                killed += 1;
+            }
+        }
+        killed
     }
 
     pub fn admin_url(&self) -> String {
