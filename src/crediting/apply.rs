@@ -260,7 +260,7 @@ fn pay(
         CreditWrite::NotPending => {}
     }
     // Lost the compare-and-set: read what the winner committed.
-    let current = orders::find(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
+    let current = store::order_as_committed(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
     let paid_by = current.provider_trade_no.as_deref();
     match current.status {
         OrderStatus::Paid if paid_by == Some(trade_no) => {
@@ -291,7 +291,7 @@ fn close(
     if orders::close_pending(conn, &order.order_no, None, now)? {
         return Ok(Decision::new(Outcome::Closed, None));
     }
-    let current = orders::find(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
+    let current = store::order_as_committed(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
     match current.status {
         OrderStatus::Closed => Decision::because(Outcome::Closed, "already closed"),
         OrderStatus::Paid => Decision::because(

@@ -43,6 +43,11 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqli
 const POSTGRESQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgresql");
 const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
+/// MySQL's rules for every payhook session, whatever the server's default: strict (a value that
+/// does not fit is an error, never silently cut), and `||` joins text as in standard SQL.
+const MYSQL_SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,\
+     ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,PIPES_AS_CONCAT";
+
 /// How long a SQLite writer waits for the lock before giving up with "database is locked".
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 
@@ -339,7 +344,7 @@ impl CustomizeConnection<DbConnection, r2d2::Error> for SessionSettings {
             // back as written; `||` joins text, as in standard SQL and on the other backends.
             DbConnection::Mysql(conn) => conn.batch_execute(&format!(
                 "SET SESSION innodb_lock_wait_timeout = {}; SET time_zone = '+00:00'; \
-                 SET SESSION sql_mode = CONCAT(@@sql_mode, ',PIPES_AS_CONCAT');",
+                 SET SESSION sql_mode = '{MYSQL_SQL_MODE}';",
                 self.lock_timeout_secs
             )),
         }
@@ -362,6 +367,9 @@ pub fn connect(url: &str, settings: &PoolSettings) -> Result<Pool, DbError> {
         r2d2::Error::ConnectionError(e) => DbError::Connect(e),
         r2d2::Error::QueryError(e) => DbError::Query(e),
     })?;
+    if let DbConnection::Mysql(my) = &mut probe {
+        warn_unless_durable(my);
+    }
     drop(probe);
     let pool = r2d2::Pool::builder()
         .max_size(settings.max_size)
@@ -372,6 +380,38 @@ pub fn connect(url: &str, settings: &PoolSettings) -> Result<Pool, DbError> {
         .error_handler(Box::new(LogErrors))
         .build_unchecked(manager);
     Ok(pool)
+}
+
+/// An ack promises that the credit survives a crash; on MySQL that is the server's setting alone,
+/// so say so loudly when it does not hold.
+fn warn_unless_durable(my: &mut MysqlConnection) {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Durability {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        flush: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        binlog: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        sync_binlog: i64,
+    }
+    let read = diesel::sql_query(
+        "SELECT CAST(@@innodb_flush_log_at_trx_commit AS SIGNED) AS flush, \
+         CAST(@@log_bin AS SIGNED) AS binlog, CAST(@@sync_binlog AS SIGNED) AS sync_binlog",
+    )
+    .get_result::<Durability>(my);
+    match read {
+        Ok(d) if d.flush != 1 || (d.binlog != 0 && d.sync_binlog != 1) => log::warn!(
+            "MySQL is not durable (innodb_flush_log_at_trx_commit = {}, log_bin = {}, \
+             sync_binlog = {}): acked credits can be lost in a crash; set \
+             innodb_flush_log_at_trx_commit = 1, and sync_binlog = 1 with the binary log on",
+            d.flush,
+            d.binlog,
+            d.sync_binlog
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot read MySQL's durability settings: {e}"),
+    }
 }
 
 /// Sends r2d2's background connection errors to the log instead of stderr.

@@ -13,8 +13,9 @@ use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
 use crate::books::inbox::{Evidence, InboxRow};
-use crate::books::orders::Order;
+use crate::books::orders::{self, Order};
 use crate::db::DbConnection;
+use crate::domain::ids::OrderNo;
 use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
 
@@ -61,6 +62,20 @@ pub fn record_delivery(
     match conn {
         DbConnection::Mysql(_) => mysql::record_delivery(conn, n, evidence, outcome, detail, now),
         _ => delivery::record_delivery(conn, n, evidence, outcome, detail, now),
+    }
+}
+
+/// The order as the transaction that last changed it committed it: after a lost compare-and-set,
+/// the winner's state. PostgreSQL (READ COMMITTED) and SQLite (one writer) see it with a plain
+/// read; under InnoDB's REPEATABLE READ a plain read would return this transaction's older
+/// snapshot, so MySQL reads it with a locking read.
+pub fn order_as_committed(
+    conn: &mut DbConnection,
+    order_no: &OrderNo,
+) -> Result<Option<Order>, DieselError> {
+    match conn {
+        DbConnection::Mysql(my) => mysql::order_as_committed(my, order_no),
+        _ => orders::find(conn, order_no),
     }
 }
 

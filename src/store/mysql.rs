@@ -14,9 +14,10 @@ use super::delivery::{delivery_values, Credit, CreditWrite, INSERT_DELIVERY};
 use super::statement::Statement;
 use crate::books::accounts::LedgerKind;
 use crate::books::inbox::{Evidence, InboxRow};
-use crate::books::orders::{self, Order};
+use crate::books::orders::{self, Order, OrderRow};
 use crate::db::schema::{accounts, ledger, notifications, orders as orders_table};
 use crate::db::DbConnection;
+use crate::domain::ids::OrderNo;
 use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
 
@@ -92,23 +93,40 @@ pub(super) fn record_delivery(
     Ok(InboxRow { id, delivery_count })
 }
 
-/// `SELECT ... FOR UPDATE` over the accounts the orders may credit and the orders, in key order.
+/// `SELECT ... FOR UPDATE`: a locking read sees the latest committed row, not the snapshot.
+pub(super) fn order_as_committed(
+    my: &mut MysqlConnection,
+    order_no: &OrderNo,
+) -> Result<Option<Order>, DieselError> {
+    orders_table::table
+        .find(order_no.as_str())
+        .select(OrderRow::as_select())
+        .for_update()
+        .first(my)
+        .optional()?
+        .map(Order::try_from)
+        .transpose()
+}
+
+/// The orders, then the accounts they may credit, each locked in primary-key order. InnoDB locks
+/// rows as its plan reads them, not after a sort, so each table gets a statement of its own that
+/// reads its primary key in order.
 pub(super) fn lock_for_credits(my: &mut MysqlConnection, order_nos: &[&str]) -> QueryResult<()> {
     if order_nos.is_empty() {
         return Ok(());
     }
-    accounts::table
-        .inner_join(
-            orders_table::table.on(orders_table::user_id
-                .eq(accounts::user_id)
-                .and(orders_table::currency.eq(accounts::currency))),
-        )
+    let users: Vec<String> = orders_table::table
         .filter(orders_table::order_no.eq_any(order_nos))
-        .order((
-            accounts::user_id,
-            accounts::currency,
-            orders_table::order_no,
-        ))
+        .order(orders_table::order_no)
+        .select(orders_table::user_id)
+        .for_update()
+        .load(my)?;
+    if users.is_empty() {
+        return Ok(());
+    }
+    accounts::table
+        .filter(accounts::user_id.eq_any(&users))
+        .order((accounts::user_id, accounts::currency))
         .select(accounts::user_id)
         .for_update()
         .load::<String>(my)?;

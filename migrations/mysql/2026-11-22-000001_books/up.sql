@@ -1,10 +1,11 @@
 -- The books: accounts, recharge orders, the ledger of every balance change, and the inbox of
 -- every notification received. Money is integer minor units; times are UTC.
 --
--- Identifiers compare byte for byte (binary collation): `A1` and `a1` are two orders, as on the
--- other backends. Indexed text is VARCHAR with a length, since InnoDB cannot index TEXT whole.
+-- Identifiers compare by their bytes (binary collation): `A1` and `a1` are two orders, as on the
+-- other backends. MySQL commits each CREATE at once, so a start killed halfway through this file
+-- finds the tables it made and goes on. Indexed text is VARCHAR with a length, since InnoDB cannot index TEXT whole.
 
-CREATE TABLE accounts (
+CREATE TABLE IF NOT EXISTS accounts (
     user_id       VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     currency      VARCHAR(8)  CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     balance_minor BIGINT      NOT NULL DEFAULT 0,
@@ -14,7 +15,7 @@ CREATE TABLE accounts (
     PRIMARY KEY (user_id, currency)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
-CREATE TABLE orders (
+CREATE TABLE IF NOT EXISTS orders (
     order_no          VARCHAR(64)  CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
     user_id           VARCHAR(64)  CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     channel           VARCHAR(64)  CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
@@ -33,7 +34,7 @@ CREATE TABLE orders (
     KEY orders_user (user_id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
-CREATE TABLE ledger (
+CREATE TABLE IF NOT EXISTS ledger (
     id            BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
     user_id       VARCHAR(64)  CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     currency      VARCHAR(8)   CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
@@ -50,7 +51,7 @@ CREATE TABLE ledger (
     KEY ledger_account (user_id, currency, id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
-CREATE TABLE notifications (
+CREATE TABLE IF NOT EXISTS notifications (
     id                BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
     channel           VARCHAR(64)  CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     notification_id   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,

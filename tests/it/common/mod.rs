@@ -38,6 +38,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database a test made on a server of its own.
+    pub fn at(backend: Backend, url: String) -> TestDb {
+        TestDb {
+            backend,
+            url,
+            _dir: None,
+        }
+    }
+
     pub fn new(backend: Backend) -> TestDb {
         match backend {
             Backend::Sqlite => {
