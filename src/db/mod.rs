@@ -340,12 +340,15 @@ impl CustomizeConnection<DbConnection, r2d2::Error> for SessionSettings {
                  PRAGMA foreign_keys = ON;"
             )),
             DbConnection::Postgresql(conn) => conn.batch_execute(&self.postgresql()),
-            // InnoDB's row-lock wait, the counterpart of `lock_timeout`; UTC, so `DATETIME`s read
-            // back as written; `||` joins text, as in standard SQL and on the other backends.
+            // InnoDB's row-lock wait, the counterpart of `lock_timeout`; on MariaDB (which alone
+            // reads the `/*M!` comment) `idle_transaction_timeout`, the counterpart of
+            // `idle_in_transaction_session_timeout`, so a frozen session loses its locks; UTC, so
+            // `DATETIME`s read back as written; `||` joins text, as in standard SQL.
             DbConnection::Mysql(conn) => conn.batch_execute(&format!(
-                "SET SESSION innodb_lock_wait_timeout = {}; SET time_zone = '+00:00'; \
-                 SET SESSION sql_mode = '{MYSQL_SQL_MODE}';",
-                self.lock_timeout_secs
+                "SET SESSION innodb_lock_wait_timeout = {} \
+                 /*M!100300 , idle_transaction_timeout = {} */; \
+                 SET time_zone = '+00:00'; SET SESSION sql_mode = '{MYSQL_SQL_MODE}';",
+                self.lock_timeout_secs, self.statement_timeout_secs
             )),
         }
         .map_err(r2d2::Error::QueryError)

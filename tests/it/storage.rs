@@ -119,7 +119,12 @@ fn a_row_locked_by_a_frozen_peer_holds_up_only_its_own_order_on(db: TestDb) {
 
 #[test]
 fn a_frozen_payhook_session_loses_its_locks() {
-    let db = TestDb::new(Backend::Postgresql);
+    for backend in [Backend::Postgresql, Backend::Mysql] {
+        a_frozen_payhook_session_loses_its_locks_on(TestDb::new(backend));
+    }
+}
+
+fn a_frozen_payhook_session_loses_its_locks_on(db: TestDb) {
     let pool = pool_with(
         &db,
         "max_size = 2\nlock_timeout_secs = 1\nstatement_timeout_secs = 2\n",
