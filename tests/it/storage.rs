@@ -50,10 +50,18 @@ fn frozen_peer(db: &TestDb, sql: &str) -> PgConnection {
 }
 
 /// The same on either networked backend; dropped, it lets go.
-#[allow(dead_code)] // held only to keep its transaction open
 enum Peer {
     Postgresql(PgConnection),
     Mysql(diesel::MysqlConnection),
+}
+
+impl Peer {
+    fn batch_execute(&mut self, sql: &str) -> diesel::QueryResult<()> {
+        match self {
+            Peer::Postgresql(c) => c.batch_execute(sql),
+            Peer::Mysql(c) => c.batch_execute(sql),
+        }
+    }
 }
 
 fn frozen_peer_on(db: &TestDb, sql: &str) -> Peer {
@@ -226,7 +234,12 @@ on_every_backend!(a_transaction_left_open_inside_a_write_transaction_is_not_a_co
 
 #[test]
 fn delivery_counts_lock_their_rows_in_id_order() {
-    let db = TestDb::new(Backend::Postgresql);
+    for backend in [Backend::Postgresql, Backend::Mysql] {
+        delivery_counts_lock_their_rows_in_id_order_on(TestDb::new(backend));
+    }
+}
+
+fn delivery_counts_lock_their_rows_in_id_order_on(db: TestDb) {
     let pool = pool_with(
         &db,
         "max_size = 4\nlock_timeout_secs = 5\nstatement_timeout_secs = 30\n",
@@ -259,7 +272,7 @@ fn delivery_counts_lock_their_rows_in_id_order() {
 
     // Several rounds: counts in several groups, the lowest row counted in one of its own.
     for round in 0..5 {
-        let mut peer = frozen_peer(
+        let mut peer = frozen_peer_on(
             &db,
             &format!("SELECT 1 FROM notifications WHERE id = {first} FOR UPDATE"),
         );
