@@ -11,7 +11,7 @@
 //!   the notifications that arrived together in one transaction and answers them after it.
 //! - [`books`]: orders, accounts and their ledger, the inbox; the rows the transaction works on,
 //!   and the one-command proof that they balance.
-//! - [`db`] and [`store`]: SQLite or PostgreSQL chosen by URL, the connection pool, migrations
+//! - [`db`] and [`store`]: SQLite, PostgreSQL or MySQL chosen by URL, the connection pool, migrations
 //!   and transactions; and every SQL statement that differs by backend.
 //! - [`domain`]: what every part speaks in: values parsed once at the edge (`AmountMinor`,
 //!   `Currency`, `OrderNo`), the injected clock, the provider-neutral notification, the outcome

@@ -1,4 +1,5 @@
-//! Storage: one code path over SQLite and PostgreSQL, chosen at run time by the URL's scheme.
+//! Storage: one code path over SQLite, PostgreSQL and MySQL/MariaDB, chosen at run time by the
+//! URL's scheme.
 //!
 //! - [`DbConnection`] is diesel's multi-backend connection; everything above this module is
 //!   written once against it.

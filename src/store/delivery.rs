@@ -1,5 +1,5 @@
-//! What SQLite and PostgreSQL write alike: the inbox upsert of a delivery (which PostgreSQL's
-//! credit statement also embeds), and what a credit came to.
+//! What the backends share: the inbox upsert that SQLite and PostgreSQL write alike (and
+//! PostgreSQL's credit statement embeds), and what a credit came to.
 
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;

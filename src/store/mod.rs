@@ -1,7 +1,7 @@
 //! Every backend's SQL. Code above this module is written once against [`DbConnection`]; where
-//! SQLite and PostgreSQL need different SQL, the difference is one function here that dispatches
-//! to `sqlite.rs` or `postgres.rs`, and nothing outside this module (and [`crate::db`], which
-//! opens, migrates and runs transactions) matches on the backend.
+//! the backends need different SQL, the difference is one function here that dispatches to
+//! `sqlite.rs`, `postgres.rs` or `mysql.rs`, and nothing outside this module (and [`crate::db`],
+//! which opens, migrates and runs transactions) matches on the backend.
 //!
 //! - [`pay_and_credit`]: the compare-and-set from pending to paid, and for its winner the balance
 //!   increment and the ledger row.
