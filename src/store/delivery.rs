@@ -1,5 +1,6 @@
 //! What the backends share: the inbox upsert that SQLite and PostgreSQL write alike (and
-//! PostgreSQL's credit statement embeds), and what a credit came to.
+//! PostgreSQL's credit statement embeds), the ledger row of a credit that SQLite and MySQL write
+//! alike, and what a credit came to.
 
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
@@ -7,7 +8,9 @@ use diesel::sql_types::BigInt;
 use diesel::RunQueryDsl;
 
 use super::statement::Statement;
+use crate::books::accounts::LedgerKind;
 use crate::books::inbox::{Evidence, InboxRow};
+use crate::books::orders::Order;
 use crate::db::DbConnection;
 use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
@@ -49,6 +52,31 @@ pub(super) fn record_delivery(
     let values = delivery_values(statement, n, evidence, outcome.as_str(), detail, now).sql(")");
     let (id, delivery_count): (i64, i64) = on_repeat_delivery(values).get_result(conn)?;
     Ok(InboxRow { id, delivery_count })
+}
+
+/// The ledger row of a credit, where it is not part of one statement with the credit itself
+/// (SQLite and MySQL).
+pub(super) fn book_credit(
+    conn: &mut DbConnection,
+    order: &Order,
+    balance_after: i64,
+    now: NaiveDateTime,
+) -> Result<(), DieselError> {
+    use crate::db::schema::ledger;
+    use diesel::ExpressionMethods;
+
+    diesel::insert_into(ledger::table)
+        .values((
+            ledger::user_id.eq(order.user_id.as_str()),
+            ledger::currency.eq(order.currency.code()),
+            ledger::order_no.eq(order.order_no.as_str()),
+            ledger::kind.eq(LedgerKind::Credit.as_str()),
+            ledger::amount_minor.eq(order.amount.get()),
+            ledger::balance_after.eq(balance_after),
+            ledger::created_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// The head of the statement that stores a delivery; [`delivery_values`] and

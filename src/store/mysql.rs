@@ -10,12 +10,11 @@ use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
-use super::delivery::{delivery_values, Credit, CreditWrite, INSERT_DELIVERY};
+use super::delivery::{book_credit, delivery_values, Credit, CreditWrite, INSERT_DELIVERY};
 use super::statement::Statement;
-use crate::books::accounts::LedgerKind;
 use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderRow};
-use crate::db::schema::{accounts, ledger, notifications, orders as orders_table};
+use crate::db::schema::{accounts, notifications, orders as orders_table};
 use crate::db::DbConnection;
 use crate::domain::ids::OrderNo;
 use crate::domain::notification::Notification;
@@ -47,17 +46,7 @@ pub(super) fn pay_and_credit(
     }
     // The row is locked by the update above: this reads the balance it wrote.
     let balance_after: i64 = account.select(accounts::balance_minor).first(conn)?;
-    diesel::insert_into(ledger::table)
-        .values((
-            ledger::user_id.eq(order.user_id.as_str()),
-            ledger::currency.eq(order.currency.code()),
-            ledger::order_no.eq(order.order_no.as_str()),
-            ledger::kind.eq(LedgerKind::Credit.as_str()),
-            ledger::amount_minor.eq(order.amount.get()),
-            ledger::balance_after.eq(balance_after),
-            ledger::created_at.eq(now),
-        ))
-        .execute(conn)?;
+    book_credit(conn, order, balance_after, now)?;
     Ok(CreditWrite::Credited(Credit {
         balance_after,
         delivery: None,

@@ -4,10 +4,9 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
-use super::delivery::{Credit, CreditWrite};
-use crate::books::accounts::LedgerKind;
+use super::delivery::{book_credit, Credit, CreditWrite};
 use crate::books::orders::{self, Order};
-use crate::db::schema::{accounts, ledger};
+use crate::db::schema::accounts;
 use crate::db::DbConnection;
 use crate::domain::notification::Notification;
 
@@ -63,16 +62,6 @@ fn credit(
     let Some(balance_after) = balance_after else {
         return Ok(None);
     };
-    diesel::insert_into(ledger::table)
-        .values((
-            ledger::user_id.eq(order.user_id.as_str()),
-            ledger::currency.eq(order.currency.code()),
-            ledger::order_no.eq(order.order_no.as_str()),
-            ledger::kind.eq(LedgerKind::Credit.as_str()),
-            ledger::amount_minor.eq(order.amount.get()),
-            ledger::balance_after.eq(balance_after),
-            ledger::created_at.eq(now),
-        ))
-        .execute(conn)?;
+    book_credit(conn, order, balance_after, now)?;
     Ok(Some(balance_after))
 }
