@@ -147,6 +147,8 @@ pub struct InboxEntry {
     pub verify_error: Option<String>,
     pub outcome: String,
     pub detail: Option<String>,
+    /// Kept for a human; `detail` says why.
+    pub anomaly: bool,
     pub delivery_count: i64,
     pub first_seen_at: NaiveDateTime,
     pub last_seen_at: NaiveDateTime,

@@ -19,6 +19,8 @@ use crate::domain::money::{AmountMinor, Currency};
 pub enum OrderStatus {
     Pending,
     Paid,
+    /// Paid, and all of it has gone back to the buyer (refunds and chargebacks).
+    Refunded,
     Closed,
 }
 
@@ -27,14 +29,22 @@ impl OrderStatus {
         match self {
             OrderStatus::Pending => "pending",
             OrderStatus::Paid => "paid",
+            OrderStatus::Refunded => "refunded",
             OrderStatus::Closed => "closed",
         }
+    }
+
+    /// Whether the order was paid (and credited), whatever went back since: a paid order never
+    /// becomes unpaid.
+    pub fn was_paid(self) -> bool {
+        matches!(self, OrderStatus::Paid | OrderStatus::Refunded)
     }
 
     fn parse(s: &str) -> Option<OrderStatus> {
         match s {
             "pending" => Some(OrderStatus::Pending),
             "paid" => Some(OrderStatus::Paid),
+            "refunded" => Some(OrderStatus::Refunded),
             "closed" => Some(OrderStatus::Closed),
             _ => None,
         }
@@ -56,6 +66,8 @@ pub struct OrderRow {
     created_at: NaiveDateTime,
     paid_at: Option<NaiveDateTime>,
     closed_at: Option<NaiveDateTime>,
+    refunded_minor: i64,
+    disputed_minor: i64,
 }
 
 /// An order, with every field parsed.
@@ -72,6 +84,17 @@ pub struct Order {
     pub created_at: NaiveDateTime,
     pub paid_at: Option<NaiveDateTime>,
     pub closed_at: Option<NaiveDateTime>,
+    /// What refunds have given back so far.
+    pub refunded: AmountMinor,
+    /// What chargebacks hold, net of those reversed.
+    pub disputed: AmountMinor,
+}
+
+impl Order {
+    /// What is left of the payment that has not gone back to the buyer.
+    pub fn remaining(&self) -> i64 {
+        self.amount.get() - self.refunded.get() - self.disputed.get()
+    }
 }
 
 impl OrderRow {
@@ -103,6 +126,8 @@ impl TryFrom<OrderRow> for Order {
             created_at: row.created_at,
             paid_at: row.paid_at,
             closed_at: row.closed_at,
+            refunded: AmountMinor::new(row.refunded_minor).map_err(|_| bad("refunded_minor"))?,
+            disputed: AmountMinor::new(row.disputed_minor).map_err(|_| bad("disputed_minor"))?,
         })
     }
 }
@@ -317,6 +342,37 @@ pub fn mark_paid(
             orders::provider_trade_no.eq(trade_no),
             orders::version.eq(orders::version + 1),
             orders::paid_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(changed == 1)
+}
+
+/// The compare-and-set of money going back:
+/// `UPDATE orders SET refunded_minor = ?, disputed_minor = ?, status = ? ... WHERE order_no = ?
+/// AND version = ?`, from the order as this transaction read it. True when this call changed the
+/// row; false when anyone changed the order since it was read, and the caller must read it again.
+/// The order is `refunded` once nothing of its amount is left, and `paid` again when a reversed
+/// chargeback gives some back.
+pub fn give_back(
+    conn: &mut DbConnection,
+    order: &Order,
+    refunded: AmountMinor,
+    disputed: AmountMinor,
+) -> Result<bool, DieselError> {
+    let gone = refunded.get().checked_add(disputed.get());
+    let status = match gone {
+        Some(gone) if gone == order.amount.get() => OrderStatus::Refunded,
+        Some(gone) if gone < order.amount.get() => OrderStatus::Paid,
+        _ => return Ok(false),
+    };
+    let changed = diesel::update(orders::table)
+        .filter(orders::order_no.eq(order.order_no.as_str()))
+        .filter(orders::version.eq(order.version))
+        .set((
+            orders::refunded_minor.eq(refunded.get()),
+            orders::disputed_minor.eq(disputed.get()),
+            orders::status.eq(status.as_str()),
+            orders::version.eq(orders::version + 1),
         ))
         .execute(conn)?;
     Ok(changed == 1)

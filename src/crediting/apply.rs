@@ -5,7 +5,7 @@ use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
 use super::error::CreditError;
-use super::read;
+use super::{give_back, read};
 use crate::books::inbox::{self, Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderStatus};
 use crate::db::{self, DbConnection};
@@ -13,12 +13,15 @@ use crate::domain::ids::{ChannelName, OrderNo};
 use crate::domain::money::{AmountMinor, Currency};
 use crate::domain::notification::{Notification, NotificationKind};
 use crate::domain::outcome::Outcome;
-use crate::store::{self, CreditWrite};
+use crate::store::{self, CreditWrite, Verdict};
 
 /// The committed result of [`apply_in`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub outcome: Outcome,
+    /// Kept for a human: the outcome is one ([`Outcome::is_anomaly`]), or this delivery has its
+    /// own reason (a refund that leaves a debt, a refund that failed at the provider).
+    pub anomaly: bool,
     /// Why, for anomalies and ignored notifications.
     pub detail: Option<String>,
     /// The inbox row that counts this delivery.
@@ -71,7 +74,8 @@ pub fn apply_in(
     evidence: Evidence<'_>,
     now: NaiveDateTime,
 ) -> Result<(Applied, Durability), CreditError> {
-    let n = notification;
+    let resolved = order_of_trade(conn, notification)?;
+    let n = resolved.as_ref().unwrap_or(notification);
     let found = match &n.order_no {
         Some(order_no) => read::find_for_notification(
             conn,
@@ -88,6 +92,7 @@ pub fn apply_in(
         if Claim::of(n).is_some_and(|claim| claim.is_paid_in(order)) {
             let applied = Applied {
                 outcome: Outcome::AlreadyPaid,
+                anomaly: false,
                 detail: None,
                 inbox_id: delivery.id,
                 delivery_count: delivery.delivery_count + 1,
@@ -104,23 +109,47 @@ pub fn apply_in(
     let mut decision = decide(conn, n, evidence, found.order, found.trade_paid, now)?;
     let recorded = match decision.recorded.take() {
         Some(recorded) => recorded,
-        None => store::record_delivery(
-            conn,
-            n,
-            evidence,
-            decision.outcome,
-            decision.detail.as_deref(),
-            now,
-        )?,
+        None => {
+            let verdict = Verdict {
+                outcome: decision.outcome,
+                detail: decision.detail.as_deref(),
+                anomaly: decision.anomaly || decision.outcome.is_anomaly(),
+            };
+            store::record_delivery(conn, n, evidence, verdict, now)?
+        }
     };
     let applied = Applied {
         outcome: decision.outcome,
+        anomaly: decision.anomaly || decision.outcome.is_anomaly(),
         detail: decision.detail,
         inbox_id: recorded.id,
         delivery_count: recorded.delivery_count,
         balance_after: decision.balance_after,
     };
     Ok((applied, Durability::Flush))
+}
+
+/// A refund or dispute that names only its trade (Stripe's Charge and Dispute objects carry no
+/// order number), with the order that trade paid filled in and locked, as a batch locks the
+/// orders it names up front; `None` when there is nothing to fill in or no such order.
+fn order_of_trade(
+    conn: &mut DbConnection,
+    n: &Notification,
+) -> Result<Option<Notification>, CreditError> {
+    let (None, Some(trade_no)) = (&n.order_no, n.provider_trade_no.as_deref()) else {
+        return Ok(None);
+    };
+    if !n.kind.is_money_back() {
+        return Ok(None);
+    }
+    let Some(order_no) = read::order_paid_by_trade(conn, &n.channel, trade_no)? else {
+        return Ok(None);
+    };
+    store::lock_for_credits(conn, &[order_no.as_str()])?;
+    Ok(Some(Notification {
+        order_no: Some(order_no),
+        ..n.clone()
+    }))
 }
 
 /// What a payment notification claims: the facts that decide whether it repeats a credit. Only
@@ -150,7 +179,7 @@ impl<'a> Claim<'a> {
 
     /// Whether `order` is already paid by exactly this payment: a repeat of its credit.
     pub fn is_paid_in(&self, order: &Order) -> bool {
-        order.status == OrderStatus::Paid
+        order.status.was_paid()
             && &order.order_no == self.order_no
             && &order.channel == self.channel
             && order.provider_trade_no.as_deref() == Some(self.trade_no)
@@ -159,27 +188,57 @@ impl<'a> Claim<'a> {
     }
 }
 
-struct Decision {
+pub(super) struct Decision {
     outcome: Outcome,
     detail: Option<String>,
+    /// Kept for a human whatever the outcome.
+    anomaly: bool,
     balance_after: Option<i64>,
     /// The inbox row, when the statement that credited also recorded the delivery.
     recorded: Option<InboxRow>,
 }
 
 impl Decision {
-    fn new(outcome: Outcome, detail: Option<String>) -> Decision {
+    pub(super) fn new(outcome: Outcome, detail: Option<String>) -> Decision {
         Decision {
             outcome,
             detail,
+            anomaly: false,
             balance_after: None,
             recorded: None,
         }
     }
 
     /// An outcome with the reason a human reads in the inbox.
-    fn because(outcome: Outcome, why: impl Into<String>) -> Result<Decision, CreditError> {
+    pub(super) fn because(
+        outcome: Outcome,
+        why: impl Into<String>,
+    ) -> Result<Decision, CreditError> {
         Ok(Decision::new(outcome, Some(why.into())))
+    }
+
+    /// An outcome kept for a human, with the reason they read.
+    pub(super) fn for_a_human(
+        outcome: Outcome,
+        why: impl Into<String>,
+    ) -> Result<Decision, CreditError> {
+        let mut decision = Decision::new(outcome, Some(why.into()));
+        decision.anomaly = true;
+        Ok(decision)
+    }
+
+    /// The same decision, kept for a human for this reason.
+    pub(super) fn for_a_human_because(mut self, why: String) -> Decision {
+        self.anomaly = true;
+        self.detail = Some(why);
+        self
+    }
+
+    /// Money moved: the new balance goes to the caller.
+    pub(super) fn moved(outcome: Outcome, balance_after: i64) -> Decision {
+        let mut decision = Decision::new(outcome, None);
+        decision.balance_after = Some(balance_after);
+        decision
     }
 }
 
@@ -194,7 +253,13 @@ fn decide(
     now: NaiveDateTime,
 ) -> Result<Decision, CreditError> {
     if n.order_no.is_none() {
-        let why = format!("{} notification names no order", n.kind.as_str());
+        let why = match n.provider_trade_no.as_deref() {
+            Some(trade) if n.kind.is_money_back() => format!(
+                "{} for trade {trade}, which paid no order of this channel",
+                n.kind.as_str()
+            ),
+            _ => format!("{} notification names no order", n.kind.as_str()),
+        };
         return Decision::because(Outcome::Ignored, why);
     }
     // Another merchant's notification never becomes ours, whether or not the order exists.
@@ -211,9 +276,12 @@ fn decide(
     match &n.kind {
         NotificationKind::Paid => pay(conn, &order, trade_paid, n, evidence, now),
         NotificationKind::Closed => close(conn, &order, now),
-        NotificationKind::Refund => Decision::because(
+        NotificationKind::Refund(_)
+        | NotificationKind::Chargeback(_)
+        | NotificationKind::ChargebackReversal(_) => give_back::give_back(conn, &order, n, now),
+        NotificationKind::RefundFailed(status) => Decision::for_a_human(
             Outcome::Ignored,
-            "refund recorded; the balance is not changed",
+            format!("the provider reports refund status {status}: nothing moved"),
         ),
         NotificationKind::Other(status) => {
             Decision::because(Outcome::Ignored, format!("status {status} is not final"))
@@ -263,10 +331,10 @@ fn pay(
     let current = store::order_as_committed(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
     let paid_by = current.provider_trade_no.as_deref();
     match current.status {
-        OrderStatus::Paid if paid_by == Some(trade_no) => {
+        OrderStatus::Paid | OrderStatus::Refunded if paid_by == Some(trade_no) => {
             Ok(Decision::new(Outcome::AlreadyPaid, None))
         }
-        OrderStatus::Paid => Decision::because(
+        OrderStatus::Paid | OrderStatus::Refunded => Decision::because(
             Outcome::PaidByOtherTrade,
             format!(
                 "order was paid by trade {}; this notification is for trade {trade_no}",
@@ -294,7 +362,7 @@ fn close(
     let current = store::order_as_committed(conn, &order.order_no)?.ok_or(DieselError::NotFound)?;
     match current.status {
         OrderStatus::Closed => Decision::because(Outcome::Closed, "already closed"),
-        OrderStatus::Paid => Decision::because(
+        OrderStatus::Paid | OrderStatus::Refunded => Decision::because(
             Outcome::Ignored,
             "provider reports closed, but the order is paid",
         ),

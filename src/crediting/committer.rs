@@ -37,7 +37,6 @@ use super::settled::{Fingerprint, Settled, SETTLED_CAPACITY};
 use crate::books::inbox::{self, Evidence};
 use crate::db::{self, DbConnection, Pool, Retry};
 use crate::domain::notification::Notification;
-use crate::domain::outcome::Outcome;
 use crate::store;
 use crate::telemetry;
 
@@ -173,9 +172,7 @@ impl Committer {
         }
         let applied = self.commit(notification, headers_json, body, now).await?;
         if let Some(fingerprint) = fingerprint {
-            if matches!(applied.outcome, Outcome::Credited | Outcome::AlreadyPaid) {
-                self.settled.insert(fingerprint, &applied);
-            }
+            self.settled.insert(fingerprint, &applied);
         }
         Ok(applied)
     }

@@ -28,6 +28,9 @@ pub enum CreditError {
     /// The compare-and-set lost to a transaction that has not committed its state yet.
     #[error("order {0} is still pending after another transaction changed it")]
     StillPending(OrderNo),
+    /// The order changed between this transaction's read and its compare-and-set: read again.
+    #[error("order {0} changed while money went back; reading it again")]
+    Changed(OrderNo),
     #[error("internal error: a batch panicked")]
     Panicked,
 }
@@ -49,7 +52,7 @@ impl Retry for CreditError {
     fn is_transient(&self) -> bool {
         match self {
             CreditError::Database(e) => db::is_transient(e),
-            CreditError::StillPending(_) => true,
+            CreditError::StillPending(_) | CreditError::Changed(_) => true,
             _ => false,
         }
     }

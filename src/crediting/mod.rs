@@ -30,6 +30,7 @@
 pub mod apply;
 pub mod committer;
 mod error;
+mod give_back;
 mod read;
 pub mod settled;
 

@@ -60,3 +60,20 @@ pub fn find_for_notification(
     }
     Ok(found)
 }
+
+/// The order of `channel` that the provider trade `trade_no` paid, if any: how a refund or
+/// dispute that names only its trade (Stripe's Charge and Dispute) finds its order. A paid
+/// order's trade never changes, so this needs no lock.
+pub fn order_paid_by_trade(
+    conn: &mut DbConnection,
+    channel: &ChannelName,
+    trade_no: &str,
+) -> Result<Option<OrderNo>, DieselError> {
+    let found: Option<String> = orders::table
+        .filter(orders::channel.eq(channel.as_str()))
+        .filter(orders::provider_trade_no.eq(trade_no))
+        .select(orders::order_no)
+        .first(conn)
+        .optional()?;
+    Ok(found.and_then(|no| OrderNo::parse(&no).ok()))
+}

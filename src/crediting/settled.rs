@@ -1,38 +1,73 @@
-//! What this instance has seen committed: paid notifications whose next deliveries are answered
-//! without the database. A paid order never leaves `paid`, so that fact stays true.
+//! What this instance has seen committed: notifications whose next deliveries are answered
+//! without the database. A paid order stays paid and a booked refund stays booked, so those
+//! facts stay true.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::apply::{Applied, Claim};
-use crate::domain::notification::Notification;
+use crate::domain::notification::{Dispute, Notification, NotificationKind, Refund};
 use crate::domain::outcome::Outcome;
 
 /// How many settled notifications one generation of [`Settled`] remembers.
 pub const SETTLED_CAPACITY: usize = 50_000;
 
-/// What identifies a paid notification and everything checked before it was acked: channel,
-/// provider id, order, trade, amount and currency, hashed (SHA-256, first 128 bits).
+/// What identifies a settled notification and everything checked before it was acked, hashed
+/// (SHA-256, first 128 bits): for a payment its channel, provider id, order, trade, amount and
+/// currency; for money going back the same and what the provider says went back (refund or
+/// dispute id, amount, cumulative total). A new cumulative total is a new fingerprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 16]);
 
 impl Fingerprint {
-    /// `None` for notifications that claim no payment (see [`Claim`]): only a payment's repeats
-    /// are answered from memory.
+    /// `None` for notifications that settle nothing: only payments ([`Claim`]) and money going
+    /// back, addressed to us, are answered from memory.
     pub fn of(n: &Notification) -> Option<Fingerprint> {
-        let claim = Claim::of(n)?;
-        let amount = claim.amount.get().to_string();
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-        for field in [
-            claim.channel.as_str(),
-            &n.notification_id,
-            claim.order_no.as_str(),
-            claim.trade_no,
-            &amount,
-            claim.currency.code(),
-        ] {
-            hash.update(&(field.len() as u64).to_le_bytes());
-            hash.update(field.as_bytes());
+        let mut field = |value: &str| {
+            hash.update(&(value.len() as u64).to_le_bytes());
+            hash.update(value.as_bytes());
+        };
+        if let Some(claim) = Claim::of(n) {
+            for value in [
+                claim.channel.as_str(),
+                &n.notification_id,
+                claim.order_no.as_str(),
+                claim.trade_no,
+                &claim.amount.get().to_string(),
+                claim.currency.code(),
+            ] {
+                field(value);
+            }
+        } else if n.kind.is_money_back() && n.merchant_mismatch.is_none() {
+            let given_back = match &n.kind {
+                NotificationKind::Refund(Refund::One { refund_id, amount }) => {
+                    format!("refund {refund_id} {}", amount.get())
+                }
+                NotificationKind::Refund(Refund::UpTo { total, .. }) => {
+                    format!("refunds up to {}", total.get())
+                }
+                NotificationKind::Chargeback(Dispute { dispute_id, amount }) => {
+                    format!("chargeback {dispute_id} {}", amount.get())
+                }
+                NotificationKind::ChargebackReversal(Dispute { dispute_id, amount }) => {
+                    format!("reversal {dispute_id} {}", amount.get())
+                }
+                _ => return None,
+            };
+            for value in [
+                n.channel.as_str(),
+                &n.notification_id,
+                n.order_no.as_ref().map_or("", |o| o.as_str()),
+                n.provider_trade_no.as_deref().unwrap_or(""),
+                &n.amount.map_or(String::new(), |a| a.get().to_string()),
+                n.currency.map_or("", |c| c.code()),
+                &given_back,
+            ] {
+                field(value);
+            }
+        } else {
+            return None;
         }
         let digest = hash.finish();
         let mut bytes = [0u8; 16];
@@ -41,11 +76,26 @@ impl Fingerprint {
     }
 }
 
+/// What a later delivery of a notification that came to `outcome` is answered, if it can be
+/// answered from memory: only outcomes that stay true do.
+pub fn repeat_of(outcome: Outcome) -> Option<Outcome> {
+    match outcome {
+        Outcome::Credited | Outcome::AlreadyPaid => Some(Outcome::AlreadyPaid),
+        Outcome::Refunded
+        | Outcome::ChargedBack
+        | Outcome::ChargebackReversed
+        | Outcome::AlreadyBooked => Some(Outcome::AlreadyBooked),
+        _ => None,
+    }
+}
+
 /// What this instance knows of a settled notification's inbox row.
 #[derive(Debug, Clone, Copy)]
 struct Known {
     inbox_id: i64,
     deliveries: i64,
+    /// What a repeat is answered.
+    repeat: Outcome,
 }
 
 /// Paid notifications this instance has seen committed, credited or acked as a repeat, so that
@@ -78,7 +128,8 @@ impl Settled {
         };
         known.deliveries += 1;
         Some(Applied {
-            outcome: Outcome::AlreadyPaid,
+            outcome: known.repeat,
+            anomaly: false,
             detail: None,
             inbox_id: known.inbox_id,
             delivery_count: known.deliveries,
@@ -86,7 +137,11 @@ impl Settled {
         })
     }
 
+    /// Remembers a committed notification, if its outcome stays true ([`repeat_of`]).
     pub fn insert(&self, fingerprint: Fingerprint, applied: &Applied) {
+        let Some(repeat) = repeat_of(applied.outcome) else {
+            return;
+        };
         let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
         let (current, previous) = &mut *generations;
         if current.len() >= self.capacity {
@@ -97,6 +152,7 @@ impl Settled {
             Known {
                 inbox_id: applied.inbox_id,
                 deliveries: applied.delivery_count,
+                repeat,
             },
         );
     }
@@ -107,7 +163,6 @@ mod tests {
     use super::*;
     use crate::domain::ids::{ChannelName, OrderNo};
     use crate::domain::money::{AmountMinor, Currency};
-    use crate::domain::notification::NotificationKind;
 
     fn paid(id: &str, order: &str, trade: &str, minor: i64) -> Notification {
         Notification {
@@ -125,6 +180,7 @@ mod tests {
     fn credited(inbox_id: i64) -> Applied {
         Applied {
             outcome: Outcome::Credited,
+            anomaly: false,
             detail: None,
             inbox_id,
             delivery_count: 1,
@@ -171,9 +227,9 @@ mod tests {
     fn only_plain_payments_of_a_named_order_have_a_fingerprint() {
         let n = paid("n1", "O1", "T1", 100);
         assert!(Fingerprint::of(&n).is_some());
-        let mut refund = n.clone();
-        refund.kind = NotificationKind::Refund;
-        assert!(Fingerprint::of(&refund).is_none());
+        let mut closed = n.clone();
+        closed.kind = NotificationKind::Closed;
+        assert!(Fingerprint::of(&closed).is_none());
         let mut foreign = n.clone();
         foreign.merchant_mismatch = Some("another merchant".to_owned());
         assert!(Fingerprint::of(&foreign).is_none());

@@ -452,7 +452,18 @@ pub fn migrate(conn: &mut DbConnection) -> Result<usize, DbError> {
             unlocked?;
             Ok(applied)
         }
-        DbConnection::Sqlite(c) => run_migrations(c, SQLITE_MIGRATIONS),
+        DbConnection::Sqlite(c) => {
+            // A migration that rebuilds a table (SQLite cannot change a constraint in place) runs
+            // with foreign-key enforcement off, which SQLite allows only outside a transaction;
+            // every key is checked once the migrations have run.
+            c.batch_execute("PRAGMA foreign_keys = OFF")?;
+            let applied = run_migrations(c, SQLITE_MIGRATIONS);
+            let checked = sqlite_foreign_keys_hold(c);
+            c.batch_execute("PRAGMA foreign_keys = ON")?;
+            let applied = applied?;
+            checked?;
+            Ok(applied)
+        }
         DbConnection::Mysql(c) => {
             // A named lock serialises instances starting together, as the advisory lock does.
             #[derive(diesel::QueryableByName)]
@@ -475,6 +486,32 @@ pub fn migrate(conn: &mut DbConnection) -> Result<usize, DbError> {
             unlocked?;
             Ok(applied)
         }
+    }
+}
+
+/// `PRAGMA foreign_key_check`: an error naming the first row whose key points nowhere.
+fn sqlite_foreign_keys_hold(c: &mut SqliteConnection) -> Result<(), DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Broken {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        table: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        rowid: Option<i64>,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        parent: String,
+    }
+    let broken: Vec<Broken> =
+        diesel::RunQueryDsl::load(diesel::sql_query("PRAGMA foreign_key_check"), c)?;
+    match broken.first() {
+        None => Ok(()),
+        Some(b) => Err(DbError::Migration(format!(
+            "{} row(s) break a foreign key after migrating, the first in {} (rowid {}) pointing \
+             into {}",
+            broken.len(),
+            b.table,
+            b.rowid.map_or("-".to_owned(), |r| r.to_string()),
+            b.parent
+        ))),
     }
 }
 

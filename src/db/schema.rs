@@ -25,6 +25,8 @@ diesel::table! {
         created_at -> Timestamp,
         paid_at -> Nullable<Timestamp>,
         closed_at -> Nullable<Timestamp>,
+        refunded_minor -> BigInt,
+        disputed_minor -> BigInt,
     }
 }
 
@@ -33,11 +35,14 @@ diesel::table! {
         id -> BigInt,
         user_id -> Text,
         currency -> Text,
-        order_no -> Text,
+        order_no -> Nullable<Text>,
         kind -> Text,
         amount_minor -> BigInt,
         balance_after -> BigInt,
         created_at -> Timestamp,
+        entry_key -> Text,
+        debit_no -> Nullable<Text>,
+        memo -> Nullable<Text>,
     }
 }
 
@@ -60,7 +65,8 @@ diesel::table! {
         delivery_count -> BigInt,
         first_seen_at -> Timestamp,
         last_seen_at -> Timestamp,
+        anomaly -> Bool,
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(accounts, orders, notifications);
+diesel::allow_tables_to_appear_in_same_query!(accounts, orders, ledger, notifications);

@@ -202,6 +202,16 @@ impl AmountMinor {
     }
 }
 
+/// A signed count of minor units as a decimal string: `-2.00` for a debt.
+pub fn format_signed(minor: i64, currency: Currency) -> String {
+    let magnitude = AmountMinor(minor.unsigned_abs().min(i64::MAX as u64) as i64).format(currency);
+    if minor < 0 {
+        format!("-{magnitude}")
+    } else {
+        magnitude
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,9 +11,21 @@ pub enum Outcome {
     PaidByOtherTrade,
     /// A pending order was closed (or was closed already).
     Closed,
-    /// Nothing to do: a refund, a non-final status, an event we do not act on.
+    /// A refund left the balance.
+    Refunded,
+    /// A chargeback left the balance.
+    ChargedBack,
+    /// A reversed chargeback came back to the balance.
+    ChargebackReversed,
+    /// This refund, chargeback or reversal is booked already: a duplicate, or a cumulative
+    /// refund total that was already passed.
+    AlreadyBooked,
+    /// What it depends on has not arrived: a refund before its payment, a reversal before its
+    /// chargeback. Answered "retry", so that the provider sends it again after.
+    NotYet,
+    /// Nothing to do: a non-final status, an event we do not act on.
     Ignored,
-    /// Amount, currency, merchant or order state disagree: never credited, for a human.
+    /// Amount, currency, merchant or order state disagree: nothing moved, for a human.
     Mismatch,
     /// No such order yet; its own transaction may not have committed.
     UnknownOrder,
@@ -29,15 +41,35 @@ pub enum Answer {
 impl Outcome {
     pub fn answer(self) -> Answer {
         match self {
-            Outcome::UnknownOrder => Answer::Retry,
+            Outcome::UnknownOrder | Outcome::NotYet => Answer::Retry,
             _ => Answer::Ack,
         }
     }
 
-    /// True for outcomes a human should look at.
+    /// True for outcomes that are always for a human. Others may be too, for their own reason
+    /// (a refund that leaves a debt): the inbox row's `anomaly` says so.
     pub fn is_anomaly(self) -> bool {
         matches!(self, Outcome::PaidByOtherTrade | Outcome::Mismatch)
     }
+
+    /// True for the outcomes that moved money. A notification's row keeps such an outcome
+    /// whatever its later deliveries come to.
+    pub fn moved_money(self) -> bool {
+        matches!(
+            self,
+            Outcome::Credited
+                | Outcome::Refunded
+                | Outcome::ChargedBack
+                | Outcome::ChargebackReversed
+        )
+    }
+
+    pub const MOVED_MONEY: [Outcome; 4] = [
+        Outcome::Credited,
+        Outcome::Refunded,
+        Outcome::ChargedBack,
+        Outcome::ChargebackReversed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,9 +77,30 @@ impl Outcome {
             Outcome::AlreadyPaid => "already_paid",
             Outcome::PaidByOtherTrade => "paid_by_other_trade",
             Outcome::Closed => "closed",
+            Outcome::Refunded => "refunded",
+            Outcome::ChargedBack => "charged_back",
+            Outcome::ChargebackReversed => "chargeback_reversed",
+            Outcome::AlreadyBooked => "already_booked",
+            Outcome::NotYet => "not_yet",
             Outcome::Ignored => "ignored",
             Outcome::Mismatch => "mismatch",
             Outcome::UnknownOrder => "unknown_order",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outcomes_that_moved_money_are_listed_once() {
+        let listed: Vec<Outcome> = Outcome::MOVED_MONEY.to_vec();
+        for outcome in listed.iter() {
+            assert!(outcome.moved_money(), "{outcome:?}");
+            assert_eq!(outcome.answer(), Answer::Ack);
+        }
+        assert!(!Outcome::AlreadyBooked.moved_money());
+        assert_eq!(Outcome::NotYet.answer(), Answer::Retry);
     }
 }

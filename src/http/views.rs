@@ -9,7 +9,7 @@ use crate::books::accounts::{LedgerEntry, Statement};
 use crate::books::inbox::{InboxEntry, Listed};
 use crate::books::orders::Order;
 use crate::domain::ids::{ChannelName, OrderNo, UserId};
-use crate::domain::money::{AmountMinor, Currency};
+use crate::domain::money::{format_signed, Currency};
 
 /// An order.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -26,6 +26,12 @@ pub struct OrderView {
     pub created_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// What refunds gave back.
+    pub refunded: String,
+    pub refunded_minor: i64,
+    /// What chargebacks hold, net of those reversed.
+    pub charged_back: String,
+    pub charged_back_minor: i64,
 }
 
 impl From<&Order> for OrderView {
@@ -43,6 +49,10 @@ impl From<&Order> for OrderView {
             created_at: o.created_at.and_utc(),
             paid_at: o.paid_at.map(|t| t.and_utc()),
             closed_at: o.closed_at.map(|t| t.and_utc()),
+            refunded: o.refunded.format(o.currency),
+            refunded_minor: o.refunded.get(),
+            charged_back: o.disputed.format(o.currency),
+            charged_back_minor: o.disputed.get(),
         }
     }
 }
@@ -67,12 +77,48 @@ pub struct BalanceView {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LedgerEntryView {
     pub id: i64,
-    pub order_no: String,
     pub kind: String,
-    pub currency: String,
+    /// Always positive; `amount_minor` carries the sign.
+    pub amount: String,
+    /// Signed: negative for money going out.
     pub amount_minor: i64,
+    pub currency: String,
     pub balance_after: i64,
+    /// The order a credit, refund or chargeback belongs to; null for a debit.
+    pub order_no: Option<String>,
+    /// A debit's idempotency key; null otherwise.
+    pub debit_no: Option<String>,
+    pub memo: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl From<LedgerEntry> for LedgerEntryView {
+    fn from(e: LedgerEntry) -> LedgerEntryView {
+        LedgerEntryView {
+            id: e.id,
+            amount: shown_amount(
+                e.amount_minor.unsigned_abs().min(i64::MAX as u64) as i64,
+                &e.currency,
+            ),
+            kind: e.kind,
+            amount_minor: e.amount_minor,
+            currency: e.currency,
+            balance_after: e.balance_after,
+            order_no: e.order_no,
+            debit_no: e.debit_no,
+            memo: e.memo,
+            created_at: e.created_at.and_utc(),
+        }
+    }
+}
+
+/// A signed amount in minor units as a decimal string, or the bare minor units when the books
+/// hold a currency this build does not know.
+fn shown_amount(minor: i64, currency: &str) -> String {
+    match Currency::parse(currency) {
+        Ok(c) => format_signed(minor, c),
+        Err(_) => minor.to_string(),
+    }
 }
 
 impl From<Statement> for AccountView {
@@ -81,14 +127,8 @@ impl From<Statement> for AccountView {
             .balances
             .into_iter()
             .map(|b| BalanceView {
-                // A balance the books cannot parse is shown as its raw minor units.
-                amount: match (
-                    Currency::parse(&b.currency),
-                    AmountMinor::new(b.amount_minor),
-                ) {
-                    (Ok(c), Ok(a)) => a.format(c),
-                    _ => b.amount_minor.to_string(),
-                },
+                // A debt shows as a negative amount.
+                amount: shown_amount(b.amount_minor, &b.currency),
                 currency: b.currency,
                 amount_minor: b.amount_minor,
             })
@@ -96,15 +136,7 @@ impl From<Statement> for AccountView {
         let ledger = statement
             .ledger
             .into_iter()
-            .map(|e: LedgerEntry| LedgerEntryView {
-                id: e.id,
-                order_no: e.order_no,
-                kind: e.kind,
-                currency: e.currency,
-                amount_minor: e.amount_minor,
-                balance_after: e.balance_after,
-                created_at: e.created_at.and_utc(),
-            })
+            .map(LedgerEntryView::from)
             .collect();
         AccountView {
             user_id: statement.user_id,

@@ -8,7 +8,7 @@ use diesel::sql_types::BigInt;
 use diesel::RunQueryDsl;
 
 use super::statement::Statement;
-use crate::books::accounts::LedgerKind;
+use crate::books::accounts::{self, LedgerKind, NewEntry};
 use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::Order;
 use crate::db::DbConnection;
@@ -44,12 +44,11 @@ pub(super) fn record_delivery(
     conn: &mut DbConnection,
     n: &Notification,
     evidence: Evidence<'_>,
-    outcome: Outcome,
-    detail: Option<&str>,
+    verdict: Verdict<'_>,
     now: NaiveDateTime,
 ) -> Result<InboxRow, DieselError> {
     let statement = Statement::<(BigInt, BigInt)>::new(INSERT_DELIVERY).sql("VALUES (");
-    let values = delivery_values(statement, n, evidence, outcome.as_str(), detail, now).sql(")");
+    let values = delivery_values(statement, n, evidence, verdict, now).sql(")");
     let (id, delivery_count): (i64, i64) = on_repeat_delivery(values).get_result(conn)?;
     Ok(InboxRow { id, delivery_count })
 }
@@ -62,49 +61,65 @@ pub(super) fn book_credit(
     balance_after: i64,
     now: NaiveDateTime,
 ) -> Result<(), DieselError> {
-    use crate::db::schema::ledger;
-    use diesel::ExpressionMethods;
-
-    diesel::insert_into(ledger::table)
-        .values((
-            ledger::user_id.eq(order.user_id.as_str()),
-            ledger::currency.eq(order.currency.code()),
-            ledger::order_no.eq(order.order_no.as_str()),
-            ledger::kind.eq(LedgerKind::Credit.as_str()),
-            ledger::amount_minor.eq(order.amount.get()),
-            ledger::balance_after.eq(balance_after),
-            ledger::created_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(())
+    accounts::book(
+        conn,
+        &NewEntry {
+            user_id: order.user_id.as_str(),
+            currency: order.currency,
+            order_no: Some(order.order_no.as_str()),
+            kind: LedgerKind::Credit,
+            amount_minor: order.amount.get(),
+            balance_after,
+            entry_key: order.order_no.as_str(),
+            debit_no: None,
+            memo: None,
+            created_at: now,
+        },
+    )
 }
 
 /// The head of the statement that stores a delivery; [`delivery_values`] and
 /// [`on_repeat_delivery`] complete it, after `VALUES (` or a `SELECT`.
 pub(super) const INSERT_DELIVERY: &str = "INSERT INTO notifications (channel, notification_id, \
      order_no, provider_trade_no, kind, amount_minor, currency, verified, outcome, detail, \
-     raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) ";
+     anomaly, raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) ";
+
+/// The outcomes that moved money ([`Outcome::moved_money`]) as an SQL list: a row that says one
+/// of them keeps it. A macro, so that `concat!` can build statements around it.
+macro_rules! moved_money_sql {
+    () => {
+        "('credited', 'refunded', 'charged_back', 'chargeback_reversed')"
+    };
+}
+pub(super) use moved_money_sql;
+
+/// What a delivery came to, as its inbox row records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict<'a> {
+    pub outcome: Outcome,
+    pub detail: Option<&'a str>,
+    /// Kept for a human, for the outcome's sake or for its own reason.
+    pub anomaly: bool,
+}
 
 /// What a repeated delivery does to the row its notification has: counts itself, and takes the
-/// new outcome unless the row once credited. Returns the row's id and delivery count.
+/// new outcome unless the row's outcome moved money. Returns the row's id and delivery count.
 pub(super) fn on_repeat_delivery<ST>(statement: Statement<'_, ST>) -> Statement<'_, ST> {
-    statement
-        .sql(
-            " ON CONFLICT (channel, notification_id) DO UPDATE SET \
-             delivery_count = notifications.delivery_count + 1, \
-             last_seen_at = excluded.last_seen_at, \
-             outcome = CASE WHEN notifications.outcome = ",
-        )
-        .text(Outcome::Credited.as_str())
-        .sql(
-            " THEN notifications.outcome ELSE excluded.outcome END, \
-             detail = CASE WHEN notifications.outcome = ",
-        )
-        .text(Outcome::Credited.as_str())
-        .sql(
-            " THEN notifications.detail ELSE excluded.detail END \
-             RETURNING id, delivery_count",
-        )
+    statement.sql(concat!(
+        " ON CONFLICT (channel, notification_id) DO UPDATE SET \
+         delivery_count = notifications.delivery_count + 1, \
+         last_seen_at = excluded.last_seen_at, \
+         outcome = CASE WHEN notifications.outcome IN ",
+        moved_money_sql!(),
+        " THEN notifications.outcome ELSE excluded.outcome END, \
+         detail = CASE WHEN notifications.outcome IN ",
+        moved_money_sql!(),
+        " THEN notifications.detail ELSE excluded.detail END, \
+         anomaly = CASE WHEN notifications.outcome IN ",
+        moved_money_sql!(),
+        " THEN notifications.anomaly ELSE excluded.anomaly END \
+         RETURNING id, delivery_count",
+    ))
 }
 
 /// The values of a first delivery's row, in [`INSERT_DELIVERY`]'s column order.
@@ -112,8 +127,7 @@ pub(super) fn delivery_values<'a, ST>(
     statement: Statement<'a, ST>,
     n: &'a Notification,
     evidence: Evidence<'a>,
-    outcome: &'a str,
-    detail: Option<&'a str>,
+    verdict: Verdict<'a>,
     now: NaiveDateTime,
 ) -> Statement<'a, ST> {
     statement
@@ -131,9 +145,11 @@ pub(super) fn delivery_values<'a, ST>(
         .sql(", ")
         .nullable_text(n.currency.map(|c| c.code()))
         .sql(", TRUE, ")
-        .text(outcome)
+        .text(verdict.outcome.as_str())
         .sql(", ")
-        .nullable_text(detail)
+        .nullable_text(verdict.detail)
+        .sql(", ")
+        .bool(verdict.anomaly)
         .sql(", ")
         .text(evidence.headers_json)
         .sql(", ")
@@ -142,4 +158,18 @@ pub(super) fn delivery_values<'a, ST>(
         .timestamp(now)
         .sql(", ")
         .timestamp(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sql_list_of_outcomes_that_moved_money_is_the_enum_s() {
+        let listed: Vec<String> = Outcome::MOVED_MONEY
+            .iter()
+            .map(|o| format!("'{}'", o.as_str()))
+            .collect();
+        assert_eq!(moved_money_sql!(), format!("({})", listed.join(", ")));
+    }
 }

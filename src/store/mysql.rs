@@ -10,7 +10,9 @@ use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
-use super::delivery::{book_credit, delivery_values, Credit, CreditWrite, INSERT_DELIVERY};
+use super::delivery::{
+    book_credit, delivery_values, moved_money_sql, Credit, CreditWrite, Verdict, INSERT_DELIVERY,
+};
 use super::statement::Statement;
 use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderRow};
@@ -18,7 +20,6 @@ use crate::db::schema::{accounts, notifications, orders as orders_table};
 use crate::db::DbConnection;
 use crate::domain::ids::OrderNo;
 use crate::domain::notification::Notification;
-use crate::domain::outcome::Outcome;
 
 /// The compare-and-set, then for its winner the credit, the new balance read back, and the
 /// ledger row; the caller records the delivery.
@@ -32,20 +33,18 @@ pub(super) fn pay_and_credit(
     if !orders::mark_paid(conn, &order.order_no, trade_no, now)? {
         return Ok(CreditWrite::NotPending);
     }
-    let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
-    let room = accounts::balance_minor.le(i64::MAX - order.amount.get());
-    let changed = diesel::update(account.filter(room))
-        .set((
-            accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
-            accounts::version.eq(accounts::version + 1),
-            accounts::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-    if changed != 1 {
+    let user = order.user_id.as_str();
+    let Some(balance_after) = super::change_balance(
+        conn,
+        user,
+        order.currency,
+        order.amount.get(),
+        i64::MIN,
+        now,
+    )?
+    else {
         return Ok(CreditWrite::NotCredited);
-    }
-    // The row is locked by the update above: this reads the balance it wrote.
-    let balance_after: i64 = account.select(accounts::balance_minor).first(conn)?;
+    };
     book_credit(conn, order, balance_after, now)?;
     Ok(CreditWrite::Credited(Credit {
         balance_after,
@@ -54,25 +53,29 @@ pub(super) fn pay_and_credit(
 }
 
 /// The inbox upsert: a new row, or one more delivery on the row the notification has. MySQL
-/// assigns left to right, so `detail` is decided before `outcome` changes.
+/// assigns left to right, so `detail` and `anomaly` are decided before `outcome` changes.
 pub(super) fn record_delivery(
     conn: &mut DbConnection,
     n: &Notification,
     evidence: Evidence<'_>,
-    outcome: Outcome,
-    detail: Option<&str>,
+    verdict: Verdict<'_>,
     now: NaiveDateTime,
 ) -> Result<InboxRow, DieselError> {
     let statement = Statement::<()>::new(INSERT_DELIVERY).sql("VALUES (");
-    delivery_values(statement, n, evidence, outcome.as_str(), detail, now)
-        .sql(") ON DUPLICATE KEY UPDATE detail = IF(outcome = ")
-        .text(Outcome::Credited.as_str())
-        .sql(", detail, VALUES(detail)), outcome = IF(outcome = ")
-        .text(Outcome::Credited.as_str())
-        .sql(
-            ", outcome, VALUES(outcome)), delivery_count = delivery_count + 1, \
-             last_seen_at = VALUES(last_seen_at)",
-        )
+    delivery_values(statement, n, evidence, verdict, now)
+        .sql(concat!(
+            ") ON DUPLICATE KEY UPDATE \
+             detail = IF(outcome IN ",
+            moved_money_sql!(),
+            ", detail, VALUES(detail)), \
+             anomaly = IF(outcome IN ",
+            moved_money_sql!(),
+            ", anomaly, VALUES(anomaly)), \
+             outcome = IF(outcome IN ",
+            moved_money_sql!(),
+            ", outcome, VALUES(outcome)), \
+             delivery_count = delivery_count + 1, last_seen_at = VALUES(last_seen_at)"
+        ))
         .execute(conn)?;
     let (id, delivery_count) = notifications::table
         .filter(notifications::channel.eq(n.channel.as_str()))

@@ -7,7 +7,9 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Nullable};
 
-use super::delivery::{delivery_values, on_repeat_delivery, Credit, CreditWrite, INSERT_DELIVERY};
+use super::delivery::{
+    delivery_values, on_repeat_delivery, Credit, CreditWrite, Verdict, INSERT_DELIVERY,
+};
 use super::statement::Statement;
 use crate::books::accounts::LedgerKind;
 use crate::books::inbox::{Evidence, InboxRow};
@@ -54,24 +56,21 @@ pub(super) fn pay_and_credit(
                  paid.amount_minor), \
              booked AS ( \
              INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, \
-                 balance_after, created_at) \
+                 balance_after, created_at, entry_key) \
              SELECT user_id, currency, order_no, ",
         )
         .text(LedgerKind::Credit.as_str())
         .sql(", amount_minor, balance_minor, ")
         .timestamp(now)
-        .sql(" FROM credited RETURNING balance_after), recorded AS (")
+        .sql(", order_no FROM credited RETURNING balance_after), recorded AS (")
         .sql(INSERT_DELIVERY)
         .sql("SELECT ");
-    let statement = delivery_values(
-        statement,
-        n,
-        evidence,
-        Outcome::Credited.as_str(),
-        None,
-        now,
-    )
-    .sql(" FROM booked");
+    let credited = Verdict {
+        outcome: Outcome::Credited,
+        detail: None,
+        anomaly: false,
+    };
+    let statement = delivery_values(statement, n, evidence, credited, now).sql(" FROM booked");
     let (paid, balance_after, inbox_id, deliveries): (i64, Option<i64>, Option<i64>, Option<i64>) =
         on_repeat_delivery(statement)
             .sql(

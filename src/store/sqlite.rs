@@ -1,12 +1,10 @@
 //! SQLite's SQL: separate statements, since SQLite runs in-process and a round trip costs little.
 
 use chrono::NaiveDateTime;
-use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
 use super::delivery::{book_credit, Credit, CreditWrite};
 use crate::books::orders::{self, Order};
-use crate::db::schema::accounts;
 use crate::db::DbConnection;
 use crate::domain::notification::Notification;
 
@@ -31,35 +29,26 @@ pub(super) fn pay_and_credit(
     })
 }
 
-/// Adds the order's amount to its account in the database (never read-modify-write in the
-/// application, so concurrent credits cannot lose each other) and writes the ledger row. Returns
-/// the new balance, or `None` when the account is missing or the balance would overflow.
+/// Adds the order's amount to its account and writes the ledger row. Returns the new balance,
+/// or `None` when the account is missing or the balance would overflow.
 ///
-/// The ledger's unique (order_no, kind) key refuses a second credit for one order even if every
+/// The ledger's unique (kind, entry_key) key refuses a second credit for one order even if every
 /// check above this line were wrong.
 fn credit(
     conn: &mut DbConnection,
     order: &Order,
     now: NaiveDateTime,
 ) -> Result<Option<i64>, DieselError> {
-    let account = accounts::table.find((order.user_id.as_str(), order.currency.code()));
-    // SQLite turns an integer overflow into a float; refuse it here instead.
-    let room = accounts::balance_minor.le(i64::MAX - order.amount.get());
-    let increment = diesel::update(account.filter(room)).set((
-        accounts::balance_minor.eq(accounts::balance_minor + order.amount.get()),
-        accounts::version.eq(accounts::version + 1),
-        accounts::updated_at.eq(now),
-    ));
-    let DbConnection::Sqlite(lite) = conn else {
-        return Err(DieselError::QueryBuilderError(
-            "the SQLite credit ran on another backend".into(),
-        ));
-    };
-    let balance_after: Option<i64> = increment
-        .returning(accounts::balance_minor)
-        .get_result(lite)
-        .optional()?;
-    let Some(balance_after) = balance_after else {
+    let user = order.user_id.as_str();
+    let Some(balance_after) = super::change_balance(
+        conn,
+        user,
+        order.currency,
+        order.amount.get(),
+        i64::MIN,
+        now,
+    )?
+    else {
         return Ok(None);
     };
     book_credit(conn, order, balance_after, now)?;

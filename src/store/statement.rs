@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 
 use chrono::NaiveDateTime;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Binary, Nullable, Text, Timestamp};
+use diesel::sql_types::{BigInt, Binary, Bool, Nullable, Text, Timestamp};
 use diesel::{QueryResult, RunQueryDsl};
 
 use crate::db::{DbConnection, MultiBackend};
@@ -21,6 +21,7 @@ enum Piece<'a> {
     NullableText(Option<&'a str>),
     NullableBigInt(Option<i64>),
     Binary(&'a [u8]),
+    Bool(bool),
     Timestamp(NaiveDateTime),
 }
 
@@ -63,6 +64,11 @@ impl<'a, ST> Statement<'a, ST> {
         self
     }
 
+    pub fn bool(mut self, value: bool) -> Self {
+        self.pieces.push(Piece::Bool(value));
+        self
+    }
+
     pub fn timestamp(mut self, value: NaiveDateTime) -> Self {
         self.pieces.push(Piece::Timestamp(value));
         self
@@ -78,6 +84,7 @@ impl<ST> QueryFragment<MultiBackend> for Statement<'_, ST> {
                 Piece::NullableText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
                 Piece::NullableBigInt(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
                 Piece::Binary(v) => out.push_bind_param::<Binary, _>(v)?,
+                Piece::Bool(v) => out.push_bind_param::<Bool, _>(v)?,
                 Piece::Timestamp(v) => out.push_bind_param::<Timestamp, _>(v)?,
             }
         }

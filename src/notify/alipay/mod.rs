@@ -13,7 +13,7 @@ use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::{AlipayConfig, AlipaySignType};
 use crate::domain::ids::ChannelName;
 use crate::domain::money::{AmountMinor, Currency};
-use crate::domain::notification::{Notification, NotificationKind};
+use crate::domain::notification::{Notification, NotificationKind, Refund};
 
 pub mod sign;
 
@@ -78,7 +78,7 @@ impl Alipay {
             provider_trade_no: form.text("trade_no")?.map(str::to_owned),
             amount,
             currency: Some(self.currency),
-            kind: kind(form)?,
+            kind: kind(form, self.currency)?,
             merchant_mismatch: self.merchant_mismatch(form)?,
         })
     }
@@ -179,19 +179,31 @@ impl Alipay {
     }
 }
 
-/// A refund arrives as the trade's status with `refund_fee` added; it must never read as a
-/// second payment.
-fn kind(form: &Form) -> Result<NotificationKind, Rejection> {
+/// A refund arrives as the trade's status with the cumulative `refund_fee` added; it must never
+/// read as a second payment.
+fn kind(form: &Form, currency: Currency) -> Result<NotificationKind, Rejection> {
     // Only a positive fee is a refund: some notifications carry `refund_fee=0.00`.
     let refunded = form
         .text("refund_fee")?
-        .is_some_and(|fee| !fee.is_empty() && fee.bytes().any(|b| (b'1'..=b'9').contains(&b)));
+        .filter(|fee| !fee.is_empty())
+        .map(|fee| {
+            AmountMinor::parse(fee, currency).map_err(|_| {
+                Rejection::Format(format!("refund_fee {} is not an amount", shown(fee)))
+            })
+        })
+        .transpose()?
+        .filter(|fee| *fee != AmountMinor::ZERO);
     let status = form.text("trade_status")?.unwrap_or_default();
-    Ok(match status {
-        "TRADE_SUCCESS" | "TRADE_FINISHED" | "TRADE_CLOSED" if refunded => NotificationKind::Refund,
-        "TRADE_SUCCESS" | "TRADE_FINISHED" => NotificationKind::Paid,
-        "TRADE_CLOSED" => NotificationKind::Closed,
-        other => NotificationKind::Other(other.to_owned()),
+    Ok(match (status, refunded) {
+        ("TRADE_SUCCESS" | "TRADE_FINISHED" | "TRADE_CLOSED", Some(total)) => {
+            NotificationKind::Refund(Refund::UpTo {
+                total,
+                refund_id: form.text("out_biz_no")?.map(str::to_owned),
+            })
+        }
+        ("TRADE_SUCCESS" | "TRADE_FINISHED", None) => NotificationKind::Paid,
+        ("TRADE_CLOSED", None) => NotificationKind::Closed,
+        (other, _) => NotificationKind::Other(other.to_owned()),
     })
 }
 
@@ -362,7 +374,10 @@ mod tests {
     fn expected_kind(case: &str) -> NotificationKind {
         match case {
             "closed" => NotificationKind::Closed,
-            "partial-refund" => NotificationKind::Refund,
+            "partial-refund" => NotificationKind::Refund(Refund::UpTo {
+                total: AmountMinor::new(300).unwrap(),
+                refund_id: Some("RF1".to_owned()),
+            }),
             _ => NotificationKind::Paid,
         }
     }
@@ -502,17 +517,29 @@ mod tests {
     #[test]
     fn trade_status_and_refund_fee_decide_the_kind() {
         let (alipay, _) = vectors();
-        let cases: [(&str, Fields, NotificationKind); 5] = [
+        let up_to = |total: i64, refund_id: Option<&str>| {
+            NotificationKind::Refund(Refund::UpTo {
+                total: AmountMinor::new(total).unwrap(),
+                refund_id: refund_id.map(str::to_owned),
+            })
+        };
+        let cases: [(&str, Fields, NotificationKind); 7] = [
             (
                 "TRADE_CLOSED",
-                &[("refund_fee", b"12.34")],
-                NotificationKind::Refund,
+                &[("refund_fee", b"12.34"), ("out_biz_no", b"RF9")],
+                up_to(1234, Some("RF9")),
             ),
             (
                 "TRADE_FINISHED",
                 &[("refund_fee", b"1.00")],
-                NotificationKind::Refund,
+                up_to(100, None),
             ),
+            (
+                "TRADE_SUCCESS",
+                &[("refund_fee", b"0.00")],
+                NotificationKind::Paid,
+            ),
+            ("TRADE_SUCCESS", &[("refund_fee", b"0.5")], up_to(50, None)),
             (
                 "TRADE_SUCCESS",
                 &[("refund_fee", b"")],

@@ -19,7 +19,7 @@ use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::WechatPayConfig;
 use crate::domain::ids::ChannelName;
 use crate::domain::money::Currency;
-use crate::domain::notification::{Notification, NotificationKind};
+use crate::domain::notification::{Notification, NotificationKind, Refund};
 
 pub mod sign;
 
@@ -149,6 +149,7 @@ impl WechatPay {
             .and_then(|a| a.currency.as_deref())
             .map(common::currency)
             .transpose()?;
+        let kind = kind(&envelope, &resource)?;
         Ok(Notification {
             channel: channel.clone(),
             notification_id: envelope.id,
@@ -164,7 +165,7 @@ impl WechatPay {
                 .transpose()?,
             // Refund resources state amounts in fen without naming the currency.
             currency: Some(currency.unwrap_or(self.currency)),
-            kind: kind(&envelope.event_type, resource.trade_state.as_deref()),
+            kind,
             merchant_mismatch: self.merchant_mismatch(&resource),
         })
     }
@@ -247,18 +248,34 @@ pub fn is_ack(status: u16) -> bool {
     common::is_success(status)
 }
 
-/// Refund events are records whatever the refund's own status; payments follow `trade_state`.
-fn kind(event_type: &str, trade_state: Option<&str>) -> NotificationKind {
-    if event_type.starts_with("REFUND.") {
-        return NotificationKind::Refund;
+/// Refund events follow their event type: `REFUND.SUCCESS` gives `amount.refund` back once per
+/// `refund_id`; `REFUND.ABNORMAL` and `REFUND.CLOSED` moved nothing and are for a human. Payments
+/// follow `trade_state`; a transaction in state `REFUND` has been refunded, which its refund
+/// events report.
+fn kind(envelope: &Envelope, resource: &Resource) -> Result<NotificationKind, Rejection> {
+    let event_type = envelope.event_type.as_str();
+    if let Some(status) = event_type.strip_prefix("REFUND.") {
+        if status != "SUCCESS" {
+            return Ok(NotificationKind::RefundFailed(status.to_owned()));
+        }
+        let refund_id = resource
+            .refund_id
+            .clone()
+            .ok_or_else(|| Rejection::Format("refund names no refund_id".to_owned()))?;
+        let amount = resource
+            .amount
+            .as_ref()
+            .and_then(|a| a.refund)
+            .ok_or_else(|| Rejection::Format("refund states no amount.refund".to_owned()))
+            .and_then(common::minor_units)?;
+        return Ok(NotificationKind::Refund(Refund::One { refund_id, amount }));
     }
-    match trade_state {
+    Ok(match resource.trade_state.as_deref() {
         Some("SUCCESS") => NotificationKind::Paid,
-        Some("REFUND") => NotificationKind::Refund,
         Some("CLOSED" | "REVOKED") => NotificationKind::Closed,
         Some(other) => NotificationKind::Other(other.to_owned()),
         None => NotificationKind::Other(event_type.to_owned()),
-    }
+    })
 }
 
 /// The signed body.
@@ -285,6 +302,7 @@ struct Resource {
     out_trade_no: Option<String>,
     transaction_id: Option<String>,
     trade_state: Option<String>,
+    refund_id: Option<String>,
     amount: Option<ResourceAmount>,
 }
 
@@ -292,6 +310,8 @@ struct Resource {
 struct ResourceAmount {
     /// Fen (or the currency's minor unit).
     total: Option<i64>,
+    /// A refund's own amount.
+    refund: Option<i64>,
     currency: Option<String>,
 }
 
@@ -301,6 +321,7 @@ mod tests {
 
     use super::*;
     use crate::config::Secret;
+    use crate::domain::money::AmountMinor;
     use crate::notify::testing::{self, Case};
 
     const SENT_AT: i64 = 1_795_375_716;
@@ -520,14 +541,31 @@ mod tests {
             (
                 "TRANSACTION.SUCCESS",
                 transaction(&v.mchid, &v.appid, "REFUND"),
-                NotificationKind::Refund,
+                NotificationKind::Other("REFUND".to_owned()),
             ),
             (
                 "TRANSACTION.SUCCESS",
                 transaction(&v.mchid, &v.appid, "NOTPAY"),
                 NotificationKind::Other("NOTPAY".to_owned()),
             ),
-            ("REFUND.SUCCESS", refund, NotificationKind::Refund),
+            (
+                "REFUND.SUCCESS",
+                refund.clone(),
+                NotificationKind::Refund(Refund::One {
+                    refund_id: "5000000099".to_owned(),
+                    amount: AmountMinor::new(100).unwrap(),
+                }),
+            ),
+            (
+                "REFUND.ABNORMAL",
+                refund.clone(),
+                NotificationKind::RefundFailed("ABNORMAL".to_owned()),
+            ),
+            (
+                "REFUND.CLOSED",
+                refund,
+                NotificationKind::RefundFailed("CLOSED".to_owned()),
+            ),
         ];
         for (event_type, resource, kind) in cases {
             let (headers, body) = signed_notification(&v, event_type, &resource);
