@@ -16,9 +16,9 @@ struct Rule {
     offending: &'static str,
 }
 
-const RULES: [Rule; 6] = [
+const RULES: [Rule; 12] = [
     Rule {
-        name: "every account's balance equals the sum of its ledger",
+        name: "every account's balance equals the signed sum of its ledger",
         offending: "SELECT 'account ' || a.user_id || ' ' || a.currency || ': balance ' \
                  || a.balance_minor || ', ledger sum ' \
                  || COALESCE(l.total, 0) AS detail \
@@ -29,6 +29,14 @@ const RULES: [Rule; 6] = [
              WHERE a.balance_minor <> COALESCE(l.total, 0)",
     },
     Rule {
+        name: "every ledger amount has its kind's sign",
+        offending: "SELECT 'ledger ' || id || ': ' || kind || ' of ' || amount_minor AS detail \
+             FROM ledger \
+             WHERE (kind IN ('credit', 'chargeback_reversal', 'manual_credit') \
+                    AND amount_minor <= 0) \
+                OR (kind IN ('refund', 'chargeback', 'debit') AND amount_minor >= 0)",
+    },
+    Rule {
         name: "every paid order has exactly one credit of its amount",
         offending: "SELECT 'order ' || o.order_no || ': paid ' || o.amount_minor \
                  || ', ' || COALESCE(c.n, 0) || ' credit(s) totalling ' \
@@ -36,22 +44,70 @@ const RULES: [Rule; 6] = [
              FROM orders o LEFT JOIN \
                  (SELECT order_no, COUNT(*) AS n, SUM(amount_minor) AS total FROM ledger \
                   WHERE kind = 'credit' GROUP BY order_no) c ON c.order_no = o.order_no \
-             WHERE o.status = 'paid' AND (COALESCE(c.n, 0) <> 1 OR c.total <> o.amount_minor)",
+             WHERE o.status IN ('paid', 'refunded') \
+                 AND (COALESCE(c.n, 0) <> 1 OR c.total <> o.amount_minor)",
     },
     Rule {
-        name: "no ledger entry lacks its order or credits another account",
-        offending: "SELECT 'ledger ' || l.id || ': order ' || l.order_no || ' ' \
-                 || CASE WHEN o.order_no IS NULL THEN 'does not exist' \
-                    ELSE 'belongs to ' || o.user_id || ' ' || o.currency END AS detail \
+        name: "no ledger entry lacks its order or moves another account's money, and only \
+               debits have no order",
+        offending: "SELECT 'ledger ' || l.id || ': ' || l.kind || ' ' \
+                 || CASE WHEN l.order_no IS NULL THEN 'names no order' \
+                    WHEN o.order_no IS NULL THEN 'names order ' || l.order_no \
+                        || ', which does not exist' \
+                    ELSE 'of order ' || l.order_no || ' belongs to ' || o.user_id || ' ' \
+                        || o.currency END AS detail \
              FROM ledger l LEFT JOIN orders o ON o.order_no = l.order_no \
-             WHERE o.order_no IS NULL OR o.user_id <> l.user_id OR o.currency <> l.currency",
+             WHERE (l.kind = 'debit' AND (l.order_no IS NOT NULL OR l.debit_no IS NULL)) \
+                OR (l.kind <> 'debit' AND (l.order_no IS NULL OR o.order_no IS NULL \
+                    OR o.user_id <> l.user_id OR o.currency <> l.currency))",
     },
     Rule {
-        name: "no pending or closed order has a credit",
+        name: "no pending or closed order has a credit, refund or chargeback",
         offending: "SELECT 'order ' || o.order_no || ' is ' || o.status || ' but ledger ' \
-                 || l.id || ' credits it' AS detail \
+                 || l.id || ' books a ' || l.kind || ' for it' AS detail \
              FROM ledger l JOIN orders o ON o.order_no = l.order_no \
-             WHERE o.status <> 'paid'",
+             WHERE o.status NOT IN ('paid', 'refunded') \
+                 AND l.kind IN ('credit', 'refund', 'chargeback', 'chargeback_reversal')",
+    },
+    Rule {
+        name: "refunds and chargebacks of an order never exceed what it paid, and the order \
+               knows what went back",
+        offending: "SELECT 'order ' || o.order_no || ': paid ' || o.amount_minor \
+                 || ', refunds ' || COALESCE(g.refunded, 0) \
+                 || ', chargebacks net ' || COALESCE(g.disputed, 0) \
+                 || '; the order says ' || o.refunded_minor || ' and ' || o.disputed_minor \
+                 || ', status ' || o.status AS detail \
+             FROM orders o LEFT JOIN \
+                 (SELECT order_no, \
+                     -SUM(CASE WHEN kind = 'refund' THEN amount_minor ELSE 0 END) AS refunded, \
+                     -SUM(CASE WHEN kind IN ('chargeback', 'chargeback_reversal') \
+                         THEN amount_minor ELSE 0 END) AS disputed \
+                  FROM ledger WHERE kind IN ('refund', 'chargeback', 'chargeback_reversal') \
+                  GROUP BY order_no) g ON g.order_no = o.order_no \
+             WHERE COALESCE(g.refunded, 0) + COALESCE(g.disputed, 0) > o.amount_minor \
+                OR COALESCE(g.disputed, 0) < 0 \
+                OR o.refunded_minor <> COALESCE(g.refunded, 0) \
+                OR o.disputed_minor <> COALESCE(g.disputed, 0) \
+                OR (o.status = 'refunded') <> \
+                   (o.refunded_minor + o.disputed_minor = o.amount_minor)",
+    },
+    Rule {
+        name: "every chargeback reversal has its chargeback and returns no more than it took",
+        offending: "SELECT 'ledger ' || r.id || ': reversal ' || r.entry_key || ' of ' \
+                 || r.amount_minor || CASE WHEN c.id IS NULL THEN ' has no chargeback' \
+                    ELSE ' is more than its chargeback of ' || c.amount_minor END AS detail \
+             FROM ledger r LEFT JOIN ledger c \
+                 ON c.kind = 'chargeback' AND c.entry_key = r.entry_key \
+             WHERE r.kind = 'chargeback_reversal' \
+                 AND (c.id IS NULL OR r.amount_minor > -c.amount_minor)",
+    },
+    Rule {
+        name: "one ledger row per credit, refund, dispute and debit_no",
+        offending: "SELECT kind || ' ' || entry_key || ': ' || COUNT(*) || ' rows' AS detail \
+             FROM ledger GROUP BY kind, entry_key HAVING COUNT(*) > 1 \
+             UNION ALL \
+             SELECT 'debit_no ' || debit_no || ': ' || COUNT(*) || ' rows' AS detail \
+             FROM ledger WHERE debit_no IS NOT NULL GROUP BY debit_no HAVING COUNT(*) > 1",
     },
     Rule {
         name: "every credit has exactly one crediting notification",
@@ -59,6 +115,7 @@ const RULES: [Rule; 6] = [
                  || COUNT(n.id) || ' notification(s) say credited' AS detail \
              FROM ledger l LEFT JOIN notifications n \
                  ON n.order_no = l.order_no AND n.outcome = 'credited' \
+             WHERE l.kind = 'credit' \
              GROUP BY l.order_no HAVING COUNT(n.id) <> 1",
     },
     Rule {
@@ -68,12 +125,35 @@ const RULES: [Rule; 6] = [
                  || ' has no credit' AS detail \
              FROM notifications n \
              WHERE n.outcome = 'credited' AND NOT EXISTS \
-                 (SELECT 1 FROM ledger l WHERE l.order_no = n.order_no)",
+                 (SELECT 1 FROM ledger l WHERE l.order_no = n.order_no AND l.kind = 'credit')",
+    },
+    Rule {
+        name: "every notification that says money went back has its ledger row",
+        offending: "SELECT 'notification ' || n.channel || '/' || n.notification_id \
+                 || ': says ' || n.outcome || ', but order ' || COALESCE(n.order_no, '(none)') \
+                 || ' has no such row' AS detail \
+             FROM notifications n \
+             WHERE n.outcome IN ('refunded', 'charged_back', 'chargeback_reversed') \
+                 AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.order_no = n.order_no \
+                     AND l.kind = CASE n.outcome WHEN 'refunded' THEN 'refund' \
+                         WHEN 'charged_back' THEN 'chargeback' \
+                         ELSE 'chargeback_reversal' END)",
+    },
+    Rule {
+        name: "every refund, chargeback and reversal has a notification that says so",
+        offending: "SELECT 'order ' || l.order_no || ': ' || l.kind || ' ' || l.entry_key \
+                 || ' has no notification that says so' AS detail \
+             FROM ledger l \
+             WHERE l.kind IN ('refund', 'chargeback', 'chargeback_reversal') \
+                 AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.order_no = l.order_no \
+                     AND n.outcome = CASE l.kind WHEN 'refund' THEN 'refunded' \
+                         WHEN 'chargeback' THEN 'charged_back' \
+                         ELSE 'chargeback_reversed' END)",
     },
 ];
 
 /// How many rows of each table the books hold.
-const TOTALS: [(&str, &str); 7] = [
+const TOTALS: [(&str, &str); 11] = [
     ("accounts", "SELECT COUNT(*) AS n FROM accounts"),
     ("orders", "SELECT COUNT(*) AS n FROM orders"),
     (
@@ -81,17 +161,38 @@ const TOTALS: [(&str, &str); 7] = [
         "SELECT COUNT(*) AS n FROM orders WHERE status = 'paid'",
     ),
     (
+        "refunded orders",
+        "SELECT COUNT(*) AS n FROM orders WHERE status = 'refunded'",
+    ),
+    (
         "closed orders",
         "SELECT COUNT(*) AS n FROM orders WHERE status = 'closed'",
     ),
     ("ledger entries", "SELECT COUNT(*) AS n FROM ledger"),
+    (
+        "refunds",
+        "SELECT COUNT(*) AS n FROM ledger WHERE kind = 'refund'",
+    ),
+    (
+        "chargebacks",
+        "SELECT COUNT(*) AS n FROM ledger WHERE kind = 'chargeback'",
+    ),
+    (
+        "debits",
+        "SELECT COUNT(*) AS n FROM ledger WHERE kind = 'debit'",
+    ),
     ("notifications", "SELECT COUNT(*) AS n FROM notifications"),
     (
         "anomalies",
-        "SELECT COUNT(*) AS n FROM notifications \
-         WHERE outcome IN ('mismatch', 'paid_by_other_trade')",
+        "SELECT COUNT(*) AS n FROM notifications WHERE anomaly = TRUE",
     ),
 ];
+
+/// Accounts that owe money: a refund or chargeback took a credit the user had spent. A report
+/// for a human, not a broken rule.
+const DEBTS: &str = "SELECT 'account ' || user_id || ' ' || currency || ' owes ' \
+         || -balance_minor AS detail \
+     FROM accounts WHERE balance_minor < 0";
 
 /// How many offending rows a report names per rule.
 const EXAMPLES: i64 = 5;
@@ -120,6 +221,9 @@ pub struct CheckResult {
 pub struct Report {
     pub totals: Vec<(&'static str, i64)>,
     pub checks: Vec<CheckResult>,
+    /// How many accounts owe money, and the first of them in words.
+    pub debts: i64,
+    pub debt_examples: Vec<String>,
 }
 
 impl Report {
@@ -147,6 +251,17 @@ impl fmt::Display for Report {
                 }
             }
         }
+        if self.debts > 0 {
+            writeln!(
+                f,
+                "debts: {} account(s) owe money (in minor units); a refund or chargeback took a \
+                 spent credit",
+                self.debts
+            )?;
+            for example in &self.debt_examples {
+                writeln!(f, "        {example}")?;
+            }
+        }
         let failed = self.checks.iter().filter(|c| c.violations > 0).count();
         if failed == 0 {
             write!(f, "the books balance")
@@ -163,6 +278,24 @@ fn count(conn: &mut DbConnection, sql: &str) -> Result<i64, diesel::result::Erro
         .map_or(0, |c| c.n))
 }
 
+/// The first rows of `offending`, in words, when there are any.
+fn examples(
+    conn: &mut DbConnection,
+    offending: &str,
+    found: i64,
+) -> Result<Vec<String>, diesel::result::Error> {
+    if found == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(diesel::sql_query(format!(
+        "SELECT detail FROM ({offending}) offending ORDER BY detail LIMIT {EXAMPLES}"
+    ))
+    .load::<Detail>(conn)?
+    .into_iter()
+    .map(|d| d.detail)
+    .collect())
+}
+
 /// Runs every check in one read-only transaction, so the report sees one state of the books.
 pub fn verify(conn: &mut DbConnection) -> Result<Report, DbError> {
     let report = db::read_transaction(conn, |conn| {
@@ -177,18 +310,7 @@ pub fn verify(conn: &mut DbConnection) -> Result<Report, DbError> {
                     conn,
                     &format!("SELECT COUNT(*) AS n FROM ({}) offending", rule.offending),
                 )?;
-                let examples = if violations == 0 {
-                    Vec::new()
-                } else {
-                    diesel::sql_query(format!(
-                        "SELECT detail FROM ({}) offending ORDER BY detail LIMIT {EXAMPLES}",
-                        rule.offending
-                    ))
-                    .load::<Detail>(conn)?
-                    .into_iter()
-                    .map(|d| d.detail)
-                    .collect()
-                };
+                let examples = examples(conn, rule.offending, violations)?;
                 Ok(CheckResult {
                     rule: rule.name,
                     violations,
@@ -196,7 +318,14 @@ pub fn verify(conn: &mut DbConnection) -> Result<Report, DbError> {
                 })
             })
             .collect::<Result<Vec<_>, diesel::result::Error>>()?;
-        Ok::<_, diesel::result::Error>(Report { totals, checks })
+        let debts = count(conn, &format!("SELECT COUNT(*) AS n FROM ({DEBTS}) debts"))?;
+        let debt_examples = examples(conn, DEBTS, debts)?;
+        Ok::<_, diesel::result::Error>(Report {
+            totals,
+            checks,
+            debts,
+            debt_examples,
+        })
     })?;
     Ok(report)
 }

@@ -4,9 +4,11 @@
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
+use super::decision::Decision;
 use super::error::CreditError;
-use super::{give_back, read};
-use crate::books::inbox::{self, Evidence, InboxRow};
+use super::give_back;
+use super::read;
+use crate::books::inbox::{self, Evidence};
 use crate::books::orders::{self, Order, OrderStatus};
 use crate::db::{self, DbConnection};
 use crate::domain::ids::{ChannelName, OrderNo};
@@ -185,60 +187,6 @@ impl<'a> Claim<'a> {
             && order.provider_trade_no.as_deref() == Some(self.trade_no)
             && order.amount == self.amount
             && order.currency == self.currency
-    }
-}
-
-pub(super) struct Decision {
-    outcome: Outcome,
-    detail: Option<String>,
-    /// Kept for a human whatever the outcome.
-    anomaly: bool,
-    balance_after: Option<i64>,
-    /// The inbox row, when the statement that credited also recorded the delivery.
-    recorded: Option<InboxRow>,
-}
-
-impl Decision {
-    pub(super) fn new(outcome: Outcome, detail: Option<String>) -> Decision {
-        Decision {
-            outcome,
-            detail,
-            anomaly: false,
-            balance_after: None,
-            recorded: None,
-        }
-    }
-
-    /// An outcome with the reason a human reads in the inbox.
-    pub(super) fn because(
-        outcome: Outcome,
-        why: impl Into<String>,
-    ) -> Result<Decision, CreditError> {
-        Ok(Decision::new(outcome, Some(why.into())))
-    }
-
-    /// An outcome kept for a human, with the reason they read.
-    pub(super) fn for_a_human(
-        outcome: Outcome,
-        why: impl Into<String>,
-    ) -> Result<Decision, CreditError> {
-        let mut decision = Decision::new(outcome, Some(why.into()));
-        decision.anomaly = true;
-        Ok(decision)
-    }
-
-    /// The same decision, kept for a human for this reason.
-    pub(super) fn for_a_human_because(mut self, why: String) -> Decision {
-        self.anomaly = true;
-        self.detail = Some(why);
-        self
-    }
-
-    /// Money moved: the new balance goes to the caller.
-    pub(super) fn moved(outcome: Outcome, balance_after: i64) -> Decision {
-        let mut decision = Decision::new(outcome, None);
-        decision.balance_after = Some(balance_after);
-        decision
     }
 }
 

@@ -18,7 +18,7 @@
 
 use chrono::NaiveDateTime;
 
-use super::apply::Decision;
+use super::decision::Decision;
 use super::error::CreditError;
 use crate::books::accounts::{self, LedgerKind, NewEntry};
 use crate::books::orders::{self, Order, OrderStatus};

@@ -29,6 +29,7 @@
 
 pub mod apply;
 pub mod committer;
+mod decision;
 mod error;
 mod give_back;
 mod read;

@@ -10,6 +10,7 @@ use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
+use super::balance::change_balance;
 use super::delivery::{
     book_credit, delivery_values, moved_money_sql, Credit, CreditWrite, Verdict, INSERT_DELIVERY,
 };
@@ -34,7 +35,7 @@ pub(super) fn pay_and_credit(
         return Ok(CreditWrite::NotPending);
     }
     let user = order.user_id.as_str();
-    let Some(balance_after) = super::change_balance(
+    let Some(balance_after) = change_balance(
         conn,
         user,
         order.currency,

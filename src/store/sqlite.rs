@@ -3,6 +3,7 @@
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 
+use super::balance::change_balance;
 use super::delivery::{book_credit, Credit, CreditWrite};
 use crate::books::orders::{self, Order};
 use crate::db::DbConnection;
@@ -40,7 +41,7 @@ fn credit(
     now: NaiveDateTime,
 ) -> Result<Option<i64>, DieselError> {
     let user = order.user_id.as_str();
-    let Some(balance_after) = super::change_balance(
+    let Some(balance_after) = change_balance(
         conn,
         user,
         order.currency,

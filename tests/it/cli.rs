@@ -62,7 +62,7 @@ fn migrate_and_serve_use_the_sqlite_default_path_with_no_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let (out, text) = output(payhook(dir.path()).arg("migrate"));
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 migration(s) applied"), "{text}");
+    assert!(text.contains("2 migration(s) applied"), "{text}");
     assert!(dir.path().join("data/payhook.db").exists());
 
     let (out, text) = output(payhook(dir.path()).arg("migrate"));
@@ -86,7 +86,7 @@ fn migrate_and_serve_work_against_a_postgresql_url() {
     let dir = tempfile::tempdir().unwrap();
     let (out, text) = output(payhook(dir.path()).args(["migrate", "--database-url", &db.url]));
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 migration(s) applied"), "{text}");
+    assert!(text.contains("2 migration(s) applied"), "{text}");
     assert!(
         !dir.path().join("data").exists(),
         "no SQLite file when PostgreSQL is named"

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Barrier};
 
-use crate::common::{count, create_order, exec, now, pg_cluster, Backend, TestDb};
+use crate::common::{count, create_order, exec, now, pg_cluster, race, Backend, TestDb};
 use payhook::books::inbox::{self, Evidence};
 use payhook::books::orders::{self, OrderStatus};
 use payhook::crediting::{apply_alone, Answer, Outcome};
@@ -331,8 +331,8 @@ fn the_database_itself_refuses_a_second_credit_for_one_order(db: TestDb) {
         Outcome::Credited
     );
     let second = format!(
-        "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at) \
-         VALUES ('u8', 'CNY', '{order}', 'credit', 100, 200, CURRENT_TIMESTAMP)"
+        "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at, entry_key) \
+         VALUES ('u8', 'CNY', '{order}', 'credit', 100, 200, CURRENT_TIMESTAMP, '{order}')"
     );
     let refused = {
         use diesel::connection::SimpleConnection;
@@ -547,8 +547,8 @@ fn a_conflict_that_persists_leaves_the_rest_of_the_batch_credited(db: TestDb) {
     exec(
         &pool,
         &format!(
-            "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at) \
-             VALUES ('p2', 'CNY', '{stuck}', 'credit', 200, 200, CURRENT_TIMESTAMP)"
+            "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at, entry_key) \
+             VALUES ('p2', 'CNY', '{stuck}', 'credit', 200, 200, CURRENT_TIMESTAMP, '{stuck}')"
         ),
     );
 
@@ -696,28 +696,6 @@ fn crossing_batches_never_deadlock(db: &TestDb, rounds: usize, deadlocks: impl F
         "the database detected deadlocks"
     );
     assert_books_balance(&pool);
-}
-
-/// Runs `f(i)` on `threads` threads released at the same instant.
-fn race<T: Send + 'static>(
-    threads: usize,
-    f: impl Fn(usize) -> T + Send + Sync + 'static,
-) -> Vec<T> {
-    let f = Arc::new(f);
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|i| {
-            let (f, barrier) = (f.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                f(i)
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("thread"))
-        .collect()
 }
 
 fn thirty_two_threads_applying_one_paid_notification_credit_once(db: TestDb) {

@@ -11,6 +11,7 @@ mod crediting;
 mod hostile;
 mod hostile_input;
 mod layout;
+mod money_back;
 mod notify_http;
 mod operate;
 mod replay;

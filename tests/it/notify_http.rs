@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Barrier};
 
-use crate::common::{count, create_order, settled_count, spawn_app, TestApp, TestDb};
+use crate::common::{count, create_order, pay_order, settled_count, spawn_app, TestApp, TestDb};
 use chrono::{DateTime, Utc};
 use payhook::domain::money::{AmountMinor, Currency};
 use serde_json::Value;
@@ -152,6 +152,10 @@ fn order_status(app: &TestApp, order_no: &str) -> String {
 /// Cases that are authentic but must not credit.
 const NEVER_CREDIT: [&str; 2] = ["closed", "partial-refund"];
 
+/// Cases that refund a payment: their orders are paid first, by the trade they name, and each
+/// takes this much back.
+const REFUNDS: [(&str, i64); 1] = [("partial-refund", 300)];
+
 fn every_vector_gets_the_right_answer_and_balance(db: TestDb) {
     let app = app(&db);
     let files = [
@@ -188,6 +192,25 @@ fn every_vector_gets_the_right_answer_and_balance(db: TestDb) {
                 currency.code(),
                 Some(&order_no),
             );
+            let refund = REFUNDS.iter().find(|(n, _)| *n == name).map(|(_, r)| *r);
+            if refund.is_some() {
+                // The Alipay trade it refunds; the value is plain digits.
+                let body = s(case, "body");
+                let trade = body
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("trade_no="))
+                    .expect("the refund names its trade")
+                    .to_owned();
+                let paid = pay_order(
+                    &mut app.pool.get().unwrap(),
+                    channel,
+                    &order_no,
+                    &trade,
+                    minor,
+                    currency.code(),
+                );
+                assert_eq!(paid, "credited");
+            }
             let reply = post(
                 &app,
                 channel,
@@ -220,13 +243,15 @@ fn every_vector_gets_the_right_answer_and_balance(db: TestDb) {
                 }
             }
             let credits = valid && !NEVER_CREDIT.contains(&name.as_str());
-            assert_eq!(
-                balance(&app, &user),
-                if credits { minor } else { 0 },
-                "{label}"
-            );
+            let expected_balance = match (credits, refund) {
+                (true, _) => minor,
+                (false, Some(refunded)) => minor - refunded,
+                (false, None) => 0,
+            };
+            assert_eq!(balance(&app, &user), expected_balance, "{label}");
             let expected_status = match (credits, name.as_str()) {
                 (true, _) => "paid",
+                (false, _) if refund.is_some() => "paid",
                 (false, "closed") => "closed",
                 _ => "pending",
             };
@@ -243,7 +268,9 @@ fn every_vector_gets_the_right_answer_and_balance(db: TestDb) {
     );
     assert_eq!(rejected, 9, "every invalid case is recorded as rejected");
     let ledger = count(&app.pool, "SELECT COUNT(*) AS n FROM ledger");
-    assert_eq!(ledger, 9, "one ledger row per crediting case");
+    // A refund case's order is paid first: its credit and its refund.
+    let expected = 9 + 2 * REFUNDS.len() as i64;
+    assert_eq!(ledger, expected, "one ledger row per credit and per refund");
 }
 
 fn the_real_alipay_notification_verifies_and_credits(db: TestDb) {

@@ -129,7 +129,9 @@ fn a_bumped_balance_is_found_and_named(db: TestDb) {
     );
     let broken = broken_rules(&pool);
     assert_eq!(broken.len(), 1, "{broken:?}");
-    assert!(broken[0].0.contains("balance equals the sum of its ledger"));
+    assert!(broken[0]
+        .0
+        .contains("balance equals the signed sum of its ledger"));
     assert_eq!(broken[0].1, ["account v2 CNY: balance 301, ledger sum 300"]);
     let (code, text) = payhook_verify(&db);
     assert_eq!(code, Some(1), "{text}");
@@ -141,19 +143,16 @@ fn a_bumped_balance_is_found_and_named(db: TestDb) {
 
 fn a_duplicate_ledger_row_is_found_and_named(db: TestDb) {
     let (pool, paid) = good_books(&db);
-    // On MySQL the index also serves the foreign key on order_no, which goes with it.
     let drop = match db.backend {
-        crate::common::Backend::Mysql => {
-            "ALTER TABLE ledger DROP FOREIGN KEY ledger_order, DROP INDEX ledger_order_kind"
-        }
-        _ => "DROP INDEX ledger_order_kind",
+        crate::common::Backend::Mysql => "ALTER TABLE ledger DROP INDEX ledger_kind_key",
+        _ => "DROP INDEX ledger_kind_key",
     };
     exec(&pool, drop);
     exec(
         &pool,
         &format!(
-            "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at) \
-             VALUES ('v3', 'CNY', '{}', 'credit', 9999, 19998, CURRENT_TIMESTAMP); \
+            "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, created_at, entry_key) \
+             VALUES ('v3', 'CNY', '{0}', 'credit', 9999, 19998, CURRENT_TIMESTAMP, '{0}'); \
              UPDATE accounts SET balance_minor = balance_minor + 9999 WHERE user_id = 'v3'",
             paid[3]
         ),
@@ -166,6 +165,10 @@ fn a_duplicate_ledger_row_is_found_and_named(db: TestDb) {
     );
     assert!(
         rules.contains(&"every credit has exactly one crediting notification"),
+        "{broken:?}"
+    );
+    assert!(
+        rules.contains(&"one ledger row per credit, refund, dispute and debit_no"),
         "{broken:?}"
     );
     let examples: Vec<&String> = broken.iter().flat_map(|(_, e)| e).collect();

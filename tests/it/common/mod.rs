@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Barrier, OnceLock};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::connection::SimpleConnection;
@@ -151,6 +151,36 @@ pub fn create_order(
         orders::Created::New(o) | orders::Created::Existing(o) => o.order_no,
         orders::Created::Conflict(_, f) => panic!("order conflict on {f:?}"),
     }
+}
+
+/// Pays `order_no` as its payment notification would (trade `trade_no`), through the crediting
+/// transaction, and returns the outcome's name.
+pub fn pay_order(
+    conn: &mut DbConnection,
+    channel: &str,
+    order_no: &str,
+    trade_no: &str,
+    minor: i64,
+    currency: &str,
+) -> &'static str {
+    let n = payhook::domain::notification::Notification {
+        channel: ChannelName::parse(channel).unwrap(),
+        notification_id: format!("paid-{order_no}-{trade_no}"),
+        order_no: Some(OrderNo::parse(order_no).unwrap()),
+        provider_trade_no: Some(trade_no.to_owned()),
+        amount: Some(AmountMinor::new(minor).unwrap()),
+        currency: Some(Currency::parse(currency).unwrap()),
+        kind: payhook::domain::notification::NotificationKind::Paid,
+        merchant_mismatch: None,
+    };
+    let evidence = payhook::books::inbox::Evidence {
+        headers_json: "{}",
+        body: b"paid in the test",
+    };
+    payhook::crediting::apply_alone(conn, &n, evidence, now())
+        .expect("pay the order")
+        .outcome
+        .as_str()
 }
 
 /// The `payhook` binary, with none of the `PAYHOOK_*` settings of the calling environment.
@@ -635,6 +665,28 @@ pub fn spawn_app_with_clock(db: &TestDb, extra: &str, clock: Arc<dyn Clock>) -> 
         handle,
         thread: Some(thread),
     }
+}
+
+/// Runs `f(i)` on `threads` threads released at the same instant.
+pub fn race<T: Send + 'static>(
+    threads: usize,
+    f: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let f = Arc::new(f);
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (f, barrier) = (f.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                f(i)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect()
 }
 
 /// Declares one test per backend: `name::sqlite`, `name::postgresql` and `name::mysql`.
