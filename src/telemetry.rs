@@ -181,6 +181,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
 pub const NOTIFICATIONS: &str = "payhook_notifications_total";
 pub const ANSWERS: &str = "payhook_answers_total";
 pub const ANOMALIES: &str = "payhook_anomalies_total";
+pub const MONEY_BACK: &str = "payhook_money_back_total";
 pub const APPLY_SECONDS: &str = "payhook_apply_seconds";
 pub const POOL_CONNECTIONS: &str = "payhook_pool_connections";
 pub const BATCH_NOTIFICATIONS: &str = "payhook_batch_notifications";
@@ -191,6 +192,14 @@ pub fn record_notification(channel: &str, outcome: &'static str, answer: &'stati
     metrics::counter!(NOTIFICATIONS, "channel" => channel.to_owned(), "outcome" => outcome)
         .increment(1);
     metrics::counter!(ANSWERS, "channel" => channel.to_owned(), "answer" => answer).increment(1);
+}
+
+/// Counts one refund, chargeback or reversal notification (or a refund the provider reports
+/// failed) by what it came to.
+pub fn record_money_back(channel: &str, kind: &'static str, outcome: &'static str) {
+    metrics::counter!(MONEY_BACK, "channel" => channel.to_owned(), "kind" => kind,
+        "outcome" => outcome)
+    .increment(1);
 }
 
 pub fn record_anomaly(channel: &str) {

@@ -163,6 +163,7 @@ mod tests {
     use super::*;
     use crate::domain::ids::{ChannelName, OrderNo};
     use crate::domain::money::{AmountMinor, Currency};
+    use crate::domain::notification::{Dispute, NotificationKind, Refund};
 
     fn paid(id: &str, order: &str, trade: &str, minor: i64) -> Notification {
         Notification {
@@ -239,6 +240,54 @@ mod tests {
         let mut nameless = n;
         nameless.order_no = None;
         assert!(Fingerprint::of(&nameless).is_none());
+    }
+
+    #[test]
+    fn a_booked_refund_s_repeat_is_a_repeat_and_a_new_total_is_not() {
+        let settled = Settled::new(10);
+        let up_to = |id: &str, total: i64| {
+            let mut n = paid(id, "O1", "T1", 100);
+            n.amount = None;
+            n.kind = NotificationKind::Refund(Refund::UpTo {
+                total: AmountMinor::new(total).unwrap(),
+                refund_id: None,
+            });
+            n
+        };
+        let first = up_to("r1", 30);
+        let mut refunded = credited(8);
+        refunded.outcome = Outcome::Refunded;
+        settled.insert(Fingerprint::of(&first).unwrap(), &refunded);
+
+        let again = settled.repeat(&Fingerprint::of(&first).unwrap()).unwrap();
+        assert_eq!(again.outcome, Outcome::AlreadyBooked);
+        assert_eq!((again.inbox_id, again.delivery_count), (8, 2));
+        // A new cumulative total, even under the same notification id, goes to the database.
+        assert!(settled
+            .repeat(&Fingerprint::of(&up_to("r1", 50)).unwrap())
+            .is_none());
+        assert!(settled
+            .repeat(&Fingerprint::of(&up_to("r2", 30)).unwrap())
+            .is_none());
+        let mut chargeback = first.clone();
+        chargeback.kind = NotificationKind::Chargeback(Dispute {
+            dispute_id: "dp_1".to_owned(),
+            amount: AmountMinor::new(30).unwrap(),
+        });
+        assert!(settled
+            .repeat(&Fingerprint::of(&chargeback).unwrap())
+            .is_none());
+
+        // What has not settled is never remembered: its next delivery must meet the database.
+        let early = up_to("r3", 40);
+        let mut not_yet = credited(9);
+        not_yet.outcome = Outcome::NotYet;
+        settled.insert(Fingerprint::of(&early).unwrap(), &not_yet);
+        assert!(settled.repeat(&Fingerprint::of(&early).unwrap()).is_none());
+        let mut failed = first;
+        failed.notification_id = "r4".to_owned();
+        failed.kind = NotificationKind::RefundFailed("ABNORMAL".to_owned());
+        assert!(Fingerprint::of(&failed).is_none());
     }
 
     #[test]

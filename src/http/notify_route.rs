@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::state::AppState;
 use crate::crediting::{Answer, Applied};
 use crate::domain::ids::ChannelName;
-use crate::domain::notification::Notification;
+use crate::domain::notification::{Notification, NotificationKind};
 use crate::notify::{self, Provider, RawRequest, Rejection, RetryReason};
 use crate::telemetry;
 
@@ -186,7 +186,10 @@ impl LogLine<'_> {
         let answer = answer_word(applied.outcome.answer());
         let outcome = applied.outcome.as_str();
         telemetry::record_notification(self.channel.as_str(), outcome, answer);
-        let level = if applied.outcome.is_anomaly() {
+        if let Some(kind) = self.notification.and_then(|n| money_back_kind(&n.kind)) {
+            telemetry::record_money_back(self.channel.as_str(), kind, outcome);
+        }
+        let level = if applied.anomaly {
             telemetry::record_anomaly(self.channel.as_str());
             log::Level::Error
         } else if applied.outcome.answer() == Answer::Retry {
@@ -206,6 +209,7 @@ impl LogLine<'_> {
             amount = n.and_then(|n| n.amount).map_or(-1, |a| a.get()),
             outcome = outcome,
             answer = answer,
+            anomaly = applied.anomaly,
             deliveries = applied.delivery_count,
             detail = applied.detail.as_deref().unwrap_or(""),
             duration_ms = self.started.elapsed().as_millis() as u64;
@@ -228,6 +232,17 @@ impl LogLine<'_> {
             duration_ms = self.started.elapsed().as_millis() as u64;
             "notification"
         );
+    }
+}
+
+/// The `kind` label of a notification of money going back, if it is one.
+fn money_back_kind(kind: &NotificationKind) -> Option<&'static str> {
+    match kind {
+        NotificationKind::Refund(_) => Some("refund"),
+        NotificationKind::Chargeback(_) => Some("chargeback"),
+        NotificationKind::ChargebackReversal(_) => Some("chargeback_reversal"),
+        NotificationKind::RefundFailed(_) => Some("refund_failed"),
+        NotificationKind::Paid | NotificationKind::Closed | NotificationKind::Other(_) => None,
     }
 }
 

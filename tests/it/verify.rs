@@ -9,9 +9,10 @@ use payhook::crediting::{apply_alone, Outcome};
 use payhook::db::Pool;
 use payhook::domain::ids::{ChannelName, OrderNo};
 use payhook::domain::money::{AmountMinor, Currency};
-use payhook::domain::notification::{Notification, NotificationKind};
+use payhook::domain::notification::{Notification, NotificationKind, Refund};
 
-/// Three users, four paid orders, one pending, one closed, one duplicate and one anomaly.
+/// Three users, four paid orders (the first partly refunded), one pending, one closed, a
+/// duplicate and an anomaly per order.
 fn good_books(db: &TestDb) -> (Pool, Vec<OrderNo>) {
     let pool = db.pool(4);
     let mut conn = pool.get().unwrap();
@@ -67,6 +68,28 @@ fn good_books(db: &TestDb) -> (Pool, Vec<OrderNo>) {
         );
         paid.push(order);
     }
+    let mut refund = Notification {
+        channel: ChannelName::parse("alipay").unwrap(),
+        notification_id: "vn-refund".to_owned(),
+        order_no: Some(paid[0].clone()),
+        provider_trade_no: Some("vt-0".to_owned()),
+        amount: None,
+        currency: Some(Currency::Cny),
+        kind: NotificationKind::Refund(Refund::One {
+            refund_id: "vr-0".to_owned(),
+            amount: AmountMinor::new(100).unwrap(),
+        }),
+        merchant_mismatch: None,
+    };
+    let evidence = Evidence {
+        headers_json: "{}",
+        body: b"x",
+    };
+    for outcome in [Outcome::Refunded, Outcome::AlreadyBooked] {
+        let applied = apply_alone(&mut conn, &refund, evidence, now()).unwrap();
+        assert_eq!(applied.outcome, outcome);
+        refund.notification_id = "vn-refund-again".to_owned();
+    }
     create_order(
         &mut conn,
         "v2",
@@ -115,7 +138,9 @@ fn good_books_verify_with_exit_zero(db: TestDb) {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("the books balance"), "{text}");
     assert!(
-        text.contains("4 paid orders") && text.contains("4 ledger entries"),
+        text.contains("4 paid orders")
+            && text.contains("5 ledger entries")
+            && text.contains("1 refunds"),
         "{text}"
     );
     assert!(text.contains("4 anomalies"), "{text}");
@@ -225,8 +250,102 @@ fn a_credit_on_an_unpaid_order_is_found_and_named(db: TestDb) {
     );
 }
 
+fn money_gone_back_that_the_books_do_not_account_for_is_found_and_named(db: TestDb) {
+    let (pool, paid) = good_books(&db);
+    // The order forgets part of its refund.
+    exec(
+        &pool,
+        &format!(
+            "UPDATE orders SET refunded_minor = 40 WHERE order_no = '{}'",
+            paid[0]
+        ),
+    );
+    let broken = broken_rules(&pool);
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(
+        broken[0].0.contains("never exceed what it paid"),
+        "{broken:?}"
+    );
+    assert!(
+        broken[0].1[0].contains("refunds 100") && broken[0].1[0].contains("says 40"),
+        "{broken:?}"
+    );
+
+    // A reversal of a chargeback that never happened, with its money, and a refund of the
+    // wrong sign.
+    exec(
+        &pool,
+        &format!(
+            "UPDATE orders SET refunded_minor = 100 WHERE order_no = '{0}'; \
+             INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, \
+                 created_at, entry_key) \
+             VALUES ('v3', 'CNY', '{1}', 'chargeback_reversal', 500, 10499, CURRENT_TIMESTAMP, \
+                 '{1}/dp_none'), \
+                 ('v3', 'CNY', '{1}', 'refund', 1, 10500, CURRENT_TIMESTAMP, '{1}/r_plus'); \
+             UPDATE accounts SET balance_minor = balance_minor + 501 WHERE user_id = 'v3'",
+            paid[0], paid[3]
+        ),
+    );
+    let broken = broken_rules(&pool);
+    let rules: Vec<&str> = broken.iter().map(|(r, _)| r.as_str()).collect();
+    for rule in [
+        "every ledger amount has its kind's sign",
+        "every chargeback reversal has its chargeback and returns no more than it took",
+        "every refund, chargeback and reversal has a notification that says so",
+    ] {
+        assert!(rules.contains(&rule), "{rule}: {broken:?}");
+    }
+    let (code, text) = payhook_verify(&db);
+    assert_eq!(code, Some(1), "{text}");
+}
+
+fn a_debt_is_reported_and_not_an_error(db: TestDb) {
+    let (pool, paid) = good_books(&db);
+    let mut conn = pool.get().unwrap();
+    // v3 spends 99.00 of 99.99, then the whole payment is refunded.
+    exec(
+        &pool,
+        "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, \
+             created_at, entry_key, debit_no) \
+         VALUES ('v3', 'CNY', NULL, 'debit', -9900, 99, CURRENT_TIMESTAMP, 'spend', 'spend'); \
+         UPDATE accounts SET balance_minor = balance_minor - 9900 WHERE user_id = 'v3'",
+    );
+    let refund = Notification {
+        channel: ChannelName::parse("alipay").unwrap(),
+        notification_id: "vn-refund-all".to_owned(),
+        order_no: Some(paid[3].clone()),
+        provider_trade_no: Some("vt-3".to_owned()),
+        amount: None,
+        currency: Some(Currency::Cny),
+        kind: NotificationKind::Refund(Refund::UpTo {
+            total: AmountMinor::new(9999).unwrap(),
+            refund_id: None,
+        }),
+        merchant_mismatch: None,
+    };
+    let evidence = Evidence {
+        headers_json: "{}",
+        body: b"x",
+    };
+    let applied = apply_alone(&mut conn, &refund, evidence, now()).unwrap();
+    assert_eq!(
+        (applied.outcome, applied.balance_after),
+        (Outcome::Refunded, Some(-9900))
+    );
+    assert!(broken_rules(&pool).is_empty(), "{:?}", broken_rules(&pool));
+    let (code, text) = payhook_verify(&db);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("debts: 1 account(s) owe money") && text.contains("account v3 CNY owes 9900"),
+        "{text}"
+    );
+    assert!(text.contains("1 refunded orders"), "{text}");
+}
+
 on_every_backend!(
     good_books_verify_with_exit_zero,
+    money_gone_back_that_the_books_do_not_account_for_is_found_and_named,
+    a_debt_is_reported_and_not_an_error,
     a_bumped_balance_is_found_and_named,
     a_duplicate_ledger_row_is_found_and_named,
     a_missing_credit_is_found_and_named,
