@@ -15,5 +15,6 @@ mod money_back;
 mod notify_http;
 mod operate;
 mod replay;
+mod schema;
 mod storage;
 mod verify;
