@@ -204,18 +204,37 @@ impl AmountMinor {
 
 /// A signed count of minor units as a decimal string: `-2.00` for a debt.
 pub fn format_signed(minor: i64, currency: Currency) -> String {
-    let magnitude = AmountMinor(minor.unsigned_abs().min(i64::MAX as u64) as i64).format(currency);
-    if minor < 0 {
-        format!("-{magnitude}")
-    } else {
-        magnitude
+    let sign = if minor < 0 { "-" } else { "" };
+    let magnitude = minor.unsigned_abs();
+    let exponent = currency.exponent();
+    if exponent == 0 {
+        return format!("{sign}{magnitude}");
     }
+    let scale = 10u64.pow(exponent);
+    format!(
+        "{sign}{}.{:0width$}",
+        magnitude / scale,
+        magnitude % scale,
+        width = exponent as usize
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn signed_amounts_show_their_sign() {
+        assert_eq!(format_signed(-700, Currency::Cny), "-7.00");
+        assert_eq!(format_signed(5, Currency::Cny), "0.05");
+        assert_eq!(format_signed(-5, Currency::Jpy), "-5");
+        assert_eq!(format_signed(0, Currency::Usd), "0.00");
+        assert_eq!(
+            format_signed(i64::MIN, Currency::Cny),
+            "-92233720368547758.08"
+        );
+    }
 
     #[test]
     fn parses_decimal_strings_exactly() {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
-use crate::common::{count, settled_count, spawn_app, TestApp, TestDb};
+use crate::common::{count, exec, pay_order, settled_count, spawn_app, TestApp, TestDb};
 use chrono::{DateTime, Utc};
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
@@ -536,7 +536,141 @@ fn accounts_show_balances_and_a_paged_ledger_and_the_inbox_shows_deliveries(db: 
     assert!(raw[0]["raw"]["headers"]["webhook-signature"].is_string());
 }
 
+/// Applies a refund of `amount` (refund id `refund_id`) to `order_no`, paid by `trade`.
+fn refund(app: &TestApp, order_no: &str, trade: &str, refund_id: &str, amount: i64) -> String {
+    use payhook::domain::ids::{ChannelName, OrderNo};
+    use payhook::domain::money::{AmountMinor, Currency};
+    use payhook::domain::notification::{Notification, NotificationKind, Refund};
+    let n = Notification {
+        channel: ChannelName::parse("gateway").unwrap(),
+        notification_id: format!("refund-{refund_id}"),
+        order_no: Some(OrderNo::parse(order_no).unwrap()),
+        provider_trade_no: Some(trade.to_owned()),
+        amount: None,
+        currency: Some(Currency::Cny),
+        kind: NotificationKind::Refund(Refund::One {
+            refund_id: refund_id.to_owned(),
+            amount: AmountMinor::new(amount).unwrap(),
+        }),
+        merchant_mismatch: None,
+    };
+    let evidence = payhook::books::inbox::Evidence {
+        headers_json: "{}",
+        body: b"{}",
+    };
+    let mut conn = app.pool.get().unwrap();
+    payhook::crediting::apply_alone(&mut conn, &n, evidence, crate::common::now())
+        .unwrap()
+        .outcome
+        .as_str()
+        .to_owned()
+}
+
+fn money_going_back_shows_in_the_order_the_ledger_and_the_inbox(db: TestDb) {
+    let app = app(&db);
+    let (status, _) = status_and_json(create(&app, &order_body("BACK-1", "gina", "10.00")));
+    assert_eq!(status, 201);
+    let paid = pay_order(
+        &mut app.pool.get().unwrap(),
+        "gateway",
+        "BACK-1",
+        "tx-1",
+        1000,
+        "CNY",
+    );
+    assert_eq!(paid, "credited");
+    assert_eq!(refund(&app, "BACK-1", "tx-1", "rf-1", 250), "refunded");
+
+    let (status, order) = status_and_json(
+        authed(client().get(app.url("/api/orders/BACK-1")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(order["status"], "paid");
+    assert_eq!(
+        (&order["refunded"], &order["refunded_minor"]),
+        (&json!("2.50"), &json!(250))
+    );
+
+    // All of it goes back, and more than the balance holds once the user has spent some.
+    exec(
+        &app.pool,
+        "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, \
+             created_at, entry_key, debit_no) \
+         VALUES ('gina', 'CNY', NULL, 'debit', -700, 50, CURRENT_TIMESTAMP, 'spend-1', 'spend-1'); \
+         UPDATE accounts SET balance_minor = balance_minor - 700 WHERE user_id = 'gina'",
+    );
+    assert_eq!(refund(&app, "BACK-1", "tx-1", "rf-2", 750), "refunded");
+    let (_, order) = status_and_json(
+        authed(client().get(app.url("/api/orders/BACK-1")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(order["status"], "refunded");
+    assert_eq!(order["refunded_minor"], 1000);
+
+    let (_, account) = status_and_json(
+        authed(client().get(app.url("/api/accounts/gina")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        account["balances"],
+        json!([{"currency": "CNY", "amount": "-7.00", "amount_minor": -700}])
+    );
+    let ledger = account["ledger"].as_array().unwrap();
+    let shown: Vec<(&str, &str, i64, &Value, &Value)> = ledger
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["amount"].as_str().unwrap(),
+                e["amount_minor"].as_i64().unwrap(),
+                &e["order_no"],
+                &e["debit_no"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("refund", "7.50", -750, &json!("BACK-1"), &Value::Null),
+            ("debit", "7.00", -700, &Value::Null, &json!("spend-1")),
+            ("refund", "2.50", -250, &json!("BACK-1"), &Value::Null),
+            ("credit", "10.00", 1000, &json!("BACK-1"), &Value::Null),
+        ]
+    );
+    assert_eq!(ledger[0]["balance_after"], -700);
+
+    let (_, list) = status_and_json(
+        authed(client().get(app.url("/api/notifications?order_no=BACK-1")))
+            .send()
+            .unwrap(),
+    );
+    let debt = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["notification_id"] == "refund-rf-2")
+        .expect("the second refund is in the inbox");
+    assert_eq!(debt["outcome"], "refunded");
+    assert_eq!(debt["anomaly"], true);
+    assert!(debt["detail"].as_str().unwrap().contains("owes"), "{debt}");
+    let first = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["notification_id"] == "refund-rf-1")
+        .unwrap();
+    assert_eq!(
+        (&first["anomaly"], &first["kind"]),
+        (&json!(false), &json!("refund"))
+    );
+}
+
 on_every_backend!(
+    money_going_back_shows_in_the_order_the_ledger_and_the_inbox,
     every_api_route_refuses_a_missing_or_wrong_token,
     order_numbers_are_unique_and_fit_every_provider,
     creating_an_order_is_idempotent_and_conflicts_name_the_field,
