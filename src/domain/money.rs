@@ -188,17 +188,7 @@ impl AmountMinor {
 
     /// Formats with exactly the currency's number of decimals: 1000 CNY is `"10.00"`.
     pub fn format(self, currency: Currency) -> String {
-        let exponent = currency.exponent();
-        if exponent == 0 {
-            return self.0.to_string();
-        }
-        let scale = 10i64.pow(exponent);
-        format!(
-            "{}.{:0width$}",
-            self.0 / scale,
-            self.0 % scale,
-            width = exponent as usize
-        )
+        format_signed(self.0, currency)
     }
 }
 
