@@ -6,7 +6,7 @@ use crate::common::{count, create_order, exec, now, pay_order, race, TestDb};
 use payhook::books::inbox::Evidence;
 use payhook::books::orders::{self, Order, OrderStatus};
 use payhook::books::verify;
-use payhook::crediting::{apply_alone, Answer, Applied, Outcome};
+use payhook::crediting::{apply_alone, commit_batch, Answer, Applied, ApplyJob, Outcome};
 use payhook::db::Pool;
 use payhook::domain::ids::{ChannelName, OrderNo};
 use payhook::domain::money::{AmountMinor, Currency};
@@ -434,7 +434,45 @@ fn concurrent_cumulative_totals_in_any_order_refund_exactly_the_last(db: TestDb)
     assert_books_balance(&pool);
 }
 
+fn one_batch_pays_and_refunds_an_order_and_books_each_refund_once(db: TestDb) {
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let order_no = create_order(&mut conn, "r10", "alipay", "10.00", "CNY", None);
+    let mut payment = about(&order_no, "n-pay", "T1", NotificationKind::Paid);
+    payment.amount = Some(minor(1000));
+    let job = |n: &Notification| ApplyJob::new(n.clone(), "{}".to_owned(), "x".into(), now());
+    let batch = [
+        job(&payment),
+        job(&refund(&order_no, "n-a", "RA", 300)),
+        job(&refund(&order_no, "n-a", "RA", 300)),
+        job(&refund(&order_no, "n-a-renamed", "RA", 300)),
+        job(&refunds_up_to(&order_no, "n-b", 300)),
+        job(&refund(&order_no, "n-c", "RC", 800)),
+    ];
+    let results: Vec<Outcome> = commit_batch(&mut conn, &batch, &[])
+        .into_iter()
+        .map(|r| r.expect("applied").outcome)
+        .collect();
+    assert_eq!(
+        results,
+        [
+            Outcome::Credited,
+            Outcome::Refunded,
+            Outcome::AlreadyBooked,
+            Outcome::AlreadyBooked,
+            // A cumulative total of 3.00 is what the first refund already reached.
+            Outcome::AlreadyBooked,
+            // 8.00 is more than the 7.00 left.
+            Outcome::Mismatch,
+        ]
+    );
+    assert_eq!(balance(&pool, "r10"), 700);
+    assert_eq!(order(&pool, &order_no).refunded.get(), 300);
+    assert_books_balance(&pool);
+}
+
 on_every_backend!(
+    one_batch_pays_and_refunds_an_order_and_books_each_refund_once,
     refunds_by_id_leave_the_balance_once_each_and_the_order_keeps_what_went_back,
     cumulative_refunds_move_the_difference_and_a_passed_total_moves_nothing,
     a_refund_of_a_spent_credit_leaves_a_debt_that_is_kept_for_a_human,
