@@ -7,7 +7,8 @@
 //!   increment and the ledger row.
 //! - [`record_delivery`]: one delivery of a verified notification into the inbox.
 //! - [`change_balance`]: a balance moved in SQL, within bounds.
-//! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing.
+//! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing;
+//!   [`lock_account`]: one account's row, before a debit reads and changes it.
 //! - [`savepoints_are_cheap`]: what a batch may afford.
 
 use chrono::NaiveDateTime;
@@ -135,6 +136,28 @@ pub fn lock_for_credits(conn: &mut DbConnection, order_nos: &[&str]) -> Result<(
     match conn {
         DbConnection::Postgresql(pg) => postgres::lock_for_credits(pg, order_nos),
         DbConnection::Mysql(my) => mysql::lock_for_credits(my, order_nos),
+        DbConnection::Sqlite(_) => Ok(()),
+    }
+}
+
+/// Locks the (user, currency) account row until the transaction ends, so that two debits of one
+/// account take turns: the second reads the ledger only after the first has committed. A missing
+/// account locks nothing. On SQLite the database lock serialises writers already.
+pub fn lock_account(
+    conn: &mut DbConnection,
+    user_id: &str,
+    currency: Currency,
+) -> Result<(), DieselError> {
+    use crate::db::schema::accounts;
+    use diesel::prelude::*;
+
+    let account = accounts::table
+        .find((user_id, currency.code()))
+        .select(accounts::user_id)
+        .for_update();
+    match conn {
+        DbConnection::Postgresql(pg) => account.load::<String>(pg).map(drop),
+        DbConnection::Mysql(my) => account.load::<String>(my).map(drop),
         DbConnection::Sqlite(_) => Ok(()),
     }
 }
