@@ -40,11 +40,16 @@ const RULES: [Rule; 6] = [
     },
     Rule {
         name: "no ledger entry lacks its order or credits another account",
-        offending: "SELECT 'ledger ' || l.id || ': order ' || l.order_no || ' ' \
-                 || CASE WHEN o.order_no IS NULL THEN 'does not exist' \
-                    ELSE 'belongs to ' || o.user_id || ' ' || o.currency END AS detail \
+        // A row without an order is a debit, and has its debit_no instead.
+        offending: "SELECT 'ledger ' || l.id || ': ' \
+                 || CASE WHEN l.order_no IS NULL THEN 'has neither an order nor a debit_no' \
+                    WHEN o.order_no IS NULL THEN 'order ' || l.order_no || ' does not exist' \
+                    ELSE 'order ' || l.order_no || ' belongs to ' || o.user_id || ' ' \
+                        || o.currency END AS detail \
              FROM ledger l LEFT JOIN orders o ON o.order_no = l.order_no \
-             WHERE o.order_no IS NULL OR o.user_id <> l.user_id OR o.currency <> l.currency",
+             WHERE (l.order_no IS NULL AND l.debit_no IS NULL) \
+                OR (l.order_no IS NOT NULL AND (o.order_no IS NULL \
+                    OR o.user_id <> l.user_id OR o.currency <> l.currency))",
     },
     Rule {
         name: "no pending or closed order has a credit",
@@ -59,6 +64,7 @@ const RULES: [Rule; 6] = [
                  || COUNT(n.id) || ' notification(s) say credited' AS detail \
              FROM ledger l LEFT JOIN notifications n \
                  ON n.order_no = l.order_no AND n.outcome = 'credited' \
+             WHERE l.kind = 'credit' \
              GROUP BY l.order_no HAVING COUNT(n.id) <> 1",
     },
     Rule {
