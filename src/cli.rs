@@ -7,11 +7,13 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{self, open, open_migrated, DbArgs};
 use crate::books::accounts;
+use crate::books::debits::{self, DebitRequest, Debited};
 use crate::books::orders::{self, Created, OrderRequest};
 use crate::books::verify;
 use crate::db;
 use crate::domain::ids::UserId;
-use crate::http::views::{AccountView, OrderView};
+use crate::domain::money::format_signed;
+use crate::http::views::{AccountView, DebitView, OrderView};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -56,7 +58,7 @@ enum Command {
         #[command(subcommand)]
         command: OrderCommand,
     },
-    /// Show accounts without the server.
+    /// Show or spend balances without the server.
     Account {
         #[command(subcommand)]
         command: AccountCommand,
@@ -99,6 +101,25 @@ enum AccountCommand {
         /// Most ledger rows to print.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+    },
+    /// Spend from a user's balance once per debit number, and print the debit as JSON.
+    Debit {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The user whose balance is spent.
+        user_id: String,
+        /// The idempotency key: the same number again takes nothing more.
+        #[arg(long)]
+        debit_no: String,
+        /// Decimal amount in the currency's unit, e.g. 3.00.
+        #[arg(long)]
+        amount: String,
+        /// The balance's currency, e.g. CNY.
+        #[arg(long)]
+        currency: String,
+        /// A note kept with the debit (at most 256 characters).
+        #[arg(long)]
+        memo: Option<String>,
     },
 }
 
@@ -195,6 +216,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serde_json::to_string_pretty(&AccountView::from(statement))?
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Account {
+            command:
+                AccountCommand::Debit {
+                    db,
+                    user_id,
+                    debit_no,
+                    amount,
+                    currency,
+                    memo,
+                },
+        } => {
+            let settings = db.settings(None)?;
+            let request = DebitRequest {
+                debit_no,
+                amount,
+                currency,
+                memo,
+            };
+            let new = request.validate(&user_id).map_err(|e| anyhow::anyhow!(e))?;
+            let pool = open_migrated(&settings)?;
+            let now = chrono::Utc::now().naive_utc();
+            match debits::debit(&mut *pool.get()?, &new, now)? {
+                Debited::New(debit) | Debited::Repeat(debit) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&DebitView::from(&debit))?
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Debited::Conflict(debit, fields) => anyhow::bail!(
+                    "debit {} exists with a different {}",
+                    debit.debit_no,
+                    fields.join(", ")
+                ),
+                Debited::Insufficient { balance } => anyhow::bail!(
+                    "insufficient balance: user {} has {} {currency}, the debit needs {} \
+                     {currency}; nothing was taken",
+                    new.user_id,
+                    format_signed(balance, new.currency),
+                    new.amount.format(new.currency),
+                    currency = new.currency
+                ),
+            }
         }
     }
 }

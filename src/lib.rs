@@ -10,7 +10,7 @@
 //!   the order, then balance, ledger and inbox in one commit), and group commit: a writer applies
 //!   the notifications that arrived together in one transaction and answers them after it.
 //! - [`books`]: orders, accounts and their ledger, the inbox; the rows the transaction works on,
-//!   and the one-command proof that they balance.
+//!   debits that spend a balance once each, and the one-command proof that they balance.
 //! - [`db`] and [`store`]: SQLite, PostgreSQL or MySQL chosen by URL, the connection pool, migrations
 //!   and transactions; and every SQL statement that differs by backend.
 //! - [`domain`]: what every part speaks in: values parsed once at the edge (`AmountMinor`,

@@ -186,6 +186,7 @@ pub const APPLY_SECONDS: &str = "payhook_apply_seconds";
 pub const POOL_CONNECTIONS: &str = "payhook_pool_connections";
 pub const BATCH_NOTIFICATIONS: &str = "payhook_batch_notifications";
 pub const BATCH_SECONDS: &str = "payhook_batch_seconds";
+pub const DEBITS: &str = "payhook_debits_total";
 
 /// Counts one notification's outcome and the answer it got.
 pub fn record_notification(channel: &str, outcome: &'static str, answer: &'static str) {
@@ -214,6 +215,12 @@ pub fn record_apply_seconds(seconds: f64) {
 pub fn record_batch(notifications: usize, seconds: f64) {
     metrics::histogram!(BATCH_NOTIFICATIONS).record(notifications as f64);
     metrics::histogram!(BATCH_SECONDS).record(seconds);
+}
+
+/// Counts one debit request by how it ended: `debited`, `repeat`, `conflict`,
+/// `insufficient_balance` or `invalid`.
+pub fn record_debit(outcome: &'static str) {
+    metrics::counter!(DEBITS, "outcome" => outcome).increment(1);
 }
 
 /// Renders every metric, with the pool's gauges read now.

@@ -2,6 +2,7 @@
 //!
 //! - [`orders`]: recharge orders, from pending to paid or closed.
 //! - [`accounts`]: one balance per user and currency, changed only together with a ledger row.
+//! - [`debits`]: a balance spent, once per caller-chosen `debit_no`, never below zero.
 //! - [`inbox`]: every notification received, with the evidence to verify it again.
 //! - [`verify`]: the one-command proof that the books balance.
 //!
@@ -9,6 +10,7 @@
 //! [`crate::store`].
 
 pub mod accounts;
+pub mod debits;
 pub mod inbox;
 pub mod orders;
 pub mod verify;

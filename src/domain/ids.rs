@@ -70,6 +70,12 @@ id_type!(
     64
 );
 id_type!(
+    /// The caller's number for one spending of a balance, the idempotency key of a debit.
+    DebitNo,
+    "debit_no",
+    64
+);
+id_type!(
     /// The merchant's user, whose balance a paid order credits.
     UserId,
     "user_id",
@@ -95,6 +101,12 @@ mod tests {
         assert!(OrderNo::parse("").is_err());
         assert!(OrderNo::parse("a b").is_err());
         assert!(UserId::parse("user/1").is_err());
+        assert!(DebitNo::parse(&"d".repeat(64)).is_ok());
+        assert!(DebitNo::parse(&"d".repeat(65)).is_err());
+        assert!(DebitNo::parse("d 1")
+            .unwrap_err()
+            .to_string()
+            .contains("debit_no"));
         assert!(ChannelName::parse("alipay").is_ok());
         let err = ChannelName::parse("ali pay").unwrap_err();
         assert!(err.to_string().contains("channel"));

@@ -1,5 +1,6 @@
 //! `/api/*`: the merchant backend's side. Orders are created here before they can be paid, with
-//! the order number as idempotency key and the version as the guard against stale updates.
+//! the order number as idempotency key and the version as the guard against stale updates;
+//! balances are spent here, with the debit number as idempotency key.
 //!
 //! Every route needs `Authorization: Bearer <admin_token>`; with no token configured, all of
 //! `/api` answers 401. Errors are `{"error": "..."}` naming the field or state at fault; database
@@ -15,12 +16,15 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::state::AppState;
-use super::views::{AccountView, NotificationView, OrderView};
+use super::views::{AccountView, DebitView, NotificationView, OrderView};
 use crate::books::accounts;
+use crate::books::debits::{self, DebitRequest, Debited, NewDebit};
 use crate::books::inbox;
 use crate::books::orders::{self, Created, Order, OrderRequest};
 use crate::db::{self, DbError};
-use crate::domain::ids::{OrderNo, UserId};
+use crate::domain::ids::{DebitNo, OrderNo, UserId};
+use crate::domain::money::format_signed;
+use crate::telemetry;
 
 pub(super) fn scope() -> actix_web::Scope<
     impl actix_web::dev::ServiceFactory<
@@ -38,6 +42,8 @@ pub(super) fn scope() -> actix_web::Scope<
         .route("/orders/{order_no}", web::get().to(get_order))
         .route("/orders/{order_no}/close", web::post().to(close_order))
         .route("/accounts/{user_id}", web::get().to(get_account))
+        .route("/accounts/{user_id}/debits", web::post().to(create_debit))
+        .route("/debits/{debit_no}", web::get().to(get_debit))
         .route("/notifications", web::get().to(list_notifications))
 }
 
@@ -245,6 +251,89 @@ async fn get_account(
             error(StatusCode::NOT_FOUND, "no such account")
         }
         Ok(statement) => HttpResponse::Ok().json(AccountView::from(statement)),
+        Err(response) => response,
+    }
+}
+
+async fn create_debit(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    let invalid = |status: StatusCode, message: String| {
+        telemetry::record_debit("invalid");
+        error(status, message)
+    };
+    let parsed: DebitRequest = match serde_json::from_slice(&body) {
+        Ok(parsed) => parsed,
+        Err(e) if e.is_data() => return invalid(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) => return invalid(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let new = match parsed.validate(&path) {
+        Ok(new) => new,
+        Err(message) => return invalid(StatusCode::UNPROCESSABLE_ENTITY, message),
+    };
+    let now = state.clock.now().naive_utc();
+    let request = new.clone();
+    let debited = match with_db(&state, move |conn| debits::debit(conn, &request, now)).await {
+        Ok(debited) => debited,
+        Err(response) => return response,
+    };
+    log_debit(&new, &debited);
+    telemetry::record_debit(debited.as_str());
+    match debited {
+        Debited::New(debit) => HttpResponse::Created().json(DebitView::from(&debit)),
+        Debited::Repeat(debit) => HttpResponse::Ok().json(DebitView::from(&debit)),
+        Debited::Conflict(debit, fields) => HttpResponse::Conflict().json(json!({
+            "error": format!(
+                "debit {} exists with a different {}",
+                debit.debit_no,
+                fields.join(", ")
+            ),
+            "fields": fields,
+        })),
+        Debited::Insufficient { balance } => HttpResponse::UnprocessableEntity().json(json!({
+            "error": "insufficient_balance",
+            "balance": format_signed(balance, new.currency),
+            "balance_minor": balance,
+            "currency": new.currency,
+        })),
+    }
+}
+
+/// One line per debit request that reached the books; the memo is the caller's text and stays
+/// out of the log.
+fn log_debit(new: &NewDebit, debited: &Debited) {
+    let balance_after = match debited {
+        Debited::New(debit) | Debited::Repeat(debit) => Some(debit.balance_after),
+        Debited::Conflict(..) | Debited::Insufficient { .. } => None,
+    };
+    log::info!(
+        target: "payhook::debits",
+        debit_no = new.debit_no.as_str(),
+        user_id = new.user_id.as_str(),
+        amount = new.amount.get(),
+        currency = new.currency.code(),
+        outcome = debited.as_str(),
+        balance_after = balance_after.map_or("-".to_owned(), |b| b.to_string());
+        "debit"
+    );
+}
+
+async fn get_debit(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    let no_such_debit = || {
+        error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            format!("no debit {:?}", path.as_str()),
+        )
+    };
+    let Ok(debit_no) = DebitNo::parse(&path) else {
+        return no_such_debit();
+    };
+    match with_db(&state, move |conn| Ok(debits::find(conn, &debit_no)?)).await {
+        Ok(Some(debit)) => HttpResponse::Ok().json(DebitView::from(&debit)),
+        Ok(None) => no_such_debit(),
         Err(response) => response,
     }
 }

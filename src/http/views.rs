@@ -6,9 +6,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::books::accounts::{LedgerEntry, Statement};
+use crate::books::debits::Debit;
 use crate::books::inbox::{InboxEntry, Listed};
 use crate::books::orders::Order;
-use crate::domain::ids::{ChannelName, OrderNo, UserId};
+use crate::domain::ids::{ChannelName, DebitNo, OrderNo, UserId};
 use crate::domain::money::{format_signed, Currency};
 
 /// An order.
@@ -53,6 +54,37 @@ impl From<&Order> for OrderView {
             refunded_minor: o.refunded.get(),
             charged_back: o.disputed.format(o.currency),
             charged_back_minor: o.disputed.get(),
+        }
+    }
+}
+
+/// A debit: what was spent, and the balance it left.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DebitView {
+    pub debit_no: DebitNo,
+    pub user_id: UserId,
+    /// Positive, as a decimal string.
+    pub amount: String,
+    /// Positive.
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub memo: Option<String>,
+    /// In minor units, as the ledger shows it.
+    pub balance_after: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&Debit> for DebitView {
+    fn from(d: &Debit) -> DebitView {
+        DebitView {
+            debit_no: d.debit_no.clone(),
+            user_id: d.user_id.clone(),
+            amount: d.amount.format(d.currency),
+            amount_minor: d.amount.get(),
+            currency: d.currency,
+            memo: d.memo.clone(),
+            balance_after: d.balance_after,
+            created_at: d.created_at.and_utc(),
         }
     }
 }

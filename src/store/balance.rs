@@ -1,4 +1,5 @@
-//! A balance moved in SQL, within bounds: the one way any balance changes.
+//! A balance moved in SQL, within bounds: the one way any balance changes; and the lock that
+//! makes two debits of one account take turns.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -51,5 +52,24 @@ pub fn change_balance(
             // The row is locked by the update above: this reads the balance it wrote.
             account.select(accounts::balance_minor).first(my).map(Some)
         }
+    }
+}
+
+/// Locks the (user, currency) account row until the transaction ends, so that two debits of one
+/// account take turns: the second reads the ledger only after the first has committed. A missing
+/// account locks nothing. On SQLite the database lock serialises writers already.
+pub fn lock_account(
+    conn: &mut DbConnection,
+    user_id: &str,
+    currency: Currency,
+) -> Result<(), DieselError> {
+    let account = accounts::table
+        .find((user_id, currency.code()))
+        .select(accounts::user_id)
+        .for_update();
+    match conn {
+        DbConnection::Postgresql(pg) => account.load::<String>(pg).map(drop),
+        DbConnection::Mysql(my) => account.load::<String>(my).map(drop),
+        DbConnection::Sqlite(_) => Ok(()),
     }
 }

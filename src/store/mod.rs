@@ -7,7 +7,8 @@
 //!   increment and the ledger row.
 //! - [`record_delivery`]: one delivery of a verified notification into the inbox.
 //! - [`change_balance`]: a balance moved in SQL, within bounds.
-//! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing.
+//! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing;
+//!   [`lock_account`]: one account's row, before a debit reads and changes it.
 //! - [`savepoints_are_cheap`]: what a batch may afford.
 
 use chrono::NaiveDateTime;
@@ -26,7 +27,7 @@ mod postgres;
 mod sqlite;
 pub mod statement;
 
-pub use balance::change_balance;
+pub use balance::{change_balance, lock_account};
 pub use delivery::{Credit, CreditWrite, Verdict};
 
 /// The compare-and-set `UPDATE orders SET status = paid ... WHERE order_no = ? AND status =

@@ -8,6 +8,7 @@ mod common;
 mod api;
 mod cli;
 mod crediting;
+mod debits;
 mod hostile;
 mod hostile_input;
 mod layout;
