@@ -66,7 +66,7 @@ impl ProviderName {
 ///
 /// A payment must name its provider trade: the trade is what tells a repeat of the payment that
 /// credited an order from a second payment of it, and two payments without one would read as the
-/// same.
+/// same. Money going back must name its order or its trade, or no order could ever match it.
 pub fn verify(
     provider: &dyn Provider,
     channel: &ChannelName,
@@ -82,6 +82,12 @@ pub fn verify(
         return Err(Rejection::Format(
             "a payment notification names no provider trade".to_owned(),
         ));
+    }
+    if notification.kind.is_money_back() && notification.order_no.is_none() && !names_trade {
+        return Err(Rejection::Format(format!(
+            "a {} notification names neither an order nor a provider trade",
+            notification.kind.as_str()
+        )));
     }
     Ok(notification)
 }
@@ -105,6 +111,7 @@ mod tests {
     use super::*;
     use crate::config::{ChannelConfig, Secret, StandardWebhooksConfig, StripeConfig};
     use crate::domain::money::Currency;
+    use crate::notify::testing;
 
     #[test]
     fn each_configured_provider_is_built_by_name_and_bad_keys_stop_it() {
@@ -126,5 +133,54 @@ mod tests {
         let built = from_config(&hooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).unwrap();
         assert_eq!(built.name(), "standard-webhooks");
         assert!(from_config(&hooks("whsec_%%%")).is_err());
+    }
+
+    #[test]
+    fn money_going_back_must_name_its_order_or_its_trade() {
+        let secret = "whsec_x";
+        let stripe = from_config(&ChannelConfig::Stripe(StripeConfig {
+            livemode: None,
+            account: None,
+            secrets: vec![Secret::new(secret)],
+            currency: Currency::Usd,
+            timestamp_tolerance_secs: 300,
+        }))
+        .unwrap();
+        let now = testing::at(1_795_375_716);
+        let verify_event = |event_type: &str, object: serde_json::Value| {
+            let body = serde_json::json!({ "id": "evt_1", "type": event_type,
+                                           "data": { "object": object } })
+            .to_string();
+            let header = stripe::sign::signature(secret, now.timestamp(), body.as_bytes());
+            let headers = [("Stripe-Signature".to_owned(), header)];
+            let request = testing::request(&headers, body.as_bytes());
+            verify(stripe.as_ref(), &testing::channel(), &request, now)
+        };
+        let charge = |payment_intent: serde_json::Value, metadata: serde_json::Value| {
+            serde_json::json!({ "id": "ch_1", "object": "charge", "amount": 500,
+                                "amount_refunded": 200, "currency": "usd",
+                                "payment_intent": payment_intent, "metadata": metadata })
+        };
+        let nothing = charge(serde_json::Value::Null, serde_json::json!({}));
+        let result = verify_event("charge.refunded", nothing);
+        assert!(
+            testing::is_format_rejection_about(&result, "neither an order nor a provider trade"),
+            "{result:?}"
+        );
+        let dispute = serde_json::json!({ "id": "dp_1", "object": "dispute", "amount": 500,
+                                          "currency": "usd", "payment_intent": null });
+        let result = verify_event("charge.dispute.funds_withdrawn", dispute);
+        assert!(testing::is_format_rejection_about(&result, "chargeback"));
+
+        let by_trade = charge("pi_1".into(), serde_json::json!({}));
+        assert!(verify_event("charge.refunded", by_trade).is_ok());
+        let by_order = charge(
+            serde_json::Value::Null,
+            serde_json::json!({ "order_no": "S1" }),
+        );
+        assert!(verify_event("charge.refunded", by_order).is_ok());
+        // Events that move no money are kept whatever they name.
+        let other = charge(serde_json::Value::Null, serde_json::json!({}));
+        assert!(verify_event("charge.refund.updated", other).is_ok());
     }
 }

@@ -1,6 +1,6 @@
-//! What every provider's signer shares: the payment a notification reports, the signed request
-//! that comes out, RSA private keys, errors, and the fresh ids a provider would issue. For
-//! `payhook fixtures` and for tests; nothing on the receiving path uses it.
+//! What every provider's signer shares: the payment a notification reports and the refunds of it,
+//! the signed request that comes out, RSA private keys, errors, and the fresh ids a provider would
+//! issue. For `payhook fixtures` and for tests; nothing on the receiving path uses it.
 //!
 //! Each provider's signer lives beside its verifier (`alipay::sign`, `wechatpay::sign`, ...) and
 //! builds the signed bytes with the verifier's own function, so a notification it makes verifies
@@ -23,11 +23,42 @@ pub struct Payment {
     pub currency: Currency,
 }
 
+/// One refund of a signed payment.
+#[derive(Debug, Clone)]
+pub struct RefundSpec {
+    /// The refund's id where the provider's notification names it (Alipay `out_biz_no`, WeChat
+    /// Pay `refund_id`, Standard Webhooks `refund_id`); Stripe's `charge.refunded` names none.
+    pub refund_id: String,
+    /// What goes back this time.
+    pub amount: AmountMinor,
+    /// What has gone back of the payment so far, this refund included: what Alipay's
+    /// `refund_fee` and Stripe's `amount_refunded` state.
+    pub total: AmountMinor,
+}
+
+impl RefundSpec {
+    /// A refund of `amount` that brings the payment's refunds to `total`, under a fresh id.
+    pub fn new(amount: AmountMinor, total: AmountMinor) -> RefundSpec {
+        RefundSpec {
+            refund_id: format!("RF{}", unique_hex()),
+            amount,
+            total,
+        }
+    }
+}
+
 /// A signed request: what a fixture item carries.
 #[derive(Debug, Clone)]
 pub struct Signed {
     pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+/// A signed payment notification and the provider trade it names, which its refunds name too.
+#[derive(Debug, Clone)]
+pub struct SignedPayment {
+    pub signed: Signed,
+    pub trade_no: String,
 }
 
 /// Why a private key cannot sign; it describes the key's shape, never its content.

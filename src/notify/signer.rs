@@ -5,14 +5,14 @@
 use chrono::{DateTime, Utc};
 
 use super::alipay::sign::AlipaySigner;
-use super::sign::{Payment, SignError, Signed};
+use super::sign::{Payment, RefundSpec, SignError, Signed, SignedPayment};
 use super::standard_webhooks::sign::StandardWebhooksSigner;
 use super::stripe::sign::StripeSigner;
 use super::wechatpay::sign::WechatPaySigner;
 use super::ProviderName;
 use crate::config::ChannelConfig;
 
-/// A channel's keys, ready to sign its provider's payment notifications.
+/// A channel's keys, ready to sign its provider's payment and refund notifications.
 pub enum Signer {
     Alipay(AlipaySigner),
     WechatPay(WechatPaySigner),
@@ -50,13 +50,31 @@ impl Signer {
     }
 
     /// The notification that reports `payment` paid, signed at `now`, with fresh notification
-    /// and trade ids.
-    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<Signed, SignError> {
+    /// and trade ids; the trade id comes back with it, for the payment's refunds.
+    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<SignedPayment, SignError> {
         match self {
             Signer::Alipay(signer) => Ok(signer.paid(payment, now)),
             Signer::WechatPay(signer) => signer.paid(payment, now),
             Signer::Stripe(signer) => Ok(signer.paid(payment, now)),
             Signer::StandardWebhooks(signer) => signer.paid(payment, now),
+        }
+    }
+
+    /// The notification that reports `refund` of `payment`, which the trade `trade_no` paid,
+    /// signed at `now` with a fresh notification id: Alipay's `refund_fee` and Stripe's
+    /// `amount_refunded` state `refund.total`, WeChat Pay and Standard Webhooks `refund.amount`.
+    pub fn refunded(
+        &self,
+        payment: &Payment,
+        trade_no: &str,
+        refund: &RefundSpec,
+        now: DateTime<Utc>,
+    ) -> Result<Signed, SignError> {
+        match self {
+            Signer::Alipay(signer) => Ok(signer.refunded(payment, trade_no, refund, now)),
+            Signer::WechatPay(signer) => signer.refunded(payment, trade_no, refund, now),
+            Signer::Stripe(signer) => Ok(signer.refunded(payment, trade_no, refund, now)),
+            Signer::StandardWebhooks(signer) => signer.refunded(payment, trade_no, refund, now),
         }
     }
 }

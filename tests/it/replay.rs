@@ -9,6 +9,7 @@ use crate::common::{
     count, free_port, settled_count, spawn_app_with_clock, Backend, TestApp, TestDb,
 };
 use payhook::domain::clock::SystemClock;
+use serde_json::Value;
 
 const DEMO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml");
 const DEMO_KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo-keys");
@@ -59,6 +60,19 @@ fn private_key(channel: &str) -> Option<String> {
 
 /// Runs `payhook fixtures` for `count` orders of `amount` on a demo channel, into `out`.
 fn make_fixtures(db: &TestDb, channel: &str, count: u32, amount: &str, user: &str, out: &Path) {
+    make_refunded_fixtures(db, channel, count, amount, &[], user, out);
+}
+
+/// Runs `payhook fixtures` with one `--refund` per entry of `refunds`.
+fn make_refunded_fixtures(
+    db: &TestDb,
+    channel: &str,
+    count: u32,
+    amount: &str,
+    refunds: &[&str],
+    user: &str,
+    out: &Path,
+) {
     let count = count.to_string();
     let out_arg = out.to_string_lossy().into_owned();
     let mut args = vec![
@@ -81,6 +95,9 @@ fn make_fixtures(db: &TestDb, channel: &str, count: u32, amount: &str, user: &st
     let key = private_key(channel);
     if let Some(key) = &key {
         args.extend(["--private-key", key.as_str()]);
+    }
+    for refund in refunds {
+        args.extend(["--refund", refund]);
     }
     let made = payhook(&args);
     assert!(made.status.success(), "fixtures {channel}: {}", text(&made));
@@ -182,6 +199,187 @@ fn fixtures_of_every_provider_replayed_five_times_credit_each_order_once(db: Tes
 }
 
 on_every_backend!(fixtures_of_every_provider_replayed_five_times_credit_each_order_once);
+
+/// (channel, order amount, refunds, currency) for each demo channel: Alipay and Stripe give the
+/// whole payment back in two refunds, WeChat Pay and the gateway part of it.
+const REFUNDED: [(&str, &str, &[&str], &str); 4] = [
+    ("alipay", "12.34", &["2.34", "10.00"], "CNY"),
+    ("wxpay", "10.00", &["1.00", "2.50"], "CNY"),
+    ("stripe", "5.00", &["1.50", "3.50"], "USD"),
+    ("gateway", "100.00", &["40.00"], "CNY"),
+];
+
+fn minor(amount: &str) -> i64 {
+    amount.replace('.', "").parse().unwrap()
+}
+
+/// The order numbers a fixture file pays, from its payments' names (`channel #N ORDER_NO`).
+fn paid_orders(path: &Path) -> Vec<String> {
+    items(path)
+        .iter()
+        .map(|item| item["name"].as_str().unwrap().to_owned())
+        .filter(|name| !name.contains(" refund "))
+        .map(|name| name.rsplit(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+fn refunds_of_every_provider_stormed_out_of_order_leave_each_balance_paid_minus_refunded(
+    db: TestDb,
+) {
+    const ORDERS: u32 = 4;
+    const TOKEN: &str = "replay-admin-token";
+    let config = format!("admin_token = {TOKEN:?}\n{}", demo_channels());
+    let app = spawn_app_with_clock(&db, &config, Arc::new(SystemClock));
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = dir.path().join("fixtures");
+    std::fs::create_dir(&fixtures).unwrap();
+    let mut refund_items = 0;
+    for (channel, amount, refunds, _) in REFUNDED {
+        let out = fixtures.join(format!("{channel}.ndjson"));
+        let user = format!("r-{channel}");
+        make_refunded_fixtures(&db, channel, ORDERS, amount, refunds, &user, &out);
+        let made = items(&out);
+        assert_eq!(
+            made.len(),
+            ORDERS as usize * (1 + refunds.len()),
+            "{channel}"
+        );
+        // Each order's payment comes first, then its refunds in the order given.
+        let names: Vec<&str> = made.iter().map(|i| i["name"].as_str().unwrap()).collect();
+        assert!(names[0].starts_with(&format!("{channel} #1 ")), "{names:?}");
+        assert!(names[1].ends_with(" refund 1"), "{names:?}");
+        assert!(made.iter().all(|i| i["expect"] == "ack"), "{channel}");
+        refund_items += ORDERS as usize * refunds.len();
+    }
+    let items_made = (ORDERS as usize) * REFUNDED.len() + refund_items;
+
+    // A shuffled storm: a refund that overtakes its payment is answered retry, never taken.
+    let results = dir.path().join("results.txt");
+    let results_arg = results.to_string_lossy().into_owned();
+    let flags = [
+        "--repeat",
+        "3",
+        "--shuffle",
+        "--concurrency",
+        "16",
+        "--results",
+        &results_arg,
+    ];
+    let (code, summary) = replay_json(&app.url(""), &flags, &[&fixtures]);
+    assert_eq!(summary["requests"], 3 * items_made, "{summary}");
+    for other in ["http_error", "transport_error"] {
+        assert_eq!(summary["answers"][other], 0, "{other}: {summary}");
+    }
+    let per_item: Vec<Value> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let mut retried = 0;
+    for item in &per_item {
+        let (sent, acks) = (
+            item["sent"].as_u64().unwrap(),
+            item["acks"].as_u64().unwrap(),
+        );
+        assert_eq!(sent, 3, "{item}");
+        if !item["item"].as_str().unwrap().contains(" refund ") {
+            assert_eq!(acks, 3, "a payment is always acked: {item}");
+        }
+        retried += sent - acks;
+    }
+    assert_eq!(summary["answers"]["retry"], retried, "{summary}");
+    // Those refunds expected an ack, so the storm reports them.
+    assert_eq!(code, i32::from(retried > 0), "{summary}");
+
+    // Replayed again, every payment is in: each refund is taken now or found taken already.
+    let (code, summary) = replay_json(&app.url(""), &["--concurrency", "16"], &[&fixtures]);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["answers"]["ack"], items_made, "{summary}");
+    assert_eq!(summary["answers"]["retry"], 0, "{summary}");
+
+    let client = reqwest::blocking::Client::new();
+    for (channel, amount, refunds, currency) in REFUNDED {
+        let (paid, refunded) = (minor(amount), refunds.iter().map(|r| minor(r)).sum::<i64>());
+        let user = format!("r-{channel}");
+        let expected = i64::from(ORDERS) * (paid - refunded);
+        assert_eq!(balance(&app, &user, currency), expected, "{channel}");
+        let orders = paid_orders(&fixtures.join(format!("{channel}.ndjson")));
+        assert_eq!(orders.len(), ORDERS as usize, "{channel}");
+        for order_no in orders {
+            let order: Value = client
+                .get(app.url(&format!("/api/orders/{order_no}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            assert_eq!(order["refunded_minor"], refunded, "{channel}: {order}");
+            let status = if refunded == paid { "refunded" } else { "paid" };
+            assert_eq!(order["status"], status, "{channel}: {order}");
+        }
+    }
+    // Each refund moves once: WeChat Pay's and the gateway's one row each; a cumulative total
+    // (Alipay, Stripe) that overtook the one before it takes both at once, in one row.
+    for (channel, _, refunds, _) in REFUNDED {
+        let rows = count(
+            &app.pool,
+            &format!(
+                "SELECT COUNT(*) AS n FROM ledger WHERE kind = 'refund' AND user_id = 'r-{channel}'"
+            ),
+        );
+        let most = i64::from(ORDERS) * refunds.len() as i64;
+        let least = match channel {
+            "alipay" | "stripe" => i64::from(ORDERS),
+            _ => most,
+        };
+        assert!(
+            (least..=most).contains(&rows),
+            "{channel}: {rows} refund rows"
+        );
+    }
+
+    let verified = payhook(&["verify", "--config", DEMO_CONFIG, "--database-url", &db.url]);
+    assert!(verified.status.success(), "verify: {}", text(&verified));
+}
+
+on_every_backend!(
+    refunds_of_every_provider_stormed_out_of_order_leave_each_balance_paid_minus_refunded
+);
+
+#[test]
+fn fixtures_refuse_refunds_beyond_the_order_amount_without_creating_orders() {
+    let db = TestDb::new(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("never.ndjson");
+    let made = payhook(&[
+        "fixtures",
+        "--config",
+        DEMO_CONFIG,
+        "--database-url",
+        &db.url,
+        "--channel",
+        "gateway",
+        "--count",
+        "5",
+        "--amount",
+        "10.00",
+        "--refund",
+        "3.00",
+        "--refund",
+        "7.01",
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    let message = text(&made);
+    assert_eq!(made.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("add up to more than the order's 10.00 CNY"),
+        "{message}"
+    );
+    assert!(!out.exists());
+    let pool = db.pool(1);
+    assert_eq!(count(&pool, "SELECT COUNT(*) AS n FROM orders"), 0);
+}
 
 #[test]
 fn replay_exits_non_zero_when_an_answer_differs_from_its_expect() {

@@ -198,7 +198,10 @@ fn kind(form: &Form, currency: Currency) -> Result<NotificationKind, Rejection> 
         ("TRADE_SUCCESS" | "TRADE_FINISHED" | "TRADE_CLOSED", Some(total)) => {
             NotificationKind::Refund(Refund::UpTo {
                 total,
-                refund_id: form.text("out_biz_no")?.map(str::to_owned),
+                refund_id: form
+                    .text("out_biz_no")?
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_owned),
             })
         }
         ("TRADE_SUCCESS" | "TRADE_FINISHED", None) => NotificationKind::Paid,
@@ -523,11 +526,16 @@ mod tests {
                 refund_id: refund_id.map(str::to_owned),
             })
         };
-        let cases: [(&str, Fields, NotificationKind); 7] = [
+        let cases: [(&str, Fields, NotificationKind); 8] = [
             (
                 "TRADE_CLOSED",
                 &[("refund_fee", b"12.34"), ("out_biz_no", b"RF9")],
                 up_to(1234, Some("RF9")),
+            ),
+            (
+                "TRADE_SUCCESS",
+                &[("refund_fee", b"2.00"), ("out_biz_no", b"")],
+                up_to(200, None),
             ),
             (
                 "TRADE_FINISHED",
@@ -558,6 +566,33 @@ mod tests {
             assert_eq!(notification.kind, kind, "{status} {extra:?}");
             assert_eq!(notification.amount.unwrap().get(), 1234);
         }
+    }
+
+    #[test]
+    fn a_refund_names_its_order_and_trade_and_another_apps_is_flagged() {
+        let (alipay, v) = vectors();
+        let refund = trade(
+            "TRADE_SUCCESS",
+            &[
+                ("refund_fee", b"3.00"),
+                ("out_biz_no", b"RF1"),
+                ("gmt_refund", b"2026-11-22 10:00:00.123"),
+            ],
+        );
+        let n = verify(&alipay, &signed_trade(&refund, Some("RSA2"))).unwrap();
+        assert!(n.kind.is_money_back());
+        assert_eq!(n.order_no.unwrap().as_str(), "A20261122000099");
+        assert_eq!(
+            n.provider_trade_no.as_deref(),
+            Some("2026112222001800000000000099")
+        );
+        assert_eq!(n.amount.unwrap().get(), 1234, "total_amount, the payment's");
+        assert_eq!(n.merchant_mismatch, None);
+        let other_app =
+            Alipay::new(&config(&v.alipay_public_key, "2021999", &v.seller_id)).unwrap();
+        let n = verify(&other_app, &signed_trade(&refund, Some("RSA2"))).unwrap();
+        assert!(n.kind.is_money_back());
+        assert!(n.merchant_mismatch.unwrap().contains("app_id"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Signing as Alipay does, for `payhook fixtures` and tests: a form of the trade's parameters,
-//! signed over the same content the verifier checks.
+//! a payment's or a refund's, signed over the same content the verifier checks.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -8,7 +8,10 @@ use serde_json::json;
 
 use super::signed_content;
 use crate::config::AlipayConfig;
-use crate::notify::sign::{self, china, digits, unique_hex, Payment, RsaSigner, SignError, Signed};
+use crate::notify::sign::{
+    self, china, digits, unique_hex, Payment, RefundSpec, RsaSigner, SignError, Signed,
+    SignedPayment,
+};
 
 /// An Alipay channel's app, with the private key that signs as Alipay.
 pub struct AlipaySigner {
@@ -30,28 +33,77 @@ impl AlipaySigner {
 
     /// The `TRADE_SUCCESS` notification that reports `payment` paid at `now`, with a fresh
     /// `notify_id` and `trade_no`.
-    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Signed {
+    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> SignedPayment {
         let local = china(now);
-        let time = |t: DateTime<FixedOffset>| t.format("%Y-%m-%d %H:%M:%S").to_string();
-        let amount = payment.amount.format(payment.currency);
         let trade_no = format!("{}22001{}", local.format("%Y%m%d"), digits(15));
-        let buyer_id = format!("2088{}", digits(12));
+        let amount = payment.amount.format(payment.currency);
+        let fund_bill_list =
+            json!([{ "amount": amount, "fundChannel": "ALIPAYACCOUNT" }]).to_string();
+        let mut fields = self.trade_fields(payment, &trade_no, now);
+        fields.extend([
+            ("fund_bill_list", fund_bill_list),
+            ("trade_status", "TRADE_SUCCESS".to_owned()),
+            ("point_amount", "0.00".to_owned()),
+        ]);
+        SignedPayment {
+            signed: self.sign(&fields),
+            trade_no,
+        }
+    }
+
+    /// The notification that reports `refund` of `payment`, paid by `trade_no`, done at `now`:
+    /// the trade's status with the cumulative `refund_fee`, `TRADE_CLOSED` once all of the
+    /// payment has gone back.
+    pub fn refunded(
+        &self,
+        payment: &Payment,
+        trade_no: &str,
+        refund: &RefundSpec,
+        now: DateTime<Utc>,
+    ) -> Signed {
+        let all_back = refund.total == payment.amount;
+        let status = if all_back {
+            "TRADE_CLOSED"
+        } else {
+            "TRADE_SUCCESS"
+        };
+        let mut fields = self.trade_fields(payment, trade_no, now);
+        fields.extend([
+            ("trade_status", status.to_owned()),
+            ("refund_fee", refund.total.format(payment.currency)),
+            ("out_biz_no", refund.refund_id.clone()),
+            (
+                "gmt_refund",
+                china(now).format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+            ),
+        ]);
+        if all_back {
+            fields.push(("gmt_close", time(china(now))));
+        }
+        self.sign(&fields)
+    }
+
+    /// What every notification about the trade that paid `payment` carries, sent at `now`.
+    fn trade_fields(
+        &self,
+        payment: &Payment,
+        trade_no: &str,
+        now: DateTime<Utc>,
+    ) -> Vec<(&'static str, String)> {
+        let local = china(now);
+        let amount = payment.amount.format(payment.currency);
         let seller_id = self
             .seller_id
             .clone()
             .unwrap_or_else(|| format!("2088{}", digits(12)));
-        let fund_bill_list =
-            json!([{ "amount": amount, "fundChannel": "ALIPAYACCOUNT" }]).to_string();
-        let fields = [
+        vec![
             ("gmt_create", time(local - chrono::Duration::seconds(5))),
             ("charset", "utf-8".to_owned()),
             ("subject", "充值 (payhook fixture)".to_owned()),
-            ("buyer_id", buyer_id),
+            ("buyer_id", format!("2088{}", digits(12))),
             ("invoice_amount", amount.clone()),
             ("notify_id", unique_hex()),
-            ("fund_bill_list", fund_bill_list),
             ("notify_type", "trade_status_sync".to_owned()),
-            ("trade_status", "TRADE_SUCCESS".to_owned()),
             ("receipt_amount", amount.clone()),
             ("buyer_pay_amount", amount.clone()),
             ("app_id", self.app_id.clone()),
@@ -61,10 +113,13 @@ impl AlipaySigner {
             ("version", "1.0".to_owned()),
             ("out_trade_no", payment.order_no.to_string()),
             ("total_amount", amount),
-            ("trade_no", trade_no),
+            ("trade_no", trade_no.to_owned()),
             ("auth_app_id", self.app_id.clone()),
-            ("point_amount", "0.00".to_owned()),
-        ];
+        ]
+    }
+
+    /// The form of `fields`, signed `RSA2`.
+    fn sign(&self, fields: &[(&str, String)]) -> Signed {
         let mut params: Vec<(&str, &[u8])> =
             fields.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         let signature = rsa2(&params, &self.key);
@@ -78,6 +133,11 @@ impl AlipaySigner {
             body: form_encode(&params),
         }
     }
+}
+
+/// Alipay's time format, in China Standard Time.
+fn time(t: DateTime<FixedOffset>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// Alipay's `RSA2` `sign` for form parameters given decoded: SHA256withRSA, in base64, over the

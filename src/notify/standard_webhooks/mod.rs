@@ -2,7 +2,8 @@
 //!
 //! The spec fixes the signature, `v1,<base64 HMAC-SHA256>` over `id.timestamp.body`, and leaves
 //! the payload to the sender; ours is `{"type", "data": {"order_no", "amount", "currency",
-//! "transaction_id"}}` with amounts in minor units.
+//! "transaction_id"}}` with amounts in minor units, and `payment.refunded` adds `refund_id`, its
+//! `amount` being the refund's.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -15,7 +16,7 @@ use super::common::{self, signed_header};
 use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::StandardWebhooksConfig;
 use crate::domain::ids::ChannelName;
-use crate::domain::notification::{Notification, NotificationKind};
+use crate::domain::notification::{Notification, NotificationKind, Refund};
 
 pub mod sign;
 
@@ -117,18 +118,25 @@ impl Provider for StandardWebhooks {
         let id = self.check_signature(request, now)?;
         let payload: Payload = common::from_json(request.body, "payload")?;
         let data = payload.data;
+        let kind = match payload.event_type.as_str() {
+            "payment.succeeded" => NotificationKind::Paid,
+            "payment.closed" => NotificationKind::Closed,
+            "payment.refunded" => NotificationKind::Refund(refund(&data)?),
+            other => NotificationKind::Other(other.to_owned()),
+        };
+        // A refund's `amount` is the refund's own; the payment's is not stated.
+        let amount = match kind {
+            NotificationKind::Refund(_) => None,
+            _ => data.amount.map(common::minor_units).transpose()?,
+        };
         Ok(Notification {
             channel: channel.clone(),
             notification_id: id.to_owned(),
             order_no: data.order_no.as_deref().map(common::order_no).transpose()?,
             provider_trade_no: data.transaction_id,
-            amount: data.amount.map(common::minor_units).transpose()?,
+            amount,
             currency: data.currency.as_deref().map(common::currency).transpose()?,
-            kind: match payload.event_type.as_str() {
-                "payment.succeeded" => NotificationKind::Paid,
-                "payment.closed" => NotificationKind::Closed,
-                other => NotificationKind::Other(other.to_owned()),
-            },
+            kind,
             merchant_mismatch: None,
         })
     }
@@ -158,6 +166,21 @@ impl Provider for StandardWebhooks {
     }
 }
 
+/// A `payment.refunded` message's refund: `amount` leaves the balance once per `refund_id`, so
+/// both must be there.
+fn refund(data: &PaymentData) -> Result<Refund, Rejection> {
+    let refund_id = data
+        .refund_id
+        .clone()
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| Rejection::Format("payment.refunded names no refund_id".to_owned()))?;
+    let amount = data
+        .amount
+        .ok_or_else(|| Rejection::Format("payment.refunded states no amount".to_owned()))
+        .and_then(common::minor_units)?;
+    Ok(Refund::One { refund_id, amount })
+}
+
 /// Whether an HTTP answer stops a Standard Webhooks sender resending: any success status.
 pub fn is_ack(status: u16) -> bool {
     common::is_success(status)
@@ -174,7 +197,9 @@ struct Payload {
 #[derive(Default, Deserialize)]
 struct PaymentData {
     order_no: Option<String>,
-    /// Minor units.
+    /// A refund's id (`payment.refunded`).
+    refund_id: Option<String>,
+    /// Minor units: the payment's, or a refund's own.
     amount: Option<i64>,
     currency: Option<String>,
     transaction_id: Option<String>,
@@ -328,6 +353,59 @@ mod tests {
             assert_eq!(notification.kind, kind);
             assert_eq!(notification.notification_id, "msg_extra");
             assert_eq!(notification.currency, Some(Currency::Jpy));
+        }
+    }
+
+    #[test]
+    fn a_refund_message_gives_back_its_own_amount_once_per_refund_id() {
+        let (hooks, v) = vectors();
+        let refunded = json!({ "type": "payment.refunded", "data": {
+            "order_no": "H1", "refund_id": "R1", "amount": 250, "currency": "CNY",
+            "transaction_id": "tx_1" } });
+        let (headers, body) = signed(&v, &refunded);
+        let n = verify_at(&hooks, &headers, &body, v.timestamp).unwrap();
+        assert_eq!(
+            n.kind,
+            NotificationKind::Refund(Refund::One {
+                refund_id: "R1".to_owned(),
+                amount: crate::domain::money::AmountMinor::new(250).unwrap(),
+            })
+        );
+        assert_eq!(n.amount, None, "the refund's amount is not the payment's");
+        assert_eq!(n.order_no.unwrap().as_str(), "H1");
+        assert_eq!(n.provider_trade_no.as_deref(), Some("tx_1"));
+        assert_eq!(n.currency, Some(Currency::Cny));
+        assert_eq!(n.notification_id, "msg_extra");
+    }
+
+    #[test]
+    fn a_refund_without_its_id_or_amount_is_a_format_rejection() {
+        let (hooks, v) = vectors();
+        let data = json!({ "order_no": "H1", "refund_id": "R1", "amount": 250,
+                           "currency": "CNY", "transaction_id": "tx_1" });
+        let without = |field: &str| {
+            let mut data = data.clone();
+            data.as_object_mut().unwrap().remove(field);
+            data
+        };
+        let with = |field: &str, value: serde_json::Value| {
+            let mut data = data.clone();
+            data[field] = value;
+            data
+        };
+        for (data, complaint) in [
+            (without("refund_id"), "refund_id"),
+            (with("refund_id", json!(" ")), "refund_id"),
+            (without("amount"), "amount"),
+            (with("amount", json!(-250)), "negative"),
+            (with("order_no", json!("H/1")), "order number"),
+        ] {
+            let (headers, body) = signed(&v, &json!({ "type": "payment.refunded", "data": data }));
+            let result = verify_at(&hooks, &headers, &body, v.timestamp);
+            assert!(
+                testing::is_format_rejection_about(&result, complaint),
+                "{result:?}"
+            );
         }
     }
 

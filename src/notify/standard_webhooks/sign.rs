@@ -1,5 +1,5 @@
-//! Signing as a Standard Webhooks sender does, for `payhook fixtures` and tests: our payment
-//! payload, signed over the same content the verifier checks.
+//! Signing as a Standard Webhooks sender does, for `payhook fixtures` and tests: our payment and
+//! refund payloads, signed over the same content the verifier checks.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -9,7 +9,9 @@ use serde_json::json;
 
 use super::{signed_content, signing_key};
 use crate::config::StandardWebhooksConfig;
-use crate::notify::sign::{self, unique_hex, Payment, SignError, Signed};
+use crate::notify::sign::{
+    self, unique_hex, Payment, RefundSpec, SignError, Signed, SignedPayment,
+};
 
 /// A Standard Webhooks channel's signing secret.
 pub struct StandardWebhooksSigner {
@@ -25,19 +27,46 @@ impl StandardWebhooksSigner {
 
     /// The `payment.succeeded` message that reports `payment` paid at `now`, with a fresh
     /// message id and `transaction_id`.
-    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<Signed, SignError> {
-        let id = unique_hex();
-        let body = json!({
-            "type": "payment.succeeded",
-            "data": {
-                "order_no": payment.order_no,
-                "amount": payment.amount.get(),
-                "currency": payment.currency.code(),
-                "transaction_id": format!("tx_{id}"),
-            },
-        })
-        .to_string();
-        let message_id = format!("msg_{id}");
+    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<SignedPayment, SignError> {
+        let trade_no = format!("tx_{}", unique_hex());
+        let data = json!({
+            "order_no": payment.order_no,
+            "amount": payment.amount.get(),
+            "currency": payment.currency.code(),
+            "transaction_id": trade_no,
+        });
+        let signed = self.message("payment.succeeded", data, now)?;
+        Ok(SignedPayment { signed, trade_no })
+    }
+
+    /// The `payment.refunded` message that reports `refund` of `payment`, paid by `trade_no`,
+    /// done at `now`: `amount` is this refund's.
+    pub fn refunded(
+        &self,
+        payment: &Payment,
+        trade_no: &str,
+        refund: &RefundSpec,
+        now: DateTime<Utc>,
+    ) -> Result<Signed, SignError> {
+        let data = json!({
+            "order_no": payment.order_no,
+            "refund_id": refund.refund_id,
+            "amount": refund.amount.get(),
+            "currency": payment.currency.code(),
+            "transaction_id": trade_no,
+        });
+        self.message("payment.refunded", data, now)
+    }
+
+    /// A message of `event_type` with `data`, a fresh message id, signed at `now`.
+    fn message(
+        &self,
+        event_type: &str,
+        data: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<Signed, SignError> {
+        let body = json!({ "type": event_type, "data": data }).to_string();
+        let message_id = format!("msg_{}", unique_hex());
         let signature = signature(&self.secret, &message_id, now.timestamp(), body.as_bytes())?;
         let headers = [
             ("Content-Type", "application/json".to_owned()),

@@ -1,7 +1,8 @@
 //! Stripe webhook events: an HMAC-SHA256 `Stripe-Signature` over the timestamp and raw body.
 //!
-//! Only payments that settled the order are `Paid`; every other event is recorded as `Other`
-//! with what can be read from it, so an event type we do not act on is never retried for days.
+//! Only payments that settled the order are `Paid`; refunded charges and disputes' money are
+//! `Refund`, `Chargeback` and `ChargebackReversal`. Every other event is recorded as `Other` with
+//! what can be read from it, so an event type we do not act on is never retried for days.
 
 use chrono::{DateTime, Utc};
 use ring::hmac;
@@ -12,7 +13,8 @@ use super::common::{self, shown, signed_header};
 use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::StripeConfig;
 use crate::domain::ids::ChannelName;
-use crate::domain::notification::{Notification, NotificationKind};
+use crate::domain::money::AmountMinor;
+use crate::domain::notification::{Dispute, Notification, NotificationKind, Refund};
 
 pub mod sign;
 
@@ -185,10 +187,12 @@ fn notification(
     event: Event,
     merchant_mismatch: Option<String>,
 ) -> Result<Notification, Rejection> {
-    let kind = kind(&event.event_type, &event.data.object);
+    let kind = kind(&event.event_type, &event.data.object)?;
     let object = event.data.object;
-    // A payment's fields must be well formed; other events keep whatever can be read.
-    let strict = kind == NotificationKind::Paid;
+    let money_back = kind.is_money_back();
+    // A payment's or a refund's fields must be well formed; other events keep whatever can be
+    // read.
+    let strict = kind == NotificationKind::Paid || money_back;
     let order_no = object
         .client_reference_id
         .as_deref()
@@ -196,15 +200,23 @@ fn notification(
         .map(common::order_no)
         .transpose();
     let currency = object.currency.as_deref().map(common::currency).transpose();
-    let amount = object
-        .amount_total
-        .or(object.amount_received)
-        .map(common::minor_units)
-        .transpose();
-    // The payment intent is the trade; a session paid without one is its own trade.
-    let provider_trade_no = match object.object.as_deref() {
-        Some("payment_intent") => object.id,
-        _ => object.payment_intent.map(Expandable::into_id).or(object.id),
+    // The payment's amount: a Charge states it as `amount`; a Dispute's `amount` is the
+    // dispute's own, not the payment's.
+    let amount = match &kind {
+        NotificationKind::Refund(_) => object.amount,
+        NotificationKind::Chargeback(_) | NotificationKind::ChargebackReversal(_) => None,
+        _ => object.amount_total.or(object.amount_received),
+    };
+    let amount = amount.map(common::minor_units).transpose();
+    // The payment intent is the trade; a session paid without one is its own trade. A Charge's or
+    // a Dispute's own id paid no order, so money going back names only the intent.
+    let payment_intent = object.payment_intent.map(Expandable::into_id);
+    let provider_trade_no = if money_back {
+        payment_intent
+    } else if object.object.as_deref() == Some("payment_intent") {
+        object.id
+    } else {
+        payment_intent.or(object.id)
     };
     Ok(Notification {
         channel: channel.clone(),
@@ -227,16 +239,58 @@ fn lenient<T>(value: Result<Option<T>, Rejection>, strict: bool) -> Result<Optio
 
 /// A completed checkout is paid only when its `payment_status` says so: delayed methods
 /// complete first and settle with `async_payment_succeeded` later.
-fn kind(event_type: &str, object: &EventObject) -> NotificationKind {
-    match event_type {
+///
+/// Money goes back through one family of events only: refunds through `charge.refunded`, whose
+/// Charge states the cumulative `amount_refunded`, and disputes through `funds_withdrawn` and
+/// `funds_reinstated`. `refund.created`, `refund.updated`, `charge.refund.updated` and the other
+/// dispute events announce the same money again, so they stay `Other`: acting on both families
+/// would take a refund twice.
+fn kind(event_type: &str, object: &EventObject) -> Result<NotificationKind, Rejection> {
+    Ok(match event_type {
         "checkout.session.completed" if object.payment_status.as_deref() == Some("paid") => {
             NotificationKind::Paid
         }
         "checkout.session.async_payment_succeeded" | "payment_intent.succeeded" => {
             NotificationKind::Paid
         }
+        "charge.refunded" => refunded(object)?,
+        "charge.dispute.funds_withdrawn" => NotificationKind::Chargeback(dispute(object)?),
+        "charge.dispute.funds_reinstated" => NotificationKind::ChargebackReversal(dispute(object)?),
         other => NotificationKind::Other(other.to_owned()),
+    })
+}
+
+/// A refunded Charge: its refunds so far, named by the charge. A Charge always states
+/// `amount_refunded`, so one without it is not a Charge we can read. A total of zero (nothing
+/// has gone back) would book nothing however often it came, so it is kept as `Other` and acked.
+fn refunded(charge: &EventObject) -> Result<NotificationKind, Rejection> {
+    let total = charge
+        .amount_refunded
+        .ok_or_else(|| Rejection::Format("charge.refunded states no amount_refunded".to_owned()))
+        .and_then(common::minor_units)?;
+    if total == AmountMinor::ZERO {
+        return Ok(NotificationKind::Other(
+            "charge.refunded with amount_refunded 0".to_owned(),
+        ));
     }
+    Ok(NotificationKind::Refund(Refund::UpTo {
+        total,
+        refund_id: charge.id.clone(),
+    }))
+}
+
+/// A Dispute's id and amount, which its chargeback and reversal are booked by.
+fn dispute(object: &EventObject) -> Result<Dispute, Rejection> {
+    let dispute_id = object
+        .id
+        .clone()
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| Rejection::Format("dispute has no id".to_owned()))?;
+    let amount = object
+        .amount
+        .ok_or_else(|| Rejection::Format("dispute states no amount".to_owned()))
+        .and_then(common::minor_units)?;
+    Ok(Dispute { dispute_id, amount })
 }
 
 #[derive(Deserialize)]
@@ -255,7 +309,8 @@ struct EventData {
     object: EventObject,
 }
 
-/// The fields of a checkout session or payment intent that name the order and its amount.
+/// The fields of a checkout session, payment intent, Charge or Dispute that name the order, its
+/// trade and amounts.
 #[derive(Deserialize)]
 struct EventObject {
     id: Option<String>,
@@ -264,6 +319,10 @@ struct EventObject {
     metadata: Option<Metadata>,
     amount_total: Option<i64>,
     amount_received: Option<i64>,
+    /// A Charge's amount, or a Dispute's.
+    amount: Option<i64>,
+    /// A Charge's refunds so far.
+    amount_refunded: Option<i64>,
     currency: Option<String>,
     payment_status: Option<String>,
     payment_intent: Option<Expandable>,
@@ -469,6 +528,179 @@ mod tests {
         let n = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
         assert_eq!(n.kind, NotificationKind::Paid);
         assert_eq!(n.provider_trade_no.as_deref(), Some("cs_without_intent"));
+    }
+
+    fn charge(amount_refunded: serde_json::Value) -> serde_json::Value {
+        json!({
+            "id": "ch_1", "object": "charge", "amount": 1000, "amount_captured": 1000,
+            "amount_refunded": amount_refunded, "currency": "usd", "refunded": false,
+            "payment_intent": "pi_1", "metadata": { "order_no": "S5" }
+        })
+    }
+
+    fn up_to(total: i64, refund_id: &str) -> NotificationKind {
+        NotificationKind::Refund(Refund::UpTo {
+            total: AmountMinor::new(total).unwrap(),
+            refund_id: Some(refund_id.to_owned()),
+        })
+    }
+
+    #[test]
+    fn a_refunded_charge_gives_back_its_refunds_so_far_by_its_payment_intent() {
+        let (stripe, v) = vectors();
+        let (headers, body) = signed(&v, &event("charge.refunded", charge(json!(300))));
+        let n = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
+        assert_eq!(n.kind, up_to(300, "ch_1"));
+        assert_eq!(n.order_no.unwrap().as_str(), "S5");
+        assert_eq!(n.provider_trade_no.as_deref(), Some("pi_1"));
+        assert_eq!(n.amount.unwrap().get(), 1000, "the payment's amount");
+        assert_eq!(n.currency, Some(Currency::Usd));
+        assert_eq!(n.merchant_mismatch, None);
+        assert_eq!(n.notification_id, "evt_extra");
+
+        // Without the order number, the trade names the order; an expanded intent names it too.
+        let mut bare = charge(json!(1000));
+        bare["metadata"] = json!({});
+        bare["refunded"] = json!(true);
+        bare["payment_intent"] = json!({ "id": "pi_1", "object": "payment_intent" });
+        let (headers, body) = signed(&v, &event("charge.refunded", bare));
+        let n = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
+        assert_eq!(n.kind, up_to(1000, "ch_1"));
+        assert_eq!(n.order_no, None);
+        assert_eq!(n.provider_trade_no.as_deref(), Some("pi_1"));
+    }
+
+    #[test]
+    fn a_charge_without_its_refunds_so_far_is_refused_and_one_with_none_is_other() {
+        let (stripe, v) = vectors();
+        let mut missing = charge(json!(300));
+        missing.as_object_mut().unwrap().remove("amount_refunded");
+        for (object, complaint) in [
+            (missing, "amount_refunded"),
+            (charge(json!(null)), "amount_refunded"),
+            (charge(json!(-1)), "negative"),
+            (charge(json!("3.00")), "event"),
+        ] {
+            let (headers, body) = signed(&v, &event("charge.refunded", object));
+            let result = verify_at(&stripe, &headers, &body, v.timestamp);
+            assert!(
+                testing::is_format_rejection_about(&result, complaint),
+                "{result:?}"
+            );
+        }
+        // A refund's fields must be well formed, as a payment's are.
+        let mut bad_currency = charge(json!(300));
+        bad_currency["currency"] = json!("xbt");
+        let (headers, body) = signed(&v, &event("charge.refunded", bad_currency));
+        let result = verify_at(&stripe, &headers, &body, v.timestamp);
+        assert!(testing::is_format_rejection_about(&result, "currency"));
+
+        let (headers, body) = signed(&v, &event("charge.refunded", charge(json!(0))));
+        let n = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
+        assert!(
+            matches!(&n.kind, NotificationKind::Other(word) if word.starts_with("charge.refunded")),
+            "{:?}",
+            n.kind
+        );
+    }
+
+    #[test]
+    fn a_disputes_funds_leave_and_come_back_by_its_own_id_and_amount() {
+        let (stripe, v) = vectors();
+        let dispute = json!({
+            "id": "dp_1", "object": "dispute", "amount": 400, "currency": "usd",
+            "charge": "ch_1", "payment_intent": "pi_1", "status": "needs_response"
+        });
+        let taken = Dispute {
+            dispute_id: "dp_1".to_owned(),
+            amount: AmountMinor::new(400).unwrap(),
+        };
+        for (event_type, kind) in [
+            (
+                "charge.dispute.funds_withdrawn",
+                NotificationKind::Chargeback(taken.clone()),
+            ),
+            (
+                "charge.dispute.funds_reinstated",
+                NotificationKind::ChargebackReversal(taken.clone()),
+            ),
+        ] {
+            let (headers, body) = signed(&v, &event(event_type, dispute.clone()));
+            let n = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
+            assert_eq!(n.kind, kind, "{event_type}");
+            assert_eq!(n.amount, None, "a dispute's amount is not the payment's");
+            assert_eq!(n.order_no, None);
+            assert_eq!(n.provider_trade_no.as_deref(), Some("pi_1"));
+            assert_eq!(n.currency, Some(Currency::Usd));
+        }
+        let mut no_amount = dispute.clone();
+        no_amount.as_object_mut().unwrap().remove("amount");
+        let mut no_id = dispute;
+        no_id.as_object_mut().unwrap().remove("id");
+        for (object, complaint) in [(no_amount, "amount"), (no_id, "id")] {
+            let (headers, body) = signed(&v, &event("charge.dispute.funds_withdrawn", object));
+            let result = verify_at(&stripe, &headers, &body, v.timestamp);
+            assert!(
+                testing::is_format_rejection_about(&result, complaint),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refund_objects_and_other_dispute_events_are_not_acted_on() {
+        let (stripe, v) = vectors();
+        let refund = json!({ "id": "re_1", "object": "refund", "amount": 300, "currency": "usd",
+                             "charge": "ch_1", "payment_intent": "pi_1", "status": "succeeded" });
+        let dispute = json!({ "id": "dp_1", "object": "dispute", "amount": 400, "currency": "usd",
+                              "payment_intent": "pi_1" });
+        for (event_type, object) in [
+            ("refund.created", refund.clone()),
+            ("refund.updated", refund.clone()),
+            ("charge.refund.updated", refund),
+            ("charge.dispute.created", dispute.clone()),
+            ("charge.dispute.closed", dispute),
+        ] {
+            let (headers, body) = signed(&v, &event(event_type, object));
+            let n = verify_at(&stripe, &headers, &body, v.timestamp).unwrap();
+            assert_eq!(n.kind, NotificationKind::Other(event_type.to_owned()));
+        }
+    }
+
+    #[test]
+    fn money_back_from_a_connected_account_or_the_other_mode_is_a_mismatch() {
+        let (platform, v) = vectors();
+        let dispute = json!({ "id": "dp_1", "object": "dispute", "amount": 400, "currency": "usd",
+                              "payment_intent": "pi_1" });
+        for (event_type, object) in [
+            ("charge.refunded", charge(json!(300))),
+            ("charge.dispute.funds_withdrawn", dispute.clone()),
+            ("charge.dispute.funds_reinstated", dispute),
+        ] {
+            let mut connected = event(event_type, object.clone());
+            connected["account"] = json!("acct_1Connected");
+            let (headers, body) = signed(&v, &connected);
+            let n = verify_at(&platform, &headers, &body, v.timestamp).unwrap();
+            assert!(n.kind.is_money_back(), "{event_type}");
+            let why = n.merchant_mismatch.expect("a connected account's refund");
+            assert!(why.contains("acct_1Connected"), "{why}");
+
+            let mut ours = stripe_with(&[&v.secret]);
+            ours.account = Some("acct_1Connected".to_owned());
+            let n = verify_at(&ours, &headers, &body, v.timestamp).unwrap();
+            assert_eq!(n.merchant_mismatch, None, "{event_type}");
+
+            let mut test_event = event(event_type, object);
+            test_event["livemode"] = json!(false);
+            let (headers, body) = signed(&v, &test_event);
+            let mut live = stripe_with(&[&v.secret]);
+            live.livemode = Some(true);
+            let n = verify_at(&live, &headers, &body, v.timestamp).unwrap();
+            assert!(n.merchant_mismatch.unwrap().contains("livemode"));
+            live.livemode = Some(false);
+            let n = verify_at(&live, &headers, &body, v.timestamp).unwrap();
+            assert_eq!(n.merchant_mismatch, None, "{event_type}");
+        }
     }
 
     #[test]

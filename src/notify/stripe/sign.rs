@@ -1,5 +1,5 @@
-//! Signing as Stripe does, for `payhook fixtures` and tests: a completed checkout session,
-//! signed over the same payload the verifier checks.
+//! Signing as Stripe does, for `payhook fixtures` and tests: a completed checkout session or a
+//! refunded charge, signed over the same payload the verifier checks.
 
 use chrono::{DateTime, Utc};
 use ring::hmac;
@@ -7,7 +7,9 @@ use serde_json::json;
 
 use super::{signed_payload, signing_key};
 use crate::config::StripeConfig;
-use crate::notify::sign::{self, unique_hex, Payment, SignError, Signed};
+use crate::notify::sign::{
+    self, unique_hex, Payment, RefundSpec, SignError, Signed, SignedPayment,
+};
 
 /// A Stripe endpoint's signing secret.
 pub struct StripeSigner {
@@ -22,32 +24,68 @@ impl StripeSigner {
     }
 
     /// The `checkout.session.completed` event that reports `payment` paid at `now`, with a fresh
-    /// event, session and payment intent.
-    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Signed {
+    /// event, session and payment intent; the payment intent is the trade.
+    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> SignedPayment {
         let id = unique_hex();
+        let trade_no = format!("pi_{id}");
+        let session = json!({
+            "id": format!("cs_test_{id}"),
+            "object": "checkout.session",
+            "client_reference_id": payment.order_no,
+            "amount_subtotal": payment.amount.get(),
+            "amount_total": payment.amount.get(),
+            "currency": payment.currency.code().to_ascii_lowercase(),
+            "mode": "payment",
+            "payment_status": "paid",
+            "status": "complete",
+            "payment_intent": trade_no,
+            "metadata": { "order_no": payment.order_no },
+        });
+        SignedPayment {
+            signed: self.event("checkout.session.completed", session, now),
+            trade_no,
+        }
+    }
+
+    /// The `charge.refunded` event that reports `refund` of `payment`, paid by the payment
+    /// intent `trade_no`, done at `now`: the intent's Charge, whose `amount_refunded` is the
+    /// total so far. The Charge carries the order number in its metadata, as Stripe copies a
+    /// payment intent's metadata to the Charge it creates.
+    pub fn refunded(
+        &self,
+        payment: &Payment,
+        trade_no: &str,
+        refund: &RefundSpec,
+        now: DateTime<Utc>,
+    ) -> Signed {
+        let charge = json!({
+            "id": format!("ch_{}", trade_no.strip_prefix("pi_").unwrap_or(trade_no)),
+            "object": "charge",
+            "amount": payment.amount.get(),
+            "amount_captured": payment.amount.get(),
+            "amount_refunded": refund.total.get(),
+            "captured": true,
+            "currency": payment.currency.code().to_ascii_lowercase(),
+            "paid": true,
+            "payment_intent": trade_no,
+            "refunded": refund.total == payment.amount,
+            "status": "succeeded",
+            "metadata": { "order_no": payment.order_no },
+        });
+        self.event("charge.refunded", charge, now)
+    }
+
+    /// An event of `event_type` about `object`, with a fresh id, signed at `now`.
+    fn event(&self, event_type: &str, object: serde_json::Value, now: DateTime<Utc>) -> Signed {
         let body = json!({
-            "id": format!("evt_{id}"),
+            "id": format!("evt_{}", unique_hex()),
             "object": "event",
             "api_version": "2024-06-20",
             "created": now.timestamp(),
             "livemode": false,
             "pending_webhooks": 1,
-            "type": "checkout.session.completed",
-            "data": {
-                "object": {
-                    "id": format!("cs_test_{id}"),
-                    "object": "checkout.session",
-                    "client_reference_id": payment.order_no,
-                    "amount_subtotal": payment.amount.get(),
-                    "amount_total": payment.amount.get(),
-                    "currency": payment.currency.code().to_ascii_lowercase(),
-                    "mode": "payment",
-                    "payment_status": "paid",
-                    "status": "complete",
-                    "payment_intent": format!("pi_{id}"),
-                    "metadata": { "order_no": payment.order_no },
-                }
-            },
+            "type": event_type,
+            "data": { "object": object },
         })
         .to_string();
         let header = signature(&self.secret, now.timestamp(), body.as_bytes());

@@ -249,33 +249,39 @@ pub fn is_ack(status: u16) -> bool {
 }
 
 /// Refund events follow their event type: `REFUND.SUCCESS` gives `amount.refund` back once per
-/// `refund_id`; `REFUND.ABNORMAL` and `REFUND.CLOSED` moved nothing and are for a human. Payments
-/// follow `trade_state`; a transaction in state `REFUND` has been refunded, which its refund
-/// events report.
+/// `refund_id`; `REFUND.ABNORMAL` and `REFUND.CLOSED` moved nothing and are for a human, and a
+/// refund event type WeChat has not defined moves nothing either. Payments follow `trade_state`;
+/// a transaction in state `REFUND` has been refunded, which its refund events report.
 fn kind(envelope: &Envelope, resource: &Resource) -> Result<NotificationKind, Rejection> {
     let event_type = envelope.event_type.as_str();
-    if let Some(status) = event_type.strip_prefix("REFUND.") {
-        if status != "SUCCESS" {
-            return Ok(NotificationKind::RefundFailed(status.to_owned()));
-        }
-        let refund_id = resource
-            .refund_id
-            .clone()
-            .ok_or_else(|| Rejection::Format("refund names no refund_id".to_owned()))?;
-        let amount = resource
-            .amount
-            .as_ref()
-            .and_then(|a| a.refund)
-            .ok_or_else(|| Rejection::Format("refund states no amount.refund".to_owned()))
-            .and_then(common::minor_units)?;
-        return Ok(NotificationKind::Refund(Refund::One { refund_id, amount }));
-    }
-    Ok(match resource.trade_state.as_deref() {
-        Some("SUCCESS") => NotificationKind::Paid,
-        Some("CLOSED" | "REVOKED") => NotificationKind::Closed,
-        Some(other) => NotificationKind::Other(other.to_owned()),
-        None => NotificationKind::Other(event_type.to_owned()),
+    Ok(match event_type {
+        "REFUND.SUCCESS" => NotificationKind::Refund(refund(resource)?),
+        "REFUND.ABNORMAL" => NotificationKind::RefundFailed("ABNORMAL".to_owned()),
+        "REFUND.CLOSED" => NotificationKind::RefundFailed("CLOSED".to_owned()),
+        other if other.starts_with("REFUND.") => NotificationKind::Other(other.to_owned()),
+        _ => match resource.trade_state.as_deref() {
+            Some("SUCCESS") => NotificationKind::Paid,
+            Some("CLOSED" | "REVOKED") => NotificationKind::Closed,
+            Some(other) => NotificationKind::Other(other.to_owned()),
+            None => NotificationKind::Other(event_type.to_owned()),
+        },
     })
+}
+
+/// A successful refund: `amount.refund` under WeChat's `refund_id`, both required.
+fn refund(resource: &Resource) -> Result<Refund, Rejection> {
+    let refund_id = resource
+        .refund_id
+        .clone()
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| Rejection::Format("refund names no refund_id".to_owned()))?;
+    let amount = resource
+        .amount
+        .as_ref()
+        .and_then(|a| a.refund)
+        .ok_or_else(|| Rejection::Format("refund states no amount.refund".to_owned()))
+        .and_then(common::minor_units)?;
+    Ok(Refund::One { refund_id, amount })
 }
 
 /// The signed body.
@@ -575,6 +581,75 @@ mod tests {
             assert_eq!(notification.currency, Some(Currency::Cny));
             assert_eq!(notification.merchant_mismatch, None);
             assert_eq!(notification.notification_id, "extra-notification");
+        }
+    }
+
+    /// A refund resource as WeChat Pay sends it: no `appid`, and amounts without a currency.
+    fn refund_resource(mchid: &str) -> serde_json::Value {
+        json!({
+            "mchid": mchid, "out_trade_no": "W20261122000099", "transaction_id": "4200000099",
+            "out_refund_no": "R1", "refund_id": "5000000099", "refund_status": "SUCCESS",
+            "success_time": "2026-11-22T10:00:00+08:00", "user_received_account": "支付用户零钱",
+            "amount": { "total": 4321, "refund": 100, "payer_total": 4321, "payer_refund": 100 },
+        })
+    }
+
+    #[test]
+    fn a_refund_names_its_order_its_trade_and_the_payments_amount() {
+        let (wechat, v) = vectors();
+        let (headers, body) = signed_notification(&v, "REFUND.SUCCESS", &refund_resource(&v.mchid));
+        let n = verify_at(&wechat, &headers, &body, SENT_AT).unwrap();
+        assert_eq!(n.order_no.unwrap().as_str(), "W20261122000099");
+        assert_eq!(n.provider_trade_no.as_deref(), Some("4200000099"));
+        assert_eq!(n.amount.unwrap().get(), 4321, "amount.total, the payment's");
+        assert_eq!(n.merchant_mismatch, None);
+
+        // Another merchant's refund is authentic but never ours.
+        let (headers, body) =
+            signed_notification(&v, "REFUND.SUCCESS", &refund_resource("1900000999"));
+        let n = verify_at(&wechat, &headers, &body, SENT_AT).unwrap();
+        assert!(n.kind.is_money_back());
+        assert!(n.merchant_mismatch.unwrap().contains("mchid"));
+
+        // A refund event type WeChat has not defined moves nothing.
+        let (headers, body) = signed_notification(&v, "REFUND.UNKNOWN", &refund_resource(&v.mchid));
+        let n = verify_at(&wechat, &headers, &body, SENT_AT).unwrap();
+        assert_eq!(n.kind, NotificationKind::Other("REFUND.UNKNOWN".to_owned()));
+    }
+
+    #[test]
+    fn a_successful_refund_without_its_id_or_amount_is_a_format_rejection() {
+        let (wechat, v) = vectors();
+        let mut no_id = refund_resource(&v.mchid);
+        no_id.as_object_mut().unwrap().remove("refund_id");
+        let mut blank_id = refund_resource(&v.mchid);
+        blank_id["refund_id"] = json!("");
+        let mut no_amount = refund_resource(&v.mchid);
+        no_amount["amount"]
+            .as_object_mut()
+            .unwrap()
+            .remove("refund");
+        let mut negative = refund_resource(&v.mchid);
+        negative["amount"]["refund"] = json!(-100);
+        for (resource, complaint) in [
+            (no_id, "refund_id"),
+            (blank_id, "refund_id"),
+            (no_amount, "amount.refund"),
+            (negative, "negative"),
+        ] {
+            let (headers, body) = signed_notification(&v, "REFUND.SUCCESS", &resource);
+            let result = verify_at(&wechat, &headers, &body, SENT_AT);
+            assert!(
+                testing::is_format_rejection_about(&result, complaint),
+                "{result:?}"
+            );
+            // A failed refund moved nothing, so what it lacks does not matter.
+            let (headers, body) = signed_notification(&v, "REFUND.ABNORMAL", &resource);
+            let n = verify_at(&wechat, &headers, &body, SENT_AT).unwrap();
+            assert_eq!(
+                n.kind,
+                NotificationKind::RefundFailed("ABNORMAL".to_owned())
+            );
         }
     }
 

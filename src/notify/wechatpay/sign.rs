@@ -1,5 +1,5 @@
-//! Signing as WeChat Pay does, for `payhook fixtures` and tests: a transaction encrypted under
-//! the APIv3 key, in an envelope signed over the same message the verifier checks.
+//! Signing as WeChat Pay does, for `payhook fixtures` and tests: a transaction or a refund
+//! encrypted under the APIv3 key, in an envelope signed over the same message the verifier checks.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -9,7 +9,10 @@ use serde_json::json;
 
 use super::{signed_message, RESOURCE_ALGORITHM, SIGNATURE_TYPE};
 use crate::config::WechatPayConfig;
-use crate::notify::sign::{self, china, digits, unique_hex, Payment, RsaSigner, SignError, Signed};
+use crate::notify::sign::{
+    self, china, digits, unique_hex, Payment, RefundSpec, RsaSigner, SignError, Signed,
+    SignedPayment,
+};
 
 /// A WeChat Pay channel's merchant, with the private key that signs as WeChat Pay.
 pub struct WechatPaySigner {
@@ -55,20 +58,20 @@ impl WechatPaySigner {
 
     /// The `TRANSACTION.SUCCESS` notification that reports `payment` paid at `now`, with a fresh
     /// notification id and `transaction_id`.
-    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<Signed, SignError> {
+    pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> Result<SignedPayment, SignError> {
         let local = china(now);
-        let time = local.to_rfc3339_opts(SecondsFormat::Secs, false);
+        let trade_no = format!("42000{}{}{}", digits(5), local.format("%Y%m%d"), digits(10));
         let transaction = json!({
             "mchid": self.mchid,
             "appid": self.appid,
             "out_trade_no": payment.order_no,
-            "transaction_id": format!("42000{}{}{}", digits(5), local.format("%Y%m%d"), digits(10)),
+            "transaction_id": trade_no,
             "trade_type": "JSAPI",
             "trade_state": "SUCCESS",
             "trade_state_desc": "支付成功",
             "bank_type": "OTHERS",
             "attach": "",
-            "success_time": time,
+            "success_time": local.to_rfc3339_opts(SecondsFormat::Secs, false),
             "payer": { "openid": format!("o{}", &unique_hex()[..27]) },
             "amount": {
                 "total": payment.amount.get(),
@@ -77,24 +80,71 @@ impl WechatPaySigner {
                 "payer_currency": payment.currency.code(),
             },
         });
+        let signed = self.notification(
+            "TRANSACTION.SUCCESS",
+            "支付成功",
+            "transaction",
+            &transaction,
+            now,
+        )?;
+        Ok(SignedPayment { signed, trade_no })
+    }
+
+    /// The `REFUND.SUCCESS` notification that reports `refund` of `payment`, paid by `trade_no`,
+    /// done at `now`; `refund.refund_id` is WeChat Pay's `refund_id`.
+    pub fn refunded(
+        &self,
+        payment: &Payment,
+        trade_no: &str,
+        refund: &RefundSpec,
+        now: DateTime<Utc>,
+    ) -> Result<Signed, SignError> {
+        let resource = json!({
+            "mchid": self.mchid,
+            "out_trade_no": payment.order_no,
+            "transaction_id": trade_no,
+            "out_refund_no": format!("R{}", unique_hex()),
+            "refund_id": refund.refund_id,
+            "refund_status": "SUCCESS",
+            "success_time": china(now).to_rfc3339_opts(SecondsFormat::Secs, false),
+            "user_received_account": "支付用户零钱",
+            "amount": {
+                "total": payment.amount.get(),
+                "refund": refund.amount.get(),
+                "payer_total": payment.amount.get(),
+                "payer_refund": refund.amount.get(),
+            },
+        });
+        self.notification("REFUND.SUCCESS", "退款成功", "refund", &resource, now)
+    }
+
+    /// An `event_type` notification carrying `resource` encrypted, signed at `now`.
+    fn notification(
+        &self,
+        event_type: &str,
+        summary: &str,
+        original_type: &str,
+        resource: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<Signed, SignError> {
         let resource_nonce: String = (0..12).map(|_| fastrand::alphanumeric()).collect();
         let ciphertext = encrypt(
             &self.apiv3_key,
             &resource_nonce,
-            "transaction",
-            transaction.to_string().as_bytes(),
+            original_type,
+            resource.to_string().as_bytes(),
         )?;
         let body = json!({
             "id": uuid::Uuid::now_v7().hyphenated().to_string(),
-            "create_time": time,
+            "create_time": china(now).to_rfc3339_opts(SecondsFormat::Secs, false),
             "resource_type": "encrypt-resource",
-            "event_type": "TRANSACTION.SUCCESS",
-            "summary": "支付成功",
+            "event_type": event_type,
+            "summary": summary,
             "resource": {
-                "original_type": "transaction",
+                "original_type": original_type,
                 "algorithm": RESOURCE_ALGORITHM,
                 "ciphertext": ciphertext,
-                "associated_data": "transaction",
+                "associated_data": original_type,
                 "nonce": resource_nonce,
             },
         })
