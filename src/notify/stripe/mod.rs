@@ -218,10 +218,22 @@ fn notification(
     } else {
         payment_intent.or(object.id)
     };
+    let order_no = lenient(order_no, strict)?;
+    // A Charge or Dispute with neither a payment intent nor our order number was not made by a
+    // Checkout Session or PaymentIntent of ours (a legacy charge, another integration on the
+    // account): nothing could ever match it, so it is acked as ignored rather than retried.
+    let kind = if money_back && provider_trade_no.is_none() && order_no.is_none() {
+        NotificationKind::Other(format!(
+            "{} of a charge with no payment intent and no order_no",
+            event.event_type
+        ))
+    } else {
+        kind
+    };
     Ok(Notification {
         channel: channel.clone(),
         notification_id: event.id,
-        order_no: lenient(order_no, strict)?,
+        order_no,
         provider_trade_no,
         amount: lenient(amount, strict)?,
         currency: lenient(currency, strict)?,
