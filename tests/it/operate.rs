@@ -83,6 +83,24 @@ fn signed(order_no: &str, minor: i64, id: &str) -> (Vec<(String, String)>, Strin
     let body = format!(
         "{{\"type\":\"payment.succeeded\",\"data\":{{\"order_no\":\"{order_no}\",\"amount\":{minor},\"currency\":\"CNY\",\"transaction_id\":\"tx-{id}\"}}}}"
     );
+    signed_body(id, body)
+}
+
+/// A Standard Webhooks request refunding `minor` of `order_no`, paid by transaction `tx-{paid_by}`.
+fn signed_refund(
+    order_no: &str,
+    minor: i64,
+    paid_by: &str,
+    id: &str,
+) -> (Vec<(String, String)>, String) {
+    let body = format!(
+        "{{\"type\":\"payment.refunded\",\"data\":{{\"order_no\":\"{order_no}\",\"refund_id\":\"rf-{id}\",\"amount\":{minor},\"currency\":\"CNY\",\"transaction_id\":\"tx-{paid_by}\"}}}}"
+    );
+    signed_body(id, body)
+}
+
+/// `body` with the Standard Webhooks headers that sign it as message `id`, now.
+fn signed_body(id: &str, body: String) -> (Vec<(String, String)>, String) {
     let ts = chrono::Utc::now().timestamp().to_string();
     let b64 = base64::engine::general_purpose::STANDARD;
     let key = b64.decode(SECRET.trim_start_matches("whsec_")).unwrap();
@@ -162,6 +180,16 @@ fn log_lines_carry_the_request_id_and_outcome_and_metrics_move() {
         !generated.is_empty(),
         "a request id is generated when none came"
     );
+    let (refund_headers, refund_body) = signed_refund("LOG-1", 100, "msg_log_1", "msg_refund_1");
+    let resp = send(
+        &client,
+        port,
+        &refund_headers,
+        &refund_body,
+        Some("nginx-req-44"),
+    )
+    .unwrap();
+    assert!(resp.status().is_success());
     let mut tampered = headers.clone();
     tampered[3].1 = "v1,AAAA".into();
     assert!(!send(&client, port, &tampered, &body, Some("nginx-req-43"))
@@ -193,8 +221,15 @@ fn log_lines_carry_the_request_id_and_outcome_and_metrics_move() {
         1.0,
         "{after}"
     );
+    let refunded =
+        "payhook_money_back_total{channel=\"gateway\",kind=\"refund\",outcome=\"refunded\"}";
+    assert_eq!(
+        metric(&after, refunded) - metric(&before, refunded),
+        1.0,
+        "{after}"
+    );
     let acks = "payhook_answers_total{channel=\"gateway\",answer=\"ack\"}";
-    assert_eq!(metric(&after, acks) - metric(&before, acks), 2.0);
+    assert_eq!(metric(&after, acks) - metric(&before, acks), 3.0);
     assert!(after.contains("payhook_apply_seconds_bucket"), "{after}");
     assert!(
         after.contains("payhook_pool_connections{state=\"in_use\"}"),
@@ -209,7 +244,7 @@ fn log_lines_carry_the_request_id_and_outcome_and_metrics_move() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
             .collect();
-        if lines.iter().filter(|l| l["msg"] == "notification").count() >= 3
+        if lines.iter().filter(|l| l["msg"] == "notification").count() >= 4
             || Instant::now() > deadline
         {
             break lines;
@@ -239,6 +274,18 @@ fn log_lines_carry_the_request_id_and_outcome_and_metrics_move() {
         .expect("rejection logged");
     assert_eq!(rejected["outcome"], "rejected");
     assert_eq!(rejected["level"], "WARN");
+    let refund = lines
+        .iter()
+        .find(|l| l["request_id"] == "nginx-req-44")
+        .expect("the refund is logged");
+    assert_eq!(
+        (&refund["outcome"], &refund["kind"], &refund["anomaly"]),
+        (
+            &Value::from("refunded"),
+            &Value::from("refund"),
+            &Value::from(false)
+        )
+    );
 
     let text = std::fs::read_to_string(&log).unwrap();
     for secret in [
