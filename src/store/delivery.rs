@@ -1,16 +1,17 @@
 //! What the backends share: the inbox upsert that SQLite and PostgreSQL write alike (and
-//! PostgreSQL's credit statement embeds), the ledger row of a credit that SQLite and MySQL write
-//! alike, and what a credit came to.
+//! PostgreSQL's credit statement embeds), the credit that SQLite and MySQL write alike as
+//! separate statements, and what a credit came to.
 
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::BigInt;
 use diesel::RunQueryDsl;
 
+use super::balance::change_balance;
 use super::statement::Statement;
 use crate::books::accounts::{self, LedgerKind, NewEntry};
 use crate::books::inbox::{Evidence, InboxRow};
-use crate::books::orders::Order;
+use crate::books::orders::{self, Order};
 use crate::db::DbConnection;
 use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
@@ -53,9 +54,37 @@ pub(super) fn record_delivery(
     Ok(InboxRow { id, delivery_count })
 }
 
+/// The compare-and-set, then for its winner the credit and the ledger row, as separate
+/// statements (SQLite and MySQL); the caller records the delivery.
+///
+/// The ledger's unique (kind, entry_key) key refuses a second credit for one order even if every
+/// check above this line were wrong.
+pub(super) fn pay_then_credit(
+    conn: &mut DbConnection,
+    order: &Order,
+    n: &Notification,
+    now: NaiveDateTime,
+) -> Result<CreditWrite, DieselError> {
+    let trade_no = n.provider_trade_no.as_deref();
+    if !orders::mark_paid(conn, &order.order_no, trade_no, now)? {
+        return Ok(CreditWrite::NotPending);
+    }
+    let user = order.user_id.as_str();
+    let amount = order.amount.get();
+    let Some(balance_after) = change_balance(conn, user, order.currency, amount, i64::MIN, now)?
+    else {
+        return Ok(CreditWrite::NotCredited);
+    };
+    book_credit(conn, order, balance_after, now)?;
+    Ok(CreditWrite::Credited(Credit {
+        balance_after,
+        delivery: None,
+    }))
+}
+
 /// The ledger row of a credit, where it is not part of one statement with the credit itself
 /// (SQLite and MySQL).
-pub(super) fn book_credit(
+fn book_credit(
     conn: &mut DbConnection,
     order: &Order,
     balance_after: i64,

@@ -1,7 +1,8 @@
 //! Every backend's SQL. Code above this module is written once against [`DbConnection`]; where
 //! the backends need different SQL, the difference is one function here that dispatches to
-//! `sqlite.rs`, `postgres.rs` or `mysql.rs`, and nothing outside this module (and [`crate::db`],
-//! which opens, migrates and runs transactions) matches on the backend.
+//! `postgres.rs` or `mysql.rs`; SQLite's SQL is what the backends share (`delivery.rs`,
+//! `balance.rs`). Nothing outside this module (and [`crate::db`], which opens, migrates and runs
+//! transactions) matches on the backend.
 //!
 //! - [`pay_and_credit`]: the compare-and-set from pending to paid, and for its winner the balance
 //!   increment and the ledger row.
@@ -24,7 +25,6 @@ mod balance;
 mod delivery;
 mod mysql;
 mod postgres;
-mod sqlite;
 pub mod statement;
 
 pub use balance::{change_balance, lock_account};
@@ -46,8 +46,9 @@ pub fn pay_and_credit(
 ) -> Result<CreditWrite, DieselError> {
     match conn {
         DbConnection::Postgresql(_) => postgres::pay_and_credit(conn, order, n, evidence, now),
-        DbConnection::Sqlite(_) => sqlite::pay_and_credit(conn, order, n, now),
-        DbConnection::Mysql(_) => mysql::pay_and_credit(conn, order, n, now),
+        DbConnection::Sqlite(_) | DbConnection::Mysql(_) => {
+            delivery::pay_then_credit(conn, order, n, now)
+        }
     }
 }
 

@@ -10,48 +10,14 @@ use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 
-use super::balance::change_balance;
-use super::delivery::{
-    book_credit, delivery_values, moved_money_sql, Credit, CreditWrite, Verdict, INSERT_DELIVERY,
-};
+use super::delivery::{delivery_values, moved_money_sql, Verdict, INSERT_DELIVERY};
 use super::statement::Statement;
 use crate::books::inbox::{Evidence, InboxRow};
-use crate::books::orders::{self, Order, OrderRow};
+use crate::books::orders::{Order, OrderRow};
 use crate::db::schema::{accounts, notifications, orders as orders_table};
 use crate::db::DbConnection;
 use crate::domain::ids::OrderNo;
 use crate::domain::notification::Notification;
-
-/// The compare-and-set, then for its winner the credit, the new balance read back, and the
-/// ledger row; the caller records the delivery.
-pub(super) fn pay_and_credit(
-    conn: &mut DbConnection,
-    order: &Order,
-    n: &Notification,
-    now: NaiveDateTime,
-) -> Result<CreditWrite, DieselError> {
-    let trade_no = n.provider_trade_no.as_deref();
-    if !orders::mark_paid(conn, &order.order_no, trade_no, now)? {
-        return Ok(CreditWrite::NotPending);
-    }
-    let user = order.user_id.as_str();
-    let Some(balance_after) = change_balance(
-        conn,
-        user,
-        order.currency,
-        order.amount.get(),
-        i64::MIN,
-        now,
-    )?
-    else {
-        return Ok(CreditWrite::NotCredited);
-    };
-    book_credit(conn, order, balance_after, now)?;
-    Ok(CreditWrite::Credited(Credit {
-        balance_after,
-        delivery: None,
-    }))
-}
 
 /// The inbox upsert: a new row, or one more delivery on the row the notification has. MySQL
 /// assigns left to right, so `detail` and `anomaly` are decided before `outcome` changes.
