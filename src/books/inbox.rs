@@ -17,6 +17,25 @@ pub struct Evidence<'a> {
     /// The provider's signature headers, as a JSON object.
     pub headers_json: &'a str,
     pub body: &'a [u8],
+    pub source: Source,
+}
+
+/// Where an inbox row came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A notification the provider sent.
+    Notify,
+    /// The provider's answer when payhook asked about an order.
+    Query,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Notify => "notify",
+            Source::Query => "query",
+        }
+    }
 }
 
 /// The inbox row that counts a delivery, and how many deliveries it has counted.
@@ -60,6 +79,7 @@ pub const REJECTED_HEADERS_BYTES: usize = 4096;
 pub fn record_rejection(
     conn: &mut DbConnection,
     channel: &ChannelName,
+    source: Source,
     reason: &str,
     headers: &[(&str, &str)],
     body: &[u8],
@@ -90,6 +110,7 @@ pub fn record_rejection(
                     notifications::verified.eq(false),
                     notifications::verify_error.eq(reason),
                     notifications::outcome.eq(REJECTED),
+                    notifications::source.eq(source.as_str()),
                     notifications::raw_headers.eq(&headers_json),
                     notifications::raw_body.eq(kept_body),
                     notifications::delivery_count.eq(1i64),
@@ -149,6 +170,8 @@ pub struct InboxEntry {
     pub detail: Option<String>,
     /// Kept for a human; `detail` says why.
     pub anomaly: bool,
+    /// `notify` or `query`.
+    pub source: String,
     pub delivery_count: i64,
     pub first_seen_at: NaiveDateTime,
     pub last_seen_at: NaiveDateTime,

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use super::apply::{self, Applied, Durability};
 use super::error::{CreditError, Failure};
 use super::settled::{Fingerprint, Settled, SETTLED_CAPACITY};
-use crate::books::inbox::{self, Evidence};
+use crate::books::inbox::{self, Evidence, Source};
 use crate::db::{self, DbConnection, Pool, Retry};
 use crate::domain::notification::Notification;
 use crate::store;
@@ -60,12 +60,13 @@ pub struct ApplyJob {
     pub notification: Notification,
     pub headers_json: String,
     pub body: bytes::Bytes,
+    pub source: Source,
     pub now: NaiveDateTime,
     reply: Option<oneshot::Sender<Result<Applied, Failure>>>,
 }
 
 impl ApplyJob {
-    /// A job whose result only [`commit_batch`]'s return value carries.
+    /// A job for a notification, whose result only [`commit_batch`]'s return value carries.
     pub fn new(
         notification: Notification,
         headers_json: String,
@@ -76,8 +77,17 @@ impl ApplyJob {
             notification,
             headers_json,
             body,
+            source: Source::Notify,
             now,
             reply: None,
+        }
+    }
+
+    fn evidence(&self) -> Evidence<'_> {
+        Evidence {
+            headers_json: &self.headers_json,
+            body: &self.body,
+            source: self.source,
         }
     }
 }
@@ -163,6 +173,7 @@ impl Committer {
         notification: Notification,
         headers_json: String,
         body: bytes::Bytes,
+        source: Source,
         now: NaiveDateTime,
     ) -> Result<Applied, CommitError> {
         let fingerprint = Fingerprint::of(&notification);
@@ -170,7 +181,9 @@ impl Committer {
             self.count_delivery(&notification, applied.inbox_id, now);
             return Ok(applied);
         }
-        let applied = self.commit(notification, headers_json, body, now).await?;
+        let applied = self
+            .commit(notification, headers_json, body, source, now)
+            .await?;
         if let Some(fingerprint) = fingerprint {
             self.settled.insert(fingerprint, &applied);
         }
@@ -182,10 +195,12 @@ impl Committer {
         notification: Notification,
         headers_json: String,
         body: bytes::Bytes,
+        source: Source,
         now: NaiveDateTime,
     ) -> Result<Applied, CommitError> {
         let (reply, answer) = oneshot::channel();
         let mut job = ApplyJob::new(notification, headers_json, body, now);
+        job.source = source;
         job.reply = Some(reply);
         let waited = async {
             self.lane(&job.notification)
@@ -326,13 +341,8 @@ pub fn commit_batch(
             .zip(failed)
             .map(|(job, failed)| match failed {
                 Some(error) => Err(error),
-                None => {
-                    let evidence = Evidence {
-                        headers_json: &job.headers_json,
-                        body: &job.body,
-                    };
-                    apply::apply_alone(conn, &job.notification, evidence, job.now).map_err(Arc::new)
-                }
+                None => apply::apply_alone(conn, &job.notification, job.evidence(), job.now)
+                    .map_err(Arc::new),
             })
             .collect();
         if !counts.is_empty() {
@@ -390,10 +400,7 @@ fn apply_batch_in(
             results.push(Err(error.clone()));
             continue;
         }
-        let evidence = Evidence {
-            headers_json: &job.headers_json,
-            body: &job.body,
-        };
+        let evidence = job.evidence();
         let applied = if savepoints {
             conn.transaction(|conn| apply::apply_in(conn, &job.notification, evidence, job.now))
         } else {

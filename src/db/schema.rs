@@ -27,6 +27,8 @@ diesel::table! {
         closed_at -> Nullable<Timestamp>,
         refunded_minor -> BigInt,
         disputed_minor -> BigInt,
+        next_query_at -> Nullable<Timestamp>,
+        query_attempts -> BigInt,
     }
 }
 
@@ -66,6 +68,15 @@ diesel::table! {
         first_seen_at -> Timestamp,
         last_seen_at -> Timestamp,
         anomaly -> Bool,
+        source -> Text,
+    }
+}
+
+diesel::table! {
+    provider_cursors (channel) {
+        channel -> Text,
+        read_up_to -> Text,
+        updated_at -> Timestamp,
     }
 }
 

@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::state::AppState;
+use crate::books::inbox::Source;
 use crate::crediting::{Answer, Applied};
 use crate::domain::ids::ChannelName;
 use crate::domain::notification::{Notification, NotificationKind};
@@ -91,7 +92,13 @@ pub(super) async fn notify(
             let started_apply = Instant::now();
             let result = state
                 .committer
-                .submit(notification.clone(), headers_json, body, now.naive_utc())
+                .submit(
+                    notification.clone(),
+                    headers_json,
+                    body,
+                    Source::Notify,
+                    now.naive_utc(),
+                )
                 .await
                 .map_err(|e| e.to_string());
             telemetry::record_apply_seconds(started_apply.elapsed().as_secs_f64());

@@ -135,7 +135,13 @@ impl RejectionStore {
                 headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let mut conn = pool.get()?;
             crate::books::inbox::record_rejection(
-                &mut conn, &channel, &reason, &headers, &body, now,
+                &mut conn,
+                &channel,
+                crate::books::inbox::Source::Notify,
+                &reason,
+                &headers,
+                &body,
+                now,
             )?;
             Ok::<_, DbError>(())
         })

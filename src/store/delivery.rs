@@ -111,7 +111,7 @@ fn book_credit(
 /// [`on_repeat_delivery`] complete it, after `VALUES (` or a `SELECT`.
 pub(super) const INSERT_DELIVERY: &str = "INSERT INTO notifications (channel, notification_id, \
      order_no, provider_trade_no, kind, amount_minor, currency, verified, outcome, detail, \
-     anomaly, raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) ";
+     anomaly, source, raw_headers, raw_body, delivery_count, first_seen_at, last_seen_at) ";
 
 /// The outcomes that moved money ([`Outcome::moved_money`]) as an SQL list: a row that says one
 /// of them keeps it. A macro, so that `concat!` can build statements around it.
@@ -179,6 +179,8 @@ pub(super) fn delivery_values<'a, ST>(
         .nullable_text(verdict.detail)
         .sql(", ")
         .bool(verdict.anomaly)
+        .sql(", ")
+        .text(evidence.source.as_str())
         .sql(", ")
         .text(evidence.headers_json)
         .sql(", ")

@@ -557,6 +557,7 @@ fn refund(app: &TestApp, order_no: &str, trade: &str, refund_id: &str, amount: i
     let evidence = payhook::books::inbox::Evidence {
         headers_json: "{}",
         body: b"{}",
+        source: payhook::books::inbox::Source::Notify,
     };
     let mut conn = app.pool.get().unwrap();
     payhook::crediting::apply_alone(&mut conn, &n, evidence, crate::common::now())

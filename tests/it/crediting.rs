@@ -16,6 +16,7 @@ use payhook::domain::notification::{Notification, NotificationKind};
 const EVIDENCE: Evidence<'static> = Evidence {
     headers_json: "{}",
     body: b"raw body",
+    source: payhook::books::inbox::Source::Notify,
 };
 
 fn paid(order_no: &OrderNo, trade_no: &str, minor: i64, currency: &str) -> Notification {

@@ -128,6 +128,7 @@ fn fund(pool: &Pool, user: &str, order_no: &str, amount: &str) {
     let evidence = Evidence {
         headers_json: "{}",
         body: b"x",
+        source: payhook::books::inbox::Source::Notify,
     };
     let applied = apply_alone(&mut conn, &n, evidence, now()).unwrap();
     assert_eq!(applied.outcome, Outcome::Credited);

@@ -15,6 +15,7 @@ use payhook::domain::notification::{Dispute, Notification, NotificationKind, Ref
 const EVIDENCE: Evidence<'static> = Evidence {
     headers_json: "{}",
     body: b"raw body",
+    source: payhook::books::inbox::Source::Notify,
 };
 
 fn minor(value: i64) -> AmountMinor {

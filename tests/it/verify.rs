@@ -48,6 +48,7 @@ fn good_books(db: &TestDb) -> (Pool, Vec<OrderNo>) {
         let evidence = Evidence {
             headers_json: "{}",
             body: b"x",
+            source: payhook::books::inbox::Source::Notify,
         };
         assert_eq!(
             apply_alone(&mut conn, &n, evidence, now()).unwrap().outcome,
@@ -84,6 +85,7 @@ fn good_books(db: &TestDb) -> (Pool, Vec<OrderNo>) {
     let evidence = Evidence {
         headers_json: "{}",
         body: b"x",
+        source: payhook::books::inbox::Source::Notify,
     };
     for outcome in [Outcome::Refunded, Outcome::AlreadyBooked] {
         let applied = apply_alone(&mut conn, &refund, evidence, now()).unwrap();
@@ -326,6 +328,7 @@ fn a_debt_is_reported_and_not_an_error(db: TestDb) {
     let evidence = Evidence {
         headers_json: "{}",
         body: b"x",
+        source: payhook::books::inbox::Source::Notify,
     };
     let applied = apply_alone(&mut conn, &refund, evidence, now()).unwrap();
     assert_eq!(

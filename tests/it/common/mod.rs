@@ -176,6 +176,7 @@ pub fn pay_order(
     let evidence = payhook::books::inbox::Evidence {
         headers_json: "{}",
         body: b"paid in the test",
+        source: payhook::books::inbox::Source::Notify,
     };
     payhook::crediting::apply_alone(conn, &n, evidence, now())
         .expect("pay the order")
