@@ -4,6 +4,7 @@
 //! - [`accounts`]: one balance per user and currency, changed only together with a ledger row.
 //! - [`debits`]: a balance spent, once per caller-chosen `debit_no`, never below zero.
 //! - [`inbox`]: every notification received, with the evidence to verify it again.
+//! - [`schedule`]: when pending orders are asked about at their provider, claimed with a lease.
 //! - [`verify`]: the one-command proof that the books balance.
 //!
 //! Queries here are written once for every backend; SQL that differs by backend lives in
@@ -13,4 +14,5 @@ pub mod accounts;
 pub mod debits;
 pub mod inbox;
 pub mod orders;
+pub mod schedule;
 pub mod verify;

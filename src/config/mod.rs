@@ -30,8 +30,20 @@ pub struct Settings {
     pub pool: PoolSettings,
     pub http: HttpSettings,
     pub commit: CommitSettings,
+    pub recovery: RecoverySettings,
     #[serde(default)]
     pub channels: BTreeMap<ChannelName, ChannelConfig>,
+}
+
+/// Asking providers about orders whose notification never came, and closing what expires.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverySettings {
+    /// For every channel that has the keys to ask its provider.
+    pub enabled: bool,
+    pub first_query_after_secs: u64,
+    pub max_interval_secs: u64,
+    pub expire_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +287,17 @@ impl Settings {
         if self.commit.timeout_secs == 0 {
             return invalid("commit.timeout_secs must be at least 1");
         }
+        let r = &self.recovery;
+        if r.first_query_after_secs == 0 || r.max_interval_secs == 0 {
+            return invalid(
+                "recovery.first_query_after_secs and recovery.max_interval_secs must be at least 1",
+            );
+        }
+        if r.expire_after_secs <= r.first_query_after_secs {
+            return invalid(
+                "recovery.expire_after_secs must be more than recovery.first_query_after_secs",
+            );
+        }
         if self.http.body_limit_bytes == 0 {
             return invalid("http.body_limit_bytes must be at least 1");
         }
@@ -372,6 +395,50 @@ mod tests {
         }
         let s = Settings::from_toml("[commit]\nwriters = 10\nmax_batch = 1\n").unwrap();
         assert_eq!((s.commit.writers, s.commit.max_batch), (10, 1));
+    }
+
+    #[test]
+    fn recovery_settings_default_and_are_bounded() {
+        let s = Settings::from_toml("").unwrap();
+        let r = &s.recovery;
+        assert!(r.enabled);
+        assert_eq!(
+            (
+                r.first_query_after_secs,
+                r.max_interval_secs,
+                r.expire_after_secs
+            ),
+            (60, 600, 7200)
+        );
+        for (text, key) in [
+            (
+                "[recovery]
+first_query_after_secs = 0
+",
+                "first_query_after_secs",
+            ),
+            (
+                "[recovery]
+max_interval_secs = 0
+",
+                "max_interval_secs",
+            ),
+            (
+                "[recovery]
+expire_after_secs = 60
+",
+                "expire_after_secs",
+            ),
+            (
+                "[recovery]
+every = 3
+",
+                "every",
+            ),
+        ] {
+            let error = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`record_delivery`]: one delivery of a verified notification into the inbox.
 //! - [`change_balance`]: a balance moved in SQL, within bounds.
 //! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing;
-//!   [`lock_account`]: one account's row, before a debit reads and changes it.
+//!   [`lock_account`]: one account's row, before a debit reads and changes it;
+//!   [`lock_due_orders`]: pending orders due to be asked about, skipping those others hold.
 //! - [`savepoints_are_cheap`]: what a batch may afford.
 
 use chrono::NaiveDateTime;
@@ -90,6 +91,41 @@ pub fn lock_for_credits(conn: &mut DbConnection, order_nos: &[&str]) -> Result<(
         DbConnection::Postgresql(pg) => postgres::lock_for_credits(pg, order_nos),
         DbConnection::Mysql(my) => mysql::lock_for_credits(my, order_nos),
         DbConnection::Sqlite(_) => Ok(()),
+    }
+}
+
+/// Locks up to `limit` pending orders of `channels` that are due to be asked about, oldest
+/// first: those whose `next_query_at` has come, and those never asked that were created at or
+/// before `first_due`. Rows another transaction holds are skipped (`FOR UPDATE SKIP LOCKED` on
+/// PostgreSQL and MySQL), so instances sharing one database claim different orders; on SQLite the
+/// database lock serialises writers already.
+pub fn lock_due_orders(
+    conn: &mut DbConnection,
+    channels: &[&str],
+    now: NaiveDateTime,
+    first_due: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<String>, DieselError> {
+    use crate::books::orders::OrderStatus;
+    use crate::db::schema::orders;
+    use diesel::prelude::*;
+
+    let due = orders::table
+        .filter(orders::status.eq(OrderStatus::Pending.as_str()))
+        .filter(orders::channel.eq_any(channels))
+        .filter(
+            orders::next_query_at.le(now).or(orders::next_query_at
+                .is_null()
+                .and(orders::created_at.le(first_due))
+                .nullable()),
+        )
+        .order(orders::created_at)
+        .limit(limit)
+        .select(orders::order_no);
+    match conn {
+        DbConnection::Postgresql(pg) => due.for_update().skip_locked().load(pg),
+        DbConnection::Mysql(my) => due.for_update().skip_locked().load(my),
+        DbConnection::Sqlite(lite) => due.load(lite),
     }
 }
 

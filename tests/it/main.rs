@@ -16,6 +16,7 @@ mod money_back;
 mod notify_http;
 mod operate;
 mod replay;
+mod schedule;
 mod schema;
 mod storage;
 mod verify;
