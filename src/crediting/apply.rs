@@ -201,13 +201,18 @@ fn decide(
     now: NaiveDateTime,
 ) -> Result<Decision, CreditError> {
     if n.order_no.is_none() {
-        let why = match n.provider_trade_no.as_deref() {
-            Some(trade) if n.kind.is_money_back() => format!(
-                "{} for trade {trade}, which paid no order of this channel",
+        // Money going back that names only its trade (Stripe's Charge and Dispute) and meets no
+        // order paid by it: its payment has not been applied yet, or it is not ours. Acking it
+        // would lose it if the payment is only late, so the provider is asked to retry.
+        if let (Some(trade), true) = (n.provider_trade_no.as_deref(), n.kind.is_money_back()) {
+            let why = format!(
+                "{} for trade {trade}, which has paid no order of this channel yet; asked to \
+                 retry so that the payment is applied first",
                 n.kind.as_str()
-            ),
-            _ => format!("{} notification names no order", n.kind.as_str()),
-        };
+            );
+            return Decision::because(Outcome::NotYet, why);
+        }
+        let why = format!("{} notification names no order", n.kind.as_str());
         return Decision::because(Outcome::Ignored, why);
     }
     // Another merchant's notification never becomes ours, whether or not the order exists.

@@ -28,6 +28,11 @@ use crate::domain::notification::{Dispute, Notification, NotificationKind, Refun
 use crate::domain::outcome::Outcome;
 use crate::store;
 
+/// The longest refund or dispute id kept: far above any provider's (WeChat's are 32 digits,
+/// Stripe's about 30 characters), and within what every backend's key column holds with the
+/// order number in front.
+const MAX_ID_BYTES: usize = 128;
+
 /// What one notification of money going back would book.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Movement {
@@ -129,9 +134,47 @@ fn plan(
             shown(left)
         ))
     };
-    let booked = |conn: &mut DbConnection, kind: LedgerKind, key: &str| {
-        accounts::find_entry(conn, kind, key).map(|entry| entry.is_some())
+    // A key booked already is a duplicate, unless the provider now states another amount for
+    // it: that is for a human.
+    let booked = |conn: &mut DbConnection, kind: LedgerKind, key: &str, amount: Option<i64>| {
+        let entry = accounts::find_entry(conn, kind, key)?;
+        Ok::<_, CreditError>(entry.map(|entry| match amount {
+            Some(amount) if amount != entry.amount_minor.abs() => Refusal::Anomaly(format!(
+                "{} {key} was booked as {}, and this notification says {}; nothing moved",
+                kind.as_str(),
+                shown(AmountMinor::new(entry.amount_minor.abs()).unwrap_or(AmountMinor::ZERO)),
+                shown(AmountMinor::new(amount).unwrap_or(AmountMinor::ZERO))
+            )),
+            _ => Refusal::Booked(None),
+        }))
     };
+    // Ids the provider could not have issued: nothing a key could keep.
+    let id = match &n.kind {
+        NotificationKind::Refund(Refund::One { refund_id: id, .. })
+        | NotificationKind::Chargeback(Dispute { dispute_id: id, .. })
+        | NotificationKind::ChargebackReversal(Dispute { dispute_id: id, .. }) => Some(id),
+        _ => None,
+    };
+    if id.is_some_and(|id| id.is_empty() || id.len() > MAX_ID_BYTES) {
+        return Ok(Err(Refusal::Anomaly(format!(
+            "{} names a refund or dispute id that is empty or longer than {MAX_ID_BYTES} \
+             bytes; nothing moved",
+            n.kind.as_str()
+        ))));
+    }
+    let amount = match &n.kind {
+        NotificationKind::Refund(Refund::One { amount, .. })
+        | NotificationKind::Chargeback(Dispute { amount, .. })
+        | NotificationKind::ChargebackReversal(Dispute { amount, .. }) => Some(*amount),
+        _ => None,
+    };
+    if amount == Some(AmountMinor::ZERO) {
+        return Ok(Err(Refusal::Anomaly(format!(
+            "{} of {} moves nothing",
+            n.kind.as_str(),
+            shown(AmountMinor::ZERO)
+        ))));
+    }
     let (refunded, disputed) = (order.refunded, order.disputed);
     let movement = |kind, entry_key, delta, refunded, disputed| Movement {
         kind,
@@ -143,8 +186,8 @@ fn plan(
     Ok(match &n.kind {
         NotificationKind::Refund(Refund::One { refund_id, amount }) => {
             let key = format!("{order_no}/{refund_id}");
-            if booked(conn, LedgerKind::Refund, &key)? {
-                return Ok(Err(Refusal::Booked(None)));
+            if let Some(refusal) = booked(conn, LedgerKind::Refund, &key, Some(amount.get()))? {
+                return Ok(Err(refusal));
             }
             match add(refunded, *amount) {
                 Some(after) if amount.get() <= left.get() => Ok(movement(
@@ -159,8 +202,8 @@ fn plan(
         }
         NotificationKind::Refund(Refund::UpTo { total, .. }) => {
             let key = format!("{order_no}/total/{}", total.get());
-            if booked(conn, LedgerKind::Refund, &key)? {
-                return Ok(Err(Refusal::Booked(None)));
+            if let Some(refusal) = booked(conn, LedgerKind::Refund, &key, None)? {
+                return Ok(Err(refusal));
             }
             match AmountMinor::new(total.get() - refunded.get()) {
                 Ok(AmountMinor::ZERO) | Err(_) => Err(Refusal::Booked(Some(format!(
@@ -180,8 +223,9 @@ fn plan(
         }
         NotificationKind::Chargeback(Dispute { dispute_id, amount }) => {
             let key = format!("{order_no}/{dispute_id}");
-            if booked(conn, LedgerKind::Chargeback, &key)? {
-                return Ok(Err(Refusal::Booked(None)));
+            let amount_minor = Some(amount.get());
+            if let Some(refusal) = booked(conn, LedgerKind::Chargeback, &key, amount_minor)? {
+                return Ok(Err(refusal));
             }
             match add(disputed, *amount) {
                 Some(after) if amount.get() <= left.get() => Ok(movement(
@@ -196,8 +240,10 @@ fn plan(
         }
         NotificationKind::ChargebackReversal(Dispute { dispute_id, amount }) => {
             let key = format!("{order_no}/{dispute_id}");
-            if booked(conn, LedgerKind::ChargebackReversal, &key)? {
-                return Ok(Err(Refusal::Booked(None)));
+            let amount_minor = Some(amount.get());
+            if let Some(refusal) = booked(conn, LedgerKind::ChargebackReversal, &key, amount_minor)?
+            {
+                return Ok(Err(refusal));
             }
             let taken = accounts::find_entry(conn, LedgerKind::Chargeback, &key)?
                 .map(|entry| -entry.amount_minor);

@@ -131,13 +131,16 @@ pub struct Verdict<'a> {
     pub anomaly: bool,
 }
 
-/// What a repeated delivery does to the row its notification has: counts itself, and takes the
-/// new outcome unless the row's outcome moved money. Returns the row's id and delivery count.
+/// What a repeated delivery does to the row its notification has: counts itself, takes the new
+/// outcome unless the row's outcome moved money, and files the row under the order once one is
+/// known (a refund that names only its trade finds its order when that trade has paid it).
+/// Returns the row's id and delivery count.
 pub(super) fn on_repeat_delivery<ST>(statement: Statement<'_, ST>) -> Statement<'_, ST> {
     statement.sql(concat!(
         " ON CONFLICT (channel, notification_id) DO UPDATE SET \
          delivery_count = notifications.delivery_count + 1, \
          last_seen_at = excluded.last_seen_at, \
+         order_no = COALESCE(notifications.order_no, excluded.order_no), \
          outcome = CASE WHEN notifications.outcome IN ",
         moved_money_sql!(),
         " THEN notifications.outcome ELSE excluded.outcome END, \

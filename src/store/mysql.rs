@@ -41,6 +41,7 @@ pub(super) fn record_delivery(
              outcome = IF(outcome IN ",
             moved_money_sql!(),
             ", outcome, VALUES(outcome)), \
+             order_no = COALESCE(order_no, VALUES(order_no)), \
              delivery_count = delivery_count + 1, last_seen_at = VALUES(last_seen_at)"
         ))
         .execute(conn)?;

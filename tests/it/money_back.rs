@@ -385,13 +385,64 @@ fn a_refund_that_names_only_its_trade_finds_the_order_that_trade_paid(db: TestDb
         "the inbox files it under the order its trade paid"
     );
 
-    let mut unknown = by_trade.clone();
-    unknown.notification_id = "evt_unknown".to_owned();
-    unknown.provider_trade_no = Some("pi_not_ours".to_owned());
-    let applied = run(&pool, &unknown);
-    assert_eq!(applied.outcome, Outcome::Ignored);
-    assert!(applied.detail.unwrap().contains("pi_not_ours"));
-    assert_eq!(balance(&pool, "r7"), 750);
+    // A refund of a trade that has paid nothing yet: its payment may only be late, so it is
+    // retried rather than acked and lost; once the payment is applied, it finds its order.
+    let mut early = by_trade.clone();
+    early.notification_id = "evt_early".to_owned();
+    early.provider_trade_no = Some("pi_late".to_owned());
+    let applied = run(&pool, &early);
+    assert_eq!(applied.outcome, Outcome::NotYet);
+    assert_eq!(applied.outcome.answer(), Answer::Retry);
+    assert!(applied.detail.unwrap().contains("pi_late"));
+    let mut conn = pool.get().unwrap();
+    let late = create_order(&mut conn, "r7", "alipay", "4.00", "CNY", None);
+    let paid = pay_order(&mut conn, "alipay", late.as_str(), "pi_late", 400, "CNY");
+    assert_eq!(paid, "credited");
+    let applied = run(&pool, &early);
+    assert_eq!(applied.outcome, Outcome::Refunded);
+    assert_eq!(balance(&pool, "r7"), 750 + 400 - 250);
+    assert_books_balance(&pool);
+}
+
+fn refunds_that_contradict_what_is_booked_or_move_nothing_are_for_a_human(db: TestDb) {
+    let pool = db.pool(2);
+    let order_no = paid_order(&pool, "r11", "10.00");
+    assert_eq!(
+        run(&pool, &refund(&order_no, "n-1", "R1", 300)).outcome,
+        Outcome::Refunded
+    );
+    let zero_chargeback = about(
+        &order_no,
+        "n-zero-dispute",
+        "T1",
+        NotificationKind::Chargeback(Dispute {
+            dispute_id: "dp_0".to_owned(),
+            amount: minor(0),
+        }),
+    );
+    let cases = [
+        // The same refund id, now with another amount.
+        (
+            refund(&order_no, "n-1-other", "R1", 400),
+            "was booked as 3.00",
+        ),
+        (refund(&order_no, "n-zero", "R0", 0), "moves nothing"),
+        (zero_chargeback, "moves nothing"),
+        (
+            refund(&order_no, "n-long", &"9".repeat(129), 100),
+            "longer than",
+        ),
+        (refund(&order_no, "n-empty", "", 100), "empty"),
+    ];
+    for (n, why) in cases {
+        let applied = run(&pool, &n);
+        assert_eq!(applied.outcome, Outcome::Mismatch, "{}", n.notification_id);
+        assert!(applied.anomaly);
+        let detail = applied.detail.unwrap();
+        assert!(detail.contains(why), "{}: {detail}", n.notification_id);
+    }
+    assert_eq!(balance(&pool, "r11"), 700);
+    assert_eq!(rows_of(&pool, &order_no, "refund"), 1);
     assert_books_balance(&pool);
 }
 
@@ -481,6 +532,7 @@ on_every_backend!(
     refunds_of_unpaid_or_other_orders_move_nothing_and_are_for_a_human,
     chargebacks_and_their_reversals_are_booked_once_each,
     a_refund_that_names_only_its_trade_finds_the_order_that_trade_paid,
+    refunds_that_contradict_what_is_booked_or_move_nothing_are_for_a_human,
     concurrent_duplicates_of_one_refund_move_its_money_once,
     concurrent_cumulative_totals_in_any_order_refund_exactly_the_last,
 );
