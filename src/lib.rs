@@ -11,6 +11,8 @@
 //!   the notifications that arrived together in one transaction and answers them after it.
 //! - [`books`]: orders, accounts and their ledger, the inbox; the rows the transaction works on,
 //!   debits that spend a balance once each, and the one-command proof that they balance.
+//! - [`recovery`]: asking providers about orders whose notification never came (补单), on a
+//!   schedule claimed with leases, and closing what expires; answers take the crediting path.
 //! - [`db`] and [`store`]: SQLite, PostgreSQL or MySQL chosen by URL, the connection pool, migrations
 //!   and transactions; and every SQL statement that differs by backend.
 //! - [`domain`]: what every part speaks in: values parsed once at the edge (`AmountMinor`,
@@ -33,6 +35,7 @@ pub mod db;
 pub mod domain;
 pub mod http;
 pub mod notify;
+pub mod recovery;
 pub mod store;
 pub mod telemetry;
 pub mod tools;

@@ -187,6 +187,9 @@ pub const POOL_CONNECTIONS: &str = "payhook_pool_connections";
 pub const BATCH_NOTIFICATIONS: &str = "payhook_batch_notifications";
 pub const BATCH_SECONDS: &str = "payhook_batch_seconds";
 pub const DEBITS: &str = "payhook_debits_total";
+pub const QUERIES: &str = "payhook_recovery_queries_total";
+pub const CLOSES: &str = "payhook_recovery_closes_total";
+pub const OLDEST_PENDING: &str = "payhook_oldest_pending_order_seconds";
 
 /// Counts one notification's outcome and the answer it got.
 pub fn record_notification(channel: &str, outcome: &'static str, answer: &'static str) {
@@ -201,6 +204,22 @@ pub fn record_money_back(channel: &str, kind: &'static str, outcome: &'static st
     metrics::counter!(MONEY_BACK, "channel" => channel.to_owned(), "kind" => kind,
         "outcome" => outcome)
     .increment(1);
+}
+
+/// Counts one query of a provider by what it came to: the crediting outcome of what it found,
+/// `not_paid`, `unreachable` or `invalid`.
+pub fn record_query(channel: &str, result: &'static str) {
+    metrics::counter!(QUERIES, "channel" => channel.to_owned(), "result" => result).increment(1);
+}
+
+/// Counts one close of an expired order: `closed`, `not_pending`, `paid_meanwhile` or `failed`.
+pub fn record_close(channel: &str, result: &'static str) {
+    metrics::counter!(CLOSES, "channel" => channel.to_owned(), "result" => result).increment(1);
+}
+
+/// The age of the oldest pending order, in seconds (0 when none is pending).
+pub fn record_oldest_pending(seconds: f64) {
+    metrics::gauge!(OLDEST_PENDING).set(seconds);
 }
 
 pub fn record_anomaly(channel: &str) {

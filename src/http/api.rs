@@ -41,6 +41,7 @@ pub(super) fn scope() -> actix_web::Scope<
         .route("/orders", web::post().to(create_order))
         .route("/orders/{order_no}", web::get().to(get_order))
         .route("/orders/{order_no}/close", web::post().to(close_order))
+        .route("/orders/{order_no}/sync", web::post().to(sync_order))
         .route("/accounts/{user_id}", web::get().to(get_account))
         .route("/accounts/{user_id}/debits", web::post().to(create_debit))
         .route("/debits/{debit_no}", web::get().to(get_debit))
@@ -176,6 +177,44 @@ fn if_match_version(req: &HttpRequest) -> Option<Result<i64, ()>> {
         },
         Ok(IfMatch::Any) | Err(_) => Err(()),
     })
+}
+
+/// `POST /api/orders/{order_no}/sync`: asks the provider about the order now and applies its
+/// answer through the crediting transaction; answers with the order as it is afterwards.
+async fn sync_order(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    use crate::recovery::RecoveryError;
+    let Ok(order_no) = OrderNo::parse(&path) else {
+        return no_such_order(&path);
+    };
+    let lookup = order_no.clone();
+    let order = match with_db(&state, move |conn| Ok(orders::find(conn, &lookup)?)).await {
+        Ok(Some(order)) => order,
+        Ok(None) => return no_such_order(&path),
+        Err(response) => return response,
+    };
+    match state.recovery.sync(&order).await {
+        Ok(_) => {}
+        Err(RecoveryError::CannotAsk(channel)) => {
+            return HttpResponse::UnprocessableEntity().json(json!({
+                "error": "channel_cannot_be_asked",
+                "detail": format!("channel {channel} has no keys to ask its provider"),
+            }))
+        }
+        Err(RecoveryError::Unreachable(why)) => {
+            return HttpResponse::BadGateway()
+                .json(json!({ "error": "provider_unreachable", "detail": why }))
+        }
+        Err(RecoveryError::Invalid(why)) => {
+            return HttpResponse::BadGateway()
+                .json(json!({ "error": "provider_answer_invalid", "detail": why }))
+        }
+        Err(e) => return unavailable(e),
+    }
+    match with_db(&state, move |conn| Ok(orders::find(conn, &order_no)?)).await {
+        Ok(Some(order)) => with_etag(HttpResponse::Ok(), &order),
+        Ok(None) => no_such_order(&path),
+        Err(response) => response,
+    }
 }
 
 async fn close_order(

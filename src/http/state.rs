@@ -12,7 +12,9 @@ use crate::crediting::Committer;
 use crate::db::{DbError, Pool};
 use crate::domain::clock::Clock;
 use crate::domain::ids::ChannelName;
+use crate::books::schedule::Schedule;
 use crate::notify::{self, Provider};
+use crate::recovery::{runner, Recovery};
 
 /// A configured channel: its provider's adapter and what its orders must look like.
 #[derive(Clone)]
@@ -35,6 +37,10 @@ pub struct AppState {
     pub body_limit: usize,
     /// How long a client may take to send a whole notification body; slower ones get 408.
     pub body_timeout: Duration,
+    /// Asking providers about orders (补单): the channels that can, and the way answers go.
+    pub recovery: Recovery,
+    /// The background loop of recovery, stopped when the state is dropped.
+    _recovering: Option<runner::Running>,
 }
 
 impl AppState {
@@ -64,6 +70,15 @@ impl AppState {
         .map_err(|e| anyhow::anyhow!("cannot start the writer thread: {e}"))?;
         let rejections = RejectionStore::open(settings)
             .map_err(|e| anyhow::anyhow!("cannot open the pool for rejected requests: {e}"))?;
+        let recovery = Recovery {
+            askers: Arc::new(Recovery::askers(settings)?),
+            schedule: Schedule::from(&settings.recovery),
+            pool: pool.clone(),
+            committer: committer.clone(),
+            clock: clock.clone(),
+        };
+        let recovering = runner::start(recovery.clone())
+            .map_err(|e| anyhow::anyhow!("cannot start recovery: {e}"))?;
         Ok(AppState {
             pool,
             committer,
@@ -73,6 +88,8 @@ impl AppState {
             admin_token: settings.admin_token.clone(),
             body_limit: settings.http.body_limit_bytes,
             body_timeout: Duration::from_secs(settings.http.request_timeout_secs),
+            recovery,
+            _recovering: recovering,
         })
     }
 }
