@@ -9,6 +9,8 @@
 //! - [`crediting`]: the crediting transaction, the one place money moves (compare-and-set on
 //!   the order, then balance, ledger and inbox in one commit), and group commit: a writer applies
 //!   the notifications that arrived together in one transaction and answers them after it.
+//! - [`recovery`]: what became of orders whose notification never came; [`recovery::ask`] asks
+//!   each provider about an order (and closes it there), its answer verified like a notification.
 //! - [`books`]: orders, accounts and their ledger, the inbox; the rows the transaction works on,
 //!   debits that spend a balance once each, and the one-command proof that they balance.
 //! - [`db`] and [`store`]: SQLite, PostgreSQL or MySQL chosen by URL, the connection pool, migrations
@@ -33,6 +35,7 @@ pub mod db;
 pub mod domain;
 pub mod http;
 pub mod notify;
+pub mod recovery;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
