@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod ask;
 mod cli;
 mod crediting;
 mod debits;
