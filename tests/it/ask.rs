@@ -271,6 +271,25 @@ fn an_answer_with_a_bad_signature_is_invalid_and_never_a_payment() {
 }
 
 #[test]
+fn an_authentic_answer_about_another_order_is_invalid() {
+    let sim = Simulator::start();
+    for provider in SIGNING {
+        sim.set_mode(provider, Mode::AnotherOrder);
+        let paid = order_no(provider, 1);
+        sim.set_trade(&paid, TradeState::Paid, 1000, &format!("T{paid}"));
+        let waiting = order_no(provider, 2);
+        sim.set_trade(&waiting, TradeState::Waiting, 1000, "");
+        for no in [paid, waiting] {
+            let reason = invalid_reason(
+                block(sim.asker(provider).query(&order(provider, &no, 1000))),
+                &no,
+            );
+            assert!(reason.contains("another order"), "{provider:?}: {reason}");
+        }
+    }
+}
+
+#[test]
 fn an_answer_that_is_not_json_is_invalid() {
     let sim = Simulator::start();
     for provider in PROVIDERS {

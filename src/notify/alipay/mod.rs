@@ -619,6 +619,56 @@ mod tests {
     }
 
     #[test]
+    fn a_query_answer_is_held_to_the_same_amount_and_merchant_checks_as_a_notification() {
+        let (alipay, _) = vectors();
+        let answer = |extra: &str| {
+            let text = format!(
+                r#"{{"code":"10000","msg":"Success","out_trade_no":"A1","trade_no":"T1","total_amount":"12.34","trade_status":"TRADE_SUCCESS"{extra}}}"#
+            );
+            alipay.answer_notification(
+                &testing::channel(),
+                &Answer::parse(text.as_bytes()).unwrap(),
+            )
+        };
+        let n = answer("").unwrap();
+        assert_eq!(n.kind, NotificationKind::Paid);
+        assert_eq!(n.amount, Some(AmountMinor::new(1234).unwrap()));
+        assert_eq!(n.notification_id, "query:T1:TRADE_SUCCESS");
+        // It answers our own signed request, so naming no app is not a mismatch; naming
+        // another app or seller is.
+        assert_eq!(n.merchant_mismatch, None);
+        let other_app = answer(r#","app_id":"2021999""#).unwrap().merchant_mismatch;
+        assert!(other_app.unwrap().contains("app_id"));
+        let other_seller = answer(r#","seller_id":"2088999""#)
+            .unwrap()
+            .merchant_mismatch;
+        assert!(other_seller.unwrap().contains("seller_id"));
+        let ours = answer(r#","app_id":"2021000000000001","seller_id":"2088000000000001""#);
+        assert_eq!(ours.unwrap().merchant_mismatch, None);
+        // A notification that names no app is still flagged.
+        let mut no_app = trade("TRADE_SUCCESS", &[]);
+        no_app.retain(|(k, _)| *k != "app_id");
+        let n = verify(&alipay, &signed_trade(&no_app, None)).unwrap();
+        assert!(n.merchant_mismatch.unwrap().contains("app_id"));
+        for (extra, field) in [
+            (r#","total_amount":"1.234""#, "total_amount"),
+            (r#","total_amount":12.34"#, "total_amount"),
+        ] {
+            let text = format!(
+                r#"{{"code":"10000","out_trade_no":"A1","trade_no":"T1","trade_status":"TRADE_SUCCESS"{extra}}}"#
+            );
+            let result = alipay.answer_notification(
+                &testing::channel(),
+                &Answer::parse(text.as_bytes()).unwrap(),
+            );
+            assert!(
+                testing::is_format_rejection_about(&result, field),
+                "{extra}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_repeated_parameter_is_a_format_rejection_even_when_signed() {
         let (alipay, v) = vectors();
         let repeated = format!("{}&out_trade_no=A20261122000001", v.cases[0].body);

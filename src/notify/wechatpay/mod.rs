@@ -468,6 +468,43 @@ mod tests {
         (headers, body.into_bytes())
     }
 
+    #[test]
+    fn a_queried_transaction_is_held_to_the_same_checks_as_a_notified_one() {
+        let (wechat, v) = vectors();
+        let read = |transaction: serde_json::Value| {
+            let body = transaction.to_string();
+            wechat.transaction_notification(&testing::channel(), body.as_bytes())
+        };
+        let n = read(transaction(&v.mchid, &v.appid, "SUCCESS")).unwrap();
+        assert_eq!(n.kind, NotificationKind::Paid);
+        assert_eq!(n.amount, Some(AmountMinor::new(4321).unwrap()));
+        assert_eq!(
+            n.notification_id,
+            "query:4200000000202611220000000099:SUCCESS"
+        );
+        assert_eq!(n.merchant_mismatch, None);
+        let other = read(transaction("1900000999", &v.appid, "SUCCESS")).unwrap();
+        assert!(other.merchant_mismatch.unwrap().contains("mchid"));
+        let other = read(transaction(&v.mchid, "wx_other", "SUCCESS")).unwrap();
+        assert!(other.merchant_mismatch.unwrap().contains("appid"));
+        for (state, kind) in [
+            ("CLOSED", NotificationKind::Closed),
+            ("REVOKED", NotificationKind::Closed),
+            ("NOTPAY", NotificationKind::Other("NOTPAY".to_owned())),
+            ("PAYERROR", NotificationKind::Other("PAYERROR".to_owned())),
+        ] {
+            assert_eq!(
+                read(transaction(&v.mchid, &v.appid, state)).unwrap().kind,
+                kind
+            );
+        }
+        let mut bad = transaction(&v.mchid, &v.appid, "SUCCESS");
+        bad["amount"]["currency"] = "XXX".into();
+        assert!(testing::is_format_rejection_about(&read(bad), "currency"));
+        let result = wechat.transaction_notification(&testing::channel(), b"<html>");
+        assert!(matches!(result, Err(Rejection::Format(_))), "{result:?}");
+    }
+
     fn transaction(mchid: &str, appid: &str, trade_state: &str) -> serde_json::Value {
         json!({
             "mchid": mchid, "appid": appid, "out_trade_no": "W20261122000099",

@@ -54,6 +54,8 @@ pub enum Mode {
     Hang,
     /// A 200 whose body is an HTML page (signed, where the provider signs).
     NotJson,
+    /// Authentic answers about another order than the one asked after.
+    AnotherOrder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -497,9 +499,13 @@ impl Shared {
             return ((method, false), Reply::json(200, refused.to_owned()));
         }
         let biz: Value = serde_json::from_str(get("biz_content")).unwrap_or_default();
-        let order_no = biz["out_trade_no"].as_str().unwrap_or_default().to_owned();
+        let asked = biz["out_trade_no"].as_str().unwrap_or_default().to_owned();
         let mut state = self.state.lock().unwrap();
-        let trade = state.trades.get(&order_no).cloned();
+        let trade = state.trades.get(&asked).cloned();
+        let order_no = match mode {
+            Mode::AnotherOrder => format!("X{asked}"),
+            _ => asked.clone(),
+        };
         let not_exist = format!(
             r#"{{"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在","out_trade_no":"{order_no}"}}"#
         );
@@ -523,8 +529,8 @@ impl Shared {
                 r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_STATUS_ERROR","sub_msg":"交易状态不合法"}"#.to_owned()
             }
             ("alipay.trade.close", Some(t)) => {
-                state.closed.push((Provider::Alipay, order_no.clone()));
-                if let Some(trade) = state.trades.get_mut(&order_no) {
+                state.closed.push((Provider::Alipay, asked.clone()));
+                if let Some(trade) = state.trades.get_mut(&asked) {
                     trade.state = TradeState::Closed;
                 }
                 format!(
@@ -605,6 +611,9 @@ impl Shared {
                     404,
                     r#"{"code":"ORDER_NOT_EXIST","message":"订单不存在"}"#.to_owned(),
                 ),
+                Some(t) if mode == Mode::AnotherOrder => {
+                    (200, wechat_transaction(&format!("X{order_no}"), t))
+                }
                 Some(t) => (200, wechat_transaction(order_no, t)),
             }
         };
