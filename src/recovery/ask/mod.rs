@@ -4,7 +4,8 @@
 //!
 //! An answer is trusted exactly as far as a notification would be: Alipay's and WeChat Pay's are
 //! verified with the channel's provider keys, Stripe's are authentic because they came over TLS
-//! with our API key. What an answer says is handed on as the [`Notification`] the provider's
+//! with our API key. What an answer says is handed on as the
+//! [`Notification`](crate::domain::notification::Notification) the provider's
 //! adapter would have made of it, with the same amount, currency and merchant checks, to be
 //! applied by the crediting transaction like any other.
 //!

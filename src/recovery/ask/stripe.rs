@@ -147,63 +147,45 @@ impl StripeAsker {
         since: DateTime<Utc>,
     ) -> Result<(Vec<Queried>, Option<String>), AskError> {
         let types: Vec<&str> = PAID.iter().chain(&MONEY_BACK).copied().collect();
+        // After a cursor the pages run towards newer events; from the start, towards older ones.
+        let towards_newer = cursor.is_some();
         let mut from = match cursor {
             Some(id) => From::Before(id.to_owned()),
             None => From::Newest,
         };
-        // Pages, each newest first; collected oldest first.
-        let mut oldest_first: Vec<(Answer, Event)> = Vec::new();
-        let mut newer_pages = Vec::new();
+        // Each page's events oldest first, as each event's own evidence.
+        let mut pages: Vec<Vec<(String, Answer)>> = Vec::new();
         for _ in 0..MAX_PAGES {
             let page = self.page(&types, since, true, &from).await?;
-            let next = match (&from, page.has_more) {
-                (From::Before(_), true) => page.events.first().map(|e| From::Before(e.id.clone())),
-                (_, true) => page.events.last().map(|e| From::After(e.id.clone())),
+            let next = match (towards_newer, page.has_more) {
+                (true, true) => page.events.first().map(|e| From::Before(e.id.clone())),
+                (false, true) => page.events.last().map(|e| From::After(e.id.clone())),
                 (_, false) => None,
             };
-            let before = matches!(from, From::Before(_));
-            let events: Vec<(Answer, Event)> = page
-                .events
-                .iter()
-                .rev()
-                .map(|e| {
-                    (
-                        page.one(e),
-                        Event {
-                            id: e.id.clone(),
-                            bytes: e.bytes.clone(),
-                        },
-                    )
-                })
-                .collect();
-            if before {
-                // Each page is newer than the one before it.
-                oldest_first.extend(events);
-            } else {
-                // Each page is older than the one before it.
-                newer_pages.push(events);
-            }
-            match next {
-                Some(next) => from = next,
-                None => {
-                    oldest_first.extend(newer_pages.into_iter().rev().flatten());
-                    let newest = oldest_first.last().map(|(_, e)| e.id.clone());
-                    let said = oldest_first
-                        .iter()
-                        .filter_map(|(answer, event)| self.said(answer, event))
-                        .collect();
-                    return Ok((said, newest.or(cursor.map(str::to_owned))));
+            let events = page.events.iter().rev();
+            pages.push(events.map(|e| (e.id.clone(), page.one(e))).collect());
+            let Some(next) = next else {
+                if !towards_newer {
+                    pages.reverse();
                 }
-            }
+                let events: Vec<(String, Answer)> = pages.into_iter().flatten().collect();
+                let newest = events.last().map(|(id, _)| id.clone());
+                let said = events
+                    .iter()
+                    .filter_map(|(id, answer)| self.said(id, answer))
+                    .collect();
+                return Ok((said, newest.or(cursor.map(str::to_owned))));
+            };
+            from = next;
         }
         Err(too_many())
     }
 
     /// What one listed event says, or `None` (logged) when it cannot be read.
-    fn said(&self, answer: &Answer, event: &Event) -> Option<Queried> {
+    fn said(&self, id: &str, answer: &Answer) -> Option<Queried> {
         let notification = self
             .adapter
-            .event_notification(&self.channel, &event.bytes)
+            .event_notification(&self.channel, &answer.body)
             .and_then(crate::notify::held_to_the_rules);
         match notification {
             Ok(notification) => Some(Queried::Said {
@@ -212,7 +194,7 @@ impl StripeAsker {
             }),
             Err(rejection) => {
                 log::warn!(
-                    channel = self.channel.as_str(), event = event.id.as_str();
+                    channel = self.channel.as_str(), event = id;
                     "undelivered Stripe event left out: {rejection}"
                 );
                 None
