@@ -9,6 +9,8 @@
 //! - [`crediting`]: the crediting transaction, the one place money moves (compare-and-set on
 //!   the order, then balance, ledger and inbox in one commit), and group commit: a writer applies
 //!   the notifications that arrived together in one transaction and answers them after it.
+//! - [`recovery`]: what became of orders whose notification never came; [`recovery::ask`] asks
+//!   each provider about an order (and closes it there), its answer verified like a notification.
 //! - [`books`]: orders, accounts and their ledger, the inbox; the rows the transaction works on,
 //!   debits that spend a balance once each, and the one-command proof that they balance.
 //! - [`recovery`]: asking providers about orders whose notification never came (补单), on a

@@ -41,6 +41,8 @@ fn fixture() -> &'static Fixture {
             alipay_public_key: Secret::new(text("alipay_public_key")),
             sign_type: AlipaySignType::Rsa2,
             currency: Currency::Cny,
+            app_private_key: None,
+            gateway_url: String::new(),
         })
         .expect("the test public key loads");
         let valid_bodies: Vec<Vec<u8>> = v["cases"]

@@ -63,6 +63,9 @@ fn fixture() -> &'static Fixture {
             public_keys: [(serial.clone(), Secret::new(text("public_key_pem")))].into(),
             currency: Currency::Cny,
             timestamp_tolerance_secs: TOLERANCE,
+            merchant_private_key: None,
+            merchant_serial_no: None,
+            api_base: String::new(),
         })
         .expect("the test keys load");
         let cases: Vec<Case> = v["cases"]

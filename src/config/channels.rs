@@ -61,6 +61,46 @@ fn default_tolerance() -> u64 {
     300
 }
 
+fn default_alipay_gateway() -> String {
+    "https://openapi.alipay.com/gateway.do".to_owned()
+}
+
+fn default_wechatpay_api() -> String {
+    "https://api.mch.weixin.qq.com".to_owned()
+}
+
+fn default_stripe_api() -> String {
+    "https://api.stripe.com".to_owned()
+}
+
+/// Letters, digits and `_`: what goes into a header as is.
+fn is_plain_id(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A provider's API address: HTTPS, or plain HTTP to this machine only (a simulator in tests),
+/// since every request carries a key or a signature.
+fn check_base_url(key: &str, value: &str) -> Result<(), String> {
+    let url = url::Url::parse(value).map_err(|_| format!("{key} is not a URL"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    let secure = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    if !secure || url.host().is_none() {
+        return Err(format!("{key} must be an https:// URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+        return Err(format!("{key} must hold no credentials or query"));
+    }
+    Ok(())
+}
+
 /// What a channel accepts in an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelTerms {
@@ -116,7 +156,59 @@ impl ChannelConfig {
                 "timestamp_tolerance_secs must be 1 to {MAX_TOLERANCE_SECS}"
             ));
         }
-        Ok(())
+        self.check_query_keys()
+    }
+
+    /// The keys that let payhook ask the provider about an order: their shapes only, never their
+    /// values in a message. The private keys themselves are read by the query clients at start-up.
+    fn check_query_keys(&self) -> Result<(), String> {
+        let not_empty = |key: &str, secret: &Option<Secret>| match secret {
+            Some(s) if s.expose().trim().is_empty() => Err(format!("{key} must not be empty")),
+            _ => Ok(()),
+        };
+        match self {
+            ChannelConfig::Alipay(c) => {
+                not_empty("app_private_key", &c.app_private_key)?;
+                if c.app_private_key.is_some() && c.sign_type != AlipaySignType::Rsa2 {
+                    return Err(
+                        "app_private_key: asking Alipay needs an app set up for RSA2".to_owned(),
+                    );
+                }
+                check_base_url("gateway_url", &c.gateway_url)
+            }
+            ChannelConfig::WechatPay(c) => {
+                not_empty("merchant_private_key", &c.merchant_private_key)?;
+                match (&c.merchant_private_key, &c.merchant_serial_no) {
+                    (Some(_), None) | (None, Some(_)) => {
+                        return Err(
+                            "merchant_private_key and merchant_serial_no go together".to_owned()
+                        )
+                    }
+                    (_, Some(serial)) if !is_plain_id(serial) => {
+                        return Err(
+                            "merchant_serial_no must be the certificate's serial number (letters and digits)"
+                                .to_owned(),
+                        )
+                    }
+                    _ => {}
+                }
+                check_base_url("api_base", &c.api_base)
+            }
+            ChannelConfig::Stripe(c) => {
+                if let Some(key) = &c.api_key {
+                    let key = key.expose();
+                    let secret_key = key.starts_with("sk_") || key.starts_with("rk_");
+                    if !secret_key || !is_plain_id(key) {
+                        return Err(
+                            "api_key must be a secret key (sk_...) or a restricted key (rk_...)"
+                                .to_owned(),
+                        );
+                    }
+                }
+                check_base_url("api_base", &c.api_base)
+            }
+            ChannelConfig::StandardWebhooks(_) => Ok(()),
+        }
     }
 
     /// What orders on this channel must look like.
@@ -156,6 +248,12 @@ pub struct AlipayConfig {
     pub sign_type: AlipaySignType,
     #[serde(default = "default_currency")]
     pub currency: Currency,
+    /// The app's own private key (应用私钥; PEM PKCS #8 or PKCS #1, or bare base64 DER), to ask
+    /// Alipay about orders; without it the channel only listens.
+    pub app_private_key: Option<Secret>,
+    /// Alipay's OpenAPI gateway.
+    #[serde(default = "default_alipay_gateway")]
+    pub gateway_url: String,
 }
 
 /// Alipay's two signature schemes, both RSA PKCS #1 v1.5.
@@ -193,6 +291,14 @@ pub struct WechatPayConfig {
     pub currency: Currency,
     #[serde(default = "default_tolerance")]
     pub timestamp_tolerance_secs: u64,
+    /// The merchant API certificate's private key (`apiclient_key.pem`), to ask WeChat Pay about
+    /// orders; without it the channel only listens.
+    pub merchant_private_key: Option<Secret>,
+    /// The serial number of the merchant API certificate that key belongs to.
+    pub merchant_serial_no: Option<String>,
+    /// WeChat Pay's API.
+    #[serde(default = "default_wechatpay_api")]
+    pub api_base: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +317,12 @@ pub struct StripeConfig {
     pub currency: Currency,
     #[serde(default = "default_tolerance")]
     pub timestamp_tolerance_secs: u64,
+    /// A secret key (`sk_...`) or a restricted key (`rk_...`) with read access to Events, to ask
+    /// Stripe about orders; without it the channel only listens.
+    pub api_key: Option<Secret>,
+    /// Stripe's API.
+    #[serde(default = "default_stripe_api")]
+    pub api_base: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

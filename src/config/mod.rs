@@ -610,4 +610,91 @@ every = 3
         .unwrap_err();
         assert!(err.to_string().contains("PAYHOOK_TEST_UNSET_VAR"), "{err}");
     }
+
+    #[test]
+    fn query_keys_are_optional_with_default_addresses_and_their_shapes_are_checked() {
+        let alipay =
+            "[channels.a]\nprovider = \"alipay\"\napp_id = \"1\"\nalipay_public_key = \"k\"\n";
+        let wechat = "[channels.w]\nprovider = \"wechatpay\"\nmchid = \"1\"\nappid = \"wx\"\n\
+                      apiv3_key = \"k\"\npublic_keys = { K = \"k\" }\n";
+        let stripe = "[channels.s]\nprovider = \"stripe\"\nsecrets = [\"whsec_x\"]\n";
+        let s = Settings::from_toml(&format!("{alipay}{wechat}{stripe}")).unwrap();
+        let channel = |name: &str| &s.channels[&ChannelName::parse(name).unwrap()];
+        let ChannelConfig::Alipay(a) = channel("a") else {
+            panic!()
+        };
+        assert!(a.app_private_key.is_none());
+        assert_eq!(a.gateway_url, "https://openapi.alipay.com/gateway.do");
+        let ChannelConfig::WechatPay(w) = channel("w") else {
+            panic!()
+        };
+        assert!(w.merchant_private_key.is_none() && w.merchant_serial_no.is_none());
+        assert_eq!(w.api_base, "https://api.mch.weixin.qq.com");
+        let ChannelConfig::Stripe(st) = channel("s") else {
+            panic!()
+        };
+        assert!(st.api_key.is_none());
+        assert_eq!(st.api_base, "https://api.stripe.com");
+
+        let ok = [
+            format!("{alipay}app_private_key = \"MIIE\"\ngateway_url = \"https://openapi-sandbox.dl.alipaydev.com/gateway.do\"\n"),
+            format!("{wechat}merchant_private_key = \"k\"\nmerchant_serial_no = \"5157F09E\"\n"),
+            format!("{stripe}api_key = \"rk_live_abc\"\napi_base = \"http://127.0.0.1:9/\"\n"),
+        ];
+        for text in ok {
+            Settings::from_toml(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        for (text, error) in [
+            (
+                format!("{alipay}app_private_key = \" \"\n"),
+                "channels.a: app_private_key must not be empty",
+            ),
+            (
+                format!("{alipay}app_private_key = \"k\"\nsign_type = \"RSA\"\n"),
+                "channels.a: app_private_key: asking Alipay needs an app set up for RSA2",
+            ),
+            (
+                format!("{alipay}gateway_url = \"http://openapi.alipay.com/gateway.do\"\n"),
+                "channels.a: gateway_url must be an https:// URL",
+            ),
+            (
+                format!("{alipay}gateway_url = \"gateway\"\n"),
+                "channels.a: gateway_url is not a URL",
+            ),
+            (
+                format!("{wechat}merchant_private_key = \"k\"\n"),
+                "channels.w: merchant_private_key and merchant_serial_no go together",
+            ),
+            (
+                format!("{wechat}merchant_serial_no = \"5157\"\n"),
+                "channels.w: merchant_private_key and merchant_serial_no go together",
+            ),
+            (
+                format!(
+                    "{wechat}merchant_private_key = \"k\"\nmerchant_serial_no = \"51\\\"57\"\n"
+                ),
+                "channels.w: merchant_serial_no must be",
+            ),
+            (
+                format!("{wechat}api_base = \"https://u:p@api.mch.weixin.qq.com\"\n"),
+                "channels.w: api_base must hold no credentials",
+            ),
+            (
+                format!("{stripe}api_key = \"pk_live_s3cr3t\"\n"),
+                "channels.s: api_key must be a secret key",
+            ),
+            (
+                format!("{stripe}api_key = \"sk_live_s3cr3t with space\"\n"),
+                "channels.s: api_key must be a secret key",
+            ),
+            (
+                format!("{stripe}api_base = \"http://api.stripe.com\"\n"),
+                "channels.s: api_base must be an https:// URL",
+            ),
+        ] {
+            let got = Settings::from_toml(&text).unwrap_err().to_string();
+            assert!(got.contains(error), "{text}: {got}");
+            assert!(!got.contains("s3cr3t"), "{text}: secret leaked: {got}");
+        }
+    }
 }

@@ -7,20 +7,23 @@ use std::time::Duration;
 
 use actix_web::web;
 
+use crate::books::schedule::Schedule;
 use crate::config::{ChannelTerms, PoolSettings, Secret, Settings};
 use crate::crediting::Committer;
 use crate::db::{DbError, Pool};
 use crate::domain::clock::Clock;
 use crate::domain::ids::ChannelName;
-use crate::books::schedule::Schedule;
 use crate::notify::{self, Provider};
+use crate::recovery::ask::{self, Asker};
 use crate::recovery::{runner, Recovery};
 
-/// A configured channel: its provider's adapter and what its orders must look like.
+/// A configured channel: its provider's adapter, what its orders must look like, and the client
+/// that asks its provider about an order when the channel has query keys.
 #[derive(Clone)]
 pub struct Channel {
     pub provider: Arc<dyn Provider>,
     pub terms: ChannelTerms,
+    pub asker: Option<Arc<Asker>>,
 }
 
 /// What every handler shares.
@@ -44,15 +47,21 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds every configured channel's adapter; a bad key stops start-up with the channel named.
+    /// Builds every configured channel's adapter and asker; a bad key stops start-up with the
+    /// channel named.
     pub fn new(settings: &Settings, pool: Pool, clock: Arc<dyn Clock>) -> anyhow::Result<AppState> {
         let mut channels = HashMap::new();
+        let http = ask::http_client().map_err(|e| anyhow::anyhow!(e))?;
         for (name, cfg) in &settings.channels {
             let provider =
                 notify::from_config(cfg).map_err(|e| anyhow::anyhow!("channel {name}: {e}"))?;
+            let asker = Asker::new(name, cfg, http.clone())
+                .map_err(|e| anyhow::anyhow!("channel {name}: {e}"))?
+                .map(|asker| Arc::new(asker.with_clock(clock.clone())));
             let channel = Channel {
                 provider: Arc::from(provider),
                 terms: cfg.terms(),
+                asker,
             };
             channels.insert(name.clone(), channel);
         }
@@ -70,15 +79,23 @@ impl AppState {
         .map_err(|e| anyhow::anyhow!("cannot start the writer thread: {e}"))?;
         let rejections = RejectionStore::open(settings)
             .map_err(|e| anyhow::anyhow!("cannot open the pool for rejected requests: {e}"))?;
+        let askers = channels
+            .iter()
+            .filter_map(|(name, c)| Some((name.clone(), c.asker.clone()?)))
+            .collect();
         let recovery = Recovery {
-            askers: Arc::new(Recovery::askers(settings)?),
+            askers: Arc::new(askers),
             schedule: Schedule::from(&settings.recovery),
             pool: pool.clone(),
             committer: committer.clone(),
             clock: clock.clone(),
         };
-        let recovering = runner::start(recovery.clone())
-            .map_err(|e| anyhow::anyhow!("cannot start recovery: {e}"))?;
+        let recovering = if settings.recovery.enabled {
+            runner::start(recovery.clone())
+                .map_err(|e| anyhow::anyhow!("cannot start recovery: {e}"))?
+        } else {
+            None
+        };
         Ok(AppState {
             pool,
             committer,

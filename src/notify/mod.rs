@@ -27,6 +27,7 @@ mod common;
 #[cfg(test)]
 mod testing;
 
+pub(crate) use common::shown;
 pub use provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 
 /// A provider's protocol named as in the config's `provider` key, for tools that handle its
@@ -73,7 +74,12 @@ pub fn verify(
     request: &RawRequest<'_>,
     now: DateTime<Utc>,
 ) -> Result<Notification, Rejection> {
-    let notification = provider.verify(channel, request, now)?;
+    held_to_the_rules(provider.verify(channel, request, now)?)
+}
+
+/// Holds a notification, however it was learnt (a request, or an answer to our own question), to
+/// the rules every provider's notification obeys; see [`verify`].
+pub fn held_to_the_rules(notification: Notification) -> Result<Notification, Rejection> {
     let names_trade = notification
         .provider_trade_no
         .as_deref()
@@ -123,6 +129,8 @@ mod tests {
             secrets: vec![Secret::new("whsec_x")],
             currency: Currency::Usd,
             timestamp_tolerance_secs: 300,
+            api_key: None,
+            api_base: String::new(),
         });
         assert_eq!(from_config(&stripe).unwrap().name(), "stripe");
         let hooks = |secret: &str| {
@@ -176,6 +184,8 @@ mod tests {
             secrets: vec![Secret::new(secret)],
             currency: Currency::Usd,
             timestamp_tolerance_secs: 300,
+            api_key: None,
+            api_base: String::new(),
         }))
         .unwrap();
         let now = testing::at(1_795_375_716);

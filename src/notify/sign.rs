@@ -1,12 +1,14 @@
 //! What every provider's signer shares: the payment a notification reports and the refunds of it,
 //! the signed request that comes out, RSA private keys, errors, and the fresh ids a provider would
-//! issue. For `payhook fixtures` and for tests; nothing on the receiving path uses it.
+//! issue. For `payhook fixtures` and for tests; nothing on the receiving path uses it. The query
+//! clients ([`crate::recovery::ask`]) sign their requests with [`RsaSigner`] too.
 //!
 //! Each provider's signer lives beside its verifier (`alipay::sign`, `wechatpay::sign`, ...) and
 //! builds the signed bytes with the verifier's own function, so a notification it makes verifies
 //! with the channel's configured keys and nothing else. [`super::signer::Signer`] picks a
 //! channel's.
 
+use base64::Engine;
 use chrono::{DateTime, FixedOffset, Utc};
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
@@ -70,6 +72,8 @@ pub enum KeyError {
     NotRsaPrivateKey(String),
     #[error("not a usable RSA private key: {0}")]
     Unusable(ring::error::KeyRejected),
+    #[error("neither PEM nor base64 DER")]
+    NotPemOrBase64,
 }
 
 /// Why a notification cannot be signed with a channel's keys.
@@ -117,6 +121,25 @@ impl RsaSigner {
             other => return Err(KeyError::NotRsaPrivateKey(other.to_owned())),
         };
         pair.map(RsaSigner).map_err(KeyError::Unusable)
+    }
+
+    /// Reads a private key as PEM, or as bare base64 DER of PKCS #8 or PKCS #1 (the form
+    /// Alipay's key tool writes).
+    ///
+    /// Errors describe the key's shape, never its content.
+    pub fn from_text(text: &str) -> Result<RsaSigner, KeyError> {
+        let text = text.trim();
+        if text.starts_with("-----BEGIN") {
+            return RsaSigner::from_pem(text);
+        }
+        let compact: String = text.split_ascii_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map_err(|_| KeyError::NotPemOrBase64)?;
+        RsaKeyPair::from_pkcs8(&der)
+            .or_else(|_| RsaKeyPair::from_der(&der))
+            .map(RsaSigner)
+            .map_err(KeyError::Unusable)
     }
 
     /// SHA256withRSA, PKCS #1 v1.5: Alipay's `RSA2` and WeChat Pay v3's scheme.
@@ -205,5 +228,36 @@ mod tests {
         let error = RsaSigner::from_pem(&public).err().unwrap().to_string();
         assert!(error.contains("PUBLIC KEY"), "{error}");
         assert!(RsaSigner::from_pem("not a key").is_err());
+
+        // Bare base64 of either form, as Alipay's key tool writes it, on one line or several.
+        let bare =
+            |pem: &str| -> String { pem.lines().filter(|l| !l.starts_with("-----")).collect() };
+        for text in [bare(&pkcs8), bare(&pkcs1), pkcs1.clone()] {
+            assert_eq!(
+                RsaSigner::from_text(&text).unwrap().sign_sha256(message),
+                RsaSigner::from_pem(&pkcs8).unwrap().sign_sha256(message)
+            );
+        }
+        let error = RsaSigner::from_text("sk_live_s3cr3t")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!error.contains("s3cr3t"), "{error}");
+        assert!(RsaSigner::from_text("AAAA").is_err());
+    }
+
+    #[test]
+    fn sha256_with_rsa_matches_the_wechatpay_go_signer_vector() {
+        // wechatpay-go's own test of its SHA256WithRSASigner (the signer behind its
+        // Authorization header): this key signs "source" as this signature.
+        let published: serde_json::Value = testing::load("published.json");
+        let v = &published["wechatpay-go-sha256withrsa"];
+        let text = |key: &str| v[key].as_str().expect(key).to_owned();
+        let signer = RsaSigner::from_text(&text("private_key")).unwrap();
+        let signature = signer.sign_sha256(text("message").as_bytes());
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(signature),
+            text("signature")
+        );
     }
 }

@@ -11,14 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::NaiveDateTime;
 
 use crate::books::inbox::{self, Source};
 use crate::books::orders::{self, Order};
 use crate::books::schedule::{self, Due, Schedule};
-use crate::config::Settings;
 use crate::crediting::committer::CommitError;
 use crate::crediting::{Applied, Committer};
 use crate::db::{DbError, Pool};
@@ -31,14 +29,13 @@ pub mod runner;
 
 use ask::{AskError, Asker, Closing, Queried, QueryEvidence};
 
-/// How long one call to a provider may take before it counts as unreachable.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Everything recovery needs: the channels that can be asked, the schedule, and the path every
 /// answer takes to the books.
 #[derive(Clone)]
 pub struct Recovery {
-    pub askers: Arc<BTreeMap<ChannelName, Asker>>,
+    /// The channels that have the keys to ask their provider (for the loop, only while
+    /// `recovery.enabled`; `sync` asks whenever a channel can).
+    pub askers: Arc<BTreeMap<ChannelName, Arc<Asker>>>,
     pub schedule: Schedule,
     pub pool: Pool,
     pub committer: Committer,
@@ -77,27 +74,6 @@ pub enum RecoveryError {
 }
 
 impl Recovery {
-    /// The channels that have the keys to ask their provider, with one HTTPS client shared by all.
-    pub fn askers(settings: &Settings) -> anyhow::Result<BTreeMap<ChannelName, Asker>> {
-        let mut askers = BTreeMap::new();
-        if !settings.recovery.enabled {
-            return Ok(askers);
-        }
-        let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
-            .connect_timeout(CALL_TIMEOUT)
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the HTTPS client: {e}"))?;
-        for (name, cfg) in &settings.channels {
-            if let Some(asker) = Asker::new(name, cfg, http.clone())
-                .map_err(|e| anyhow::anyhow!("channel {name}: {e}"))?
-            {
-                askers.insert(name.clone(), asker);
-            }
-        }
-        Ok(askers)
-    }
-
     fn now(&self) -> NaiveDateTime {
         self.clock.now().naive_utc()
     }
@@ -113,7 +89,11 @@ impl Recovery {
     }
 
     /// Applies what a sweep of undelivered events found.
-    async fn apply_swept(&self, channel: &ChannelName, queried: Queried) -> Result<(), RecoveryError> {
+    async fn apply_swept(
+        &self,
+        channel: &ChannelName,
+        queried: Queried,
+    ) -> Result<(), RecoveryError> {
         self.apply(channel, queried).await.map(drop)
     }
 
@@ -159,7 +139,8 @@ impl Recovery {
             }
             Err(AskError::Invalid { reason, evidence }) => {
                 telemetry::record_query(channel, "invalid");
-                self.keep_rejected(&order.channel, &reason, evidence).await?;
+                self.keep_rejected(&order.channel, &reason, evidence)
+                    .await?;
                 Err(RecoveryError::Invalid(reason))
             }
         }
@@ -254,8 +235,10 @@ impl Recovery {
                 serde_json::from_str::<BTreeMap<String, String>>(&evidence.headers_json)
                     .map(|h| h.into_iter().collect())
                     .unwrap_or_default();
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             inbox::record_rejection(
                 conn,
                 &channel,

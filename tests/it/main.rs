@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod ask;
 mod cli;
 mod crediting;
 mod debits;
@@ -15,6 +16,7 @@ mod layout;
 mod money_back;
 mod notify_http;
 mod operate;
+mod recovery;
 mod replay;
 mod schedule;
 mod schema;

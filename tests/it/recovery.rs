@@ -47,7 +47,11 @@ fn app(db: &TestDb, sim: &Simulator, recovery: &str) -> TestApp {
 
 /// A pending order of `minor` units on `provider`'s channel for `user`.
 fn order(app: &TestApp, provider: Provider, user: &str, minor: i64) -> String {
-    let currency = if provider == Provider::Stripe { "USD" } else { "CNY" };
+    let currency = if provider == Provider::Stripe {
+        "USD"
+    } else {
+        "CNY"
+    };
     let amount = format!("{}.{:02}", minor / 100, minor % 100);
     let channel = simulator::channel_name(provider);
     let mut conn = app.pool.get().unwrap();
@@ -139,7 +143,11 @@ fn paid_orders_that_were_never_notified_are_credited_within_seconds_once(db: Tes
     // Paid orders are not asked about again; the unpaid one is, less and less often.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(balance(&app, "q-ali"), 1000);
-    assert_eq!(wechat_asks(&sim, &wx), 1, "a paid order is not asked about again");
+    assert_eq!(
+        wechat_asks(&sim, &wx),
+        1,
+        "a paid order is not asked about again"
+    );
     let asks = wechat_asks(&sim, &waiting);
     let waited = started.elapsed().as_secs();
     assert!(
@@ -177,8 +185,14 @@ fn expired_orders_are_closed_at_the_provider_and_here(db: TestDb) {
         status(&app, &st)
     );
     let closed = sim.closed();
-    assert!(closed.contains(&(Provider::Alipay, ali.clone())), "{closed:?}");
-    assert!(closed.contains(&(Provider::WechatPay, wx.clone())), "{closed:?}");
+    assert!(
+        closed.contains(&(Provider::Alipay, ali.clone())),
+        "{closed:?}"
+    );
+    assert!(
+        closed.contains(&(Provider::WechatPay, wx.clone())),
+        "{closed:?}"
+    );
     assert_eq!(sim.trade_state(&ali), Some(TradeState::Closed));
     assert_books_balance(&app);
 }
@@ -190,13 +204,19 @@ fn an_order_paid_as_it_expires_is_credited_not_closed(db: TestDb) {
         &sim,
         "first_query_after_secs = 1\nmax_interval_secs = 1\nexpire_after_secs = 2",
     );
-    let wx = order(&app, Provider::WechatPay, "late-payer", 700);
-    sim.set_trade(&wx, TradeState::Waiting, 700, "");
-    // The buyer pays just as it expires: the close is refused, the order asked again, credited.
-    std::thread::sleep(Duration::from_millis(1800));
-    sim.set_trade(&wx, TradeState::Paid, 700, "4200LATE");
-    assert!(within(15, || balance(&app, "late-payer") == 700));
-    assert_eq!(status(&app, &wx), "paid");
+    // The buyers pay just as their orders expire: each close is refused as paid, the order is
+    // asked about again at once and credited, never closed here.
+    let ali = order(&app, Provider::Alipay, "late-ali", 700);
+    let wx = order(&app, Provider::WechatPay, "late-wx", 800);
+    sim.set_trade(&ali, TradeState::PaysAtClose, 700, "2026LATE");
+    sim.set_trade(&wx, TradeState::PaysAtClose, 800, "4200LATE");
+    assert!(within(15, || balance(&app, "late-ali") == 700
+        && balance(&app, "late-wx") == 800));
+    assert_eq!(
+        (status(&app, &ali), status(&app, &wx)),
+        ("paid".to_owned(), "paid".to_owned())
+    );
+    assert!(sim.closed().is_empty(), "{:?}", sim.closed());
     assert_books_balance(&app);
 }
 
@@ -222,7 +242,12 @@ fn a_notification_and_queries_racing_for_one_order_credit_it_once(db: TestDb) {
             body["status"].as_str().unwrap().to_owned()
         }
     });
-    assert!(results.iter().all(|r| r == "credited" || r == "already_paid" || r == "paid"), "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r == "credited" || r == "already_paid" || r == "paid"),
+        "{results:?}"
+    );
     assert_eq!(balance(&app, "racer"), 1234);
     let credits = count(
         &app.pool,
@@ -242,9 +267,17 @@ fn three_instances_share_the_work_without_asking_twice(db: TestDb) {
             o
         })
         .collect();
-    assert!(within(20, || balance(&apps[0], "fleet") == 2400), "{}", balance(&apps[0], "fleet"));
+    assert!(
+        within(20, || balance(&apps[0], "fleet") == 2400),
+        "{}",
+        balance(&apps[0], "fleet")
+    );
     for o in &orders {
-        assert_eq!(wechat_asks(&sim, o), 1, "order {o} was asked about more than once");
+        assert_eq!(
+            wechat_asks(&sim, o),
+            1,
+            "order {o} was asked about more than once"
+        );
     }
     assert_books_balance(&apps[0]);
 }
@@ -271,15 +304,28 @@ fn every_hostile_answer_is_refused_and_credits_nothing(db: TestDb) {
             (Mode::AnotherOrder, "provider_answer_invalid"),
             (Mode::Hang, "provider_unreachable"),
         ] {
-            if provider == Provider::Stripe && matches!(mode, Mode::BadSignature | Mode::AnotherOrder) {
+            if provider == Provider::Stripe
+                && matches!(mode, Mode::BadSignature | Mode::AnotherOrder)
+            {
                 continue; // Stripe's answers are not signed, and name their own orders
             }
             sim.set_mode(provider, mode);
             let started = Instant::now();
             let (status, body) = sync(&app, &o);
-            assert_eq!((status, body["error"].as_str()), (502, Some(error)), "{provider:?} {mode:?}: {body}");
-            assert!(started.elapsed() < Duration::from_secs(15), "{provider:?} {mode:?} hung");
-            assert_eq!(balance(&app, "hostile"), 0, "{provider:?} {mode:?} credited");
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (502, Some(error)),
+                "{provider:?} {mode:?}: {body}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{provider:?} {mode:?} hung"
+            );
+            assert_eq!(
+                balance(&app, "hostile"),
+                0,
+                "{provider:?} {mode:?} credited"
+            );
         }
         sim.set_mode(provider, Mode::Honest);
     }
@@ -293,7 +339,11 @@ fn every_hostile_answer_is_refused_and_credits_nothing(db: TestDb) {
     let o = order(&app, Provider::Alipay, "short", 1000);
     sim.set_trade(&o, TradeState::Paid, 999, "2026SHORT");
     let (status, body) = sync(&app, &o);
-    assert_eq!((status, body["status"].as_str()), (200, Some("pending")), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("pending")),
+        "{body}"
+    );
     let anomalies = count(
         &app.pool,
         &format!("SELECT COUNT(*) AS n FROM notifications WHERE order_no = '{o}' AND source = 'query' AND outcome = 'mismatch' AND anomaly = TRUE"),
@@ -307,7 +357,10 @@ fn every_hostile_answer_is_refused_and_credits_nothing(db: TestDb) {
         create_order(&mut conn, "sw", "gateway", "1.00", "CNY", None).to_string()
     };
     let (status, body) = sync(&app, &sw);
-    assert_eq!((status, body["error"].as_str()), (422, Some("channel_cannot_be_asked")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("channel_cannot_be_asked"))
+    );
     assert_eq!(sync(&app, "NOPE-1").0, 404);
     assert_books_balance(&app);
 }
@@ -321,7 +374,11 @@ fn stripe_events_it_could_not_deliver_are_swept_and_credited(db: TestDb) {
     );
     let st = order(&app, Provider::Stripe, "swept", 4200);
     let event = sim.stripe_paid(&st, 4200, "pi_swept", false);
-    assert!(within(15, || balance(&app, "swept") == 4200), "{}", balance(&app, "swept"));
+    assert!(
+        within(15, || balance(&app, "swept") == 4200),
+        "{}",
+        balance(&app, "swept")
+    );
     let cursor = count(
         &app.pool,
         &format!("SELECT COUNT(*) AS n FROM provider_cursors WHERE channel = 'stripe' AND read_up_to = '{event}'"),

@@ -56,11 +56,16 @@ impl Alipay {
         }
     }
 
-    fn notification(&self, channel: &ChannelName, form: &Form) -> Result<Notification, Rejection> {
-        let notification_id = form
-            .text("notify_id")?
-            .ok_or_else(|| Rejection::Format("no notify_id".to_owned()))?;
-        let amount = form
+    /// The notification a trade's fields make, whether a notification's form or a query answer
+    /// stated them: the same amount, kind and merchant checks either way.
+    fn trade_notification<F: TradeFields + ?Sized>(
+        &self,
+        channel: &ChannelName,
+        notification_id: String,
+        fields: &F,
+        addressed: Addressed,
+    ) -> Result<Notification, Rejection> {
+        let amount = fields
             .text("total_amount")?
             .map(|text| {
                 AmountMinor::parse(text, self.currency).map_err(|_| {
@@ -70,35 +75,123 @@ impl Alipay {
             .transpose()?;
         Ok(Notification {
             channel: channel.clone(),
-            notification_id: notification_id.to_owned(),
-            order_no: form
+            notification_id,
+            order_no: fields
                 .text("out_trade_no")?
                 .map(common::order_no)
                 .transpose()?,
-            provider_trade_no: form.text("trade_no")?.map(str::to_owned),
+            provider_trade_no: fields.text("trade_no")?.map(str::to_owned),
             amount,
             currency: Some(self.currency),
-            kind: kind(form, self.currency)?,
-            merchant_mismatch: self.merchant_mismatch(form)?,
+            kind: kind(fields, self.currency)?,
+            merchant_mismatch: self.merchant_mismatch(fields, addressed)?,
         })
     }
 
     /// The signature proves Alipay sent it, not that it is for this app: apps can share
-    /// Alipay's key.
-    fn merchant_mismatch(&self, form: &Form) -> Result<Option<String>, Rejection> {
-        let app_id = form.text("app_id")?;
-        if app_id != Some(self.app_id.as_str()) {
+    /// Alipay's key. A notification must name our app; a query answer names none, because it
+    /// answers our own signed request, so it is held to what it does name.
+    fn merchant_mismatch<F: TradeFields + ?Sized>(
+        &self,
+        fields: &F,
+        addressed: Addressed,
+    ) -> Result<Option<String>, Rejection> {
+        let differs = |stated: Option<&str>, ours: &str| match (stated, addressed) {
+            (None, Addressed::ByRequest) => false,
+            (stated, _) => stated != Some(ours),
+        };
+        let app_id = fields.text("app_id")?;
+        if differs(app_id, &self.app_id) {
             let shown_id = shown(app_id.unwrap_or_default());
             return Ok(Some(format!("app_id {shown_id} is not this channel's")));
         }
         if let Some(ours) = &self.seller_id {
-            let seller_id = form.text("seller_id")?;
-            if seller_id != Some(ours.as_str()) {
+            let seller_id = fields.text("seller_id")?;
+            if differs(seller_id, ours) {
                 let shown_id = shown(seller_id.unwrap_or_default());
                 return Ok(Some(format!("seller_id {shown_id} is not this channel's")));
             }
         }
         Ok(None)
+    }
+
+    /// Checks Alipay's `sign` over `content`: the exact bytes of a gateway answer's response
+    /// object as sent, never a re-encoding of it.
+    pub fn check_answer_signature(&self, content: &[u8], sign: &str) -> Result<(), Rejection> {
+        let algorithm = self.sign_algorithm(None)?;
+        let signature = common::signature_from_base64(sign)?;
+        if self.public_key.verifies(algorithm, content, &signature) {
+            Ok(())
+        } else {
+            Err(Rejection::Signature(
+                "answer's sign does not verify with alipay_public_key".to_owned(),
+            ))
+        }
+    }
+
+    /// What a verified `alipay.trade.query` answer says about its trade, as the notification
+    /// that would have said it. Its id names the trade and the status, so asking again and
+    /// hearing the same is the same notification.
+    pub fn answer_notification(
+        &self,
+        channel: &ChannelName,
+        answer: &Answer,
+    ) -> Result<Notification, Rejection> {
+        let trade = answer
+            .text("trade_no")?
+            .or(answer.text("out_trade_no")?)
+            .unwrap_or_default();
+        let status = answer.text("trade_status")?.unwrap_or_default();
+        let id = format!("query:{trade}:{status}");
+        self.trade_notification(channel, id, answer, Addressed::ByRequest)
+    }
+}
+
+/// How a trade's fields are known to be for this app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Addressed {
+    /// A notification names its app, and its seller: both must be ours.
+    ByFields,
+    /// A query answer replies to our own signed request, which named our app.
+    ByRequest,
+}
+
+/// A trade's fields as Alipay states them: a notification's form or a query answer's object.
+trait TradeFields {
+    fn text(&self, key: &str) -> Result<Option<&str>, Rejection>;
+}
+
+impl TradeFields for Form {
+    fn text(&self, key: &str) -> Result<Option<&str>, Rejection> {
+        Form::text(self, key)
+    }
+}
+
+/// The response object of a gateway answer (`alipay_trade_query_response`, ...), whose string
+/// fields are read like a notification's form.
+pub struct Answer {
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Answer {
+    /// Parses the response object's exact text; call it only once its signature held.
+    pub fn parse(content: &[u8]) -> Result<Answer, Rejection> {
+        common::from_json(content, "answer").map(|fields| Answer { fields })
+    }
+
+    /// A field Alipay writes as a string; any other JSON type there is a format error.
+    pub fn text(&self, key: &str) -> Result<Option<&str>, Rejection> {
+        match self.fields.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(Rejection::Format(format!("{key} is not a string"))),
+        }
+    }
+}
+
+impl TradeFields for Answer {
+    fn text(&self, key: &str) -> Result<Option<&str>, Rejection> {
+        Answer::text(self, key)
     }
 }
 
@@ -117,7 +210,11 @@ impl Provider for Alipay {
     ) -> Result<Notification, Rejection> {
         let form = Form::parse(request.body)?;
         self.check_signature(&form)?;
-        self.notification(channel, &form)
+        let notification_id = form
+            .text("notify_id")?
+            .ok_or_else(|| Rejection::Format("no notify_id".to_owned()))?
+            .to_owned();
+        self.trade_notification(channel, notification_id, &form, Addressed::ByFields)
     }
 
     fn signed_headers(&self) -> &'static [&'static str] {
@@ -181,7 +278,10 @@ impl Alipay {
 
 /// A refund arrives as the trade's status with the cumulative `refund_fee` added; it must never
 /// read as a second payment.
-fn kind(form: &Form, currency: Currency) -> Result<NotificationKind, Rejection> {
+fn kind<F: TradeFields + ?Sized>(
+    form: &F,
+    currency: Currency,
+) -> Result<NotificationKind, Rejection> {
     // Only a positive fee is a refund: some notifications carry `refund_fee=0.00`.
     let refunded = form
         .text("refund_fee")?
@@ -290,10 +390,24 @@ impl Form {
 /// What Alipay signs: every parameter but `sign` and `sign_type`, empty ones included, sorted by
 /// key and joined as `k=v` with `&`. The verifier and the signer both build it here.
 fn signed_content<K: AsRef<[u8]>, V: AsRef<[u8]>>(params: &[(K, V)]) -> Vec<u8> {
+    sorted_pairs(params, |key, _| key != b"sign" && key != b"sign_type")
+}
+
+/// What an app signs in a request to Alipay's gateway: as a notification, but `sign_type` is
+/// signed and empty values are left out (Alipay's "自行实现签名" and its SDKs).
+pub fn request_content<K: AsRef<[u8]>, V: AsRef<[u8]>>(params: &[(K, V)]) -> Vec<u8> {
+    sorted_pairs(params, |key, value| key != b"sign" && !value.is_empty())
+}
+
+/// The parameters `keep` keeps, sorted by key and joined as `k=v` with `&`.
+fn sorted_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    params: &[(K, V)],
+    keep: impl Fn(&[u8], &[u8]) -> bool,
+) -> Vec<u8> {
     let mut signed: Vec<(&[u8], &[u8])> = params
         .iter()
         .map(|(key, value)| (key.as_ref(), value.as_ref()))
-        .filter(|(key, _)| *key != b"sign" && *key != b"sign_type")
+        .filter(|(key, value)| keep(key, value))
         .collect();
     signed.sort_by_key(|(key, _)| *key);
     let mut content = Vec::new();
@@ -351,6 +465,8 @@ mod tests {
             alipay_public_key: Secret::new(public_key),
             sign_type: AlipaySignType::Rsa2,
             currency: Currency::Cny,
+            app_private_key: None,
+            gateway_url: String::new(),
         }
     }
 
@@ -500,6 +616,56 @@ mod tests {
                 .merchant_mismatch,
             None
         );
+    }
+
+    #[test]
+    fn a_query_answer_is_held_to_the_same_amount_and_merchant_checks_as_a_notification() {
+        let (alipay, _) = vectors();
+        let answer = |extra: &str| {
+            let text = format!(
+                r#"{{"code":"10000","msg":"Success","out_trade_no":"A1","trade_no":"T1","total_amount":"12.34","trade_status":"TRADE_SUCCESS"{extra}}}"#
+            );
+            alipay.answer_notification(
+                &testing::channel(),
+                &Answer::parse(text.as_bytes()).unwrap(),
+            )
+        };
+        let n = answer("").unwrap();
+        assert_eq!(n.kind, NotificationKind::Paid);
+        assert_eq!(n.amount, Some(AmountMinor::new(1234).unwrap()));
+        assert_eq!(n.notification_id, "query:T1:TRADE_SUCCESS");
+        // It answers our own signed request, so naming no app is not a mismatch; naming
+        // another app or seller is.
+        assert_eq!(n.merchant_mismatch, None);
+        let other_app = answer(r#","app_id":"2021999""#).unwrap().merchant_mismatch;
+        assert!(other_app.unwrap().contains("app_id"));
+        let other_seller = answer(r#","seller_id":"2088999""#)
+            .unwrap()
+            .merchant_mismatch;
+        assert!(other_seller.unwrap().contains("seller_id"));
+        let ours = answer(r#","app_id":"2021000000000001","seller_id":"2088000000000001""#);
+        assert_eq!(ours.unwrap().merchant_mismatch, None);
+        // A notification that names no app is still flagged.
+        let mut no_app = trade("TRADE_SUCCESS", &[]);
+        no_app.retain(|(k, _)| *k != "app_id");
+        let n = verify(&alipay, &signed_trade(&no_app, None)).unwrap();
+        assert!(n.merchant_mismatch.unwrap().contains("app_id"));
+        for (extra, field) in [
+            (r#","total_amount":"1.234""#, "total_amount"),
+            (r#","total_amount":12.34"#, "total_amount"),
+        ] {
+            let text = format!(
+                r#"{{"code":"10000","out_trade_no":"A1","trade_no":"T1","trade_status":"TRADE_SUCCESS"{extra}}}"#
+            );
+            let result = alipay.answer_notification(
+                &testing::channel(),
+                &Answer::parse(text.as_bytes()).unwrap(),
+            );
+            assert!(
+                testing::is_format_rejection_about(&result, field),
+                "{extra}: {result:?}"
+            );
+        }
     }
 
     #[test]

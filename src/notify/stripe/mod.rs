@@ -78,9 +78,7 @@ impl Provider for Stripe {
         now: DateTime<Utc>,
     ) -> Result<Notification, Rejection> {
         self.check_signature(request, now)?;
-        let event: Event = common::from_json(request.body, "event")?;
-        let mismatch = self.merchant_mismatch(&event);
-        notification(channel, event, mismatch)
+        self.event_notification(channel, request.body)
     }
 
     fn signed_headers(&self) -> &'static [&'static str] {
@@ -150,6 +148,18 @@ impl<'a> SignatureHeader<'a> {
 }
 
 impl Stripe {
+    /// What an event says, whether it came signed to the webhook or over TLS with our API key
+    /// from the Events API: the same event object either way, and the same checks.
+    pub fn event_notification(
+        &self,
+        channel: &ChannelName,
+        event: &[u8],
+    ) -> Result<Notification, Rejection> {
+        let event: Event = common::from_json(event, "event")?;
+        let mismatch = self.merchant_mismatch(&event);
+        notification(channel, event, mismatch)
+    }
+
     /// The signature proves Stripe sent the event, not that it is the merchant's own: a Connect
     /// endpoint also carries connected accounts' events, named by a top-level `account`, and a
     /// live endpoint their test events.
@@ -398,6 +408,8 @@ mod tests {
             secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
             currency: Currency::Cny,
             timestamp_tolerance_secs: 300,
+            api_key: None,
+            api_base: String::new(),
         })
         .unwrap()
     }
@@ -866,6 +878,8 @@ mod tests {
             secrets,
             currency: Currency::Usd,
             timestamp_tolerance_secs: 300,
+            api_key: None,
+            api_base: String::new(),
         };
         assert!(Stripe::new(&config(vec![])).is_err());
         let error = Stripe::new(&config(vec![Secret::new("whsec_a"), Secret::new("")]))

@@ -141,7 +141,8 @@ impl WechatPay {
     fn notification(
         &self,
         channel: &ChannelName,
-        envelope: Envelope,
+        notification_id: String,
+        kind: NotificationKind,
         resource: Resource,
     ) -> Result<Notification, Rejection> {
         let amount = resource.amount.as_ref();
@@ -149,10 +150,9 @@ impl WechatPay {
             .and_then(|a| a.currency.as_deref())
             .map(common::currency)
             .transpose()?;
-        let kind = kind(&envelope, &resource)?;
         Ok(Notification {
             channel: channel.clone(),
-            notification_id: envelope.id,
+            notification_id,
             order_no: resource
                 .out_trade_no
                 .as_deref()
@@ -168,6 +168,35 @@ impl WechatPay {
             kind,
             merchant_mismatch: self.merchant_mismatch(&resource),
         })
+    }
+
+    /// Verifies an answer of WeChat Pay's API exactly as a notification: the `Wechatpay-*`
+    /// headers over `timestamp\nnonce\nbody\n`, the key chosen by serial, the same tolerance.
+    pub fn check_answer(
+        &self,
+        answer: &RawRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Rejection> {
+        self.check_signature(answer, now)
+    }
+
+    /// What a verified transaction, as the query API answers it in plain JSON, says: the
+    /// notification a `TRANSACTION.SUCCESS` carrying it would make. Its id names the
+    /// transaction and its state, so asking again and hearing the same is the same notification.
+    pub fn transaction_notification(
+        &self,
+        channel: &ChannelName,
+        body: &[u8],
+    ) -> Result<Notification, Rejection> {
+        let resource: Resource = common::from_json(body, "transaction")?;
+        let state = resource.trade_state.clone().unwrap_or_default();
+        let trade = resource
+            .transaction_id
+            .clone()
+            .or(resource.out_trade_no.clone())
+            .unwrap_or_default();
+        let kind = transaction_kind(&resource, "TRANSACTION");
+        self.notification(channel, format!("query:{trade}:{state}"), kind, resource)
     }
 
     /// Refund resources carry no `appid`, so it is compared only where present.
@@ -201,7 +230,8 @@ impl Provider for WechatPay {
         let envelope: Envelope = common::from_json(request.body, "notification")?;
         let plaintext = self.decrypt(&envelope.resource)?;
         let resource: Resource = common::from_json(&plaintext, "decrypted resource")?;
-        self.notification(channel, envelope, resource)
+        let kind = kind(&envelope, &resource)?;
+        self.notification(channel, envelope.id, kind, resource)
     }
 
     fn signed_headers(&self) -> &'static [&'static str] {
@@ -259,13 +289,18 @@ fn kind(envelope: &Envelope, resource: &Resource) -> Result<NotificationKind, Re
         "REFUND.ABNORMAL" => NotificationKind::RefundFailed("ABNORMAL".to_owned()),
         "REFUND.CLOSED" => NotificationKind::RefundFailed("CLOSED".to_owned()),
         other if other.starts_with("REFUND.") => NotificationKind::Other(other.to_owned()),
-        _ => match resource.trade_state.as_deref() {
-            Some("SUCCESS") => NotificationKind::Paid,
-            Some("CLOSED" | "REVOKED") => NotificationKind::Closed,
-            Some(other) => NotificationKind::Other(other.to_owned()),
-            None => NotificationKind::Other(event_type.to_owned()),
-        },
+        _ => transaction_kind(resource, event_type),
     })
+}
+
+/// A transaction follows its `trade_state`; without one, it is named by `otherwise`.
+fn transaction_kind(resource: &Resource, otherwise: &str) -> NotificationKind {
+    match resource.trade_state.as_deref() {
+        Some("SUCCESS") => NotificationKind::Paid,
+        Some("CLOSED" | "REVOKED") => NotificationKind::Closed,
+        Some(other) => NotificationKind::Other(other.to_owned()),
+        None => NotificationKind::Other(otherwise.to_owned()),
+    }
 }
 
 /// A successful refund: `amount.refund` under WeChat's `refund_id`, both required.
@@ -365,6 +400,9 @@ mod tests {
             public_keys: [(v.public_key_id.clone(), Secret::new(public_key))].into(),
             currency: Currency::Cny,
             timestamp_tolerance_secs: 300,
+            merchant_private_key: None,
+            merchant_serial_no: None,
+            api_base: String::new(),
         }
     }
 
@@ -428,6 +466,43 @@ mod tests {
         ];
         let headers = headers.map(|(k, v)| (k.to_owned(), v)).to_vec();
         (headers, body.into_bytes())
+    }
+
+    #[test]
+    fn a_queried_transaction_is_held_to_the_same_checks_as_a_notified_one() {
+        let (wechat, v) = vectors();
+        let read = |transaction: serde_json::Value| {
+            let body = transaction.to_string();
+            wechat.transaction_notification(&testing::channel(), body.as_bytes())
+        };
+        let n = read(transaction(&v.mchid, &v.appid, "SUCCESS")).unwrap();
+        assert_eq!(n.kind, NotificationKind::Paid);
+        assert_eq!(n.amount, Some(AmountMinor::new(4321).unwrap()));
+        assert_eq!(
+            n.notification_id,
+            "query:4200000000202611220000000099:SUCCESS"
+        );
+        assert_eq!(n.merchant_mismatch, None);
+        let other = read(transaction("1900000999", &v.appid, "SUCCESS")).unwrap();
+        assert!(other.merchant_mismatch.unwrap().contains("mchid"));
+        let other = read(transaction(&v.mchid, "wx_other", "SUCCESS")).unwrap();
+        assert!(other.merchant_mismatch.unwrap().contains("appid"));
+        for (state, kind) in [
+            ("CLOSED", NotificationKind::Closed),
+            ("REVOKED", NotificationKind::Closed),
+            ("NOTPAY", NotificationKind::Other("NOTPAY".to_owned())),
+            ("PAYERROR", NotificationKind::Other("PAYERROR".to_owned())),
+        ] {
+            assert_eq!(
+                read(transaction(&v.mchid, &v.appid, state)).unwrap().kind,
+                kind
+            );
+        }
+        let mut bad = transaction(&v.mchid, &v.appid, "SUCCESS");
+        bad["amount"]["currency"] = "XXX".into();
+        assert!(testing::is_format_rejection_about(&read(bad), "currency"));
+        let result = wechat.transaction_notification(&testing::channel(), b"<html>");
+        assert!(matches!(result, Err(Rejection::Format(_))), "{result:?}");
     }
 
     fn transaction(mchid: &str, appid: &str, trade_state: &str) -> serde_json::Value {

@@ -23,6 +23,8 @@ use payhook::domain::clock::{Clock, FixedClock};
 use payhook::domain::ids::{ChannelName, OrderNo, UserId};
 use payhook::domain::money::{AmountMinor, Currency};
 
+pub mod simulator;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
