@@ -22,6 +22,7 @@ use crate::crediting::{Applied, Committer};
 use crate::db::{DbError, Pool};
 use crate::domain::clock::Clock;
 use crate::domain::ids::ChannelName;
+use crate::domain::outcome::Outcome;
 use crate::telemetry;
 
 pub mod ask;
@@ -168,9 +169,17 @@ impl Recovery {
             )
             .await?;
         telemetry::record_query(channel, applied.outcome.as_str());
+        // One line per query that changed something; repeats of what is known only at debug.
+        let level = if applied.anomaly {
+            log::Level::Error
+        } else if applied.outcome.moved_money() || applied.outcome == Outcome::Closed {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
         log::log!(
             target: "payhook::recovery",
-            if applied.anomaly { log::Level::Error } else { log::Level::Info },
+            level,
             channel = channel,
             order_no = notification.order_no.as_ref().map_or("-", |o| o.as_str()),
             notification_id = notification.notification_id.as_str(),

@@ -139,6 +139,19 @@ fn paid_orders_that_were_never_notified_are_credited_within_seconds_once(db: Tes
         "SELECT COUNT(*) AS n FROM notifications WHERE source = 'query' AND outcome = 'credited'",
     );
     assert_eq!(from_queries, 3);
+    let metrics = Client::new()
+        .get(app.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in [
+        "payhook_recovery_queries_total{channel=\"wx\",result=\"credited\"}",
+        "payhook_recovery_queries_total{channel=\"ali\",result=\"credited\"}",
+        "payhook_oldest_pending_order_seconds",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
 
     // Paid orders are not asked about again; the unpaid one is, less and less often.
     std::thread::sleep(Duration::from_secs(5));
@@ -367,13 +380,18 @@ fn every_hostile_answer_is_refused_and_credits_nothing(db: TestDb) {
 
 fn stripe_events_it_could_not_deliver_are_swept_and_credited(db: TestDb) {
     let sim = Simulator::start();
+    // The order and Stripe's undelivered event exist before the server starts: its first sweep
+    // runs at once, the next a minute later.
+    let st = {
+        let mut conn = db.pool(1).get().unwrap();
+        create_order(&mut conn, "swept", "stripe", "42.00", "USD", None).to_string()
+    };
+    let event = sim.stripe_paid(&st, 4200, "pi_swept", false);
     let app = app(
         &db,
         &sim,
         "first_query_after_secs = 3000\nmax_interval_secs = 600\nexpire_after_secs = 7200",
     );
-    let st = order(&app, Provider::Stripe, "swept", 4200);
-    let event = sim.stripe_paid(&st, 4200, "pi_swept", false);
     assert!(
         within(15, || balance(&app, "swept") == 4200),
         "{}",
