@@ -82,3 +82,64 @@ pub fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     log::info!("payhook stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `payhook order sync`: asks the order's provider now, without the server, and prints the
+/// order as it is afterwards. The answer takes the notification's path: the same checks, the
+/// same compare-and-set, evidence kept with `source = query`.
+pub fn sync_order(settings: &Settings, order_no: &str) -> anyhow::Result<ExitCode> {
+    use crate::books::orders;
+    use crate::books::schedule::Schedule;
+    use crate::crediting::Committer;
+    use crate::domain::ids::OrderNo;
+    use crate::http::views::OrderView;
+    use crate::recovery::ask::{self, Asker};
+    use crate::recovery::Recovery;
+
+    let order_no = OrderNo::parse(order_no).map_err(|e| anyhow::anyhow!(e))?;
+    let pool = open_migrated(settings)?;
+    let order = orders::find(&mut *pool.get()?, &order_no)?
+        .with_context(|| format!("no order {order_no}"))?;
+    let cfg = settings
+        .channels
+        .get(&order.channel)
+        .with_context(|| format!("channel {} is not configured", order.channel))?;
+    let http = ask::http_client().map_err(|e| anyhow::anyhow!(e))?;
+    let asker = Asker::new(&order.channel, cfg, http)
+        .map_err(|e| anyhow::anyhow!("channel {}: {e}", order.channel))?
+        .with_context(|| {
+            format!(
+                "channel {} has no keys to ask its provider (see the README, Recovery)",
+                order.channel
+            )
+        })?;
+    let committer = Committer::start(
+        pool.clone(),
+        1,
+        1,
+        std::time::Duration::from_secs(settings.commit.timeout_secs),
+    )?;
+    let recovery = Recovery {
+        askers: Arc::new(
+            [(order.channel.clone(), Arc::new(asker))]
+                .into_iter()
+                .collect(),
+        ),
+        schedule: Schedule::from(&settings.recovery),
+        pool: pool.clone(),
+        committer,
+        clock: Arc::new(SystemClock),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(recovery.sync(&order))
+        .with_context(|| format!("order {order_no}"))?;
+    let order = orders::find(&mut *pool.get()?, &order_no)?
+        .with_context(|| format!("no order {order_no}"))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&OrderView::from(&order))?
+    );
+    Ok(ExitCode::SUCCESS)
+}

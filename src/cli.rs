@@ -89,6 +89,13 @@ enum OrderCommand {
         #[arg(long)]
         order_no: Option<String>,
     },
+    /// Ask the order's provider about it now, apply the answer as a notification would be, and
+    /// print the order as it is afterwards (the channel needs its query keys, see --config).
+    Sync {
+        #[command(flatten)]
+        db: DbArgs,
+        order_no: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +208,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             }
         }
+        Command::Order {
+            command: OrderCommand::Sync { db, order_no },
+        } => app::sync_order(&db.settings(None)?, &order_no),
         Command::Account {
             command: AccountCommand::Show { db, user_id, limit },
         } => {

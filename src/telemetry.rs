@@ -5,6 +5,7 @@
 //! keys. Secrets, signatures and bodies are never logged: callers only pass ids, amounts and
 //! outcomes.
 
+use crate::domain::notification::NotificationKind;
 use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -220,6 +221,17 @@ pub fn record_close(channel: &str, result: &'static str) {
 /// The age of the oldest pending order, in seconds (0 when none is pending).
 pub fn record_oldest_pending(seconds: f64) {
     metrics::gauge!(OLDEST_PENDING).set(seconds);
+}
+
+/// The `kind` label of a notification of money going back, if it is one.
+pub fn money_back_kind(kind: &NotificationKind) -> Option<&'static str> {
+    match kind {
+        NotificationKind::Refund(_) => Some("refund"),
+        NotificationKind::Chargeback(_) => Some("chargeback"),
+        NotificationKind::ChargebackReversal(_) => Some("chargeback_reversal"),
+        NotificationKind::RefundFailed(_) => Some("refund_failed"),
+        NotificationKind::Paid | NotificationKind::Closed | NotificationKind::Other(_) => None,
+    }
 }
 
 pub fn record_anomaly(channel: &str) {

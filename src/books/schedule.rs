@@ -146,23 +146,6 @@ pub fn reschedule(
     Ok(next)
 }
 
-/// Makes `due` due again at `at` without counting an ask (the provider was unreachable, or the
-/// order should be asked again at once).
-pub fn ask_again_at(
-    conn: &mut DbConnection,
-    due: &Due,
-    at: NaiveDateTime,
-) -> Result<(), DieselError> {
-    diesel::update(
-        orders::table
-            .filter(orders::order_no.eq(due.order.order_no.as_str()))
-            .filter(orders::status.eq(OrderStatus::Pending.as_str())),
-    )
-    .set(orders::next_query_at.eq(at))
-    .execute(conn)?;
-    Ok(())
-}
-
 /// When the oldest pending order was created, if any is pending.
 pub fn oldest_pending(conn: &mut DbConnection) -> Result<Option<NaiveDateTime>, DieselError> {
     orders::table
@@ -171,19 +154,21 @@ pub fn oldest_pending(conn: &mut DbConnection) -> Result<Option<NaiveDateTime>, 
         .first(conn)
 }
 
-/// How far `channel`'s sweep of undelivered provider events has read.
+/// How far `channel`'s sweep of undelivered provider events has read: the newest event it saw,
+/// and when that sweep started.
 pub fn cursor(
     conn: &mut DbConnection,
     channel: &ChannelName,
-) -> Result<Option<String>, DieselError> {
+) -> Result<Option<(String, NaiveDateTime)>, DieselError> {
     provider_cursors::table
         .find(channel.as_str())
-        .select(provider_cursors::read_up_to)
+        .select((provider_cursors::read_up_to, provider_cursors::updated_at))
         .first(conn)
         .optional()
 }
 
-/// Records how far `channel`'s sweep has read, once what it read has been applied.
+/// Records how far `channel`'s sweep has read (`now`: when that sweep started), once what it
+/// read has been applied.
 pub fn save_cursor(
     conn: &mut DbConnection,
     channel: &ChannelName,

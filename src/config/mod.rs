@@ -293,6 +293,17 @@ impl Settings {
                 "recovery.first_query_after_secs and recovery.max_interval_secs must be at least 1",
             );
         }
+        const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+        if [
+            r.first_query_after_secs,
+            r.max_interval_secs,
+            r.expire_after_secs,
+        ]
+        .iter()
+        .any(|secs| *secs > TEN_YEARS)
+        {
+            return invalid("recovery intervals must be at most ten years (315360000 s)");
+        }
         if r.expire_after_secs <= r.first_query_after_secs {
             return invalid(
                 "recovery.expire_after_secs must be more than recovery.first_query_after_secs",

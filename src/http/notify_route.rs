@@ -9,7 +9,7 @@ use super::state::AppState;
 use crate::books::inbox::Source;
 use crate::crediting::{Answer, Applied};
 use crate::domain::ids::ChannelName;
-use crate::domain::notification::{Notification, NotificationKind};
+use crate::domain::notification::Notification;
 use crate::notify::{self, Provider, RawRequest, Rejection, RetryReason};
 use crate::telemetry;
 
@@ -193,7 +193,10 @@ impl LogLine<'_> {
         let answer = answer_word(applied.outcome.answer());
         let outcome = applied.outcome.as_str();
         telemetry::record_notification(self.channel.as_str(), outcome, answer);
-        if let Some(kind) = self.notification.and_then(|n| money_back_kind(&n.kind)) {
+        if let Some(kind) = self
+            .notification
+            .and_then(|n| telemetry::money_back_kind(&n.kind))
+        {
             telemetry::record_money_back(self.channel.as_str(), kind, outcome);
         }
         let level = if applied.anomaly {
@@ -239,17 +242,6 @@ impl LogLine<'_> {
             duration_ms = self.started.elapsed().as_millis() as u64;
             "notification"
         );
-    }
-}
-
-/// The `kind` label of a notification of money going back, if it is one.
-fn money_back_kind(kind: &NotificationKind) -> Option<&'static str> {
-    match kind {
-        NotificationKind::Refund(_) => Some("refund"),
-        NotificationKind::Chargeback(_) => Some("chargeback"),
-        NotificationKind::ChargebackReversal(_) => Some("chargeback_reversal"),
-        NotificationKind::RefundFailed(_) => Some("refund_failed"),
-        NotificationKind::Paid | NotificationKind::Closed | NotificationKind::Other(_) => None,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::books::inbox::{self, Source};
 use crate::books::orders::{self, Order};
 use crate::books::schedule::{self, Due, Schedule};
 use crate::crediting::committer::CommitError;
-use crate::crediting::{Applied, Committer};
+use crate::crediting::{Answer, Applied, Committer};
 use crate::db::{DbError, Pool};
 use crate::domain::clock::Clock;
 use crate::domain::ids::ChannelName;
@@ -27,6 +27,10 @@ use crate::telemetry;
 
 pub mod ask;
 pub mod runner;
+
+/// The longest one ask about an order may take, query and close together: well within the
+/// lease ([`schedule::LEASE`]), so that no other instance asks meanwhile.
+const ASK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 use ask::{AskError, Asker, Closing, Queried, QueryEvidence};
 
@@ -53,7 +57,8 @@ pub enum Asked {
     NotPaid,
     /// The order expired unpaid and was closed, at the provider too where it can close.
     Closed,
-    /// The provider refused to close: it was paid meanwhile. It is asked again at once.
+    /// The provider refused to close: it was paid meanwhile. It is asked again after the next
+    /// interval, and credited.
     PaidMeanwhile,
 }
 
@@ -89,13 +94,17 @@ impl Recovery {
         self.apply(&order.channel, queried).await
     }
 
-    /// Applies what a sweep of undelivered events found.
+    /// Applies what a sweep of undelivered events found; returns the answer a provider would
+    /// have got, had it been a notification.
     async fn apply_swept(
         &self,
         channel: &ChannelName,
         queried: Queried,
-    ) -> Result<(), RecoveryError> {
-        self.apply(channel, queried).await.map(drop)
+    ) -> Result<Option<Answer>, RecoveryError> {
+        Ok(match self.apply(channel, queried).await? {
+            Asked::Applied(applied) => Some(applied.outcome.answer()),
+            _ => None,
+        })
     }
 
     /// Asks about a claimed order; when it expired unpaid, closes it. Sets when it is asked
@@ -106,26 +115,30 @@ impl Recovery {
             .askers
             .get(&order.channel)
             .ok_or_else(|| RecoveryError::CannotAsk(order.channel.clone()))?;
-        let asked = match self.query(asker, order).await {
-            Ok(queried) => self.apply(&order.channel, queried).await,
-            Err(e) => Err(e),
-        };
-        let asked = match asked {
-            Ok(Asked::NotPaid) if due.expired => self.close(asker, due).await,
-            other => other,
-        };
+        // However the provider pages or stalls, an ask ends well within its lease.
+        let asked = tokio::time::timeout(ASK_DEADLINE, async {
+            let asked = match self.query(asker, order).await {
+                Ok(queried) => self.apply(&order.channel, queried).await,
+                Err(e) => Err(e),
+            };
+            match asked {
+                Ok(Asked::NotPaid) if due.expired => self.close(asker, due).await,
+                other => other,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(RecoveryError::Unreachable(format!(
+                "no answer within {}s",
+                ASK_DEADLINE.as_secs()
+            )))
+        });
+        // Asked again after the next interval, whatever came of it: an order paid meanwhile is
+        // credited then, and a provider that contradicts itself is not asked every second.
         let now = self.now();
         let (due, schedule) = (due.clone(), self.schedule);
-        let paid_meanwhile = matches!(asked, Ok(Asked::PaidMeanwhile));
-        self.db(move |conn| {
-            if paid_meanwhile {
-                schedule::ask_again_at(conn, &due, now)?;
-            } else {
-                schedule::reschedule(conn, &due, &schedule, now)?;
-            }
-            Ok(())
-        })
-        .await?;
+        self.db(move |conn| Ok(schedule::reschedule(conn, &due, &schedule, now)?))
+            .await?;
         asked
     }
 
@@ -169,6 +182,12 @@ impl Recovery {
             )
             .await?;
         telemetry::record_query(channel, applied.outcome.as_str());
+        if applied.anomaly {
+            telemetry::record_anomaly(channel);
+        }
+        if let Some(kind) = telemetry::money_back_kind(&notification.kind) {
+            telemetry::record_money_back(channel, kind, applied.outcome.as_str());
+        }
         // One line per query that changed something; repeats of what is known only at debug.
         let level = if applied.anomaly {
             log::Level::Error
@@ -208,6 +227,19 @@ impl Recovery {
         if let Closing::AlreadyPaid = closing {
             telemetry::record_close(channel, "paid_meanwhile");
             return Ok(Asked::PaidMeanwhile);
+        }
+        if !matches!(closing, Closing::NotSupported) {
+            // A provider may answer a close before a payment in flight settles (WeChat Pay
+            // answers 204 even then): asked once more, a payment found wins over the close.
+            if let Asked::Applied(applied) = self
+                .apply(&order.channel, self.query(asker, order).await?)
+                .await?
+            {
+                if applied.outcome != Outcome::Closed {
+                    telemetry::record_close(channel, "paid_meanwhile");
+                    return Ok(Asked::Applied(applied));
+                }
+            }
         }
         let now = self.now();
         let order_no = order.order_no.clone();

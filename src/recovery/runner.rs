@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Asked, Recovery, RecoveryError};
+use super::{Recovery, RecoveryError};
 use crate::books::schedule::{self, Due};
+use crate::crediting::Answer;
 use crate::domain::ids::ChannelName;
 use crate::telemetry;
 
@@ -21,6 +22,10 @@ const CLAIM: i64 = 16;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How far back a channel's first sweep reads: Stripe stops retrying an event after three days.
 const FIRST_SWEEP_BACK: chrono::Duration = chrono::Duration::days(3);
+/// How far before its last sweep a sweep reads again, for events that were indexed late.
+const SWEEP_OVERLAP: chrono::Duration = chrono::Duration::minutes(5);
+/// How long Stripe keeps events: a sweep never reads further back.
+const STRIPE_KEEPS: chrono::Duration = chrono::Duration::days(29);
 /// The first and the longest pause of a channel whose provider cannot be reached.
 const PAUSE_FIRST: Duration = Duration::from_secs(5);
 const PAUSE_MOST: Duration = Duration::from_secs(300);
@@ -72,11 +77,12 @@ async fn run(recovery: Recovery, stop: Arc<AtomicBool>) {
     let mut next_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        paused.retain(|_, pause| pause.until > started);
+        // A paused channel keeps its count of failures until it is reached again, so that its
+        // pauses double.
         let channels: Vec<ChannelName> = recovery
             .askers
             .keys()
-            .filter(|c| !paused.contains_key(*c))
+            .filter(|c| paused.get(*c).is_none_or(|p| p.until <= started))
             .cloned()
             .collect();
         if !channels.is_empty() {
@@ -104,7 +110,8 @@ async fn claim(recovery: &Recovery, channels: Vec<ChannelName>) -> Result<Vec<Du
         .await
 }
 
-/// Asks about every claimed order at once, and pauses the channels that could not be reached.
+/// Asks about every claimed order at once, and pauses the channels that could not be reached:
+/// once per tick, however many of their asks failed.
 async fn ask_all(recovery: &Recovery, due: Vec<Due>, paused: &mut HashMap<ChannelName, Pause>) {
     let mut asks = tokio::task::JoinSet::new();
     for due in due {
@@ -114,34 +121,24 @@ async fn ask_all(recovery: &Recovery, due: Vec<Due>, paused: &mut HashMap<Channe
             (due, asked)
         });
     }
+    let mut reached: HashMap<ChannelName, bool> = HashMap::new();
     while let Some(done) = asks.join_next().await {
         let Ok((due, asked)) = done else {
             continue;
         };
         let channel = &due.order.channel;
         match asked {
-            Ok(Asked::NotPaid | Asked::Applied(_) | Asked::Closed | Asked::PaidMeanwhile) => {
-                paused.remove(channel);
+            Ok(_) => {
+                reached.insert(channel.clone(), true);
             }
             Err(RecoveryError::Unreachable(why)) => {
-                let failures = paused.get(channel).map_or(0, |p| p.failures) + 1;
-                let pause = PAUSE_FIRST
-                    .saturating_mul(2u32.saturating_pow(failures - 1))
-                    .min(PAUSE_MOST);
                 log::warn!(
                     target: "payhook::recovery",
                     channel = channel.as_str(),
-                    order_no = due.order.order_no.as_str(),
-                    pause_secs = pause.as_secs();
+                    order_no = due.order.order_no.as_str();
                     "provider unreachable: {why}"
                 );
-                paused.insert(
-                    channel.clone(),
-                    Pause {
-                        until: Instant::now() + pause,
-                        failures,
-                    },
-                );
+                reached.entry(channel.clone()).or_insert(false);
             }
             Err(e) => log::warn!(
                 target: "payhook::recovery",
@@ -151,52 +148,96 @@ async fn ask_all(recovery: &Recovery, due: Vec<Due>, paused: &mut HashMap<Channe
             ),
         }
     }
+    for (channel, reached) in reached {
+        if reached {
+            paused.remove(&channel);
+            continue;
+        }
+        let failures = paused.get(&channel).map_or(0, |p| p.failures) + 1;
+        let pause = PAUSE_FIRST
+            .saturating_mul(2u32.saturating_pow(failures - 1))
+            .min(PAUSE_MOST);
+        log::warn!(
+            target: "payhook::recovery",
+            channel = channel.as_str(),
+            pause_secs = pause.as_secs();
+            "provider unreachable: channel paused"
+        );
+        paused.insert(
+            channel,
+            Pause {
+                until: Instant::now() + pause,
+                failures,
+            },
+        );
+    }
 }
 
-/// Reads each Stripe channel's undelivered events from where its last sweep stopped, applies
-/// them, and only then moves its cursor.
+/// Reads each Stripe channel's undelivered events created since its last sweep (a few minutes
+/// before it, for events indexed late; the first sweep reads three days back), applies them, and
+/// then records this sweep. The sweep reads by time, not from an event id: Stripe forgets events
+/// after 30 days, and an id it forgot can no longer be read from.
+///
+/// An event that comes to "retry" (a refund before its payment) keeps the record where it was,
+/// so the next sweep reads it again: for three days at most, after which Stripe has stopped
+/// retrying it too and the record moves on.
 async fn sweep(recovery: &Recovery, paused: &HashMap<ChannelName, Pause>) {
     for (channel, asker) in recovery.askers.iter() {
-        if paused.contains_key(channel) {
+        if paused
+            .get(channel)
+            .is_some_and(|p| p.until > Instant::now())
+        {
             continue;
         }
         let lookup = channel.clone();
-        let cursor = match recovery
+        let mark = match recovery
             .db(move |conn| Ok(schedule::cursor(conn, &lookup)?))
             .await
         {
-            Ok(cursor) => cursor,
+            Ok(mark) => mark,
             Err(e) => {
                 log::warn!(target: "payhook::recovery", "cannot read the sweep cursor: {e}");
                 continue;
             }
         };
-        let since = recovery.clock.now() - FIRST_SWEEP_BACK;
-        let (found, read_up_to) = match asker.undelivered(cursor.as_deref(), since).await {
+        let started = recovery.now();
+        let since = match &mark {
+            Some((_, swept_at)) => (*swept_at - SWEEP_OVERLAP).max(started - STRIPE_KEEPS),
+            None => started - FIRST_SWEEP_BACK,
+        };
+        let (found, newest) = match asker.undelivered(None, since.and_utc()).await {
             Ok(found) => found,
             Err(e) => {
                 log::warn!(target: "payhook::recovery", channel = channel.as_str(); "sweep failed: {e}");
                 continue;
             }
         };
-        let mut applied_all = true;
+        let mut hold = false;
         for queried in found {
-            if let Err(e) = recovery.apply_swept(channel, queried).await {
-                log::warn!(target: "payhook::recovery", channel = channel.as_str(); "swept event not applied: {e}");
-                applied_all = false;
-            }
-        }
-        // An event that did not apply is read again by the next sweep.
-        if let (true, Some(read_up_to)) = (applied_all, read_up_to) {
-            if cursor.as_deref() != Some(read_up_to.as_str()) {
-                let (channel, now) = (channel.clone(), recovery.now());
-                let saved = recovery
-                    .db(move |conn| schedule::save_cursor(conn, &channel, &read_up_to, now))
-                    .await;
-                if let Err(e) = saved {
-                    log::warn!(target: "payhook::recovery", "cannot save the sweep cursor: {e}");
+            match recovery.apply_swept(channel, queried).await {
+                Ok(Some(Answer::Retry)) => hold = true,
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!(target: "payhook::recovery", channel = channel.as_str(); "swept event not applied: {e}");
+                    hold = true;
                 }
             }
+        }
+        let held_recently = mark
+            .as_ref()
+            .is_some_and(|(_, swept_at)| started - *swept_at < FIRST_SWEEP_BACK);
+        if hold && (held_recently || mark.is_none()) {
+            continue;
+        }
+        let read_up_to = newest
+            .or_else(|| mark.map(|(id, _)| id))
+            .unwrap_or_else(|| "-".to_owned());
+        let channel = channel.clone();
+        let saved = recovery
+            .db(move |conn| schedule::save_cursor(conn, &channel, &read_up_to, started))
+            .await;
+        if let Err(e) = saved {
+            log::warn!(target: "payhook::recovery", "cannot save the sweep cursor: {e}");
         }
     }
 }

@@ -114,11 +114,12 @@ fn sync(app: &TestApp, order_no: &str) -> (u16, Value) {
 fn paid_orders_that_were_never_notified_are_credited_within_seconds_once(db: TestDb) {
     let sim = Simulator::start();
     let app = app(&db, &sim, SOON);
+    // Each trade is at the provider before its order could be asked about.
     let ali = order(&app, Provider::Alipay, "q-ali", 1000);
-    let wx = order(&app, Provider::WechatPay, "q-wx", 2000);
-    let st = order(&app, Provider::Stripe, "q-st", 3000);
     sim.set_trade(&ali, TradeState::Paid, 1000, "2026ALI1");
+    let wx = order(&app, Provider::WechatPay, "q-wx", 2000);
     sim.set_trade(&wx, TradeState::Paid, 2000, "4200WX1");
+    let st = order(&app, Provider::Stripe, "q-st", 3000);
     sim.stripe_paid(&st, 3000, "pi_q1", true);
     let waiting = order(&app, Provider::WechatPay, "q-wait", 500);
     sim.set_trade(&waiting, TradeState::Waiting, 500, "");
@@ -218,18 +219,22 @@ fn an_order_paid_as_it_expires_is_credited_not_closed(db: TestDb) {
         "first_query_after_secs = 1\nmax_interval_secs = 1\nexpire_after_secs = 2",
     );
     // The buyers pay just as their orders expire: each close is refused as paid, the order is
-    // asked about again at once and credited, never closed here.
+    // asked about again and credited, never closed here.
     let ali = order(&app, Provider::Alipay, "late-ali", 700);
-    let wx = order(&app, Provider::WechatPay, "late-wx", 800);
     sim.set_trade(&ali, TradeState::PaysAtClose, 700, "2026LATE");
+    let wx = order(&app, Provider::WechatPay, "late-wx", 800);
     sim.set_trade(&wx, TradeState::PaysAtClose, 800, "4200LATE");
+    // A close the provider accepts while a payment in flight then settles: asked once more
+    // after the close, the payment wins.
+    let in_flight = order(&app, Provider::WechatPay, "late-flight", 900);
+    sim.set_trade(&in_flight, TradeState::PaysAfterClose, 900, "4200FLIGHT");
     assert!(within(15, || balance(&app, "late-ali") == 700
-        && balance(&app, "late-wx") == 800));
-    assert_eq!(
-        (status(&app, &ali), status(&app, &wx)),
-        ("paid".to_owned(), "paid".to_owned())
-    );
-    assert!(sim.closed().is_empty(), "{:?}", sim.closed());
+        && balance(&app, "late-wx") == 800
+        && balance(&app, "late-flight") == 900));
+    for o in [&ali, &wx, &in_flight] {
+        assert_eq!(status(&app, o), "paid");
+    }
+    assert_eq!(sim.closed(), [(Provider::WechatPay, in_flight.clone())]);
     assert_books_balance(&app);
 }
 
@@ -410,7 +415,59 @@ fn stripe_events_it_could_not_deliver_are_swept_and_credited(db: TestDb) {
     assert_books_balance(&app);
 }
 
+fn order_sync_on_the_command_line_asks_and_credits(db: TestDb) {
+    let sim = Simulator::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payhook.toml");
+    std::fs::write(&path, config(&sim, "enabled = false")).unwrap();
+    let pool = db.pool(1);
+    let (paid, unreachable, sw) = {
+        let mut conn = pool.get().unwrap();
+        let paid = create_order(&mut conn, "cli-sync", "ali", "5.00", "CNY", None).to_string();
+        let other = create_order(&mut conn, "cli-sync", "wx", "5.00", "CNY", None).to_string();
+        let sw = create_order(&mut conn, "cli-sync", "gateway", "5.00", "CNY", None).to_string();
+        (paid, other, sw)
+    };
+    sim.set_trade(&paid, TradeState::Paid, 500, "2026CLI");
+    sim.set_mode(Provider::WechatPay, Mode::ServerError);
+    let run = |order_no: &str| {
+        let out = crate::common::payhook()
+            .args([
+                "order",
+                "sync",
+                order_no,
+                "--database-url",
+                &db.url,
+                "--config",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), stdout, text)
+    };
+    let (ok, stdout, text) = run(&paid);
+    assert!(ok, "{text}");
+    let order: Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{text}"));
+    assert_eq!(order["status"], "paid");
+    assert_eq!(
+        count(
+            &pool,
+            &format!("SELECT COUNT(*) AS n FROM ledger WHERE order_no = '{paid}'")
+        ),
+        1
+    );
+    let (ok, _, text) = run(&unreachable);
+    assert!(!ok && text.contains("unreachable"), "{text}");
+    let (ok, _, text) = run(&sw);
+    assert!(!ok && text.contains("no keys to ask"), "{text}");
+    let (ok, _, text) = run("NO-SUCH-ORDER");
+    assert!(!ok && text.contains("no order"), "{text}");
+}
+
 on_every_backend!(
+    order_sync_on_the_command_line_asks_and_credits,
     paid_orders_that_were_never_notified_are_credited_within_seconds_once,
     expired_orders_are_closed_at_the_provider_and_here,
     an_order_paid_as_it_expires_is_credited_not_closed,

@@ -124,7 +124,10 @@ fn a_channel_s_sweep_keeps_its_cursor(db: TestDb) {
     schedule::save_cursor(&mut conn, &channel, "evt_1", now()).unwrap();
     schedule::save_cursor(&mut conn, &channel, "evt_2", now()).unwrap();
     assert_eq!(
-        schedule::cursor(&mut conn, &channel).unwrap().as_deref(),
+        schedule::cursor(&mut conn, &channel)
+            .unwrap()
+            .map(|(id, _)| id)
+            .as_deref(),
         Some("evt_2")
     );
     exec(&pool, "DELETE FROM provider_cursors");

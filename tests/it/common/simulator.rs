@@ -67,6 +67,9 @@ pub enum TradeState {
     /// Waiting when asked about; the buyer pays just as the merchant closes it, so the close is
     /// refused as paid and the trade is paid from then on.
     PaysAtClose,
+    /// Waiting when asked about; the close is accepted, but a payment in flight settles after it
+    /// (WeChat Pay answers a close before a payment being entered completes).
+    PaysAfterClose,
 }
 
 #[derive(Debug, Clone)]
@@ -516,7 +519,9 @@ impl Shared {
             ("alipay.trade.query", None) => not_exist,
             ("alipay.trade.query", Some(t)) => {
                 let status = match t.state {
-                    TradeState::Waiting | TradeState::PaysAtClose => "WAIT_BUYER_PAY",
+                    TradeState::Waiting | TradeState::PaysAtClose | TradeState::PaysAfterClose => {
+                        "WAIT_BUYER_PAY"
+                    }
                     TradeState::Paid => "TRADE_SUCCESS",
                     TradeState::Closed => "TRADE_CLOSED",
                 };
@@ -539,7 +544,10 @@ impl Shared {
             ("alipay.trade.close", Some(t)) => {
                 state.closed.push((Provider::Alipay, asked.clone()));
                 if let Some(trade) = state.trades.get_mut(&asked) {
-                    trade.state = TradeState::Closed;
+                    trade.state = match trade.state {
+                        TradeState::PaysAfterClose => TradeState::Paid,
+                        _ => TradeState::Closed,
+                    };
                 }
                 format!(
                     r#"{{"code":"10000","msg":"Success","out_trade_no":"{order_no}","trade_no":"{}"}}"#,
@@ -608,7 +616,10 @@ impl Shared {
                         .closed
                         .push((Provider::WechatPay, order_no.to_owned()));
                     if let Some(trade) = state.trades.get_mut(order_no) {
-                        trade.state = TradeState::Closed;
+                        trade.state = match trade.state {
+                            TradeState::PaysAfterClose => TradeState::Paid,
+                            _ => TradeState::Closed,
+                        };
                     }
                     (204, String::new())
                 }
@@ -801,7 +812,9 @@ fn wechat_transaction(order_no: &str, trade: &Trade) -> String {
         "attach": "", "amount": amount,
     });
     let (state, desc) = match trade.state {
-        TradeState::Waiting | TradeState::PaysAtClose => ("NOTPAY", "订单未支付"),
+        TradeState::Waiting | TradeState::PaysAtClose | TradeState::PaysAfterClose => {
+            ("NOTPAY", "订单未支付")
+        }
         TradeState::Paid => ("SUCCESS", "支付成功"),
         TradeState::Closed => ("CLOSED", "订单已关闭"),
     };
