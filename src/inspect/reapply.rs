@@ -5,8 +5,8 @@
 //! The notification gets the inbox row of its provider id, as a delivery would give it, first
 //! seen when the stored request first arrived; a rejected row (keyed `unverified:<digest>`) stays
 //! as the record of what arrived and why it was refused, and its `detail` says when it was
-//! applied again, as which notification and to what outcome. Applying twice credits once: the
-//! order's compare-and-set refuses the second.
+//! applied again, as which notification and to what outcome. Applying twice credits once, as a
+//! repeated delivery does: the crediting transaction finds the order paid by this very trade.
 
 use std::fmt;
 
