@@ -14,6 +14,7 @@ use crate::db;
 use crate::domain::ids::UserId;
 use crate::domain::money::format_signed;
 use crate::http::views::{AccountView, DebitView, OrderView};
+use crate::inspect::{self, Reapplied};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -52,6 +53,33 @@ enum Command {
     Verify {
         #[command(flatten)]
         db: DbArgs,
+    },
+    /// Explain a stored notification: verified again with the current keys, each key tried and
+    /// what it said, the signed bytes, the timestamp's skew and the known traps. Exit 0 when it
+    /// verifies now, 1 when it does not.
+    Explain {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The stored notification's id: its inbox row's `id`.
+        notification_id: i64,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a stored notification again: verified with the current keys, then through the
+    /// crediting transaction (a repeat credits nothing). Exit 0 when it was applied (with
+    /// --dry-run: would be), 1 when it does not verify, with the explanation.
+    Reapply {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The stored notification's id: its inbox row's `id`.
+        notification_id: i64,
+        /// Do it all in a transaction that is rolled back, and print what it would do.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Create orders without the server.
     Order {
@@ -169,6 +197,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Explain {
+            db,
+            notification_id,
+            json,
+        } => {
+            let settings = db.settings(None)?;
+            let pool = open_migrated(&settings)?;
+            let explanation =
+                inspect::explain(&mut *pool.get()?, &settings.channels, notification_id)?;
+            print(&explanation, json)?;
+            Ok(exit_code(explanation.verifies))
+        }
+        Command::Reapply {
+            db,
+            notification_id,
+            dry_run,
+            json,
+        } => {
+            let settings = db.settings(None)?;
+            let pool = open_migrated(&settings)?;
+            let now = chrono::Utc::now().naive_utc();
+            let reapplied = inspect::reapply(
+                &mut *pool.get()?,
+                &settings.channels,
+                notification_id,
+                dry_run,
+                now,
+            )?;
+            print(&reapplied, json)?;
+            Ok(exit_code(matches!(reapplied, Reapplied::Applied(_))))
+        }
         Command::Order {
             command:
                 OrderCommand::Create {
@@ -271,5 +330,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             }
         }
+    }
+}
+
+/// A result as JSON, or as text for a human.
+fn print<T: serde::Serialize + std::fmt::Display>(value: &T, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{value}");
+    }
+    Ok(())
+}
+
+fn exit_code(success: bool) -> ExitCode {
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -11,6 +11,8 @@
 //!   the notifications that arrived together in one transaction and answers them after it.
 //! - [`recovery`]: what became of orders whose notification never came; [`recovery::ask`] asks
 //!   each provider about an order (and closes it there), its answer verified like a notification.
+//! - [`inspect`]: for operators, why a stored notification failed (each key tried, the signed
+//!   bytes, the known traps) and applying it again through the crediting transaction.
 //! - [`books`]: orders, accounts and their ledger, the inbox; the rows the transaction works on,
 //!   debits that spend a balance once each, and the one-command proof that they balance.
 //! - [`recovery`]: asking providers about orders whose notification never came (补单), on a
@@ -36,6 +38,7 @@ pub mod crediting;
 pub mod db;
 pub mod domain;
 pub mod http;
+pub mod inspect;
 pub mod notify;
 pub mod recovery;
 pub mod store;

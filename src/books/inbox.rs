@@ -85,8 +85,7 @@ pub fn record_rejection(
     body: &[u8],
     now: NaiveDateTime,
 ) -> Result<i64, crate::db::DbError> {
-    let digest = ring::digest::digest(&ring::digest::SHA256, body);
-    let key = format!("unverified:{}", hex::encode(digest.as_ref()));
+    let key = rejected_key(body);
     let headers_json = rejected_headers(headers);
     let kept_body = &body[..body.len().min(REJECTED_BODY_BYTES)];
     crate::db::transact(conn, |conn| {
@@ -121,6 +120,57 @@ pub fn record_rejection(
         }
         Ok(row.select(notifications::id).first(conn)?)
     })
+}
+
+/// What the inbox keys a rejected request by: the digest of its whole body.
+const REJECTED_KEY_PREFIX: &str = "unverified:";
+
+fn rejected_key(body: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    format!("{REJECTED_KEY_PREFIX}{}", hex::encode(digest.as_ref()))
+}
+
+/// Whether a row's `notification_id` is a rejected request's key rather than a provider's id.
+pub fn is_rejected_key(notification_id: &str) -> bool {
+    notification_id.starts_with(REJECTED_KEY_PREFIX)
+}
+
+/// Whether the body a rejected row keeps is the whole body that arrived, as its key (the digest
+/// of the whole body) proves; `None` for a row that is not keyed by a rejected body.
+pub fn keeps_whole_body(notification_id: &str, kept_body: &[u8]) -> Option<bool> {
+    is_rejected_key(notification_id).then(|| rejected_key(kept_body) == notification_id)
+}
+
+/// Notes on a rejected row what became of its request after it was stored (it was applied
+/// again); `verified` stays false and `verify_error` says why it was rejected when it arrived.
+pub fn note_on_rejected(
+    conn: &mut DbConnection,
+    id: i64,
+    detail: &str,
+) -> Result<usize, DieselError> {
+    diesel::update(
+        notifications::table
+            .filter(notifications::id.eq(id))
+            .filter(notifications::verified.eq(false)),
+    )
+    .set(notifications::detail.eq(detail))
+    .execute(conn)
+}
+
+/// Moves a row's `first_seen_at` back to `at` if it is later: a notification applied again from
+/// a rejected row first arrived when that row did, and its timestamp is judged as of then.
+pub fn first_seen_no_later_than(
+    conn: &mut DbConnection,
+    id: i64,
+    at: NaiveDateTime,
+) -> Result<usize, DieselError> {
+    diesel::update(
+        notifications::table
+            .filter(notifications::id.eq(id))
+            .filter(notifications::first_seen_at.gt(at)),
+    )
+    .set(notifications::first_seen_at.eq(at))
+    .execute(conn)
 }
 
 /// A rejected request's headers as stored: a JSON object of each value's first
@@ -206,6 +256,34 @@ pub fn find(
 pub struct Listed {
     pub notification: InboxEntry,
     pub raw: Option<(String, Vec<u8>)>,
+}
+
+/// One stored notification by its row id; with `with_raw`, its evidence too.
+pub fn by_id(
+    conn: &mut DbConnection,
+    id: i64,
+    with_raw: bool,
+) -> Result<Option<Listed>, DieselError> {
+    let row = notifications::table.filter(notifications::id.eq(id));
+    if !with_raw {
+        let found = row.select(InboxEntry::as_select()).first(conn).optional()?;
+        return Ok(found.map(|notification| Listed {
+            notification,
+            raw: None,
+        }));
+    }
+    let found = row
+        .select((
+            InboxEntry::as_select(),
+            notifications::raw_headers,
+            notifications::raw_body,
+        ))
+        .first::<(InboxEntry, String, Vec<u8>)>(conn)
+        .optional()?;
+    Ok(found.map(|(notification, headers, body)| Listed {
+        notification,
+        raw: Some((headers, body)),
+    }))
 }
 
 /// Every stored notification for one order, oldest first; with `with_raw`, their evidence too.

@@ -43,17 +43,28 @@ pub fn apply_alone(
     now: NaiveDateTime,
 ) -> Result<Applied, CreditError> {
     db::transact(conn, |conn| {
-        // The same lock order as a batch's (see `super::committer`).
-        if let Some(order_no) = &notification.order_no {
-            store::lock_for_credits(conn, &[order_no.as_str()])?;
-        }
-        let (applied, durability) = apply_in(conn, notification, evidence, now)?;
-        if let Durability::CountOnly { inbox_id } = durability {
-            inbox::count_deliveries(conn, &[inbox_id], 1, now)?;
-            db::commit_without_waiting_for_flush(conn)?;
-        }
-        Ok(applied)
+        apply_alone_in(conn, notification, evidence, now)
     })
+}
+
+/// The work of [`apply_alone`] inside a transaction the caller opened: for a caller that writes
+/// more in the same commit, or rolls it back to see what applying would do (a dry run).
+pub fn apply_alone_in(
+    conn: &mut DbConnection,
+    notification: &Notification,
+    evidence: Evidence<'_>,
+    now: NaiveDateTime,
+) -> Result<Applied, CreditError> {
+    // The same lock order as a batch's (see `super::committer`).
+    if let Some(order_no) = &notification.order_no {
+        store::lock_for_credits(conn, &[order_no.as_str()])?;
+    }
+    let (applied, durability) = apply_in(conn, notification, evidence, now)?;
+    if let Durability::CountOnly { inbox_id } = durability {
+        inbox::count_deliveries(conn, &[inbox_id], 1, now)?;
+        db::commit_without_waiting_for_flush(conn)?;
+    }
+    Ok(applied)
 }
 
 /// What is left to write after [`apply_in`], and whether its commit must wait for the disk.

@@ -1,7 +1,8 @@
 //! Crediting: the one place where a verified notification moves money.
 //!
 //! - [`apply`]: the decision, on one screen. Every path runs [`apply_in`]: alone in a transaction
-//!   with [`apply_alone`], or with the other notifications of a batch ([`committer`]).
+//!   with [`apply_alone`] (or [`apply_alone_in`], in a transaction the caller commits or rolls
+//!   back), or with the other notifications of a batch ([`committer`]).
 //! - [`committer`]: group commit; writer threads apply what arrived together in one transaction
 //!   and answer each caller after that commit.
 //! - [`settled`]: the payments this instance has seen committed, so their repeats skip the
@@ -36,6 +37,6 @@ mod read;
 pub mod settled;
 
 pub use crate::domain::outcome::{Answer, Outcome};
-pub use apply::{apply_alone, apply_in, Applied, Claim, Durability};
+pub use apply::{apply_alone, apply_alone_in, apply_in, Applied, Claim, Durability};
 pub use committer::{commit_batch, ApplyJob, Committer, CountJob};
 pub use error::{CreditError, Failure};

@@ -132,7 +132,7 @@ pub(super) async fn notify(
                 .record(channel.clone(), reason.clone(), kept, body, now.naive_utc())
                 .await
             {
-                Ok(()) => "stored".to_owned(),
+                Ok(id) => format!("stored as notification {id}"),
                 Err(e) => format!("not stored: {e}"),
             };
             let line = LogLine {

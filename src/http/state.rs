@@ -148,7 +148,7 @@ impl RejectionStore {
     }
 
     /// Records one rejected request (see [`crate::books::inbox::record_rejection`]) unless every
-    /// connection is busy.
+    /// connection is busy; returns its inbox row, which `payhook explain` takes.
     pub async fn record(
         &self,
         channel: ChannelName,
@@ -156,7 +156,7 @@ impl RejectionStore {
         headers: Vec<(&'static str, String)>,
         body: web::Bytes,
         now: chrono::NaiveDateTime,
-    ) -> Result<(), NotStored> {
+    ) -> Result<i64, NotStored> {
         let permit = self
             .permits
             .clone()
@@ -176,10 +176,9 @@ impl RejectionStore {
                 &headers,
                 &body,
                 now,
-            )?;
-            Ok::<_, DbError>(())
+            )
         })
-        .await??;
-        Ok(())
+        .await?
+        .map_err(NotStored::from)
     }
 }

@@ -16,6 +16,7 @@ use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 use x509_cert::Certificate;
 
 use super::provider::{RawRequest, Rejection, Reply};
+use super::sign::RsaSigner;
 use crate::domain::ids::OrderNo;
 use crate::domain::money::{AmountMinor, Currency};
 
@@ -56,6 +57,12 @@ impl RsaPublicKey {
             ));
         }
         Ok(RsaPublicKey(pkcs1))
+    }
+
+    /// Whether this is the public half of `pair`: how a channel keyed with the wrong half of a
+    /// pair is told apart.
+    pub fn is_public_half_of(&self, pair: &RsaSigner) -> bool {
+        self.0 == pair.public_key_der()
     }
 
     /// Whether `signature` is this key's PKCS #1 v1.5 signature of `message`.
@@ -178,7 +185,7 @@ pub(crate) fn check_timestamp(
 }
 
 /// Plain digits only: `i64::from_str` would also take a sign.
-fn unix_seconds(value: &str) -> Option<i64> {
+pub(crate) fn unix_seconds(value: &str) -> Option<i64> {
     let plain = !value.is_empty() && value.len() <= 18 && value.bytes().all(|b| b.is_ascii_digit());
     plain.then(|| value.parse().ok()).flatten()
 }

@@ -16,6 +16,7 @@ use crate::domain::ids::ChannelName;
 use crate::domain::notification::{Notification, NotificationKind};
 
 pub mod alipay;
+mod examine;
 mod provider;
 pub mod sign;
 pub mod signer;
@@ -28,6 +29,7 @@ mod common;
 mod testing;
 
 pub(crate) use common::shown;
+pub use examine::{Examination, Freshness, KeyCheck};
 pub use provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 
 /// A provider's protocol named as in the config's `provider` key, for tools that handle its
@@ -108,6 +110,24 @@ pub fn from_config(cfg: &crate::config::ChannelConfig) -> Result<Box<dyn Provide
         ChannelConfig::Stripe(c) => Box::new(stripe::Stripe::new(c)?),
         ChannelConfig::StandardWebhooks(c) => {
             Box::new(standard_webhooks::StandardWebhooks::new(c)?)
+        }
+    })
+}
+
+/// What verifying `request` with a channel's adapter tries, key by key (see [`Examination`]):
+/// for an operator asking why it failed. The adapter is built from the channel's settings as
+/// [`from_config`] builds it.
+pub fn examine(
+    cfg: &crate::config::ChannelConfig,
+    request: &RawRequest<'_>,
+) -> Result<Examination, String> {
+    use crate::config::ChannelConfig;
+    Ok(match cfg {
+        ChannelConfig::Alipay(c) => alipay::Alipay::new(c)?.examine(request),
+        ChannelConfig::WechatPay(c) => wechatpay::WechatPay::new(c)?.examine(request),
+        ChannelConfig::Stripe(c) => stripe::Stripe::new(c)?.examine(request),
+        ChannelConfig::StandardWebhooks(c) => {
+            standard_webhooks::StandardWebhooks::new(c)?.examine(request)
         }
     })
 }

@@ -142,6 +142,11 @@ impl RsaSigner {
             .map_err(KeyError::Unusable)
     }
 
+    /// The public half, as PKCS #1 `RSAPublicKey` DER.
+    pub fn public_key_der(&self) -> &[u8] {
+        self.0.public().as_ref()
+    }
+
     /// SHA256withRSA, PKCS #1 v1.5: Alipay's `RSA2` and WeChat Pay v3's scheme.
     pub fn sign_sha256(&self, message: &[u8]) -> Vec<u8> {
         let mut signature = vec![0; self.0.public().modulus_len()];

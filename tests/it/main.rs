@@ -12,6 +12,7 @@ mod crediting;
 mod debits;
 mod hostile;
 mod hostile_input;
+mod inspect;
 mod layout;
 mod money_back;
 mod notify_http;

@@ -274,6 +274,9 @@ fn log_lines_carry_the_request_id_and_outcome_and_metrics_move() {
         .expect("rejection logged");
     assert_eq!(rejected["outcome"], "rejected");
     assert_eq!(rejected["level"], "WARN");
+    // The stored row's id, which `payhook explain` takes.
+    let error = rejected["error"].as_str().unwrap_or_default();
+    assert!(error.contains("(stored as notification "), "{error}");
     let refund = lines
         .iter()
         .find(|l| l["request_id"] == "nginx-req-44")

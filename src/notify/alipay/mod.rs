@@ -9,13 +9,18 @@ use percent_encoding::percent_decode;
 use ring::signature::{self, RsaParameters};
 
 use super::common::{self, shown, RsaPublicKey};
+use super::examine::{Examination, KeyCheck};
 use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
+use super::sign::RsaSigner;
 use crate::config::{AlipayConfig, AlipaySignType};
 use crate::domain::ids::ChannelName;
 use crate::domain::money::{AmountMinor, Currency};
 use crate::domain::notification::{Notification, NotificationKind, Refund};
 
 pub mod sign;
+
+/// The one key an Alipay channel verifies with, by its configuration name.
+const KEY_NAME: &str = "alipay_public_key";
 
 pub struct Alipay {
     app_id: String,
@@ -39,21 +44,65 @@ impl Alipay {
     }
 
     fn check_signature(&self, form: &Form) -> Result<(), Rejection> {
+        let (algorithm, signature) = self.signature_of(form)?;
+        self.check_key(algorithm, &signed_content(&form.params), &signature)
+    }
+
+    /// The hash the channel signs with and the form's decoded `sign`.
+    fn signature_of(&self, form: &Form) -> Result<(&'static RsaParameters, Vec<u8>), Rejection> {
         let algorithm = self.sign_algorithm(form.text("sign_type")?)?;
         let sign = form
             .text("sign")?
             .ok_or_else(|| Rejection::Signature("no sign parameter".to_owned()))?;
-        let signature = common::signature_from_base64(sign)?;
-        if self
-            .public_key
-            .verifies(algorithm, &signed_content(&form.params), &signature)
-        {
+        Ok((algorithm, common::signature_from_base64(sign)?))
+    }
+
+    fn check_key(
+        &self,
+        algorithm: &'static RsaParameters,
+        content: &[u8],
+        signature: &[u8],
+    ) -> Result<(), Rejection> {
+        if self.public_key.verifies(algorithm, content, signature) {
             Ok(())
         } else {
             Err(Rejection::Signature(
                 "sign does not verify with alipay_public_key".to_owned(),
             ))
         }
+    }
+
+    /// What verifying `request` tries (see [`Examination`]): the content Alipay signs and the one
+    /// key. The form's charset is not checked here: that is a format check, made after a
+    /// signature can already be seen to hold.
+    pub fn examine(&self, request: &RawRequest<'_>) -> Examination {
+        let form = match Form::split(request.body) {
+            Ok(form) => form,
+            Err(problem) => return Examination::unread(problem),
+        };
+        let content = signed_content(&form.params);
+        let (keys, problem) = match self.signature_of(&form) {
+            Ok((algorithm, signature)) => {
+                let result = self.check_key(algorithm, &content, &signature);
+                (vec![KeyCheck::new(KEY_NAME, result)], None)
+            }
+            Err(problem) => (Vec::new(), Some(problem)),
+        };
+        Examination {
+            signed_content: Some(content),
+            keys,
+            named_key: None,
+            freshness: None,
+            problem,
+        }
+    }
+
+    /// Whether the configured `alipay_public_key` is the public half of `private_key`: given the
+    /// app's own private key, whether the app's public key was configured where Alipay's belongs.
+    /// `None` when `private_key` cannot be read.
+    pub fn public_key_pairs_with(&self, private_key: &str) -> Option<bool> {
+        let pair = RsaSigner::from_text(private_key).ok()?;
+        Some(self.public_key.is_public_half_of(&pair))
     }
 
     /// The notification a trade's fields make, whether a notification's form or a query answer
@@ -322,15 +371,15 @@ struct Form {
 
 impl Form {
     fn parse(body: &[u8]) -> Result<Form, Rejection> {
-        let mut params: Vec<(Vec<u8>, Vec<u8>)> = body
-            .split(|&b| b == b'&')
-            .filter(|pair| !pair.is_empty())
-            .map(|pair| {
-                let mut parts = pair.splitn(2, |&b| b == b'=');
-                let key = parts.next().unwrap_or_default();
-                let value = parts.next().unwrap_or_default();
-                (form_decode(key), form_decode(value))
-            })
+        let form = Form::split(body)?;
+        form.check_charset()?;
+        Ok(form)
+    }
+
+    /// The form's parameters, decoded once and sorted; its charset is left unchecked.
+    fn split(body: &[u8]) -> Result<Form, Rejection> {
+        let mut params: Vec<(Vec<u8>, Vec<u8>)> = raw_pairs(body)
+            .map(|(key, value)| (form_decode(key), form_decode(value)))
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let repeated = params.windows(2).find_map(|pair| match pair {
@@ -343,9 +392,7 @@ impl Form {
                 shown(&key)
             )));
         }
-        let form = Form { params };
-        form.check_charset()?;
-        Ok(form)
+        Ok(Form { params })
     }
 
     /// A UTF-8 notification must decode as UTF-8 throughout; GBK ones are verified as bytes and
@@ -422,8 +469,19 @@ fn sorted_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     content
 }
 
+/// A form body's `key=value` pairs as sent, not decoded; empty pairs are skipped.
+pub fn raw_pairs(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let mut parts = pair.splitn(2, |&b| b == b'=');
+            let key = parts.next().unwrap_or_default();
+            (key, parts.next().unwrap_or_default())
+        })
+}
+
 /// Form decoding: `+` is a space, then percent-escapes are bytes.
-fn form_decode(encoded: &[u8]) -> Vec<u8> {
+pub fn form_decode(encoded: &[u8]) -> Vec<u8> {
     let spaced: Vec<u8> = encoded
         .iter()
         .map(|&b| if b == b'+' { b' ' } else { b })

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::common::{self, signed_header};
+use super::examine::{Examination, Freshness, KeyCheck};
 use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::StandardWebhooksConfig;
 use crate::domain::ids::ChannelName;
@@ -64,14 +65,49 @@ impl StandardWebhooks {
         request: &RawRequest<'a>,
         now: DateTime<Utc>,
     ) -> Result<&'a str, Rejection> {
-        let id = signed_header(request, ID_HEADERS)?;
-        let timestamp = signed_header(request, TIMESTAMP_HEADERS)?;
-        let signatures = signed_header(request, SIGNATURE_HEADERS)?;
+        let (id, timestamp, signatures) = signature_headers(request)?;
         common::check_timestamp(timestamp, now, self.tolerance_secs, common::Window::Both)?;
         let content = signed_content(id, timestamp, request.body);
         common::check_hmac(&self.secrets, &content, &v1_signatures(signatures))?;
         Ok(id)
     }
+
+    /// What verifying `request` tries (see [`Examination`]): the content a sender signs, and
+    /// each configured secret by its index.
+    pub fn examine(&self, request: &RawRequest<'_>) -> Examination {
+        let (id, timestamp, signatures) = match signature_headers(request) {
+            Ok(headers) => headers,
+            Err(problem) => return Examination::unread(problem),
+        };
+        let content = signed_content(id, timestamp, request.body);
+        let signatures = v1_signatures(signatures);
+        let keys = self.secrets.iter().enumerate().map(|(i, secret)| {
+            let result = common::check_hmac(std::slice::from_ref(secret), &content, &signatures);
+            KeyCheck::new(format!("secrets[{i}]"), result)
+        });
+        Examination {
+            keys: keys.collect(),
+            signed_content: Some(content),
+            named_key: None,
+            freshness: Some(Freshness::new(
+                timestamp,
+                self.tolerance_secs,
+                common::Window::Both,
+            )),
+            problem: None,
+        }
+    }
+}
+
+/// The message id, timestamp and signature list headers, under either family of names.
+fn signature_headers<'a>(
+    request: &RawRequest<'a>,
+) -> Result<(&'a str, &'a str, &'a str), Rejection> {
+    Ok((
+        signed_header(request, ID_HEADERS)?,
+        signed_header(request, TIMESTAMP_HEADERS)?,
+        signed_header(request, SIGNATURE_HEADERS)?,
+    ))
 }
 
 /// The key sizes the specification allows: a shorter key is guessable.

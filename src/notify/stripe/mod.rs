@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::common::{self, shown, signed_header};
+use super::examine::{Examination, Freshness, KeyCheck};
 use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::StripeConfig;
 use crate::domain::ids::ChannelName;
@@ -63,6 +64,32 @@ impl Stripe {
         )?;
         let payload = signed_payload(header.timestamp, request.body);
         common::check_hmac(&self.secrets, &payload, &header.v1)
+    }
+
+    /// What verifying `request` tries (see [`Examination`]): the payload Stripe signs, and each
+    /// configured secret by its index.
+    pub fn examine(&self, request: &RawRequest<'_>) -> Examination {
+        let header =
+            match signed_header(request, &["Stripe-Signature"]).and_then(SignatureHeader::parse) {
+                Ok(header) => header,
+                Err(problem) => return Examination::unread(problem),
+            };
+        let payload = signed_payload(header.timestamp, request.body);
+        let keys = self.secrets.iter().enumerate().map(|(i, secret)| {
+            let result = common::check_hmac(std::slice::from_ref(secret), &payload, &header.v1);
+            KeyCheck::new(format!("secrets[{i}]"), result)
+        });
+        Examination {
+            keys: keys.collect(),
+            signed_content: Some(payload),
+            named_key: None,
+            freshness: Some(Freshness::new(
+                header.timestamp,
+                self.tolerance_secs,
+                common::Window::PastOnly,
+            )),
+            problem: None,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::common::{self, shown, signed_header, RsaPublicKey};
+use super::examine::{Examination, Freshness, KeyCheck};
 use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::WechatPayConfig;
 use crate::domain::ids::ChannelName;
@@ -82,33 +83,57 @@ impl WechatPay {
         request: &RawRequest<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), Rejection> {
-        let timestamp = signed_header(request, &["Wechatpay-Timestamp"])?;
-        let nonce = signed_header(request, &["Wechatpay-Nonce"])?;
-        let signature = signed_header(request, &["Wechatpay-Signature"])?;
-        let serial = signed_header(request, &["Wechatpay-Serial"])?;
-        if let Some(scheme) = request.header("Wechatpay-Signature-Type") {
-            if scheme != SIGNATURE_TYPE {
-                let shown_scheme = shown(scheme);
-                return Err(Rejection::Signature(format!(
-                    "Wechatpay-Signature-Type {shown_scheme} is not supported"
-                )));
-            }
-        }
-        if signature.starts_with(PROBE_PREFIX) {
-            return Err(Rejection::Signature("signature probe".to_owned()));
-        }
-        let key = self.public_keys.get(serial).ok_or_else(|| {
-            Rejection::Signature(format!("unknown Wechatpay-Serial {}", shown(serial)))
-        })?;
-        common::check_timestamp(timestamp, now, self.tolerance_secs, common::Window::Both)?;
-        let signature = common::signature_from_base64(signature)?;
-        let message = signed_message(timestamp, nonce, request.body);
-        if key.verifies(&RSA_PKCS1_2048_8192_SHA256, &message, &signature) {
-            Ok(())
-        } else {
-            Err(Rejection::Signature(
-                "signature does not verify with the Wechatpay-Serial key".to_owned(),
+        let headers = SignatureHeaders::read(request)?;
+        let key = self.public_keys.get(headers.serial).ok_or_else(|| {
+            Rejection::Signature(format!(
+                "unknown Wechatpay-Serial {}",
+                shown(headers.serial)
             ))
+        })?;
+        common::check_timestamp(
+            headers.timestamp,
+            now,
+            self.tolerance_secs,
+            common::Window::Both,
+        )?;
+        let signature = common::signature_from_base64(headers.signature)?;
+        let message = signed_message(headers.timestamp, headers.nonce, request.body);
+        check_key(key, &message, &signature)
+    }
+
+    /// What verifying `request` tries (see [`Examination`]): the message WeChat Pay signs, and
+    /// every configured key, of which only the one `Wechatpay-Serial` names counts.
+    pub fn examine(&self, request: &RawRequest<'_>) -> Examination {
+        let headers = match SignatureHeaders::read(request) {
+            Ok(headers) => headers,
+            Err(problem) => return Examination::unread(problem),
+        };
+        let message = signed_message(headers.timestamp, headers.nonce, request.body);
+        let freshness =
+            Freshness::new(headers.timestamp, self.tolerance_secs, common::Window::Both);
+        let (keys, mut problem) = match common::signature_from_base64(headers.signature) {
+            Ok(signature) => {
+                let keys = self.public_keys.iter().map(|(serial, key)| KeyCheck {
+                    key: serial.clone(),
+                    chosen: serial == headers.serial,
+                    result: check_key(key, &message, &signature),
+                });
+                (keys.collect(), None)
+            }
+            Err(problem) => (Vec::new(), Some(problem)),
+        };
+        if !self.public_keys.contains_key(headers.serial) {
+            let serial = shown(headers.serial);
+            problem = Some(Rejection::Signature(format!(
+                "unknown Wechatpay-Serial {serial}"
+            )));
+        }
+        Examination {
+            signed_content: Some(message),
+            keys,
+            named_key: Some(headers.serial.to_owned()),
+            freshness: Some(freshness),
+            problem,
         }
     }
 
@@ -256,6 +281,48 @@ impl Provider for WechatPay {
             RetryReason::Unavailable => 500,
         };
         common::json_reply(status, &json!({ "code": "FAIL", "message": message }))
+    }
+}
+
+/// The `Wechatpay-*` headers a signature is checked with.
+struct SignatureHeaders<'a> {
+    timestamp: &'a str,
+    nonce: &'a str,
+    signature: &'a str,
+    serial: &'a str,
+}
+
+impl<'a> SignatureHeaders<'a> {
+    /// The headers, present, of the one scheme API v3 signs with, and no probe.
+    fn read(request: &RawRequest<'a>) -> Result<SignatureHeaders<'a>, Rejection> {
+        let headers = SignatureHeaders {
+            timestamp: signed_header(request, &["Wechatpay-Timestamp"])?,
+            nonce: signed_header(request, &["Wechatpay-Nonce"])?,
+            signature: signed_header(request, &["Wechatpay-Signature"])?,
+            serial: signed_header(request, &["Wechatpay-Serial"])?,
+        };
+        if let Some(scheme) = request.header("Wechatpay-Signature-Type") {
+            if scheme != SIGNATURE_TYPE {
+                let shown_scheme = shown(scheme);
+                return Err(Rejection::Signature(format!(
+                    "Wechatpay-Signature-Type {shown_scheme} is not supported"
+                )));
+            }
+        }
+        if headers.signature.starts_with(PROBE_PREFIX) {
+            return Err(Rejection::Signature("signature probe".to_owned()));
+        }
+        Ok(headers)
+    }
+}
+
+fn check_key(key: &RsaPublicKey, message: &[u8], signature: &[u8]) -> Result<(), Rejection> {
+    if key.verifies(&RSA_PKCS1_2048_8192_SHA256, message, signature) {
+        Ok(())
+    } else {
+        Err(Rejection::Signature(
+            "signature does not verify with the Wechatpay-Serial key".to_owned(),
+        ))
     }
 }
 
