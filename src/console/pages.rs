@@ -307,10 +307,16 @@ pub async fn find_account(
     go_to("/console/accounts/", query.get("user_id"))
 }
 
+/// What a path segment keeps as it is: letters, digits and `-._~`.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn go_to(prefix: &str, name: Option<&String>) -> HttpResponse {
     let name = name.map_or("", |n| n.trim());
-    let segment: String =
-        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).collect();
+    let segment: String = percent_encoding::utf8_percent_encode(name, SEGMENT).collect();
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, format!("{prefix}{segment}")))
         .finish()
