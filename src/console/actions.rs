@@ -3,9 +3,9 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::respond::{html, with_db};
 use super::session::{self, Fields, Session};
 use super::views::{when, Message, Nav};
-use super::{html, with_db};
 use crate::books::anomalies::{self, Decision, Resolution, Resolving, NOTE_MAX_CHARS};
 use crate::http::state::AppState;
 use crate::telemetry;

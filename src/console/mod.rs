@@ -5,24 +5,21 @@
 //!   account's ledger, the anomaly queue.
 //! - [`actions`]: what changes something: resolving an anomaly; applying a stored notification
 //!   again.
-//! - [`views`] and [`chart`]: the templates' values, and the traffic chart drawn as SVG.
+//! - [`views`] and [`chart`]: the templates' values, and the traffic chart drawn as SVG;
+//!   [`respond`]: a page rendered, and database work run off the server's threads.
 //!
 //! The console shows bytes anyone on the internet can send (a rejected request is stored), so
 //! every value goes through askama's HTML escaping, every response carries a Content-Security-
 //! Policy that allows no inline script and no framing, and nothing is cached.
 
 use actix_web::http::header;
-use actix_web::http::StatusCode;
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, HttpResponse};
-use askama::Template;
-
-use crate::db::{self, DbError};
-use crate::http::state::AppState;
 
 pub mod actions;
 pub mod chart;
 pub mod pages;
+pub mod respond;
 pub mod session;
 pub mod views;
 
@@ -71,49 +68,4 @@ async fn stylesheet() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/css; charset=utf-8")
         .body(include_str!("../../static/console.css"))
-}
-
-/// A rendered page with its status.
-pub fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
-    match page.render() {
-        Ok(body) => HttpResponse::build(status)
-            .content_type("text/html; charset=utf-8")
-            .body(body),
-        Err(e) => {
-            log::error!(target: "payhook::console", "cannot render a page: {e}");
-            HttpResponse::InternalServerError()
-                .content_type("text/plain; charset=utf-8")
-                .body("the page could not be rendered")
-        }
-    }
-}
-
-/// Runs database work on the blocking pool.
-pub async fn with_db<T, F>(state: &web::Data<AppState>, f: F) -> Result<T, Failed>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut db::DbConnection) -> Result<T, DbError> + Send + 'static,
-{
-    let pool = state.pool.clone();
-    match web::block(move || f(&mut *pool.get()?)).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(Failed(e.to_string())),
-        Err(e) => Err(Failed(e.to_string())),
-    }
-}
-
-/// Database work that failed: logged whole, shown as a plain 503.
-#[derive(Debug)]
-pub struct Failed(String);
-
-impl From<Failed> for HttpResponse {
-    fn from(failed: Failed) -> HttpResponse {
-        log::error!(target: "payhook::console", "database: {}", failed.0);
-        let page = views::Message {
-            title: "Database unavailable",
-            text: "The database did not answer; try again.".to_owned(),
-            nav: None,
-        };
-        html(StatusCode::SERVICE_UNAVAILABLE, &page)
-    }
 }

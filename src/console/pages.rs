@@ -4,13 +4,14 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::NaiveDateTime;
 
+use super::chart;
+use super::respond::{html, with_db};
 use super::session::{self, Session};
 use super::views::{
     money, when, AccountPage, AnomaliesPage, BodyView, Event, HeaderRow, LatencyView, LedgerRow,
     Message, Nav, NotificationPage, Notifications, OrderPage, Overview, PendingRow, RejectedRow,
     ResolutionView, Row, SearchForm,
 };
-use super::{chart, html, with_db};
 use crate::books::accounts;
 use crate::books::overview::{self, History};
 use crate::books::search::{self, Filter};

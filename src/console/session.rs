@@ -17,8 +17,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use subtle::ConstantTimeEq;
 
+use super::respond::{html, with_db, Failed};
 use super::views::{Login, Message};
-use super::{html, with_db, Failed};
 use crate::db::schema::console_sessions;
 use crate::db::DbError;
 use crate::http::state::AppState;
