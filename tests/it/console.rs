@@ -557,9 +557,12 @@ fn the_search_filters_and_pages(db: TestDb) {
     };
     let a = inbox_id(&app, "SEARCH-A").to_string();
     let b = inbox_id(&app, "SEARCH-B").to_string();
-    assert_eq!(ids("/console/notifications?order_no=SEARCH-A"), [a.clone()]);
-    assert_eq!(ids("/console/notifications?outcome=mismatch"), [b.clone()]);
-    assert_eq!(ids("/console/notifications?source=query"), [a.clone()]);
+    assert_eq!(
+        ids("/console/notifications?order_no=SEARCH-A"),
+        [a.as_str()]
+    );
+    assert_eq!(ids("/console/notifications?outcome=mismatch"), [b.as_str()]);
+    assert_eq!(ids("/console/notifications?source=query"), [a.as_str()]);
     assert_eq!(
         ids("/console/notifications?verified=true"),
         [b.clone(), a.clone()]
