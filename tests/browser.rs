@@ -307,6 +307,9 @@ async fn walk(j: &Journey, anomaly: i64) {
     j.assert_nothing_ran("rejected list").await;
     j.css("a.notification-link").await.click().await.unwrap();
     let explanation = j.text("#explanation").await;
+    // First of all: the stored payload did not run (the escaping holds, and the CSP would
+    // stop inline script if it did not).
+    j.assert_nothing_ran("rejected notification").await;
     assert!(
         explanation.contains("Explanation unavailable"),
         "{explanation}"
@@ -322,7 +325,6 @@ async fn walk(j: &Journey, anomaly: i64) {
             .await,
         json!(0)
     );
-    j.assert_nothing_ran("rejected notification").await;
     j.shot("05-rejected").await;
 
     // The anomaly: credit it by hand.
