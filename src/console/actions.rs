@@ -145,7 +145,8 @@ pub async fn resolve(
 }
 
 /// `POST /console/notifications/{id}/reapply` (fields `csrf_token`, and `dry_run` to only show
-/// what applying it now would do).
+/// what applying it now would do). Applying a stored notification again is not part of this
+/// build yet: after the CSRF check this answers 501, and is where it will be called.
 pub async fn reapply(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -783,7 +783,7 @@ fn stored_and_reflected_attacker_bytes_are_shown_escaped(db: TestDb) {
         &app.pool,
         "SELECT MAX(id) AS n FROM notifications WHERE outcome = 'rejected'",
     );
-    let console = login_as(&app, "ana");
+    let console = login_as(&app, "<script>alert('name')</script>");
     let detail = console.get(&format!("/console/notifications/{id}"));
     assert_eq!(detail.status, 200);
     assert!(!detail.body.contains("<script>"), "{}", detail.body);
