@@ -97,9 +97,15 @@ pub fn resolve(
     id: i64,
     decision: &Decision<'_>,
 ) -> Result<Resolving, DbError> {
-    db::transact(conn, |conn| {
+    let resolving = db::transact(conn, |conn| {
         resolve_in(conn, id, decision).map_err(DbError::from)
-    })
+    })?;
+    match resolving {
+        // Read after the transaction: under MySQL's REPEATABLE READ the loser's own snapshot
+        // still shows the row unresolved.
+        Resolving::AlreadyResolved(_) => Ok(Resolving::AlreadyResolved(resolved(conn, id)?)),
+        other => Ok(other),
+    }
 }
 
 fn resolve_in(

@@ -704,21 +704,20 @@ fn two_operators_crediting_one_anomaly_at_once_credit_it_once(db: TestDb) {
     let operators: Arc<Vec<Console>> =
         Arc::new((0..4).map(|i| login_as(&app, &format!("op{i}"))).collect());
     let path = format!("/console/anomalies/{id}/resolve");
-    let statuses = race(8, move |i| {
-        operators[i % 4]
-            .post(
-                &path,
-                &[("action", "credit"), ("note", "the merchant accepts it")],
-            )
-            .status
+    let answers = race(8, move |i| {
+        let answer = operators[i % 4].post(
+            &path,
+            &[("action", "credit"), ("note", "the merchant accepts it")],
+        );
+        (answer.status, answer.body)
     });
-    let mut sorted = statuses.clone();
-    sorted.sort();
-    assert_eq!(
-        sorted,
-        [303, 409, 409, 409, 409, 409, 409, 409],
-        "{statuses:?}"
-    );
+    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [303, 409, 409, 409, 409, 409, 409, 409]);
+    // Each loser is told who won.
+    for (_, body) in answers.iter().filter(|(status, _)| *status == 409) {
+        assert!(body.contains("resolved first as credited by op"), "{body}");
+    }
     assert_eq!(
         count(
             &app.pool,
