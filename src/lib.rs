@@ -3,6 +3,8 @@
 //! How a notification flows, module by module:
 //!
 //! - [`http`]: the actix-web server; takes the raw body and answers in the provider's protocol.
+//! - [`console`]: the operator console under `/console`: what came in, searched; the anomalies a
+//!   human resolves; login, CSRF and the headers that keep stored bytes from running.
 //! - [`notify`]: one folder per provider (Alipay, WeChat Pay, Stripe, Standard Webhooks); its
 //!   adapter turns the raw request into a verified, provider-neutral [`notify::Notification`],
 //!   and its signer beside it signs notifications for tests and tools with the same bytes.
@@ -34,6 +36,7 @@ pub mod app;
 pub mod books;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod crediting;
 pub mod db;
 pub mod domain;

@@ -191,6 +191,7 @@ pub const DEBITS: &str = "payhook_debits_total";
 pub const QUERIES: &str = "payhook_recovery_queries_total";
 pub const CLOSES: &str = "payhook_recovery_closes_total";
 pub const OLDEST_PENDING: &str = "payhook_oldest_pending_order_seconds";
+pub const RESOLUTIONS: &str = "payhook_anomaly_resolutions_total";
 
 /// Counts one notification's outcome and the answer it got.
 pub fn record_notification(channel: &str, outcome: &'static str, answer: &'static str) {
@@ -238,6 +239,11 @@ pub fn record_anomaly(channel: &str) {
     metrics::counter!(ANOMALIES, "channel" => channel.to_owned()).increment(1);
 }
 
+/// Counts one anomaly resolved in the console: `dismissed`, `credited` or `refunded_to_buyer`.
+pub fn record_resolution(resolution: &'static str) {
+    metrics::counter!(RESOLUTIONS, "resolution" => resolution).increment(1);
+}
+
 pub fn record_apply_seconds(seconds: f64) {
     metrics::histogram!(APPLY_SECONDS).record(seconds);
 }
@@ -252,6 +258,58 @@ pub fn record_batch(notifications: usize, seconds: f64) {
 /// `insufficient_balance` or `invalid`.
 pub fn record_debit(outcome: &'static str) {
     metrics::counter!(DEBITS, "outcome" => outcome).increment(1);
+}
+
+/// How long this instance's crediting took, read from its histogram: the quantiles are the upper
+/// bounds of the buckets they fall in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_seconds: f64,
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+}
+
+/// The apply latency so far, or `None` before the first notification was applied.
+pub fn apply_latency() -> Option<Latency> {
+    latency_in(&prometheus().render(), APPLY_SECONDS)
+}
+
+/// Reads histogram `name` out of Prometheus text.
+fn latency_in(text: &str, name: &str) -> Option<Latency> {
+    let bucket = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    let (mut sum, mut count) = (None, None);
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(&bucket) {
+            let (le, n) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            buckets.push((le, n.trim().parse().ok()?));
+        } else if let Some(rest) = line.strip_prefix(&format!("{name}_sum ")) {
+            sum = rest.trim().parse::<f64>().ok();
+        } else if let Some(rest) = line.strip_prefix(&format!("{name}_count ")) {
+            count = rest.trim().parse::<u64>().ok();
+        }
+    }
+    let count = count.filter(|c| *c > 0)?;
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let quantile = |q: f64| {
+        let rank = (q * count as f64).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= rank)
+            .map_or(f64::INFINITY, |(le, _)| *le)
+    };
+    Some(Latency {
+        count,
+        mean_seconds: sum? / count as f64,
+        p50_seconds: quantile(0.5),
+        p99_seconds: quantile(0.99),
+    })
 }
 
 /// Renders every metric, with the pool's gauges read now.
@@ -269,6 +327,22 @@ pub fn render(pool: &crate::db::Pool) -> String {
 mod tests {
     use super::*;
     use log::kv::Value;
+
+    #[test]
+    fn latency_is_read_from_the_histogram_s_buckets() {
+        let text = "payhook_apply_seconds_bucket{le=\"0.001\"} 50\n\
+                    payhook_apply_seconds_bucket{le=\"0.01\"} 98\n\
+                    payhook_apply_seconds_bucket{le=\"0.1\"} 100\n\
+                    payhook_apply_seconds_bucket{le=\"+Inf\"} 100\n\
+                    payhook_apply_seconds_sum 0.5\n\
+                    payhook_apply_seconds_count 100\n";
+        let latency = latency_in(text, APPLY_SECONDS).unwrap();
+        assert_eq!(latency.count, 100);
+        assert_eq!(latency.p50_seconds, 0.001);
+        assert_eq!(latency.p99_seconds, 0.1);
+        assert!((latency.mean_seconds - 0.005).abs() < 1e-12);
+        assert_eq!(latency_in("", APPLY_SECONDS), None);
+    }
 
     #[test]
     fn json_lines_keep_each_value_s_own_type() {

@@ -16,7 +16,7 @@ struct Rule {
     offending: &'static str,
 }
 
-const RULES: [Rule; 12] = [
+const RULES: [Rule; 14] = [
     Rule {
         name: "every account's balance equals the signed sum of its ledger",
         offending: "SELECT 'account ' || a.user_id || ' ' || a.currency || ': balance ' \
@@ -150,10 +150,39 @@ const RULES: [Rule; 12] = [
                          WHEN 'chargeback' THEN 'charged_back' \
                          ELSE 'chargeback_reversed' END)",
     },
+    Rule {
+        name: "every manual credit is an anomaly of its order resolved as credited by hand, for \
+               the order's amount",
+        offending: "SELECT 'ledger ' || l.id || ': manual credit ' || l.entry_key || ' of ' \
+                 || l.amount_minor || CASE WHEN n.id IS NULL THEN ' has no notification' \
+                    WHEN n.anomaly <> TRUE THEN ' resolves no anomaly' \
+                    WHEN n.resolution IS NULL OR n.resolution <> 'credited' \
+                        THEN ' belongs to a notification not resolved as credited' \
+                    WHEN n.order_no IS NULL OR n.order_no <> l.order_no \
+                        THEN ' is for another order than its notification' \
+                    ELSE ' is not the order amount ' || o.amount_minor END AS detail \
+             FROM ledger l \
+                 LEFT JOIN notifications n ON l.entry_key = 'notification:' || n.id \
+                 LEFT JOIN orders o ON o.order_no = l.order_no \
+             WHERE l.kind = 'manual_credit' \
+                 AND (n.id IS NULL OR n.anomaly <> TRUE OR n.resolution IS NULL \
+                     OR n.resolution <> 'credited' OR n.order_no IS NULL \
+                     OR n.order_no <> l.order_no OR o.amount_minor IS NULL \
+                     OR o.amount_minor <> l.amount_minor)",
+    },
+    Rule {
+        name: "every anomaly resolved as credited by hand has its manual credit",
+        offending: "SELECT 'notification ' || n.id || ' (' || n.channel || '/' \
+                 || n.notification_id || '): resolved as credited, but no manual credit ' \
+                 || 'is booked for it' AS detail \
+             FROM notifications n \
+             WHERE n.resolution = 'credited' AND NOT EXISTS (SELECT 1 FROM ledger l \
+                 WHERE l.kind = 'manual_credit' AND l.entry_key = 'notification:' || n.id)",
+    },
 ];
 
 /// How many rows of each table the books hold.
-const TOTALS: [(&str, &str); 11] = [
+const TOTALS: [(&str, &str); 13] = [
     ("accounts", "SELECT COUNT(*) AS n FROM accounts"),
     ("orders", "SELECT COUNT(*) AS n FROM orders"),
     (
@@ -185,6 +214,14 @@ const TOTALS: [(&str, &str); 11] = [
     (
         "anomalies",
         "SELECT COUNT(*) AS n FROM notifications WHERE anomaly = TRUE",
+    ),
+    (
+        "anomalies open",
+        "SELECT COUNT(*) AS n FROM notifications WHERE anomaly = TRUE AND resolution IS NULL",
+    ),
+    (
+        "manual credits",
+        "SELECT COUNT(*) AS n FROM ledger WHERE kind = 'manual_credit'",
     ),
 ];
 

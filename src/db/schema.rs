@@ -69,6 +69,20 @@ diesel::table! {
         last_seen_at -> Timestamp,
         anomaly -> Bool,
         source -> Text,
+        resolution -> Nullable<Text>,
+        resolved_by -> Nullable<Text>,
+        resolved_at -> Nullable<Timestamp>,
+        resolution_note -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    console_sessions (id_hash) {
+        id_hash -> Text,
+        csrf_token -> Text,
+        operator -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The HTTP server: notify routes answered in each provider's protocol, and health probes.
+//! The HTTP server: notify routes answered in each provider's protocol, health probes, the admin
+//! API and the operator console ([`crate::console`]).
 //!
 //! The notify handler takes the body as raw bytes, lets the channel's adapter verify and parse
 //! it on the worker, then hands the verified notification to the [`Committer`], whose writer
@@ -15,7 +16,7 @@ use crate::db::DbError;
 
 mod api;
 mod notify_route;
-mod state;
+pub mod state;
 pub mod views;
 
 pub use state::{AppState, Channel, NotStored, RejectionStore};
@@ -37,6 +38,7 @@ pub fn bind(settings: &Settings, state: AppState) -> std::io::Result<Bound> {
             .app_data(web::PayloadConfig::new(body_limit))
             .route("/healthz", web::get().to(healthz))
             .service(api::scope())
+            .configure(crate::console::configure)
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .service(

@@ -8,6 +8,7 @@ mod common;
 mod api;
 mod ask;
 mod cli;
+mod console;
 mod crediting;
 mod debits;
 mod hostile;

@@ -354,3 +354,94 @@ on_every_backend!(
     a_missing_credit_is_found_and_named,
     a_credit_on_an_unpaid_order_is_found_and_named,
 );
+
+/// An order paid after it was closed, its payment credited by hand through the console's
+/// resolution; returns the notification's id.
+fn credited_by_hand(pool: &Pool) -> i64 {
+    use payhook::books::anomalies::{resolve, Decision, Resolution, Resolving};
+    let mut conn = pool.get().unwrap();
+    create_order(&mut conn, "v4", "alipay", "4.00", "CNY", Some("VER-LATE"));
+    exec(
+        pool,
+        "UPDATE orders SET status = 'closed' WHERE order_no = 'VER-LATE'",
+    );
+    let n = Notification {
+        channel: ChannelName::parse("alipay").unwrap(),
+        notification_id: "vn-late".to_owned(),
+        order_no: Some(OrderNo::parse("VER-LATE").unwrap()),
+        provider_trade_no: Some("vt-late".to_owned()),
+        amount: Some(AmountMinor::new(400).unwrap()),
+        currency: Some(Currency::Cny),
+        kind: NotificationKind::Paid,
+        merchant_mismatch: None,
+    };
+    let evidence = Evidence {
+        headers_json: "{}",
+        body: b"x",
+        source: payhook::books::inbox::Source::Notify,
+    };
+    assert_eq!(
+        apply_alone(&mut conn, &n, evidence, now()).unwrap().outcome,
+        Outcome::Mismatch
+    );
+    let id = crate::common::count(
+        pool,
+        "SELECT id AS n FROM notifications WHERE notification_id = 'vn-late'",
+    );
+    let decision = Decision {
+        resolution: Resolution::Credited,
+        by: "ana (session 0123abcd)",
+        note: "paid after close; the merchant keeps it",
+        at: now(),
+    };
+    assert_eq!(
+        resolve(&mut conn, id, &decision).unwrap(),
+        Resolving::Done {
+            balance_after: Some(400)
+        }
+    );
+    id
+}
+
+fn manual_credits_balance_and_need_their_resolution(db: TestDb) {
+    let (pool, _) = good_books(&db);
+    let id = credited_by_hand(&pool);
+    assert!(broken_rules(&pool).is_empty(), "{:?}", broken_rules(&pool));
+    let (code, text) = payhook_verify(&db);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("1 manual credits"), "{text}");
+
+    // The resolution is changed by hand to something else: the credit has no reason.
+    exec(
+        &pool,
+        &format!("UPDATE notifications SET resolution = 'dismissed' WHERE id = {id}"),
+    );
+    let broken = broken_rules(&pool);
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(broken[0].0.contains("every manual credit"), "{broken:?}");
+    assert!(
+        broken[0].1[0].contains(&format!("notification:{id}"))
+            && broken[0].1[0].contains("not resolved as credited"),
+        "{broken:?}"
+    );
+
+    // The credit is gone, with its money: the resolution says credited for nothing.
+    exec(
+        &pool,
+        &format!(
+            "UPDATE notifications SET resolution = 'credited' WHERE id = {id}; \
+             DELETE FROM ledger WHERE kind = 'manual_credit'; \
+             UPDATE accounts SET balance_minor = balance_minor - 400 WHERE user_id = 'v4'"
+        ),
+    );
+    let broken = broken_rules(&pool);
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(
+        broken[0].0.contains("has its manual credit") && broken[0].1[0].contains("vn-late"),
+        "{broken:?}"
+    );
+    let (code, text) = payhook_verify(&db);
+    assert_eq!(code, Some(1), "{text}");
+}
+
+on_every_backend!(manual_credits_balance_and_need_their_resolution);

@@ -38,7 +38,8 @@ ALTER TABLE ledger
 SET @step = COALESCE((SELECT CONCAT('ALTER TABLE ledger DROP CONSTRAINT `', CONSTRAINT_NAME, '`')
     FROM information_schema.CHECK_CONSTRAINTS
     WHERE CONSTRAINT_SCHEMA = DATABASE() AND CHECK_CLAUSE LIKE '%credit%'
-        AND CONSTRAINT_NAME NOT IN ('ledger_kind_check', 'ledger_debit_check')
+        AND CONSTRAINT_NAME NOT IN ('ledger_kind_check', 'ledger_debit_check',
+            'notifications_resolution_check')
     LIMIT 1), 'DO 0');
 PREPARE step FROM @step;
 EXECUTE step;
