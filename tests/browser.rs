@@ -311,7 +311,7 @@ async fn walk(j: &Journey, anomaly: i64) {
     // stop inline script if it did not).
     j.assert_nothing_ran("rejected notification").await;
     assert!(
-        explanation.contains("Explanation unavailable"),
+        explanation.contains("now: does not verify") && explanation.contains("keys tried"),
         "{explanation}"
     );
     let body = j.text("#body").await;

@@ -145,29 +145,74 @@ pub async fn resolve(
 }
 
 /// `POST /console/notifications/{id}/reapply` (fields `csrf_token`, and `dry_run` to only show
-/// what applying it now would do). Applying a stored notification again is not part of this
-/// build yet: after the CSRF check this answers 501, and is where it will be called.
+/// what applying it now would do, in a transaction rolled back): verifies the stored request
+/// again with the current keys and applies it through the crediting transaction.
 pub async fn reapply(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
+    use crate::inspect::{self, InspectError, Reapplied};
+
     let fields = Fields::parse(&body);
     let session = match session::checked(&req, &state, &fields).await {
         Ok(session) => session,
         Err(refused) => return refused,
     };
+    let Ok(id) = path.parse::<i64>() else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("No notification {}.", path.as_str()),
+            &session,
+        );
+    };
     let dry_run = !fields.get("dry_run").is_empty();
-    page(
-        StatusCode::NOT_IMPLEMENTED,
-        "Not available yet",
-        format!(
-            "Applying stored notification {} again{} is not available in this build of the \
-             console yet. Nothing was changed.",
-            path.as_str(),
-            if dry_run { " (dry run)" } else { "" }
+    let channels = state.channel_configs.clone();
+    let now = state.clock.now().naive_utc();
+    log::info!(
+        target: "payhook::console",
+        operator = session.who().as_str(),
+        notification = id,
+        dry_run = dry_run;
+        "reapply"
+    );
+    let done = with_db(&state, move |conn| {
+        Ok(inspect::reapply(conn, &channels, id, dry_run, now))
+    })
+    .await;
+    match done {
+        Ok(Ok(applied @ Reapplied::Applied(_))) => page(
+            StatusCode::OK,
+            if dry_run { "Dry run" } else { "Applied again" },
+            applied.to_string(),
+            &session,
         ),
-        &session,
-    )
+        Ok(Ok(Reapplied::NotVerified(explanation))) => page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Still does not verify",
+            explanation.to_string(),
+            &session,
+        ),
+        Ok(Err(InspectError::NotFound(_))) => page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            format!("No notification {id}."),
+            &session,
+        ),
+        Ok(Err(e @ InspectError::NotANotification { .. })) => page(
+            StatusCode::CONFLICT,
+            "Not a notification",
+            e.to_string(),
+            &session,
+        ),
+        Ok(Err(e)) => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not applied",
+            format!("{e}; nothing was changed, try again."),
+            &session,
+        ),
+        Err(failed) => failed.into(),
+    }
 }

@@ -276,6 +276,21 @@ pub async fn notification(
         Err(_) => (Vec::new(), Some(stored.raw_headers.clone())),
     };
     let entry = &stored.found.entry;
+    // What was tried, for a notification that did not verify, with the current keys.
+    let explanation = if entry.verified {
+        None
+    } else {
+        let channels = state.channel_configs.clone();
+        let explained = with_db(&state, move |conn| {
+            Ok(crate::inspect::explain(conn, &channels, id))
+        })
+        .await;
+        match explained {
+            Ok(Ok(explanation)) => Some(explanation.to_string()),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(failed) => return failed.into(),
+        }
+    };
     let resolved = ResolutionView::from_resolved(&stored.found.resolved);
     let page = NotificationPage {
         nav: nav(&session),
@@ -287,7 +302,7 @@ pub async fn notification(
         headers,
         headers_raw,
         body: BodyView::new(&stored.raw_body),
-        explanation: None,
+        explanation,
         open: entry.anomaly && resolved.is_none(),
         resolved,
     };

@@ -42,6 +42,9 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Asking providers about orders (补单): the channels that can, and the way answers go.
     pub recovery: Recovery,
+    /// Every channel's configuration, with which an operator's console explains a stored
+    /// notification and applies it again.
+    pub channel_configs: Arc<crate::inspect::Channels>,
     /// The background loop of recovery, stopped when the state is dropped.
     _recovering: Option<runner::Running>,
 }
@@ -106,6 +109,7 @@ impl AppState {
             body_limit: settings.http.body_limit_bytes,
             body_timeout: Duration::from_secs(settings.http.request_timeout_secs),
             recovery,
+            channel_configs: Arc::new(settings.channels.clone()),
             _recovering: recovering,
         })
     }
