@@ -841,7 +841,78 @@ fn stored_and_reflected_attacker_bytes_are_shown_escaped(db: TestDb) {
     );
 }
 
+/// A Standard Webhooks request paying `order_no`, signed now with the channel's secret.
+fn signed_payment(order_no: &str, minor: i64, id: &str) -> (Vec<(String, String)>, String) {
+    use base64::Engine;
+    let body = format!(
+        "{{\"type\":\"payment.succeeded\",\"data\":{{\"order_no\":\"{order_no}\",\"amount\":{minor},\"currency\":\"CNY\",\"transaction_id\":\"tx-{id}\"}}}}"
+    );
+    let ts = Utc::now().timestamp().to_string();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(SECRET.trim_start_matches("whsec_")).unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let tag = ring::hmac::sign(&key, format!("{id}.{ts}.{body}").as_bytes());
+    let headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("webhook-id".to_owned(), id.to_owned()),
+        ("webhook-timestamp".to_owned(), ts),
+        (
+            "webhook-signature".to_owned(),
+            format!("v1,{}", b64.encode(tag.as_ref())),
+        ),
+    ];
+    (headers, body)
+}
+
+fn a_stored_notification_is_applied_again_from_the_console_once(db: TestDb) {
+    let app = app_with(&db, Some(TOKEN));
+    {
+        let mut conn = app.pool.get().unwrap();
+        create_order(&mut conn, "reap", "gateway", "5.00", "CNY", Some("REAP-1"));
+    }
+    let (headers, body) = signed_payment("REAP-1", 500, "msg_reap_1");
+    let mut req = client().post(app.url("/notify/gateway"));
+    for (k, v) in &headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    assert!(req.body(body).send().unwrap().status().is_success());
+    let id = inbox_id(&app, "REAP-1");
+    let credits = || {
+        count(
+            &app.pool,
+            "SELECT COUNT(*) AS n FROM ledger WHERE order_no = 'REAP-1' AND kind = 'credit'",
+        )
+    };
+    assert_eq!(credits(), 1);
+
+    let console = login_as(&app, "ana");
+    let reapply = format!("/console/notifications/{id}/reapply");
+    let detail = console.get(&format!("/console/notifications/{id}"));
+    assert!(
+        detail.body.contains("id=\"verified\">yes") && !detail.body.contains("id=\"explanation\""),
+        "{}",
+        detail.body
+    );
+    let dry = console.post(&reapply, &[("dry_run", "1")]);
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    assert!(
+        dry.body.contains("Dry run") && dry.body.contains("already_paid"),
+        "{}",
+        dry.body
+    );
+    let again = console.post(&reapply, &[]);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert!(
+        again.body.contains("Applied again") && again.body.contains("already_paid"),
+        "{}",
+        again.body
+    );
+    assert_eq!(credits(), 1, "applying it again credits nothing more");
+    assert_balanced(&app);
+}
+
 on_every_backend!(
+    a_stored_notification_is_applied_again_from_the_console_once,
     login_logout_and_the_session_cookie,
     an_expired_session_logs_out,
     with_no_admin_token_the_console_admits_no_one,
