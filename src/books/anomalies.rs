@@ -16,6 +16,7 @@ use crate::books::orders::{self, Order};
 use crate::db::schema::notifications;
 use crate::db::{self, DbConnection, DbError};
 use crate::domain::ids::OrderNo;
+use crate::domain::outcome::ANOTHER_MERCHANT;
 use crate::store;
 
 /// The longest note kept with a resolution, in characters.
@@ -119,17 +120,33 @@ fn resolve_in(
             notifications::anomaly,
             notifications::kind,
             notifications::order_no,
+            notifications::channel,
+            notifications::currency,
+            notifications::detail,
         ))
-        .first::<(bool, String, Option<String>)>(conn)
+        .first::<Row>(conn)
         .optional()?;
-    let Some((anomaly, kind, order_no)) = row else {
+    let Some(row) = row else {
         return Ok(Resolving::NotFound);
     };
-    if !anomaly {
+    if !row.0 {
         return Ok(Resolving::NotAnAnomaly);
     }
     let order = if decision.resolution == Resolution::Credited {
-        match creditable(conn, &kind, order_no.as_deref())? {
+        // The order's row is locked first, so that two anomalies of one order resolved at once
+        // take turns, and the second finds the first's credit.
+        if let Some(order_no) = row.2.as_deref() {
+            store::lock_for_credits(conn, &[order_no])?;
+        }
+        // Whoever held the lock may have resolved this very anomaly.
+        let resolution: Option<String> = notifications::table
+            .find(id)
+            .select(notifications::resolution)
+            .first(conn)?;
+        if resolution.is_some() {
+            return Ok(Resolving::AlreadyResolved(resolved(conn, id)?));
+        }
+        match creditable(conn, &row)? {
             Ok(order) => Some(order),
             Err(why) => return Ok(Resolving::CannotCredit(why)),
         }
@@ -187,28 +204,84 @@ fn resolve_in(
             created_at: decision.at,
         },
     )?;
+    // The order is settled by hand: a pending one is closed, so that no later notification
+    // credits it a second time (one that comes is kept as a payment after close).
+    orders::close_pending(conn, &order.order_no, None, decision.at)?;
     Ok(Resolving::Done {
         balance_after: Some(balance_after),
     })
 }
 
-/// The order a payment notification names, or why it cannot be credited by hand.
-fn creditable(
-    conn: &mut DbConnection,
-    kind: &str,
-    order_no: Option<&str>,
-) -> Result<Result<Order, String>, DieselError> {
+/// What deciding whether an anomaly can be credited by hand reads of its row: anomaly, kind,
+/// order, channel, currency, detail.
+type Row = (
+    bool,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+/// The order a payment notification names, or why it cannot be credited by hand: only a payment
+/// to this merchant, on the order's channel and in its currency, of an order that no credit has
+/// paid yet (automatic or by hand).
+fn creditable(conn: &mut DbConnection, row: &Row) -> Result<Result<Order, String>, DieselError> {
+    let (_, kind, order_no, channel, currency, detail) = row;
     if kind != "paid" {
         return Ok(Err(format!(
             "a {kind} notification moves no money in; only a payment can be credited by hand"
         )));
     }
-    let Some(order_no) = order_no.and_then(|no| OrderNo::parse(no).ok()) else {
+    if detail
+        .as_deref()
+        .is_some_and(|d| d.starts_with(ANOTHER_MERCHANT))
+    {
+        return Ok(Err(
+            "the payment was made to another merchant or app, not to this channel".to_owned(),
+        ));
+    }
+    let Some(order_no) = order_no.as_deref().and_then(|no| OrderNo::parse(no).ok()) else {
         return Ok(Err(
             "the notification names no order payhook knows".to_owned()
         ));
     };
-    Ok(orders::find(conn, &order_no)?.ok_or_else(|| format!("order {order_no} does not exist")))
+    let Some(order) = orders::find(conn, &order_no)? else {
+        return Ok(Err(format!("order {order_no} does not exist")));
+    };
+    if order.channel.as_str() != channel {
+        return Ok(Err(format!(
+            "order {order_no} belongs to channel {}, the payment came on {channel}",
+            order.channel
+        )));
+    }
+    if currency
+        .as_deref()
+        .is_some_and(|c| c != order.currency.code())
+    {
+        return Ok(Err(format!(
+            "the payment is in {}, order {order_no} in {}",
+            currency.as_deref().unwrap_or("-"),
+            order.currency
+        )));
+    }
+    if order.status.was_paid() {
+        return Ok(Err(format!(
+            "order {order_no} is {} already: crediting it by hand would pay it twice",
+            order.status.as_str()
+        )));
+    }
+    let by_hand: i64 = crate::db::schema::ledger::table
+        .filter(crate::db::schema::ledger::order_no.eq(order_no.as_str()))
+        .filter(crate::db::schema::ledger::kind.eq(LedgerKind::ManualCredit.as_str()))
+        .count()
+        .get_result(conn)?;
+    if by_hand > 0 {
+        return Ok(Err(format!(
+            "order {order_no} was credited by hand already, from another of its notifications"
+        )));
+    }
+    Ok(Ok(order))
 }
 
 /// The resolution notification `id` holds.

@@ -16,7 +16,7 @@ struct Rule {
     offending: &'static str,
 }
 
-const RULES: [Rule; 14] = [
+const RULES: [Rule; 15] = [
     Rule {
         name: "every account's balance equals the signed sum of its ledger",
         offending: "SELECT 'account ' || a.user_id || ' ' || a.currency || ': balance ' \
@@ -169,6 +169,13 @@ const RULES: [Rule; 14] = [
                      OR n.resolution <> 'credited' OR n.order_no IS NULL \
                      OR n.order_no <> l.order_no OR o.amount_minor IS NULL \
                      OR o.amount_minor <> l.amount_minor)",
+    },
+    Rule {
+        name: "no order is credited twice, automatically or by hand",
+        offending: "SELECT 'order ' || order_no || ': ' || COUNT(*) \
+                 || ' credits and manual credits' AS detail \
+             FROM ledger WHERE kind IN ('credit', 'manual_credit') \
+             GROUP BY order_no HAVING COUNT(*) > 1",
     },
     Rule {
         name: "every anomaly resolved as credited by hand has its manual credit",

@@ -14,7 +14,7 @@ use crate::db::{self, DbConnection};
 use crate::domain::ids::{ChannelName, OrderNo};
 use crate::domain::money::{AmountMinor, Currency};
 use crate::domain::notification::{Notification, NotificationKind};
-use crate::domain::outcome::Outcome;
+use crate::domain::outcome::{Outcome, ANOTHER_MERCHANT};
 use crate::store::{self, CreditWrite, Verdict};
 
 /// The committed result of [`apply_in`].
@@ -228,7 +228,7 @@ fn decide(
     }
     // Another merchant's notification never becomes ours, whether or not the order exists.
     if let Some(why) = &n.merchant_mismatch {
-        return Decision::because(Outcome::Mismatch, why);
+        return Decision::because(Outcome::Mismatch, format!("{ANOTHER_MERCHANT}{why}"));
     }
     let Some(order) = order else {
         return Ok(Decision::new(Outcome::UnknownOrder, None));

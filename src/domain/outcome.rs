@@ -31,6 +31,10 @@ pub enum Outcome {
     UnknownOrder,
 }
 
+/// How the inbox's `detail` of a notification addressed to another merchant or app begins: such
+/// a payment is never ours to credit, not even by hand.
+pub const ANOTHER_MERCHANT: &str = "addressed to another merchant: ";
+
 /// The two answers a provider can get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {

@@ -147,7 +147,7 @@ pub(super) fn on_repeat_delivery<ST>(statement: Statement<'_, ST>) -> Statement<
          detail = CASE WHEN notifications.outcome IN ",
         moved_money_sql!(),
         " THEN notifications.detail ELSE excluded.detail END, \
-         anomaly = CASE WHEN notifications.outcome IN ",
+         anomaly = CASE WHEN notifications.resolution IS NOT NULL OR notifications.outcome IN ",
         moved_money_sql!(),
         " THEN notifications.anomaly ELSE excluded.anomaly END \
          RETURNING id, delivery_count",

@@ -35,7 +35,7 @@ pub(super) fn record_delivery(
              detail = IF(outcome IN ",
             moved_money_sql!(),
             ", detail, VALUES(detail)), \
-             anomaly = IF(outcome IN ",
+             anomaly = IF(resolution IS NOT NULL OR outcome IN ",
             moved_money_sql!(),
             ", anomaly, VALUES(anomaly)), \
              outcome = IF(outcome IN ",

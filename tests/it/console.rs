@@ -911,7 +911,78 @@ fn a_stored_notification_is_applied_again_from_the_console_once(db: TestDb) {
     assert_balanced(&app);
 }
 
+fn an_order_is_credited_by_hand_once_and_never_on_top_of_a_payment(db: TestDb) {
+    let app = app_with(&db, Some(TOKEN));
+    {
+        let mut conn = app.pool.get().unwrap();
+        create_order(&mut conn, "hand", "gateway", "10.00", "CNY", Some("HAND-1"));
+        create_order(&mut conn, "hand", "gateway", "3.00", "CNY", Some("HAND-2"));
+        // Two payments of the wrong amount for one pending order: two anomalies.
+        for trade in ["t-short-1", "t-short-2"] {
+            assert_eq!(
+                pay_order(&mut conn, "gateway", "HAND-1", trade, 999, "CNY"),
+                "mismatch"
+            );
+        }
+        // A paid order, and a second trade for it: an anomaly on a paid order.
+        assert_eq!(
+            pay_order(&mut conn, "gateway", "HAND-2", "t-ok", 300, "CNY"),
+            "credited"
+        );
+        assert_eq!(
+            pay_order(&mut conn, "gateway", "HAND-2", "t-other", 300, "CNY"),
+            "paid_by_other_trade"
+        );
+    }
+    let ids = |order_no: &str| -> Vec<i64> {
+        let mut conn = app.pool.get().unwrap();
+        payhook::books::inbox::for_order(&mut conn, order_no)
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.anomaly)
+            .map(|n| n.id)
+            .collect()
+    };
+    let (short, other) = (ids("HAND-1"), ids("HAND-2"));
+    assert_eq!((short.len(), other.len()), (2, 1));
+    let console = login_as(&app, "ana");
+    let credit = [("action", "credit"), ("note", "the merchant accepts it")];
+    let post = |id: i64| console.post(&format!("/console/anomalies/{id}/resolve"), &credit);
+    assert_eq!(post(short[0]).status, 303);
+    let second = post(short[1]);
+    assert_eq!(second.status, 422, "{}", second.body);
+    assert!(
+        second.body.contains("credited by hand already"),
+        "{}",
+        second.body
+    );
+    let paid = post(other[0]);
+    assert_eq!(paid.status, 422, "{}", paid.body);
+    assert!(paid.body.contains("paid already"), "{}", paid.body);
+    // Settled by hand, the order no longer waits for a payment that would credit it again.
+    let status = count(
+        &app.pool,
+        "SELECT COUNT(*) AS n FROM orders WHERE order_no = 'HAND-1' AND status = 'closed'",
+    );
+    assert_eq!(status, 1);
+    let mut conn = app.pool.get().unwrap();
+    assert_eq!(
+        pay_order(&mut conn, "gateway", "HAND-1", "t-right", 1000, "CNY"),
+        "mismatch",
+        "a later payment is kept as a payment after close"
+    );
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT CAST(SUM(balance_minor) AS BIGINT) AS n FROM accounts WHERE user_id = 'hand'"
+        ),
+        1000 + 300
+    );
+    assert_balanced(&app);
+}
+
 on_every_backend!(
+    an_order_is_credited_by_hand_once_and_never_on_top_of_a_payment,
     a_stored_notification_is_applied_again_from_the_console_once,
     login_logout_and_the_session_cookie,
     an_expired_session_logs_out,
