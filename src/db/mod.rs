@@ -341,13 +341,14 @@ impl CustomizeConnection<DbConnection, r2d2::Error> for SessionSettings {
                  PRAGMA foreign_keys = ON;"
             )),
             DbConnection::Postgresql(conn) => conn.batch_execute(&self.postgresql()),
-            // InnoDB's row-lock wait, the counterpart of `lock_timeout`; on MariaDB (which alone
-            // reads the `/*M!` comment) `idle_transaction_timeout`, the counterpart of
+            // InnoDB's row-lock wait and the metadata-lock wait (a table locked whole, an ALTER),
+            // the counterparts of `lock_timeout`; on MariaDB (which alone reads the `/*M!`
+            // comment) `idle_transaction_timeout`, the counterpart of
             // `idle_in_transaction_session_timeout`, so a frozen session loses its locks; UTC, so
             // `DATETIME`s read back as written; `||` joins text, as in standard SQL.
             DbConnection::Mysql(conn) => conn.batch_execute(&format!(
-                "SET SESSION innodb_lock_wait_timeout = {} \
-                 /*M!100300 , idle_transaction_timeout = {} */; \
+                "SET SESSION innodb_lock_wait_timeout = {0}, lock_wait_timeout = {0} \
+                 /*M!100300 , idle_transaction_timeout = {1} */; \
                  SET time_zone = '+00:00'; SET SESSION sql_mode = '{MYSQL_SQL_MODE}';",
                 self.lock_timeout_secs, self.statement_timeout_secs
             )),
@@ -480,8 +481,17 @@ pub fn migrate(conn: &mut DbConnection) -> Result<usize, DbError> {
                     "another instance held the migration lock for 10 minutes".to_owned(),
                 ));
             }
+            // A migration may wait for a table others are using: no lock wait is too long
+            // for it, as on PostgreSQL.
+            c.batch_execute(
+                "SET @payhook_lock_wait_timeout = @@SESSION.lock_wait_timeout; \
+                 SET SESSION lock_wait_timeout = 31536000",
+            )?;
             let applied = run_migrations(c, MYSQL_MIGRATIONS);
+            let restored =
+                c.batch_execute("SET SESSION lock_wait_timeout = @payhook_lock_wait_timeout");
             let unlocked = c.batch_execute("DO RELEASE_LOCK('payhook_migrations')");
+            restored?;
             let applied = applied?;
             unlocked?;
             Ok(applied)

@@ -22,5 +22,6 @@ mod recovery;
 mod replay;
 mod schedule;
 mod schema;
+mod stall;
 mod storage;
 mod verify;
