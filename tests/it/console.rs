@@ -8,7 +8,10 @@ use chrono::Utc;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::HeaderMap;
 
-use crate::common::{count, create_order, exec, pay_order, race, spawn_app, TestApp, TestDb};
+use crate::common::{
+    count, create_order, exec, pay_order, race, spawn_app, standard_webhooks_payment, TestApp,
+    TestDb,
+};
 use payhook::books::verify::verify;
 
 const TOKEN: &str = "console-admin-token-5e0a";
@@ -841,36 +844,13 @@ fn stored_and_reflected_attacker_bytes_are_shown_escaped(db: TestDb) {
     );
 }
 
-/// A Standard Webhooks request paying `order_no`, signed now with the channel's secret.
-fn signed_payment(order_no: &str, minor: i64, id: &str) -> (Vec<(String, String)>, String) {
-    use base64::Engine;
-    let body = format!(
-        "{{\"type\":\"payment.succeeded\",\"data\":{{\"order_no\":\"{order_no}\",\"amount\":{minor},\"currency\":\"CNY\",\"transaction_id\":\"tx-{id}\"}}}}"
-    );
-    let ts = Utc::now().timestamp().to_string();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let key = b64.decode(SECRET.trim_start_matches("whsec_")).unwrap();
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-    let tag = ring::hmac::sign(&key, format!("{id}.{ts}.{body}").as_bytes());
-    let headers = vec![
-        ("content-type".to_owned(), "application/json".to_owned()),
-        ("webhook-id".to_owned(), id.to_owned()),
-        ("webhook-timestamp".to_owned(), ts),
-        (
-            "webhook-signature".to_owned(),
-            format!("v1,{}", b64.encode(tag.as_ref())),
-        ),
-    ];
-    (headers, body)
-}
-
 fn a_stored_notification_is_applied_again_from_the_console_once(db: TestDb) {
     let app = app_with(&db, Some(TOKEN));
     {
         let mut conn = app.pool.get().unwrap();
         create_order(&mut conn, "reap", "gateway", "5.00", "CNY", Some("REAP-1"));
     }
-    let (headers, body) = signed_payment("REAP-1", 500, "msg_reap_1");
+    let (headers, body) = standard_webhooks_payment(SECRET, "REAP-1", 500, "msg_reap_1");
     let mut req = client().post(app.url("/notify/gateway"));
     for (k, v) in &headers {
         req = req.header(k.as_str(), v.as_str());

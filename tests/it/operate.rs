@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, payhook, Backend, TestDb};
-use base64::Engine;
+use crate::common::{
+    free_port, payhook, standard_webhooks_payment, standard_webhooks_request, Backend, TestDb,
+};
 use serde_json::Value;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -80,10 +81,7 @@ fn create_order(config: &Path, order_no: &str, user: &str, amount: &str) {
 
 /// A Standard Webhooks request paying `order_no`, signed now.
 fn signed(order_no: &str, minor: i64, id: &str) -> (Vec<(String, String)>, String) {
-    let body = format!(
-        "{{\"type\":\"payment.succeeded\",\"data\":{{\"order_no\":\"{order_no}\",\"amount\":{minor},\"currency\":\"CNY\",\"transaction_id\":\"tx-{id}\"}}}}"
-    );
-    signed_body(id, body)
+    standard_webhooks_payment(SECRET, order_no, minor, id)
 }
 
 /// A Standard Webhooks request refunding `minor` of `order_no`, paid by transaction `tx-{paid_by}`.
@@ -96,26 +94,7 @@ fn signed_refund(
     let body = format!(
         "{{\"type\":\"payment.refunded\",\"data\":{{\"order_no\":\"{order_no}\",\"refund_id\":\"rf-{id}\",\"amount\":{minor},\"currency\":\"CNY\",\"transaction_id\":\"tx-{paid_by}\"}}}}"
     );
-    signed_body(id, body)
-}
-
-/// `body` with the Standard Webhooks headers that sign it as message `id`, now.
-fn signed_body(id: &str, body: String) -> (Vec<(String, String)>, String) {
-    let ts = chrono::Utc::now().timestamp().to_string();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let key = b64.decode(SECRET.trim_start_matches("whsec_")).unwrap();
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-    let tag = ring::hmac::sign(&key, format!("{id}.{ts}.{body}").as_bytes());
-    let headers = vec![
-        ("content-type".to_owned(), "application/json".to_owned()),
-        ("webhook-id".to_owned(), id.to_owned()),
-        ("webhook-timestamp".to_owned(), ts),
-        (
-            "webhook-signature".to_owned(),
-            format!("v1,{}", b64.encode(tag.as_ref())),
-        ),
-    ];
-    (headers, body)
+    standard_webhooks_request(SECRET, id, body)
 }
 
 fn send(

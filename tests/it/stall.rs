@@ -8,7 +8,7 @@ use chrono::Utc;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
 
-use crate::common::{count, create_order, spawn_app, Backend, TestDb};
+use crate::common::{count, create_order, spawn_app, standard_webhooks_payment, Backend, TestDb};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -21,25 +21,7 @@ fn lock_accounts(db: &TestDb) -> diesel::MysqlConnection {
 }
 
 fn signed(order_no: &str, minor: i64, id: &str) -> (Vec<(String, String)>, String) {
-    use base64::Engine;
-    let body = format!(
-        "{{\"type\":\"payment.succeeded\",\"data\":{{\"order_no\":\"{order_no}\",\"amount\":{minor},\"currency\":\"CNY\",\"transaction_id\":\"tx-{id}\"}}}}"
-    );
-    let ts = Utc::now().timestamp().to_string();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let key = b64.decode(SECRET.trim_start_matches("whsec_")).unwrap();
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-    let tag = ring::hmac::sign(&key, format!("{id}.{ts}.{body}").as_bytes());
-    let headers = vec![
-        ("content-type".to_owned(), "application/json".to_owned()),
-        ("webhook-id".to_owned(), id.to_owned()),
-        ("webhook-timestamp".to_owned(), ts),
-        (
-            "webhook-signature".to_owned(),
-            format!("v1,{}", b64.encode(tag.as_ref())),
-        ),
-    ];
-    (headers, body)
+    standard_webhooks_payment(SECRET, order_no, minor, id)
 }
 
 #[test]

@@ -670,6 +670,40 @@ pub fn spawn_app_with_clock(db: &TestDb, extra: &str, clock: Arc<dyn Clock>) -> 
     }
 }
 
+/// A Standard Webhooks request of `body` as message `id`, signed now with `secret` by payhook's
+/// own signer: its headers and body.
+pub fn standard_webhooks_request(
+    secret: &str,
+    id: &str,
+    body: String,
+) -> (Vec<(String, String)>, String) {
+    let ts = Utc::now().timestamp();
+    let signature =
+        payhook::notify::standard_webhooks::sign::signature(secret, id, ts, body.as_bytes())
+            .expect("a whsec_ secret");
+    let headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("webhook-id".to_owned(), id.to_owned()),
+        ("webhook-timestamp".to_owned(), ts.to_string()),
+        ("webhook-signature".to_owned(), signature),
+    ];
+    (headers, body)
+}
+
+/// A Standard Webhooks `payment.succeeded` paying `minor` CNY of `order_no` by transaction
+/// `tx-{id}`, as message `id`, signed now with `secret`.
+pub fn standard_webhooks_payment(
+    secret: &str,
+    order_no: &str,
+    minor: i64,
+    id: &str,
+) -> (Vec<(String, String)>, String) {
+    let body = format!(
+        "{{\"type\":\"payment.succeeded\",\"data\":{{\"order_no\":\"{order_no}\",\"amount\":{minor},\"currency\":\"CNY\",\"transaction_id\":\"tx-{id}\"}}}}"
+    );
+    standard_webhooks_request(secret, id, body)
+}
+
 /// Runs `f(i)` on `threads` threads released at the same instant.
 pub fn race<T: Send + 'static>(
     threads: usize,
