@@ -6,7 +6,7 @@
 //! The scenarios run one at a time (they time their faults against a running replay) and print
 //! what they did: notifications sent, acks, retries and credits.
 
-#[path = "it/common/mod.rs"]
+#[path = "../it/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
