@@ -47,6 +47,21 @@ pub fn apply_alone(
     })
 }
 
+/// [`apply_alone`] on a [`db::Hurried`] connection, after a lock timeout: lock waits are cut short
+/// and a lock timeout is not tried again, so a notification whose rows a frozen session holds is
+/// answered "retry" at once and the others are not kept waiting behind it.
+pub fn apply_hurried(
+    conn: &mut DbConnection,
+    notification: &Notification,
+    evidence: Evidence<'_>,
+    now: NaiveDateTime,
+) -> Result<Applied, CreditError> {
+    db::transact_with(conn, 1, |conn| {
+        db::hurry(conn)?;
+        apply_alone_in(conn, notification, evidence, now)
+    })
+}
+
 /// The work of [`apply_alone`] inside a transaction the caller opened: for a caller that writes
 /// more in the same commit, or rolls it back to see what applying would do (a dry run).
 pub fn apply_alone_in(

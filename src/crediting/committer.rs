@@ -336,15 +336,19 @@ pub fn commit_batch(
             "batch of {} failed ({failure}); applying its notifications one by one",
             applies.len() + counts.len()
         );
-        let results = applies
-            .iter()
-            .zip(failed)
-            .map(|(job, failed)| match failed {
-                Some(error) => Err(error),
-                None => apply::apply_alone(conn, &job.notification, job.evidence(), job.now)
-                    .map_err(Arc::new),
-            })
-            .collect();
+        let results = if failure.is_lock_timeout() {
+            // Something the batch needs is held, maybe by a frozen session: each notification
+            // gets a short wait of its own, so those it does not hold are credited now and those
+            // it does are answered "retry" without waiting the whole timeout again.
+            one_by_one(
+                db::Hurried::new(conn).conn(),
+                applies,
+                failed,
+                apply::apply_hurried,
+            )
+        } else {
+            one_by_one(conn, applies, failed, apply::apply_alone)
+        };
         if !counts.is_empty() {
             let counted: Result<(), DieselError> =
                 db::transact(conn, |conn| count_all(conn, counts.iter()));
@@ -356,6 +360,32 @@ pub fn commit_batch(
     }
     let error = Arc::new(failure);
     applies.iter().map(|_| Err(error.clone())).collect()
+}
+
+/// Applies each notification of a failed batch in a transaction of its own, except those that
+/// failed on their own already and those whose caller has stopped waiting.
+fn one_by_one(
+    conn: &mut DbConnection,
+    applies: &[ApplyJob],
+    failed: Vec<Option<Failure>>,
+    apply: fn(
+        &mut DbConnection,
+        &Notification,
+        Evidence<'_>,
+        NaiveDateTime,
+    ) -> Result<Applied, CreditError>,
+) -> Vec<Result<Applied, Failure>> {
+    applies
+        .iter()
+        .zip(failed)
+        .map(|(job, failed)| match failed {
+            Some(error) => Err(error),
+            None if job.reply.as_ref().is_some_and(|r| r.is_closed()) => {
+                Err(Arc::new(CreditError::Abandoned))
+            }
+            None => apply(conn, &job.notification, job.evidence(), job.now).map_err(Arc::new),
+        })
+        .collect()
 }
 
 /// Why a batch's transaction failed, and which notification failed it, if one did.

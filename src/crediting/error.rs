@@ -33,6 +33,9 @@ pub enum CreditError {
     Changed(OrderNo),
     #[error("internal error: a batch panicked")]
     Panicked,
+    /// Its caller stopped waiting (and answered "retry") before the writer came to it.
+    #[error("not tried: its caller had stopped waiting")]
+    Abandoned,
 }
 
 /// A failure shared by everyone its batch answers.

@@ -659,7 +659,21 @@ impl Retry for DbError {
 /// Runs `f` in a write transaction, and runs it again from the start, a bounded number of times,
 /// when it fails with a transient conflict (see [`Retry`]). Under SERIALIZABLE isolation or a
 /// distributed SQL engine the loser of a race gets SQLSTATE 40001 and lands here.
-pub fn transact<T, E, F>(conn: &mut DbConnection, mut f: F) -> Result<T, E>
+pub fn transact<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    F: FnMut(&mut DbConnection) -> Result<T, E>,
+    E: From<DieselError> + Retry + std::fmt::Display,
+{
+    transact_with(conn, LOCK_TIMEOUT_ATTEMPTS, f)
+}
+
+/// [`transact`], with the number of runs a lock timeout allows: 1 where a lock timeout has just
+/// been met and another would only make the caller wait longer.
+pub fn transact_with<T, E, F>(
+    conn: &mut DbConnection,
+    lock_timeout_attempts: u32,
+    mut f: F,
+) -> Result<T, E>
 where
     F: FnMut(&mut DbConnection) -> Result<T, E>,
     E: From<DieselError> + Retry + std::fmt::Display,
@@ -668,7 +682,7 @@ where
     loop {
         match write_transaction(conn, &mut f) {
             Ok(value) => return Ok(value),
-            Err(e) if e.is_lock_timeout() && attempt >= LOCK_TIMEOUT_ATTEMPTS => return Err(e),
+            Err(e) if e.is_lock_timeout() && attempt >= lock_timeout_attempts => return Err(e),
             Err(e) if attempt < MAX_ATTEMPTS && e.is_transient() => {
                 log::debug!("transient conflict, attempt {attempt} of {MAX_ATTEMPTS}: {e}");
                 std::thread::sleep(backoff(attempt));
@@ -683,6 +697,70 @@ where
 pub fn backoff(attempt: u32) -> Duration {
     let base = 2u64 << attempt.min(8);
     Duration::from_millis(base + fastrand::u64(..base))
+}
+
+/// How long a statement waits for a lock while [`Hurried`]: on PostgreSQL.
+pub const HURRIED_LOCK_WAIT: &str = "200ms";
+
+/// A connection whose lock waits are cut short, for work that follows a lock timeout: the rows or
+/// the table one notification of a batch needs are held by a session that may be frozen, and the
+/// others should neither wait the whole timeout again nor be refused with it.
+///
+/// PostgreSQL: each transaction sets its own `lock_timeout` ([`hurry`]); MySQL and MariaDB count
+/// lock waits in whole seconds, for the session, so the session waits one second until this guard
+/// is dropped, which restores the configured timeout.
+pub struct Hurried<'c> {
+    conn: &'c mut DbConnection,
+    restore_mysql: bool,
+}
+
+impl<'c> Hurried<'c> {
+    pub fn new(conn: &'c mut DbConnection) -> Hurried<'c> {
+        let mut restore_mysql = false;
+        if let DbConnection::Mysql(my) = conn {
+            match my.batch_execute(
+                "SET @payhook_row_wait = @@SESSION.innodb_lock_wait_timeout, \
+                     @payhook_table_wait = @@SESSION.lock_wait_timeout; \
+                 SET SESSION innodb_lock_wait_timeout = 1, lock_wait_timeout = 1",
+            ) {
+                Ok(()) => restore_mysql = true,
+                Err(e) => log::warn!("cannot shorten lock waits: {e}"),
+            }
+        }
+        Hurried {
+            conn,
+            restore_mysql,
+        }
+    }
+
+    pub fn conn(&mut self) -> &mut DbConnection {
+        self.conn
+    }
+}
+
+impl Drop for Hurried<'_> {
+    fn drop(&mut self) {
+        if let (true, DbConnection::Mysql(my)) = (self.restore_mysql, &mut *self.conn) {
+            let restored = my.batch_execute(
+                "SET SESSION innodb_lock_wait_timeout = @payhook_row_wait, \
+                     lock_wait_timeout = @payhook_table_wait",
+            );
+            if let Err(e) = restored {
+                log::warn!("cannot restore the lock wait timeouts of a connection: {e}");
+            }
+        }
+    }
+}
+
+/// Inside a transaction of a [`Hurried`] connection: on PostgreSQL, this transaction's lock waits
+/// last [`HURRIED_LOCK_WAIT`] at most (MySQL's are the session's, set by [`Hurried`]).
+pub fn hurry(conn: &mut DbConnection) -> Result<(), DieselError> {
+    match conn {
+        DbConnection::Postgresql(pg) => {
+            pg.batch_execute(&format!("SET LOCAL lock_timeout = '{HURRIED_LOCK_WAIT}'"))
+        }
+        DbConnection::Sqlite(_) | DbConnection::Mysql(_) => Ok(()),
+    }
 }
 
 /// Lets the current transaction commit without waiting for its WAL flush (PostgreSQL's
