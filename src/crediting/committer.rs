@@ -138,19 +138,21 @@ impl Committer {
         max_batch: usize,
         timeout: Duration,
     ) -> std::io::Result<Committer> {
+        let settled = Arc::new(Settled::new(SETTLED_CAPACITY));
         let mut lanes = Vec::with_capacity(writers.max(1));
         for lane in 0..writers.max(1) {
             let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
             let pool = pool.clone();
+            let settled = settled.clone();
             std::thread::Builder::new()
                 .name(format!("payhook-writer-{lane}"))
-                .spawn(move || run(pool, receiver, max_batch.max(1)))?;
+                .spawn(move || run(pool, receiver, max_batch.max(1), &settled))?;
             lanes.push(queue);
         }
         Ok(Committer {
             lanes,
             timeout,
-            settled: Arc::new(Settled::new(SETTLED_CAPACITY)),
+            settled,
         })
     }
 
@@ -181,13 +183,9 @@ impl Committer {
             self.count_delivery(&notification, applied.inbox_id, now);
             return Ok(applied);
         }
-        let applied = self
-            .commit(notification, headers_json, body, source, now)
-            .await?;
-        if let Some(fingerprint) = fingerprint {
-            self.settled.insert(fingerprint, &applied);
-        }
-        Ok(applied)
+        // The writer remembers what it commits (see [`run`]).
+        self.commit(notification, headers_json, body, source, now)
+            .await
     }
 
     async fn commit(
@@ -233,8 +231,14 @@ impl Committer {
 
 /// The writer: takes what is queued (waiting only when nothing is), commits it as one batch,
 /// answers, and goes round again. While a batch commits, the next one gathers.
-fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
+///
+/// What it commits goes into the settled memory before anyone is answered, so repeats queued
+/// behind the first delivery (a provider's burst, a thousand copies at once) are answered from
+/// memory when their turn comes, their deliveries counted, instead of each taking a place in a
+/// transaction.
+fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled: &Settled) {
     let mut batch = Vec::with_capacity(max_batch);
+    let mut held = Held::default();
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -246,12 +250,28 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
         // Lock rows in one order, so that two instances' batches do not deadlock on each other.
         batch.sort_by(|a, b| a.order_no().cmp(&b.order_no()));
         let mut applies = Vec::with_capacity(batch.len());
+        let mut aside = Vec::new();
         let mut counts = Vec::new();
+        let now = Instant::now();
         for job in batch.drain(..) {
             match job {
                 // A caller that timed out has answered "retry"; its provider will send again.
                 Job::Apply(job) if job.reply.as_ref().is_some_and(|r| r.is_closed()) => {}
-                Job::Apply(job) => applies.push(*job),
+                Job::Apply(job) => {
+                    match Fingerprint::of(&job.notification).and_then(|f| settled.repeat(&f)) {
+                        Some(applied) => {
+                            counts.push(CountJob {
+                                inbox_id: applied.inbox_id,
+                                now: job.now,
+                            });
+                            if let Some(reply) = job.reply {
+                                let _ = reply.send(Ok(applied));
+                            }
+                        }
+                        None if held.holds(&job.notification, now) => aside.push(*job),
+                        None => applies.push(*job),
+                    }
+                }
                 Job::Count(job) => counts.push(job),
             }
         }
@@ -259,12 +279,28 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
         let results = match pool.get() {
             // A bug that panics fails this batch (answered retry), not the writer.
             Ok(mut conn) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                commit_batch(&mut conn, &applies, &counts)
+                let mut results = commit_batch(&mut conn, &applies, &counts);
+                if !aside.is_empty() {
+                    let tried = vec![None; aside.len()];
+                    let mut hurried = db::Hurried::new(&mut conn);
+                    results.extend(one_by_one(
+                        hurried.conn(),
+                        &aside,
+                        tried,
+                        apply::apply_hurried,
+                    ));
+                }
+                results
             }))
             .unwrap_or_else(|_| {
-                log::error!("writer: a batch of {} panicked", applies.len());
+                log::error!(
+                    "writer: a batch of {} panicked",
+                    applies.len() + aside.len()
+                );
                 let error = Arc::new(CreditError::Panicked);
-                applies.iter().map(|_| Err(error.clone())).collect()
+                (0..applies.len() + aside.len())
+                    .map(|_| Err(error.clone()))
+                    .collect()
             }),
             Err(e) => {
                 // The database is unreachable: what is queued would fail the same way now.
@@ -274,18 +310,82 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
                         applies.push(*job);
                     }
                 }
-                applies.iter().map(|_| Err(error.clone())).collect()
+                (0..applies.len() + aside.len())
+                    .map(|_| Err(error.clone()))
+                    .collect()
             }
         };
         telemetry::record_batch(
-            applies.len() + counts.len(),
+            applies.len() + aside.len() + counts.len(),
             started.elapsed().as_secs_f64(),
         );
-        for (job, result) in applies.into_iter().zip(results) {
+        for (job, result) in applies.into_iter().chain(aside).zip(results) {
+            held.learn(&job.notification, &result, now);
+            if let (Ok(applied), Some(fingerprint)) = (&result, Fingerprint::of(&job.notification))
+            {
+                settled.insert(fingerprint, applied);
+            }
             if let Some(reply) = job.reply {
                 // The caller may have gone; its provider will send again.
                 let _ = reply.send(result);
             }
+        }
+    }
+}
+
+/// How long an order whose rows a lock wait timed out on is kept out of batches.
+const HELD_FOR: Duration = Duration::from_secs(60);
+
+/// Most orders a writer remembers as held.
+const HELD_CAPACITY: usize = 4096;
+
+/// The orders whose rows a lock wait of this writer lately timed out on: held by a session that
+/// may be frozen (a stopped peer, a paused VM) until the server ends it. Each delivery of such an
+/// order is applied alone with a short lock wait, after its batch, so that a held row costs the
+/// batch's notifications nothing and its own delivery a short wait. A delivery that goes through
+/// forgets the order; so does time.
+#[derive(Default)]
+struct Held {
+    until: std::collections::HashMap<crate::domain::ids::OrderNo, Instant>,
+}
+
+impl Held {
+    fn holds(&mut self, notification: &Notification, now: Instant) -> bool {
+        let Some(order_no) = &notification.order_no else {
+            return false;
+        };
+        match self.until.get(order_no) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                self.until.remove(order_no);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn learn(
+        &mut self,
+        notification: &Notification,
+        result: &Result<Applied, Failure>,
+        now: Instant,
+    ) {
+        let Some(order_no) = &notification.order_no else {
+            return;
+        };
+        match result {
+            Err(error) if error.is_lock_timeout() => {
+                if self.until.len() >= HELD_CAPACITY {
+                    self.until.retain(|_, until| *until > now);
+                }
+                if self.until.len() < HELD_CAPACITY {
+                    self.until.insert(order_no.clone(), now + HELD_FOR);
+                }
+            }
+            Ok(_) => {
+                self.until.remove(order_no);
+            }
+            Err(_) => {}
         }
     }
 }

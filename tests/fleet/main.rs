@@ -28,6 +28,9 @@ macro_rules! say {
     }};
 }
 
+// The faults of their own, each in a module (after `say!`, which they use).
+mod frozen;
+
 /// One scenario at a time: each times its faults against its own load.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -269,6 +272,11 @@ impl Drop for Nginx {
 /// Creates `count` pending Alipay orders spread over 50 users, and the signed notifications that
 /// pay them.
 fn fixtures(dir: &Path, database_url: &str, count: usize) -> PathBuf {
+    fixtures_over(dir, database_url, count, 50)
+}
+
+/// [`fixtures`] spread over `users` users.
+fn fixtures_over(dir: &Path, database_url: &str, count: usize, users: usize) -> PathBuf {
     let out = dir.join("alipay.ndjson");
     run_ok(
         payhook()
@@ -279,7 +287,7 @@ fn fixtures(dir: &Path, database_url: &str, count: usize) -> PathBuf {
                 "--count",
                 &count.to_string(),
                 "--users",
-                "50",
+                &users.to_string(),
                 "--user-id",
                 "fleet",
             ])
@@ -543,6 +551,11 @@ struct Fleet {
 
 impl Fleet {
     fn start(backend: Backend, orders: usize) -> Fleet {
+        Fleet::start_over(backend, orders, 50)
+    }
+
+    /// [`Fleet::start`] with the orders spread over `users` users.
+    fn start_over(backend: Backend, orders: usize, users: usize) -> Fleet {
         let cluster = Server::start(backend);
         let database_url = cluster.new_database();
         let dir = tempfile::tempdir().unwrap();
@@ -559,7 +572,7 @@ impl Fleet {
         }
         let ports: Vec<u16> = instances.iter().map(|i| i.port).collect();
         let nginx = Nginx::start(dir.path(), &ports);
-        let fixtures = fixtures(dir.path(), &database_url, orders);
+        let fixtures = fixtures_over(dir.path(), &database_url, orders, users);
         Fleet {
             cluster,
             database_url,
