@@ -431,7 +431,9 @@ pub fn commit_batch(
             Err(e) => break e.error,
         }
     };
-    if applies.len() + counts.len() > 1 {
+    // Committed but not replicated: one by one would only commit, and wait, again.
+    let unreplicated = matches!(&failure, CreditError::Database(e) if db::is_unreplicated(e));
+    if applies.len() + counts.len() > 1 && !unreplicated {
         log::warn!(
             "batch of {} failed ({failure}); applying its notifications one by one",
             applies.len() + counts.len()

@@ -582,7 +582,11 @@ where
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?
         }
         // Every write waits for its flush, whatever the role, the server or a pooler that hands
-        // this transaction another session says; in the same round trip as the BEGIN.
+        // this transaction another session says; in the same round trip as the BEGIN. With a
+        // synchronous standby the COMMIT also waits for it, and `statement_timeout` does not cut
+        // that wait short (the server disarms it before committing): a commit that takes long is
+        // answered "retry" by the committer's own deadline, and finishes when the standby
+        // answers or the connection is cut.
         DbConnection::Postgresql(inner) => AnsiTransactionManager::begin_transaction_sql(
             inner,
             "BEGIN; SET LOCAL synchronous_commit = on",
@@ -595,7 +599,12 @@ where
         Ok(value) => {
             Manager::commit_transaction(conn)?;
             match Manager::transaction_manager_status_mut(conn).transaction_depth() {
-                Ok(None) => Ok(value),
+                Ok(None) => {
+                    if let DbConnection::Postgresql(pg) = conn {
+                        confirm_replicated(pg)?;
+                    }
+                    Ok(value)
+                }
                 open => {
                     log::error!("a transaction was left open inside a write transaction ({open:?}); rolling back");
                     while let Ok(Some(_)) =
@@ -697,6 +706,112 @@ where
 pub fn backoff(attempt: u32) -> Duration {
     let base = 2u64 << attempt.min(8);
     Duration::from_millis(base + fastrand::u64(..base))
+}
+
+/// The start of the error a write transaction ends with when its COMMIT returned but no
+/// synchronous standby confirms it: see [`confirm_replicated`].
+const UNREPLICATED: &str = "committed on the primary, but no synchronous standby confirms it";
+
+/// The write was committed on the primary, and its replication to a synchronous standby is not
+/// confirmed: it must not be acked (see [`confirm_replicated`]).
+pub fn is_unreplicated(error: &DieselError) -> bool {
+    matches!(error, DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+        if info.message().starts_with(UNREPLICATED))
+}
+
+/// How long a commit's replication is looked for after its COMMIT returned.
+const CONFIRM_FOR: Duration = Duration::from_secs(1);
+
+/// How often whether the server has synchronous standbys is looked up again.
+const STANDBYS_LOOKED_UP_EVERY: Duration = Duration::from_secs(1);
+
+/// After a COMMIT on PostgreSQL: when the server waits for synchronous standbys, confirms that
+/// one has flushed everything this server has flushed, this commit included.
+///
+/// A COMMIT waits for its synchronous standby; but when that wait is cancelled (an operator's
+/// `pg_cancel_backend` on a session stuck waiting for a standby that is down), PostgreSQL still
+/// reports the COMMIT as done, with only a WARNING ("already committed locally, but might not have
+/// been replicated"). libpq hands warnings to a notice processor, which diesel keeps to itself and
+/// discards. So instead of listening for the warning, payhook asks `pg_stat_replication` whether a
+/// synchronous standby has flushed past the primary's flush position; if none has within
+/// [`CONFIRM_FOR`], the transaction fails with [`is_unreplicated`] and what it wrote is answered
+/// "retry": a failover now could lose it. The provider's next delivery finds it done and, once a
+/// standby confirms it, is acked as a duplicate.
+///
+/// Servers without synchronous standbys, and roles that may not read the positions
+/// (`pg_read_all_stats`, which `pg_monitor` includes), are not asked; whether the server has
+/// synchronous standbys is looked up once a second per process.
+fn confirm_replicated(pg: &mut PgConnection) -> Result<(), DieselError> {
+    use diesel::sql_types::{Bool, Text};
+    use diesel::{QueryableByName, RunQueryDsl};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    static STANDBYS: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
+    #[derive(QueryableByName)]
+    struct Standbys {
+        #[diesel(sql_type = Bool)]
+        synchronous: bool,
+    }
+    #[derive(QueryableByName)]
+    struct Flushed {
+        #[diesel(sql_type = Text)]
+        lsn: String,
+        #[diesel(sql_type = Bool)]
+        replicated: bool,
+    }
+
+    let known = *STANDBYS.lock().unwrap_or_else(|e| e.into_inner());
+    let synchronous = match known {
+        Some((at, synchronous)) if at.elapsed() < STANDBYS_LOOKED_UP_EVERY => synchronous,
+        _ => {
+            let looked_up: Standbys = diesel::sql_query(
+                "SELECT current_setting('synchronous_standby_names') <> '' \
+                     AND pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS synchronous",
+            )
+            .get_result(pg)?;
+            *STANDBYS.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((Instant::now(), looked_up.synchronous));
+            looked_up.synchronous
+        }
+    };
+    if !synchronous {
+        return Ok(());
+    }
+    // The primary's flush position is past this commit (a COMMIT flushes before it waits for a
+    // standby; one that did not wait for the flush wrote only a delivery count, and what it
+    // counts was flushed before), and is at most a few other commits ahead of it.
+    let flushed: Flushed = diesel::sql_query(
+        "SELECT pg_current_wal_flush_lsn()::text AS lsn, EXISTS (SELECT 1 FROM \
+         pg_stat_replication WHERE sync_state IN ('sync', 'quorum') \
+         AND flush_lsn >= pg_current_wal_flush_lsn()) AS replicated",
+    )
+    .get_result(pg)?;
+    let deadline = Instant::now() + CONFIRM_FOR;
+    let mut pause = Duration::ZERO;
+    let mut replicated = flushed.replicated;
+    while !replicated && Instant::now() < deadline {
+        std::thread::sleep(pause);
+        pause = (pause * 2).clamp(Duration::from_millis(1), Duration::from_millis(50));
+        let again: Flushed = diesel::sql_query(
+            "SELECT $1 AS lsn, EXISTS (SELECT 1 FROM pg_stat_replication \
+             WHERE sync_state IN ('sync', 'quorum') AND flush_lsn >= $1::pg_lsn) AS replicated",
+        )
+        .bind::<Text, _>(&flushed.lsn)
+        .get_result(pg)?;
+        replicated = again.replicated;
+    }
+    if replicated {
+        Ok(())
+    } else {
+        Err(DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(format!(
+                "{UNREPLICATED} within {CONFIRM_FOR:?} (WAL position {})",
+                flushed.lsn
+            )),
+        ))
+    }
 }
 
 /// How long a statement waits for a lock while [`Hurried`]: on PostgreSQL.

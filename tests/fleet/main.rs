@@ -29,6 +29,7 @@ macro_rules! say {
 }
 
 // The faults of their own, each in a module (after `say!`, which they use).
+mod failover;
 mod frozen;
 
 /// One scenario at a time: each times its faults against its own load.
@@ -57,15 +58,22 @@ fn run_ok(cmd: &mut Command) -> String {
 struct Instance {
     port: u16,
     database_url: String,
+    config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl Instance {
     fn start(dir: &Path, n: usize, database_url: &str) -> Instance {
+        Instance::start_with(dir, n, database_url, &demo_config())
+    }
+
+    /// [`Instance::start`] with a config file of its own.
+    fn start_with(dir: &Path, n: usize, database_url: &str, config: &Path) -> Instance {
         let mut instance = Instance {
             port: free_port(),
             database_url: database_url.to_owned(),
+            config: config.to_owned(),
             log: dir.join(format!("payhook-{n}.log")),
             child: None,
         };
@@ -76,7 +84,7 @@ impl Instance {
     fn spawn(&mut self) {
         let child = payhook()
             .args(["serve", "--config"])
-            .arg(demo_config())
+            .arg(&self.config)
             .args(["--database-url", &self.database_url])
             .args(["--bind", &format!("127.0.0.1:{}", self.port)])
             .arg("--log-file")

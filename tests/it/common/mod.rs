@@ -286,25 +286,10 @@ impl PgCluster {
     /// A cluster of the caller's own, for tests that restart it; stopped when the process exits.
     pub fn start() -> PgCluster {
         let initdb = pg_bin("initdb");
-        let pg_ctl = pg_bin("pg_ctl");
         let root = is_root();
-        let dir = tempfile::Builder::new()
-            .prefix("payhook-pg-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
-        if root {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "cannot chown {} to postgres", dir.display());
-        }
+        let dir = cluster_dir(root);
         let data = dir.join("data");
         let data_s = data.to_string_lossy().into_owned();
-        let dir_s = dir.to_string_lossy().into_owned();
         run_pg(
             &initdb,
             &[
@@ -320,44 +305,128 @@ impl PgCluster {
             ],
             root,
         );
+        PgCluster::launch(dir, root)
+    }
+
+    /// Starts the server in `dir`/data on a free port, with a guardian.
+    fn launch(dir: PathBuf, root: bool) -> PgCluster {
+        let pg_ctl = pg_bin("pg_ctl");
+        let data_s = dir.join("data").to_string_lossy().into_owned();
+        let dir_s = dir.to_string_lossy().into_owned();
         let port = free_port();
         let opts = format!(
             "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
         );
-        let log = dir.join("postgres.log").to_string_lossy().into_owned();
-        run_pg(
-            &pg_ctl,
-            &["-D", &data_s, "-o", &opts, "-l", &log, "-w", "start"],
-            root,
-        );
-        spawn_guardian(&pg_ctl, &data_s, &dir_s, root);
-        PgCluster {
+        let cluster = PgCluster {
             port,
             dir,
             pg_ctl,
             opts,
             root,
             databases: AtomicUsize::new(0),
+        };
+        cluster.start_again();
+        spawn_guardian(&cluster.pg_ctl, &data_s, &dir_s, root);
+        cluster
+    }
+
+    /// Starts the server again, stopped or killed, on its port with its options.
+    pub fn start_again(&self) {
+        let data = self.dir.join("data").to_string_lossy().into_owned();
+        // With its log named, the server does not hold this process's pipes open.
+        let log = self.dir.join("postgres.log").to_string_lossy().into_owned();
+        run_pg(
+            &self.pg_ctl,
+            &["-D", &data, "-o", &self.opts, "-l", &log, "-w", "start"],
+            self.root,
+        );
+    }
+
+    /// `pg_ctl stop -m immediate`: every process ends at once, as in a crash, but cleanly enough
+    /// to start again.
+    pub fn stop_immediately(&self) {
+        let data = self.dir.join("data").to_string_lossy().into_owned();
+        run_pg(
+            &self.pg_ctl,
+            &["-D", &data, "-m", "immediate", "-w", "stop"],
+            self.root,
+        );
+    }
+
+    /// A streaming standby of this cluster, cloned with `pg_basebackup -R` and started on a port of
+    /// its own; stopped when the process exits.
+    pub fn standby(&self) -> PgCluster {
+        let root = self.root;
+        let dir = cluster_dir(root);
+        let data = dir.join("data").to_string_lossy().into_owned();
+        run_pg(
+            &pg_bin("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+            root,
+        );
+        PgCluster::launch(dir, root)
+    }
+
+    /// `pg_ctl promote`: a standby becomes a primary that takes writes.
+    pub fn promote(&self) {
+        let data = self.dir.join("data").to_string_lossy().into_owned();
+        run_pg(&self.pg_ctl, &["-D", &data, "-w", "promote"], self.root);
+    }
+
+    /// SIGKILL to the server and every process of it, as when its machine dies: nothing is flushed
+    /// or said to clients.
+    pub fn kill9(&self) {
+        let pidfile = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .expect("the server is running");
+        let postmaster: u32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the fields after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                if let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() {
+                    pids.push(pid);
+                }
+            }
         }
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .args(pids.iter().map(u32::to_string))
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -9 {pids:?}");
     }
 
     /// `pg_ctl restart -m fast`, with the server down for `down` in between: every connection
     /// is cut, and the server comes back on the same port with the same options.
     pub fn restart(&self, down: std::time::Duration) {
         let data = self.dir.join("data").to_string_lossy().into_owned();
-        // With its log named, the restarted server does not hold this process's pipes open.
-        let log = self.dir.join("postgres.log").to_string_lossy().into_owned();
         run_pg(
             &self.pg_ctl,
             &["-D", &data, "-m", "fast", "-w", "stop"],
             self.root,
         );
         std::thread::sleep(down);
-        run_pg(
-            &self.pg_ctl,
-            &["-D", &data, "-o", &self.opts, "-l", &log, "-w", "start"],
-            self.root,
-        );
+        self.start_again();
     }
 
     pub fn port(&self) -> u16 {
@@ -388,6 +457,25 @@ impl PgCluster {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// A folder of its own for a cluster, owned by `postgres` when this process is root.
+fn cluster_dir(root: bool) -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix("payhook-pg-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    if root {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "cannot chown {} to postgres", dir.display());
+    }
+    dir
 }
 
 /// Stops the cluster and removes its folder once this test process has exited, however it exits.
