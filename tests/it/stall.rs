@@ -13,6 +13,7 @@ use crate::common::{count, create_order, spawn_app, standard_webhooks_payment, B
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A connection of its own that holds `accounts` locked whole until it is dropped.
+#[allow(dead_code)] // Held for its lock, never read.
 enum Holder {
     Postgresql(diesel::PgConnection),
     Mysql(diesel::MysqlConnection),
