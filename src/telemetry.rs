@@ -111,6 +111,127 @@ impl<'v> log::kv::VisitValue<'v> for JsonValue {
     }
 }
 
+/// Writes `record` as one line in `format`, stamped with the time now.
+fn write_line(
+    out: &mut dyn Write,
+    format: LogFormat,
+    record: &log::Record<'_>,
+) -> std::io::Result<()> {
+    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    match format {
+        LogFormat::Text => {
+            write!(
+                out,
+                "{ts} {:<5} {} {}",
+                record.level(),
+                record.target(),
+                record.args()
+            )?;
+            for (k, v) in pairs(record) {
+                if v.contains([' ', '"', '=']) || v.is_empty() {
+                    write!(out, " {k}={v:?}")?;
+                } else {
+                    write!(out, " {k}={v}")?;
+                }
+            }
+            writeln!(out)
+        }
+        LogFormat::Json => writeln!(out, "{}", json_line(record, ts)),
+    }
+}
+
+/// The log file. A line the file refuses (its disk is full, or failing) is lost, never fatal:
+/// the process goes on serving, and `payhook_log_lines_lost_total` counts it. A line cut short
+/// is ended before the next one, so that every line after it stays whole; the first line that
+/// gets through again is preceded by one saying how many were lost, and why.
+struct LogFile<W> {
+    file: W,
+    format: LogFormat,
+    /// The file ends inside a line: a write failed part-way through one.
+    mid_line: bool,
+    /// Lines lost since the last one written.
+    lost: u64,
+    /// Why the last one was lost.
+    why: String,
+}
+
+impl<W: Write> LogFile<W> {
+    fn new(file: W, format: LogFormat) -> LogFile<W> {
+        LogFile {
+            file,
+            format,
+            mid_line: false,
+            lost: 0,
+            why: String::new(),
+        }
+    }
+
+    /// Appends `bytes` whole, or fails; keeps track of whether the file ends inside a line.
+    fn put(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            match self.file.write(bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let (written, rest) = bytes.split_at(n.min(bytes.len()));
+                    self.mid_line = written.last() != Some(&b'\n');
+                    bytes = rest;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one line, after ending a line cut short and saying what was lost.
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.mid_line {
+            self.put(b"\n")?;
+        }
+        if self.lost > 0 {
+            let mut note = Vec::new();
+            let pairs: [(&str, log::kv::Value); 2] = [
+                ("lost", log::kv::Value::from(self.lost)),
+                ("error", log::kv::Value::from(self.why.as_str())),
+            ];
+            write_line(
+                &mut note,
+                self.format,
+                &log::Record::builder()
+                    .args(format_args!(
+                        "log lines lost: the log file could not be written"
+                    ))
+                    .level(log::Level::Warn)
+                    .target("payhook::telemetry")
+                    .key_values(&pairs)
+                    .build(),
+            )?;
+            self.put(&note)?;
+            self.lost = 0;
+        }
+        self.put(line)
+    }
+}
+
+impl<W: Write> Write for LogFile<W> {
+    /// Takes one whole line: the logger hands each over in one piece.
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        match self.append(line) {
+            Ok(()) => Ok(line.len()),
+            Err(e) => {
+                self.lost += 1;
+                self.why = e.to_string();
+                metrics::counter!(LOG_LINES_LOST).increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Installs the logger: level from `RUST_LOG` (default `info`), to stderr or appended to `file`.
 pub fn init_logging(format: LogFormat, file: Option<&Path>) -> anyhow::Result<()> {
     let mut builder =
@@ -121,31 +242,11 @@ pub fn init_logging(format: LogFormat, file: Option<&Path>) -> anyhow::Result<()
             .append(true)
             .open(path)
             .map_err(|e| anyhow::anyhow!("cannot open log file {}: {e}", path.display()))?;
-        builder.target(env_logger::Target::Pipe(Box::new(file)));
+        builder.target(env_logger::Target::Pipe(Box::new(LogFile::new(
+            file, format,
+        ))));
     }
-    builder.format(move |buf, record| {
-        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        match format {
-            LogFormat::Text => {
-                write!(
-                    buf,
-                    "{ts} {:<5} {} {}",
-                    record.level(),
-                    record.target(),
-                    record.args()
-                )?;
-                for (k, v) in pairs(record) {
-                    if v.contains([' ', '"', '=']) || v.is_empty() {
-                        write!(buf, " {k}={v:?}")?;
-                    } else {
-                        write!(buf, " {k}={v}")?;
-                    }
-                }
-                writeln!(buf)
-            }
-            LogFormat::Json => writeln!(buf, "{}", json_line(record, ts)),
-        }
-    });
+    builder.format(move |buf, record| write_line(buf, format, record));
     builder
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
@@ -192,6 +293,7 @@ pub const QUERIES: &str = "payhook_recovery_queries_total";
 pub const CLOSES: &str = "payhook_recovery_closes_total";
 pub const OLDEST_PENDING: &str = "payhook_oldest_pending_order_seconds";
 pub const RESOLUTIONS: &str = "payhook_anomaly_resolutions_total";
+pub const LOG_LINES_LOST: &str = "payhook_log_lines_lost_total";
 
 /// Counts one notification's outcome and the answer it got.
 pub fn record_notification(channel: &str, outcome: &'static str, answer: &'static str) {
@@ -342,6 +444,76 @@ mod tests {
         assert_eq!(latency.p99_seconds, 0.1);
         assert!((latency.mean_seconds - 0.005).abs() < 1e-12);
         assert_eq!(latency_in("", APPLY_SECONDS), None);
+    }
+
+    /// A disk with room for so many bytes, then full until given more.
+    struct Disk {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "No space left on device",
+                ));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_log_disk_loses_lines_but_never_glues_one_to_the_next() {
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let disk = Disk {
+                written: Vec::new(),
+                room: 30,
+            };
+            let mut log = LogFile::new(disk, format);
+            log.write_all(b"first line\n").unwrap();
+            // Cut short by the full disk, then refused whole.
+            assert!(log
+                .write_all(b"second line, longer than the room left\n")
+                .is_err());
+            assert!(log.write_all(b"third line\n").is_err());
+            assert!(log.write_all(b"fourth line\n").is_err());
+            log.file.room = 1 << 20;
+            log.write_all(b"fifth line\n").unwrap();
+            log.write_all(b"sixth line\n").unwrap();
+
+            let written = String::from_utf8(log.file.written.clone()).unwrap();
+            let lines: Vec<&str> = written.lines().collect();
+            assert_eq!(lines.len(), 5, "{written}");
+            assert_eq!(lines[0], "first line");
+            assert_eq!(lines[1], "second line, longer");
+            assert_eq!(&lines[3..], ["fifth line", "sixth line"]);
+            let note = lines[2];
+            match format {
+                LogFormat::Text => {
+                    assert!(note.contains(" WARN  payhook::telemetry log lines lost"));
+                    assert!(
+                        note.contains(" lost=3 error=\"No space left on device\""),
+                        "{note}"
+                    );
+                }
+                LogFormat::Json => {
+                    let note: serde_json::Value = serde_json::from_str(note).unwrap();
+                    assert_eq!(note["level"], "WARN");
+                    assert_eq!(note["lost"], 3);
+                    assert_eq!(note["error"], "No space left on device");
+                }
+            }
+            assert!(written.ends_with('\n'));
+        }
     }
 
     #[test]

@@ -946,6 +946,18 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_no_conflict_to_try_again_at_once() {
+        let error = |message: &str| {
+            DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_owned()))
+        };
+        assert!(is_transient(&error("database is locked")));
+        // SQLITE_FULL: every attempt would meet the same full disk. It is answered retry at
+        // once, and the provider's next delivery finds the space, once someone has freed it.
+        assert!(!is_transient(&error("database or disk is full")));
+        assert!(!is_lock_timeout(&error("database or disk is full")));
+    }
+
+    #[test]
     fn backoff_grows_with_the_attempt_and_stays_within_twice_its_base() {
         for attempt in 1..=12 {
             let base = 2u64 << attempt.min(8);

@@ -1,7 +1,8 @@
 //! End to end with real processes: three `payhook serve` instances behind nginx on one
-//! PostgreSQL, made to suffer a killed instance, a database restart and killed connections; and
-//! one instance on SQLite under a storm of duplicates. After each, every ack is a committed credit,
-//! a second replay (the provider's retry) completes everything, and `payhook verify` passes.
+//! PostgreSQL, made to suffer a killed instance, a database restart and killed connections; one
+//! instance on SQLite under a storm of duplicates; and one on SQLite whose disks fill up
+//! ([`full_disk`]). After each, every ack is a committed credit, a second replay (the provider's
+//! retry) completes everything, and `payhook verify` passes.
 //!
 //! The scenarios run one at a time (they time their faults against a running replay) and print
 //! what they did: notifications sent, acks, retries and credits.
@@ -31,6 +32,7 @@ macro_rules! say {
 // The faults of their own, each in a module (after `say!`, which they use).
 mod failover;
 mod frozen;
+mod full_disk;
 
 /// One scenario at a time: each times its faults against its own load.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -70,15 +72,30 @@ impl Instance {
 
     /// [`Instance::start`] with a config file of its own.
     fn start_with(dir: &Path, n: usize, database_url: &str, config: &Path) -> Instance {
+        Instance::launch(dir.join(format!("payhook-{n}.log")), database_url, config)
+    }
+
+    /// As [`Instance::start`], with the log file at `log`, wherever that is.
+    fn start_logging_to(log: PathBuf, database_url: &str) -> Instance {
+        Instance::launch(log, database_url, &demo_config())
+    }
+
+    fn launch(log: PathBuf, database_url: &str, config: &Path) -> Instance {
         let mut instance = Instance {
             port: free_port(),
             database_url: database_url.to_owned(),
             config: config.to_owned(),
-            log: dir.join(format!("payhook-{n}.log")),
+            log,
             child: None,
         };
         instance.spawn();
         instance
+    }
+
+    /// The process id while the process runs, `None` once it has exited (or was killed).
+    fn running_pid(&mut self) -> Option<u32> {
+        let child = self.child.as_mut()?;
+        matches!(child.try_wait(), Ok(None)).then(|| child.id())
     }
 
     fn spawn(&mut self) {

@@ -1,7 +1,7 @@
 //! What the storage layer promises the crediting path, against real databases: a frozen peer's
 //! locks hold up only its own orders, acks wait for the flush whatever the server's default, a
 //! commit is a commit, writers take rows in one order, and SQLite databases do not queue on each
-//! other.
+//! other; a full SQLite database credits nothing, and its connection recovers.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -340,4 +340,63 @@ fn sqlite_databases_of_one_process_do_not_wait_for_each_other() {
         wrote.is_some_and(|r| r.is_ok()),
         "a write to one SQLite database waited for a write to another"
     );
+}
+
+#[test]
+fn a_full_sqlite_database_credits_nothing_and_the_same_connection_credits_once_there_is_room() {
+    let db = TestDb::new(Backend::Sqlite);
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let orders: Vec<OrderNo> = (0..20)
+        .map(|i| {
+            create_order(
+                &mut conn,
+                &format!("u-full-{i}"),
+                "alipay",
+                "1.00",
+                "CNY",
+                None,
+            )
+        })
+        .collect();
+    // Bodies that need pages of their own, so that every notification needs room.
+    let jobs: Vec<ApplyJob> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let n = paid(o, &format!("T-full-{i}"));
+            ApplyJob::new(n, "{}".to_owned(), vec![b'x'; 16 * 1024].into(), now())
+        })
+        .collect();
+    // SQLite's page limit stands in for a full disk: both are SQLITE_FULL, "database or disk is
+    // full".
+    #[derive(diesel::QueryableByName)]
+    struct Pages {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        page_count: i64,
+    }
+    let pages: Pages = diesel::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT page_count FROM pragma_page_count()"),
+        &mut *conn,
+    )
+    .unwrap();
+    conn.batch_execute(&format!("PRAGMA max_page_count = {}", pages.page_count))
+        .unwrap();
+    for result in commit_batch(&mut conn, &jobs, &[]) {
+        let error = result.expect_err("a notification was credited on a full database");
+        assert!(
+            error.to_string().contains("database or disk is full"),
+            "{error}"
+        );
+    }
+    let ledger = "SELECT COUNT(*) AS n FROM ledger";
+    assert_eq!(count(&pool, ledger), 0);
+
+    // Room again: the same connection, no longer in any transaction, credits every one once.
+    conn.batch_execute("PRAGMA max_page_count = 1073741823")
+        .unwrap();
+    for result in commit_batch(&mut conn, &jobs, &[]) {
+        assert_eq!(result.expect("credited").outcome, Outcome::Credited);
+    }
+    assert_eq!(count(&pool, ledger), 20);
 }
