@@ -287,6 +287,12 @@ impl Settings {
         if self.commit.timeout_secs == 0 {
             return invalid("commit.timeout_secs must be at least 1");
         }
+        if self.commit.timeout_secs <= self.pool.lock_timeout_secs {
+            return invalid(
+                "commit.timeout_secs must be above pool.lock_timeout_secs, or a notification that \
+                 waits for a row lock is answered retry before the wait can end",
+            );
+        }
         let r = &self.recovery;
         if r.first_query_after_secs == 0 || r.max_interval_secs == 0 {
             return invalid(
@@ -400,6 +406,7 @@ mod tests {
             ("[commit]\nmax_batch = 0\n", "commit.max_batch"),
             ("[commit]\nmax_batch = 1025\n", "commit.max_batch"),
             ("[commit]\ntimeout_secs = 0\n", "commit.timeout_secs"),
+            ("[commit]\ntimeout_secs = 2\n", "commit.timeout_secs"),
         ] {
             let error = Settings::from_toml(text).unwrap_err().to_string();
             assert!(error.contains(key), "{text}: {error}");

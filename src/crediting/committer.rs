@@ -276,32 +276,30 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
             }
         }
         let started = Instant::now();
-        let results = match pool.get() {
-            // A bug that panics fails this batch (answered retry), not the writer.
-            Ok(mut conn) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut results = commit_batch(&mut conn, &applies, &counts);
-                if !aside.is_empty() {
-                    let tried = vec![None; aside.len()];
-                    let mut hurried = db::Hurried::new(&mut conn);
-                    results.extend(one_by_one(
-                        hurried.conn(),
-                        &aside,
-                        tried,
-                        apply::apply_hurried,
-                    ));
+        let total = applies.len() + aside.len() + counts.len();
+        match pool.get() {
+            Ok(mut conn) => {
+                // A bug that panics fails this batch (answered retry), not the writer. The
+                // batch's callers are answered as soon as it commits, before those held aside
+                // take their turns.
+                let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let results = commit_batch(&mut conn, &applies, &counts);
+                    answer(&mut applies, results, settled, &mut held, now);
+                    if !aside.is_empty() {
+                        let tried = vec![None; aside.len()];
+                        let mut hurried = db::Hurried::new(&mut conn);
+                        let results =
+                            one_by_one(hurried.conn(), &aside, tried, apply::apply_hurried);
+                        answer(&mut aside, results, settled, &mut held, now);
+                    }
+                }));
+                if finished.is_err() {
+                    log::error!("writer: a batch of {total} panicked");
+                    let error = Arc::new(CreditError::Panicked);
+                    fail(&mut applies, &error);
+                    fail(&mut aside, &error);
                 }
-                results
-            }))
-            .unwrap_or_else(|_| {
-                log::error!(
-                    "writer: a batch of {} panicked",
-                    applies.len() + aside.len()
-                );
-                let error = Arc::new(CreditError::Panicked);
-                (0..applies.len() + aside.len())
-                    .map(|_| Err(error.clone()))
-                    .collect()
-            }),
+            }
             Err(e) => {
                 // The database is unreachable: what is queued would fail the same way now.
                 let error = Arc::new(CreditError::Pool(e));
@@ -310,25 +308,40 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
                         applies.push(*job);
                     }
                 }
-                (0..applies.len() + aside.len())
-                    .map(|_| Err(error.clone()))
-                    .collect()
+                fail(&mut applies, &error);
+                fail(&mut aside, &error);
             }
-        };
-        telemetry::record_batch(
-            applies.len() + aside.len() + counts.len(),
-            started.elapsed().as_secs_f64(),
-        );
-        for (job, result) in applies.into_iter().chain(aside).zip(results) {
-            held.learn(&job.notification, &result, now);
-            if let (Ok(applied), Some(fingerprint)) = (&result, Fingerprint::of(&job.notification))
-            {
-                settled.insert(fingerprint, applied);
-            }
-            if let Some(reply) = job.reply {
-                // The caller may have gone; its provider will send again.
-                let _ = reply.send(result);
-            }
+        }
+        telemetry::record_batch(total, started.elapsed().as_secs_f64());
+    }
+}
+
+/// Answers the callers of `jobs` with `results`, in order, once what they wrote is committed:
+/// what went through is remembered as settled first, and the held orders learn from both.
+fn answer(
+    jobs: &mut Vec<ApplyJob>,
+    results: Vec<Result<Applied, Failure>>,
+    settled: &Settled,
+    held: &mut Held,
+    now: Instant,
+) {
+    for (job, result) in jobs.drain(..).zip(results) {
+        held.learn(&job.notification, &result, now);
+        if let (Ok(applied), Some(fingerprint)) = (&result, Fingerprint::of(&job.notification)) {
+            settled.insert(fingerprint, applied);
+        }
+        if let Some(reply) = job.reply {
+            // The caller may have gone; its provider will send again.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Answers every caller of `jobs` with `error`.
+fn fail(jobs: &mut Vec<ApplyJob>, error: &Failure) {
+    for job in jobs.drain(..) {
+        if let Some(reply) = job.reply {
+            let _ = reply.send(Err(error.clone()));
         }
     }
 }
@@ -402,6 +415,9 @@ pub fn commit_batch(
     applies: &[ApplyJob],
     counts: &[CountJob],
 ) -> Vec<Result<Applied, Failure>> {
+    if applies.is_empty() && counts.is_empty() {
+        return Vec::new();
+    }
     // Notifications that failed on their own (PostgreSQL): the batch runs again without them.
     let mut failed: Vec<Option<Failure>> = vec![None; applies.len()];
     let mut attempt = 1;
@@ -452,8 +468,13 @@ pub fn commit_batch(
             one_by_one(conn, applies, failed, apply::apply_alone)
         };
         if !counts.is_empty() {
-            let counted: Result<(), DieselError> =
-                db::transact(conn, |conn| count_all(conn, counts.iter()));
+            // Bookkeeping: one attempt with short lock waits, so that a row held by a frozen
+            // session costs the batch's callers nothing more.
+            let mut hurried = db::Hurried::new(conn);
+            let counted: Result<(), DieselError> = db::transact_with(hurried.conn(), 1, |conn| {
+                db::hurry(conn)?;
+                count_all(conn, counts.iter())
+            });
             if let Err(e) = counted {
                 log::warn!("{} delivery counts not written: {e}", counts.len());
             }

@@ -124,10 +124,22 @@ impl DatabaseUrl {
                     url.port().map(|p| format!(":{p}")).unwrap_or_default(),
                     url.path()
                 ),
-                Err(_) => "a database URL that does not parse".to_owned(),
+                // libpq also takes URLs a URL parser refuses: several hosts, a local socket.
+                Err(_) => redacted_by_hand(url),
             },
         }
     }
+}
+
+/// [`DatabaseUrl::redacted`] for a URL that does not parse: the scheme, whatever follows the
+/// last `@` (the hosts) up to the query, and nothing of the user or password.
+fn redacted_by_hand(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "a database URL that does not parse".to_owned();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let hosts_and_path = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+    format!("{scheme}://{hosts_and_path}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -710,7 +722,7 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// The start of the error a write transaction ends with when its COMMIT returned but no
 /// synchronous standby confirms it: see [`confirm_replicated`].
-const UNREPLICATED: &str = "committed on the primary, but no synchronous standby confirms it";
+const UNREPLICATED: &str = "committed on the primary, not confirmed by a synchronous standby";
 
 /// The write was committed on the primary, and its replication to a synchronous standby is not
 /// confirmed: it must not be acked (see [`confirm_replicated`]).
@@ -752,6 +764,8 @@ fn confirm_replicated(pg: &mut PgConnection) -> Result<(), DieselError> {
     struct Standbys {
         #[diesel(sql_type = Bool)]
         synchronous: bool,
+        #[diesel(sql_type = Bool)]
+        may_read: bool,
     }
     #[derive(QueryableByName)]
     struct Flushed {
@@ -765,14 +779,40 @@ fn confirm_replicated(pg: &mut PgConnection) -> Result<(), DieselError> {
     let synchronous = match known {
         Some((at, synchronous)) if at.elapsed() < STANDBYS_LOOKED_UP_EVERY => synchronous,
         _ => {
-            let looked_up: Standbys = diesel::sql_query(
-                "SELECT current_setting('synchronous_standby_names') <> '' \
-                     AND pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS synchronous",
+            // Written to run on servers that speak PostgreSQL's protocol without its settings
+            // or roles: a lookup that fails means "cannot check", never a failed write.
+            let looked_up: Result<Standbys, DieselError> = diesel::sql_query(
+                "SELECT COALESCE(current_setting('synchronous_standby_names', true), '') <> '' \
+                     AS synchronous, \
+                 CASE WHEN to_regrole('pg_read_all_stats') IS NULL THEN false \
+                     ELSE pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') END \
+                     AS may_read",
             )
-            .get_result(pg)?;
+            .get_result(pg);
+            let synchronous = match looked_up {
+                Ok(Standbys {
+                    synchronous: true,
+                    may_read: false,
+                }) => {
+                    warn_once(
+                        "the server has synchronous standbys, but payhook's role may not read \
+                         their positions (GRANT pg_monitor TO the role): a COMMIT whose wait for \
+                         a standby is cancelled cannot be told from one that was replicated",
+                    );
+                    false
+                }
+                Ok(standbys) => standbys.synchronous,
+                Err(e) => {
+                    warn_once(&format!(
+                        "cannot tell whether the server has synchronous standbys ({e}); writes \
+                         are not checked against them"
+                    ));
+                    false
+                }
+            };
             *STANDBYS.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((Instant::now(), looked_up.synchronous));
-            looked_up.synchronous
+                Some((Instant::now(), synchronous));
+            synchronous
         }
     };
     if !synchronous {
@@ -780,13 +820,21 @@ fn confirm_replicated(pg: &mut PgConnection) -> Result<(), DieselError> {
     }
     // The primary's flush position is past this commit (a COMMIT flushes before it waits for a
     // standby; one that did not wait for the flush wrote only a delivery count, and what it
-    // counts was flushed before), and is at most a few other commits ahead of it.
+    // counts was flushed before), and is at most a few other commits ahead of it. Any error from
+    // here on leaves the commit done but unconfirmed: never one that a caller would run again.
+    let unconfirmed = |why: String| {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(format!("{UNREPLICATED}: {why}")),
+        )
+    };
     let flushed: Flushed = diesel::sql_query(
         "SELECT pg_current_wal_flush_lsn()::text AS lsn, EXISTS (SELECT 1 FROM \
          pg_stat_replication WHERE sync_state IN ('sync', 'quorum') \
          AND flush_lsn >= pg_current_wal_flush_lsn()) AS replicated",
     )
-    .get_result(pg)?;
+    .get_result(pg)
+    .map_err(|e| unconfirmed(e.to_string()))?;
     let deadline = Instant::now() + CONFIRM_FOR;
     let mut pause = Duration::ZERO;
     let mut replicated = flushed.replicated;
@@ -798,20 +846,24 @@ fn confirm_replicated(pg: &mut PgConnection) -> Result<(), DieselError> {
              WHERE sync_state IN ('sync', 'quorum') AND flush_lsn >= $1::pg_lsn) AS replicated",
         )
         .bind::<Text, _>(&flushed.lsn)
-        .get_result(pg)?;
+        .get_result(pg)
+        .map_err(|e| unconfirmed(e.to_string()))?;
         replicated = again.replicated;
     }
     if replicated {
         Ok(())
     } else {
-        Err(DieselError::DatabaseError(
-            DatabaseErrorKind::Unknown,
-            Box::new(format!(
-                "{UNREPLICATED} within {CONFIRM_FOR:?} (WAL position {})",
-                flushed.lsn
-            )),
-        ))
+        Err(unconfirmed(format!(
+            "no synchronous standby has flushed WAL position {} within {CONFIRM_FOR:?}",
+            flushed.lsn
+        )))
     }
+}
+
+/// Logs `message` as a warning the first time only, for the life of the process.
+fn warn_once(message: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| log::warn!("{message}"));
 }
 
 /// How long a statement waits for a lock while [`Hurried`]: on PostgreSQL.
@@ -932,7 +984,11 @@ mod tests {
             ),
             (
                 "postgres://payhook:s3/cr3t@db.example/payhook",
-                "a database URL that does not parse",
+                "postgres://db.example/payhook",
+            ),
+            (
+                "postgres://payhook:s3cr3t@db1:5432,db2:5432/payhook?target_session_attrs=read-write",
+                "postgres://db1:5432,db2:5432/payhook",
             ),
             (
                 "mysql://payhook:s3cr3t@db.example:3306/payhook?unix_socket=/run/s3cr3t",

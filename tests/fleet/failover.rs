@@ -5,14 +5,15 @@
 //! primary, the providers' retries complete the rest, and every instance is ready again without a
 //! restart.
 //!
-//! Before that, the standby is stopped for a while: commits wait for it, so nothing is acked, even
-//! past `statement_timeout` (whose cancel of that wait PostgreSQL reports as a successful commit
-//! with a mere WARNING); once it is back, everything is credited once.
+//! Before that, the standby is stopped for a while: commits wait for it, and the waits are
+//! cancelled (`pg_cancel_backend`), which PostgreSQL reports as a successful COMMIT with a mere
+//! WARNING; nothing is acked, and once the standby is back everything is credited once.
 
 use super::*;
 
 /// The instances' config: the demo channels, and a statement timeout below the commit deadline
-/// (4 s), so that a cancelled wait for the standby would be acked if payhook let it happen.
+/// (4 s), which must not cut a commit's wait for its standby short (the server disarms it before
+/// committing).
 fn config(dir: &Path) -> PathBuf {
     let path = dir.join("failover.toml");
     let demo = std::fs::read_to_string(demo_config()).unwrap();

@@ -36,7 +36,9 @@ fn job(n: &Notification) -> ApplyJob {
 
 /// A migrated pool with these `[pool]` settings.
 fn pool_with(db: &TestDb, pool_toml: &str) -> Pool {
-    let settings = Settings::from_toml(&format!("[pool]\n{pool_toml}")).unwrap();
+    // Only the pool is built here; the commit deadline merely has to pass validation.
+    let settings =
+        Settings::from_toml(&format!("[commit]\ntimeout_secs = 60\n[pool]\n{pool_toml}")).unwrap();
     let pool = db::connect(&db.url, &settings.pool).expect("connect");
     db::migrate(&mut pool.get().unwrap()).expect("migrate");
     pool
