@@ -1,7 +1,8 @@
 //! End to end with real processes: three `payhook serve` instances behind nginx on one
 //! PostgreSQL, made to suffer a killed instance, a database restart and killed connections; and
 //! one instance on SQLite under a storm of duplicates. After each, every ack is a committed credit,
-//! a second replay (the provider's retry) completes everything, and `payhook verify` passes.
+//! a second replay (the provider's retry) completes everything, and `payhook verify` passes. One
+//! instance on each backend under a flood of garbage is in [`flood`].
 //!
 //! The scenarios run one at a time (they time their faults against a running replay) and print
 //! what they did: notifications sent, acks, retries and credits.
@@ -31,6 +32,9 @@ macro_rules! say {
 /// One scenario at a time: each times its faults against its own load.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+// After `say!`, which its scenarios print with.
+mod flood;
+
 fn demo_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml")
 }
@@ -54,15 +58,22 @@ fn run_ok(cmd: &mut Command) -> String {
 struct Instance {
     port: u16,
     database_url: String,
+    config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl Instance {
     fn start(dir: &Path, n: usize, database_url: &str) -> Instance {
+        Instance::start_with(dir, n, database_url, &demo_config())
+    }
+
+    /// As [`Instance::start`], with the config file `config` instead of the demo's.
+    fn start_with(dir: &Path, n: usize, database_url: &str, config: &Path) -> Instance {
         let mut instance = Instance {
             port: free_port(),
             database_url: database_url.to_owned(),
+            config: config.to_owned(),
             log: dir.join(format!("payhook-{n}.log")),
             child: None,
         };
@@ -73,7 +84,7 @@ impl Instance {
     fn spawn(&mut self) {
         let child = payhook()
             .args(["serve", "--config"])
-            .arg(demo_config())
+            .arg(&self.config)
             .args(["--database-url", &self.database_url])
             .args(["--bind", &format!("127.0.0.1:{}", self.port)])
             .arg("--log-file")
