@@ -122,6 +122,65 @@ pub fn record_rejection(
     })
 }
 
+/// Most rejected rows one [`prune_rejected`] deletes, so that a backlog (a database older than the
+/// bound, or `keep_rejected` lowered) drains over several prunes instead of in one long
+/// transaction.
+pub const PRUNE_BATCH: i64 = 1024;
+
+/// How many rejected requests of a channel an instance stores between two prunes of that
+/// channel: `keep` while it is below 64, else 64. A channel so holds its newest `keep` rejected
+/// rows after a prune, and at most `keep + min(keep, 64) - 1` (per instance) before the next.
+pub fn prune_every(keep: u64) -> u64 {
+    keep.clamp(1, 64)
+}
+
+/// Deletes `channel`'s rejected rows (see [`record_rejection`]) but the newest `keep`, at most
+/// [`PRUNE_BATCH`] of them, oldest first; returns how many. Rejected rows are referred to by
+/// nothing else (no ledger row, no anomaly, no other channel), so the rows of verified
+/// notifications are never touched. Rows go by their own ids, found through the
+/// `notifications_rejected` index, so the statement locks only what it deletes. Like the
+/// rejection itself, its commit does not wait for the disk.
+pub fn prune_rejected(
+    conn: &mut DbConnection,
+    channel: &ChannelName,
+    keep: u64,
+) -> Result<usize, crate::db::DbError> {
+    // Written out rather than bound, so that PostgreSQL and SQLite match the partial index.
+    let rejected = || diesel::dsl::sql::<diesel::sql_types::Bool>("outcome = 'rejected'");
+    let offset = i64::try_from(keep.max(1) - 1).unwrap_or(i64::MAX);
+    crate::db::transact(conn, |conn| {
+        crate::db::commit_without_waiting_for_flush(conn)?;
+        let oldest_kept: Option<i64> = notifications::table
+            .filter(notifications::channel.eq(channel.as_str()))
+            .filter(rejected())
+            .order(notifications::id.desc())
+            .offset(offset)
+            .select(notifications::id)
+            .first(conn)
+            .optional()?;
+        let Some(oldest_kept) = oldest_kept else {
+            return Ok(0);
+        };
+        let older: Vec<i64> = notifications::table
+            .filter(notifications::channel.eq(channel.as_str()))
+            .filter(rejected())
+            .filter(notifications::id.lt(oldest_kept))
+            .order(notifications::id.asc())
+            .limit(PRUNE_BATCH)
+            .select(notifications::id)
+            .load(conn)?;
+        if older.is_empty() {
+            return Ok(0);
+        }
+        Ok(diesel::delete(
+            notifications::table
+                .filter(notifications::id.eq_any(&older))
+                .filter(rejected()),
+        )
+        .execute(conn)?)
+    })
+}
+
 /// What the inbox keys a rejected request by: the digest of its whole body.
 const REJECTED_KEY_PREFIX: &str = "unverified:";
 

@@ -31,6 +31,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub commit: CommitSettings,
     pub recovery: RecoverySettings,
+    pub inbox: InboxSettings,
     #[serde(default)]
     pub channels: BTreeMap<ChannelName, ChannelConfig>,
 }
@@ -44,6 +45,15 @@ pub struct RecoverySettings {
     pub first_query_after_secs: u64,
     pub max_interval_secs: u64,
     pub expire_after_secs: u64,
+}
+
+/// What the inbox keeps of requests that fail verification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxSettings {
+    /// Most rejected requests kept per channel: the newest; older ones are deleted as new ones
+    /// arrive (see [`crate::books::inbox::prune_rejected`]).
+    pub keep_rejected: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +325,9 @@ impl Settings {
                 "recovery.expire_after_secs must be more than recovery.first_query_after_secs",
             );
         }
+        if self.inbox.keep_rejected == 0 {
+            return invalid("inbox.keep_rejected must be at least 1");
+        }
         if self.http.body_limit_bytes == 0 {
             return invalid("http.body_limit_bytes must be at least 1");
         }
@@ -457,6 +470,25 @@ every = 3
             let error = Settings::from_toml(text).unwrap_err().to_string();
             assert!(error.contains(key), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn rejected_requests_kept_default_to_ten_thousand_and_at_least_one() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.inbox.keep_rejected, 10_000);
+        let s = Settings::from_toml("[inbox]\nkeep_rejected = 1\n").unwrap();
+        assert_eq!(s.inbox.keep_rejected, 1);
+        for text in [
+            "[inbox]\nkeep_rejected = 0\n",
+            "[inbox]\nkeep_rejected = -5\n",
+        ] {
+            let error = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains("inbox.keep_rejected"), "{text}: {error}");
+        }
+        let error = Settings::from_toml("[inbox]\nkeep = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("inbox") && error.contains("keep"), "{error}");
     }
 
     #[test]

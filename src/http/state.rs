@@ -2,11 +2,13 @@
 //! clock, and the separate store for rejected requests.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web;
 
+use crate::books::inbox;
 use crate::books::schedule::Schedule;
 use crate::config::{ChannelTerms, PoolSettings, Secret, Settings};
 use crate::crediting::Committer;
@@ -117,11 +119,17 @@ impl AppState {
 
 /// Stores rejected requests through a small pool of their own, so that a flood of unverified
 /// requests never takes a connection the writers need. A request that finds every connection
-/// busy is not stored: it is answered retry at once, as it would be anyway.
+/// busy is not stored: it is answered retry at once, as it would be anyway. What is stored is
+/// bounded: every [`inbox::prune_every`] requests stored for a channel, the same connection
+/// deletes that channel's rejected rows but the newest `inbox.keep_rejected`.
 pub struct RejectionStore {
     pool: Pool,
     /// One per connection, taken without waiting.
     permits: Arc<tokio::sync::Semaphore>,
+    /// `inbox.keep_rejected`.
+    keep: u64,
+    /// Requests stored so far per configured channel, counting towards the next prune.
+    stored: Arc<HashMap<ChannelName, AtomicU64>>,
 }
 
 /// Why a rejected request was not stored.
@@ -148,11 +156,20 @@ impl RejectionStore {
         Ok(RejectionStore {
             pool: crate::db::connect(settings.database_url.expose(), &pool_settings)?,
             permits: Arc::new(tokio::sync::Semaphore::new(size as usize)),
+            keep: settings.inbox.keep_rejected,
+            stored: Arc::new(
+                settings
+                    .channels
+                    .keys()
+                    .map(|name| (name.clone(), AtomicU64::new(0)))
+                    .collect(),
+            ),
         })
     }
 
-    /// Records one rejected request (see [`crate::books::inbox::record_rejection`]) unless every
-    /// connection is busy; returns its inbox row, which `payhook explain` takes.
+    /// Records one rejected request (see [`inbox::record_rejection`]) unless every connection is
+    /// busy, and prunes the channel's rejected rows when its turn comes; returns its inbox row,
+    /// which `payhook explain` takes.
     pub async fn record(
         &self,
         channel: ChannelName,
@@ -166,21 +183,39 @@ impl RejectionStore {
             .clone()
             .try_acquire_owned()
             .map_err(|_| NotStored::Busy)?;
-        let pool = self.pool.clone();
+        let (pool, keep, stored) = (self.pool.clone(), self.keep, self.stored.clone());
         web::block(move || {
             let _permit = permit;
             let headers: Vec<(&str, &str)> =
                 headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let mut conn = pool.get()?;
-            crate::books::inbox::record_rejection(
+            let id = inbox::record_rejection(
                 &mut conn,
                 &channel,
-                crate::books::inbox::Source::Notify,
+                inbox::Source::Notify,
                 &reason,
                 &headers,
                 &body,
                 now,
-            )
+            )?;
+            let turn = stored
+                .get(&channel)
+                .map(|n| n.fetch_add(1, Ordering::Relaxed) + 1);
+            if turn.is_some_and(|n| n % inbox::prune_every(keep) == 0) {
+                // The request is stored whatever becomes of the prune; the next turn tries again.
+                match inbox::prune_rejected(&mut conn, &channel, keep) {
+                    Ok(deleted) => log::debug!(
+                        channel = channel.as_str(),
+                        deleted = deleted;
+                        "rejected requests pruned"
+                    ),
+                    Err(e) => log::warn!(
+                        channel = channel.as_str();
+                        "cannot prune rejected requests: {e}"
+                    ),
+                }
+            }
+            Ok::<i64, DbError>(id)
         })
         .await?
         .map_err(NotStored::from)

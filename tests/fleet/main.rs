@@ -1,8 +1,9 @@
 //! End to end with real processes: three `payhook serve` instances behind nginx on one
 //! PostgreSQL, made to suffer a killed instance, a database restart and killed connections; one
-//! instance on SQLite under a storm of duplicates; and one on SQLite whose disks fill up
-//! ([`full_disk`]). After each, every ack is a committed credit, a second replay (the provider's
-//! retry) completes everything, and `payhook verify` passes.
+//! instance on SQLite under a storm of duplicates; and, each in a module of its own, a failover to
+//! a synchronous standby ([`failover`]), a frozen instance ([`frozen`]), a flood of garbage
+//! ([`flood`]) and full disks ([`full_disk`]). After each, every ack is a committed credit, a
+//! second replay (the provider's retry) completes everything, and `payhook verify` passes.
 //!
 //! The scenarios run one at a time (they time their faults against a running replay) and print
 //! what they did: notifications sent, acks, retries and credits.
@@ -31,6 +32,7 @@ macro_rules! say {
 
 // The faults of their own, each in a module (after `say!`, which they use).
 mod failover;
+mod flood;
 mod frozen;
 mod full_disk;
 

@@ -302,3 +302,116 @@ fn a_held_up_rejection_path_leaves_the_writers_their_connections() {
     let statuses: Vec<u16> = answers.try_iter().collect();
     assert_eq!(statuses, [401, 401]);
 }
+
+on_every_backend!(rejected_requests_keep_the_newest_per_channel_and_leave_credits_alone);
+
+/// Anyone can send requests that fail verification, so a channel keeps only its newest
+/// `inbox.keep_rejected` of them: older ones are deleted as new ones arrive, every
+/// min(keep_rejected, 64) stored. A genuine notification among them is credited and keeps its row,
+/// and another channel's rejected requests are its own.
+fn rejected_requests_keep_the_newest_per_channel_and_leave_credits_alone(db: TestDb) {
+    use diesel::RunQueryDsl;
+
+    let app = app_with(
+        &db,
+        "[inbox]\nkeep_rejected = 5\n\
+         [channels.other]\nprovider = \"stripe\"\nsecrets = [\"whsec_igept++Kr45l40HJJToFBEaKempD9VAj\"]\n",
+    );
+    let (_, case) = paid_case();
+    create_order(
+        &mut app.pool.get().unwrap(),
+        "flooded",
+        "gateway",
+        "12.34",
+        "CNY",
+        Some(case["out_trade_no"].as_str().unwrap()),
+    );
+    let client = reqwest::blocking::Client::new();
+    let send = |channel: &str, body: String| -> u16 {
+        client
+            .post(app.url(&format!("/notify/{channel}")))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let genuine = || -> u16 {
+        let mut req = client
+            .post(app.url("/notify/gateway"))
+            .header("Content-Type", "application/json");
+        for (k, v) in case["headers"].as_object().unwrap() {
+            req = req.header(k.as_str(), v.as_str().unwrap());
+        }
+        req.body(case["body"].as_str().unwrap().to_owned())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let garbage = |i: usize| format!("{{\"garbage\":{i}}}");
+    let key = |body: &str| {
+        let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+        format!("unverified:{}", hex::encode(digest.as_ref()))
+    };
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        notification_id: String,
+    }
+    let rejected = |channel: &str| -> Vec<String> {
+        diesel::sql_query(format!(
+            "SELECT notification_id FROM notifications \
+             WHERE channel = '{channel}' AND outcome = 'rejected' ORDER BY id"
+        ))
+        .load::<Row>(&mut *app.pool.get().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.notification_id)
+        .collect()
+    };
+    let newest = |from: usize, to: usize| -> Vec<String> {
+        (from..to).map(|i| key(&garbage(i))).collect::<Vec<_>>()
+    };
+
+    for i in 0..12 {
+        assert_eq!(send("gateway", garbage(i)), 401);
+    }
+    assert!(
+        (200..300).contains(&genuine()),
+        "the genuine notification is acked"
+    );
+    for i in 0..3 {
+        assert!(send("other", garbage(i)) >= 400);
+    }
+    for i in 12..28 {
+        assert_eq!(send("gateway", garbage(i)), 401);
+    }
+    // Pruned after the 25th: the newest five, and the three stored since.
+    assert_eq!(rejected("gateway"), newest(20, 28));
+    assert_eq!(send("gateway", garbage(28)), 401);
+    // A resent body counts on its row, and towards the next prune.
+    assert_eq!(send("gateway", garbage(27)), 401);
+    // Pruned after the 30th: exactly the newest five.
+    assert_eq!(rejected("gateway"), newest(24, 29));
+    assert_eq!(
+        rejected("other"),
+        (0..3).map(|i| key(&garbage(i))).collect::<Vec<_>>()
+    );
+
+    // The credit and its notification are untouched, and a repeat is still a duplicate.
+    assert_eq!(count(&app.pool, "SELECT COUNT(*) AS n FROM ledger"), 1);
+    let verified = "SELECT COUNT(*) AS n FROM notifications WHERE verified = TRUE";
+    assert_eq!(count(&app.pool, verified), 1);
+    assert!((200..300).contains(&genuine()), "a repeat is acked");
+    assert_eq!(count(&app.pool, "SELECT COUNT(*) AS n FROM ledger"), 1);
+    assert_eq!(count(&app.pool, verified), 1);
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT COUNT(*) AS n FROM orders WHERE status = 'paid'"
+        ),
+        1
+    );
+}

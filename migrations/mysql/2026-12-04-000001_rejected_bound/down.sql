@@ -1,0 +1,1 @@
+ALTER TABLE notifications DROP KEY notifications_rejected;
