@@ -93,6 +93,7 @@ impl ApplyJob {
 }
 
 /// One more delivery to count on an inbox row.
+#[derive(Debug, Clone)]
 pub struct CountJob {
     pub inbox_id: i64,
     pub now: NaiveDateTime,
@@ -239,6 +240,8 @@ impl Committer {
 fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled: &Settled) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut held = Held::default();
+    // Delivery counts whose rows another transaction held: written by a coming batch.
+    let mut later: Vec<CountJob> = Vec::new();
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -251,7 +254,7 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
         batch.sort_by(|a, b| a.order_no().cmp(&b.order_no()));
         let mut applies = Vec::with_capacity(batch.len());
         let mut aside = Vec::new();
-        let mut counts = Vec::new();
+        let mut counts = std::mem::take(&mut later);
         let now = Instant::now();
         for job in batch.drain(..) {
             match job {
@@ -283,7 +286,15 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
                 // batch's callers are answered as soon as it commits, before those held aside
                 // take their turns.
                 let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let results = commit_batch(&mut conn, &applies, &counts);
+                    let results =
+                        commit_batch_counting_later(&mut conn, &applies, &counts, &mut later);
+                    if later.len() > LATER_CAPACITY {
+                        log::debug!(
+                            "{} delivery counts not written: their rows stay held",
+                            later.len() - LATER_CAPACITY
+                        );
+                        later.drain(..later.len() - LATER_CAPACITY);
+                    }
                     answer(&mut applies, results, settled, &mut held, now);
                     if !aside.is_empty() {
                         let tried = vec![None; aside.len()];
@@ -345,6 +356,10 @@ fn fail(jobs: &mut Vec<ApplyJob>, error: &Failure) {
         }
     }
 }
+
+/// Most delivery counts a writer keeps for later while their rows are held; beyond it the oldest
+/// are dropped (a count is bookkeeping, never money).
+const LATER_CAPACITY: usize = 4096;
 
 /// How long an order whose rows a lock wait timed out on is kept out of batches.
 const HELD_FOR: Duration = Duration::from_secs(60);
@@ -415,6 +430,25 @@ pub fn commit_batch(
     applies: &[ApplyJob],
     counts: &[CountJob],
 ) -> Vec<Result<Applied, Failure>> {
+    let mut later = Vec::new();
+    let results = commit_batch_counting_later(conn, applies, counts, &mut later);
+    if !later.is_empty() {
+        log::debug!(
+            "{} delivery counts not written: their rows are held",
+            later.len()
+        );
+    }
+    results
+}
+
+/// [`commit_batch`], adding to `later` the delivery counts whose rows another transaction held,
+/// for a coming batch to write.
+fn commit_batch_counting_later(
+    conn: &mut DbConnection,
+    applies: &[ApplyJob],
+    counts: &[CountJob],
+    later: &mut Vec<CountJob>,
+) -> Vec<Result<Applied, Failure>> {
     if applies.is_empty() && counts.is_empty() {
         return Vec::new();
     }
@@ -423,7 +457,10 @@ pub fn commit_batch(
     let mut attempt = 1;
     let failure = loop {
         match db::write_transaction(conn, |conn| apply_batch_in(conn, applies, &failed, counts)) {
-            Ok(results) => return results,
+            Ok((results, held)) => {
+                later.extend(held);
+                return results;
+            }
             // A lock timeout of one notification's row: its holder may be frozen, so the batch
             // runs again without it rather than wait for the timeout once more.
             Err(BatchError { at: Some(i), error })
@@ -471,12 +508,14 @@ pub fn commit_batch(
             // Bookkeeping: one attempt with short lock waits, so that a row held by a frozen
             // session costs the batch's callers nothing more.
             let mut hurried = db::Hurried::new(conn);
-            let counted: Result<(), DieselError> = db::transact_with(hurried.conn(), 1, |conn| {
-                db::hurry(conn)?;
-                count_all(conn, counts.iter())
-            });
-            if let Err(e) = counted {
-                log::warn!("{} delivery counts not written: {e}", counts.len());
+            let counted: Result<Vec<CountJob>, DieselError> =
+                db::transact_with(hurried.conn(), 1, |conn| {
+                    db::hurry(conn)?;
+                    count_all(conn, counts.iter())
+                });
+            match counted {
+                Ok(held) => later.extend(held),
+                Err(e) => log::warn!("{} delivery counts not written: {e}", counts.len()),
             }
         }
         return results;
@@ -533,7 +572,7 @@ fn apply_batch_in(
     applies: &[ApplyJob],
     failed: &[Option<Failure>],
     counts: &[CountJob],
-) -> Result<Vec<Result<Applied, Failure>>, BatchError> {
+) -> Result<(Vec<Result<Applied, Failure>>, Vec<CountJob>), BatchError> {
     let mut results = Vec::with_capacity(applies.len());
     let mut flush = false;
     let mut repeats = Vec::new();
@@ -578,40 +617,41 @@ fn apply_batch_in(
             Err(e) => results.push(Err(Arc::new(e))),
         }
     }
-    count_all(conn, counts.iter().chain(&repeats))?;
+    let held = count_all(conn, counts.iter().chain(&repeats))?;
     if !flush {
         db::commit_without_waiting_for_flush(conn)?;
     }
-    Ok(results)
+    Ok((results, held))
 }
 
 /// Adds the counted deliveries to their inbox rows: one statement for all the rows counted the
-/// same number of times (usually once each).
-///
-/// The rows are locked in id order, by every writer of every instance, so two batches counting
-/// the same rows wait for each other instead of deadlocking over them. (A batch's inbox upserts
-/// lock rows earlier, in order-number order; a deadlock between those and counts is still
-/// possible, and is retried as a conflict.) On PostgreSQL one ordered `SELECT ... FOR UPDATE`
-/// takes the locks first; on SQLite the database lock is the only one.
+/// same number of times (usually once each). Returns the counts it left for later: those of rows
+/// another transaction holds (see [`store::lock_inbox_rows`]), which are not waited for.
 fn count_all<'a>(
     conn: &mut DbConnection,
     counts: impl Iterator<Item = &'a CountJob> + Clone,
-) -> Result<(), DieselError> {
+) -> Result<Vec<CountJob>, DieselError> {
     let Some(now) = counts.clone().map(|job| job.now).max() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let mut per_row: BTreeMap<i64, i64> = BTreeMap::new();
-    for job in counts {
+    for job in counts.clone() {
         *per_row.entry(job.inbox_id).or_default() += 1;
     }
     let rows: Vec<i64> = per_row.keys().copied().collect();
-    store::lock_inbox_rows(conn, &rows)?;
+    let locked: std::collections::HashSet<i64> =
+        store::lock_inbox_rows(conn, &rows)?.into_iter().collect();
     let mut per_increment: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for (inbox_id, increment) in per_row {
-        per_increment.entry(increment).or_default().push(inbox_id);
+        if locked.contains(&inbox_id) {
+            per_increment.entry(increment).or_default().push(inbox_id);
+        }
     }
     for (increment, rows) in per_increment {
         inbox::count_deliveries(conn, &rows, increment, now)?;
     }
-    Ok(())
+    Ok(counts
+        .filter(|job| !locked.contains(&job.inbox_id))
+        .cloned()
+        .collect())
 }

@@ -129,12 +129,14 @@ pub fn lock_due_orders(
     }
 }
 
-/// Locks the inbox rows `ids` in id order, the one order in which every writer takes them.
-pub fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> Result<(), DieselError> {
+/// Locks those of the inbox rows `ids` that no other transaction holds, and returns them: a
+/// delivery count never waits for a row, which another writer may hold for a moment or a frozen
+/// session for as long as it is frozen. On SQLite the database lock is the only one: all of them.
+pub fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> Result<Vec<i64>, DieselError> {
     match conn {
         DbConnection::Postgresql(pg) => postgres::lock_inbox_rows(pg, ids),
         DbConnection::Mysql(my) => mysql::lock_inbox_rows(my, ids),
-        DbConnection::Sqlite(_) => Ok(()),
+        DbConnection::Sqlite(_) => Ok(ids.to_vec()),
     }
 }
 

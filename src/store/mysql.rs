@@ -93,16 +93,16 @@ pub(super) fn lock_for_credits(my: &mut MysqlConnection, order_nos: &[&str]) -> 
     Ok(())
 }
 
-/// The inbox rows in id order, locked.
-pub(super) fn lock_inbox_rows(my: &mut MysqlConnection, ids: &[i64]) -> QueryResult<()> {
+/// The inbox rows no other transaction holds, in id order, locked (`SKIP LOCKED`).
+pub(super) fn lock_inbox_rows(my: &mut MysqlConnection, ids: &[i64]) -> QueryResult<Vec<i64>> {
     if ids.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     notifications::table
         .filter(notifications::id.eq_any(ids))
         .order(notifications::id)
         .select(notifications::id)
         .for_update()
-        .load::<i64>(my)?;
-    Ok(())
+        .skip_locked()
+        .load::<i64>(my)
 }

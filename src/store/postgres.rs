@@ -108,16 +108,16 @@ pub(super) fn lock_for_credits(pg: &mut PgConnection, order_nos: &[&str]) -> Que
     Ok(())
 }
 
-/// `SELECT ... ORDER BY id FOR UPDATE`: PostgreSQL locks the rows as they leave the sort.
-pub(super) fn lock_inbox_rows(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<()> {
+/// `SELECT ... ORDER BY id FOR UPDATE SKIP LOCKED`: the rows no other transaction holds, locked.
+pub(super) fn lock_inbox_rows(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<i64>> {
     if ids.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     notifications::table
         .filter(notifications::id.eq_any(ids))
         .order(notifications::id)
         .select(notifications::id)
         .for_update()
-        .load::<i64>(pg)?;
-    Ok(())
+        .skip_locked()
+        .load::<i64>(pg)
 }
