@@ -550,6 +550,10 @@ fn one_by_one(
         .collect()
 }
 
+/// What a batch's transaction did: one result per notification, and the delivery counts it left
+/// for later because their rows were held.
+type BatchDone = (Vec<Result<Applied, Failure>>, Vec<CountJob>);
+
 /// Why a batch's transaction failed, and which notification failed it, if one did.
 struct BatchError {
     at: Option<usize>,
@@ -572,7 +576,7 @@ fn apply_batch_in(
     applies: &[ApplyJob],
     failed: &[Option<Failure>],
     counts: &[CountJob],
-) -> Result<(Vec<Result<Applied, Failure>>, Vec<CountJob>), BatchError> {
+) -> Result<BatchDone, BatchError> {
     let mut results = Vec::with_capacity(applies.len());
     let mut flush = false;
     let mut repeats = Vec::new();
