@@ -47,7 +47,7 @@ pub fn apply_alone(
     })
 }
 
-/// [`apply_alone`] on a [`db::Hurried`] connection, after a lock timeout: lock waits are cut short
+/// [`apply_alone`] on a [`store::Hurried`] connection, after a lock timeout: lock waits are cut short
 /// and a lock timeout is not tried again, so a notification whose rows a frozen session holds is
 /// answered "retry" at once and the others are not kept waiting behind it.
 pub fn apply_hurried(
@@ -57,7 +57,7 @@ pub fn apply_hurried(
     now: NaiveDateTime,
 ) -> Result<Applied, CreditError> {
     db::transact_with(conn, 1, |conn| {
-        db::hurry(conn)?;
+        store::hurry(conn)?;
         apply_alone_in(conn, notification, evidence, now)
     })
 }

@@ -298,7 +298,7 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
                     answer(&mut applies, results, settled, &mut held, now);
                     if !aside.is_empty() {
                         let tried = vec![None; aside.len()];
-                        let mut hurried = db::Hurried::new(&mut conn);
+                        let mut hurried = store::Hurried::new(&mut conn);
                         let results =
                             one_by_one(hurried.conn(), &aside, tried, apply::apply_hurried);
                         answer(&mut aside, results, settled, &mut held, now);
@@ -496,7 +496,7 @@ fn commit_batch_counting_later(
             // gets a short wait of its own, so those it does not hold are credited now and those
             // it does are answered "retry" without waiting the whole timeout again.
             one_by_one(
-                db::Hurried::new(conn).conn(),
+                store::Hurried::new(conn).conn(),
                 applies,
                 failed,
                 apply::apply_hurried,
@@ -507,10 +507,10 @@ fn commit_batch_counting_later(
         if !counts.is_empty() {
             // Bookkeeping: one attempt with short lock waits, so that a row held by a frozen
             // session costs the batch's callers nothing more.
-            let mut hurried = db::Hurried::new(conn);
+            let mut hurried = store::Hurried::new(conn);
             let counted: Result<Vec<CountJob>, DieselError> =
                 db::transact_with(hurried.conn(), 1, |conn| {
-                    db::hurry(conn)?;
+                    store::hurry(conn)?;
                     count_all(conn, counts.iter())
                 });
             match counted {

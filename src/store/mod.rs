@@ -12,6 +12,7 @@
 //!   [`lock_account`]: one account's row, before a debit reads and changes it;
 //!   [`lock_due_orders`]: pending orders due to be asked about, skipping those others hold.
 //! - [`savepoints_are_cheap`]: what a batch may afford.
+//! - [`Hurried`] and [`hurry`]: short lock waits, for work that follows a lock timeout.
 
 use chrono::NaiveDateTime;
 use diesel::result::Error as DieselError;
@@ -24,12 +25,14 @@ use crate::domain::notification::Notification;
 
 mod balance;
 mod delivery;
+mod hurried;
 mod mysql;
 mod postgres;
 pub mod statement;
 
 pub use balance::{change_balance, lock_account};
 pub use delivery::{Credit, CreditWrite, Verdict};
+pub use hurried::{hurry, Hurried, HURRIED_LOCK_WAIT};
 
 /// The compare-and-set `UPDATE orders SET status = paid ... WHERE order_no = ? AND status =
 /// pending`, and only for the transaction whose update changed the row, the balance increment and
