@@ -65,6 +65,7 @@ fn a_synchronous_standby_takes_over_and_nothing_acked_is_lost_postgresql() {
         .collect();
     std::fs::write(&part, lines.join("\n") + "\n").unwrap();
 
+    let size_before = postgresql_database_bytes(&url);
     // The standby stops: commits wait for it, and every answer is "retry". Halfway, an operator
     // cancels the waiting sessions, which PostgreSQL reports to each as a committed COMMIT with a
     // WARNING: still no ack.
@@ -142,6 +143,8 @@ fn a_synchronous_standby_takes_over_and_nothing_acked_is_lost_postgresql() {
     assert_eq!(credits_by_order(&url).len(), orders);
     let books = verify(&url);
     assert!(books.contains(&format!("{orders} paid orders")), "{books}");
+    let grown = postgresql_database_bytes(&url) as i64 - size_before as i64;
+    say!("  the database grew {grown} bytes over both faults and the retries");
     for instance in &mut instances {
         instance.kill9();
     }

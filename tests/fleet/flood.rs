@@ -95,29 +95,7 @@ impl Database {
                 .sum()
         };
         match &self.server {
-            Some(Server::Postgresql(_)) => {
-                use diesel::prelude::*;
-                #[derive(QueryableByName)]
-                struct Size {
-                    #[diesel(sql_type = diesel::sql_types::BigInt)]
-                    bytes: i64,
-                }
-                let mut conn = diesel::PgConnection::establish(&self.database_url).unwrap();
-                let size: Size =
-                    diesel::sql_query("SELECT pg_database_size(current_database()) AS bytes")
-                        .get_result(&mut conn)
-                        .unwrap();
-                size.bytes as u64
-            }
-            Some(Server::Mariadb(m)) => {
-                let name = self.database_url.rsplit('/').next().unwrap();
-                let folder = m.dir().join("data").join(name);
-                let paths: Vec<PathBuf> = std::fs::read_dir(&folder)
-                    .unwrap()
-                    .map(|e| e.unwrap().path())
-                    .collect();
-                files(&paths)
-            }
+            Some(server) => database_bytes(server, &self.database_url),
             None => {
                 let db = self.dir.path().join("flood.db");
                 files(&[db.clone(), PathBuf::from(format!("{}-wal", db.display()))])

@@ -46,6 +46,7 @@ fn a_frozen_instance_holding_row_locks_stops_no_one_else(backend: Backend) {
     .stderr(Stdio::null())
     .spawn()
     .expect("spawn replay");
+    let size_before = database_bytes(&fleet.cluster, &fleet.database_url);
     let pid = fleet.instances[2].pid();
     let (tries, holding) = freeze_while_holding_locks(&fleet, pid);
     let frozen_at = Instant::now();
@@ -134,6 +135,8 @@ fn a_frozen_instance_holding_row_locks_stops_no_one_else(backend: Backend) {
     );
     assert_eq!(credits_by_order(&fleet.database_url).len(), orders);
     verify(&fleet.database_url);
+    let grown = database_bytes(&fleet.cluster, &fleet.database_url) as i64 - size_before as i64;
+    say!("  the database grew {grown} bytes over the fault and the retries");
     fleet.instances[2].kill9();
 }
 

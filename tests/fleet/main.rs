@@ -566,6 +566,36 @@ impl Server {
     }
 }
 
+/// A database's size on its server: PostgreSQL's own figure, MariaDB's files.
+fn database_bytes(server: &Server, database_url: &str) -> u64 {
+    match server {
+        Server::Postgresql(_) => postgresql_database_bytes(database_url),
+        Server::Mariadb(m) => {
+            let name = database_url.rsplit('/').next().unwrap();
+            std::fs::read_dir(m.dir().join("data").join(name))
+                .unwrap()
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        }
+    }
+}
+
+/// `pg_database_size` of the database `database_url` names.
+fn postgresql_database_bytes(database_url: &str) -> u64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Size {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        bytes: i64,
+    }
+    let mut conn = diesel::PgConnection::establish(database_url).unwrap();
+    let size: Size = diesel::sql_query("SELECT pg_database_size(current_database()) AS bytes")
+        .get_result(&mut conn)
+        .unwrap();
+    size.bytes as u64
+}
+
 /// Three instances and nginx on a fresh database server; returns them with the fixture file.
 struct Fleet {
     cluster: Server,
