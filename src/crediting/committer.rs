@@ -62,6 +62,8 @@ pub struct ApplyJob {
     pub body: bytes::Bytes,
     pub source: Source,
     pub now: NaiveDateTime,
+    /// What the settled memory knows it by ([`Fingerprint::of`]), taken once, off the writer.
+    fingerprint: Option<Fingerprint>,
     reply: Option<oneshot::Sender<Result<Applied, Failure>>>,
 }
 
@@ -79,6 +81,7 @@ impl ApplyJob {
             body,
             source: Source::Notify,
             now,
+            fingerprint: None,
             reply: None,
         }
     }
@@ -184,22 +187,15 @@ impl Committer {
             self.count_delivery(&notification, applied.inbox_id, now);
             return Ok(applied);
         }
-        // The writer remembers what it commits (see [`run`]).
-        self.commit(notification, headers_json, body, source, now)
-            .await
-    }
-
-    async fn commit(
-        &self,
-        notification: Notification,
-        headers_json: String,
-        body: bytes::Bytes,
-        source: Source,
-        now: NaiveDateTime,
-    ) -> Result<Applied, CommitError> {
-        let (reply, answer) = oneshot::channel();
+        // The writer remembers what it commits (see [`run`]), by the fingerprint taken here.
         let mut job = ApplyJob::new(notification, headers_json, body, now);
         job.source = source;
+        job.fingerprint = fingerprint;
+        self.commit(job).await
+    }
+
+    async fn commit(&self, mut job: ApplyJob) -> Result<Applied, CommitError> {
+        let (reply, answer) = oneshot::channel();
         job.reply = Some(reply);
         let waited = async {
             self.lane(&job.notification)
@@ -260,21 +256,19 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
             match job {
                 // A caller that timed out has answered "retry"; its provider will send again.
                 Job::Apply(job) if job.reply.as_ref().is_some_and(|r| r.is_closed()) => {}
-                Job::Apply(job) => {
-                    match Fingerprint::of(&job.notification).and_then(|f| settled.repeat(&f)) {
-                        Some(applied) => {
-                            counts.push(CountJob {
-                                inbox_id: applied.inbox_id,
-                                now: job.now,
-                            });
-                            if let Some(reply) = job.reply {
-                                let _ = reply.send(Ok(applied));
-                            }
+                Job::Apply(job) => match job.fingerprint.and_then(|f| settled.repeat(&f)) {
+                    Some(applied) => {
+                        counts.push(CountJob {
+                            inbox_id: applied.inbox_id,
+                            now: job.now,
+                        });
+                        if let Some(reply) = job.reply {
+                            let _ = reply.send(Ok(applied));
                         }
-                        None if held.holds(&job.notification, now) => aside.push(*job),
-                        None => applies.push(*job),
                     }
-                }
+                    None if held.holds(&job.notification, now) => aside.push(*job),
+                    None => applies.push(*job),
+                },
                 Job::Count(job) => counts.push(job),
             }
         }
@@ -338,7 +332,7 @@ fn answer(
 ) {
     for (job, result) in jobs.drain(..).zip(results) {
         held.learn(&job.notification, &result, now);
-        if let (Ok(applied), Some(fingerprint)) = (&result, Fingerprint::of(&job.notification)) {
+        if let (Ok(applied), Some(fingerprint)) = (&result, job.fingerprint) {
             settled.insert(fingerprint, applied);
         }
         if let Some(reply) = job.reply {

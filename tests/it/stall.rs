@@ -20,16 +20,26 @@ enum Holder {
 }
 
 fn lock_accounts(db: &TestDb) -> Holder {
+    lock_tables(db, &["accounts"])
+}
+
+/// `tables` locked whole, against reads too, until the holder is dropped.
+fn lock_tables(db: &TestDb, tables: &[&str]) -> Holder {
     match db.backend {
         Backend::Postgresql => {
             let mut c = diesel::PgConnection::establish(&db.url).unwrap();
-            c.batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
-                .unwrap();
+            c.batch_execute(&format!(
+                "BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                tables.join(", ")
+            ))
+            .unwrap();
             Holder::Postgresql(c)
         }
         Backend::Mysql => {
             let mut c = diesel::MysqlConnection::establish(&db.url).unwrap();
-            c.batch_execute("LOCK TABLES accounts WRITE").unwrap();
+            let each: Vec<String> = tables.iter().map(|t| format!("{t} WRITE")).collect();
+            c.batch_execute(&format!("LOCK TABLES {}", each.join(", ")))
+                .unwrap();
             Holder::Mysql(c)
         }
         Backend::Sqlite => unreachable!("SQLite has no table locks"),
@@ -127,4 +137,65 @@ fn locked_for_twenty_seconds(db: TestDb) {
         "{after:?}"
     );
     assert_eq!(credited, 4);
+}
+
+#[test]
+fn a_repeat_of_a_committed_credit_is_acked_from_memory_while_the_books_are_locked_postgresql() {
+    repeat_from_memory(TestDb::new(Backend::Postgresql));
+}
+
+#[test]
+fn a_repeat_of_a_committed_credit_is_acked_from_memory_while_the_books_are_locked_mariadb() {
+    repeat_from_memory(TestDb::new(Backend::Mysql));
+}
+
+/// The writer remembers a credit as it commits it, so a repeat needs no database: with every
+/// table it would read locked, the repeat is acked at once while a new notification is not.
+fn repeat_from_memory(db: TestDb) {
+    let config =
+        format!("[channels.gateway]\nprovider = \"standard-webhooks\"\nsecrets = [\"{SECRET}\"]\n");
+    let app = spawn_app(&db, &config, Utc::now());
+    let (first, second) = {
+        let mut conn = app.pool.get().unwrap();
+        (
+            create_order(&mut conn, "memory", "gateway", "1.00", "CNY", None).to_string(),
+            create_order(&mut conn, "memory", "gateway", "1.00", "CNY", None).to_string(),
+        )
+    };
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let send = |order: &str| {
+        let (headers, body) = signed(order, 100, &format!("msg-{order}"));
+        let mut req = client.post(app.url("/notify/gateway"));
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let started = Instant::now();
+        let status = req.body(body).send().unwrap().status().as_u16();
+        (status, started.elapsed())
+    };
+    let acked = |status: u16| (200..300).contains(&status);
+    assert!(acked(send(&first).0), "the first delivery is credited");
+    let holder = lock_tables(&db, &["accounts", "orders", "notifications"]);
+    let (repeat, took) = send(&first);
+    let (new, _) = send(&second);
+    drop(holder);
+    assert!(
+        acked(repeat),
+        "the repeat was not answered from memory: {repeat}"
+    );
+    assert!(took < Duration::from_secs(1), "the repeat took {took:?}");
+    assert_ne!(
+        new, 200,
+        "the tables were not locked: the test proves nothing"
+    );
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT COUNT(*) AS n FROM ledger WHERE kind = 'credit'"
+        ),
+        1
+    );
 }
