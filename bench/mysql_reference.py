@@ -56,12 +56,13 @@ def client(args):
         balance = cur.fetchone()[0]
         cur.execute(
             "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, "
-            "created_at) VALUES (%s, 'CNY', %s, 'credit', 1000, %s, %s)", (user, order, balance, NOW))
+            "created_at, entry_key) VALUES (%s, 'CNY', %s, 'credit', 1000, %s, %s, %s)", (user, order, balance, NOW, order))
         cur.execute(
             "INSERT INTO notifications (channel, notification_id, order_no, provider_trade_no, kind, "
-            "amount_minor, currency, verified, outcome, detail, raw_headers, raw_body, delivery_count, "
+            "amount_minor, currency, verified, outcome, detail, anomaly, source, raw_headers, raw_body, "
+            "delivery_count, "
             "first_seen_at, last_seen_at) VALUES ('bench', %s, %s, %s, 'paid', 1000, 'CNY', TRUE, "
-            "'credited', NULL, '{}', x'7b7d', 1, %s, %s) ON DUPLICATE KEY UPDATE "
+            "'credited', NULL, FALSE, 'notify', '{}', x'7b7d', 1, %s, %s) ON DUPLICATE KEY UPDATE "
             "detail = IF(outcome = 'credited', detail, VALUES(detail)), "
             "outcome = IF(outcome = 'credited', outcome, VALUES(outcome)), "
             "delivery_count = delivery_count + 1, last_seen_at = VALUES(last_seen_at)",

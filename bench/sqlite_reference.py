@@ -51,14 +51,15 @@ def main() -> None:
         ).fetchall()[0][0]
         db.execute(
             "INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, balance_after, "
-            "created_at) VALUES (?, 'CNY', ?, 'credit', 1000, ?, ?)",
-            (user, order, balance, now),
+            "created_at, entry_key) VALUES (?, 'CNY', ?, 'credit', 1000, ?, ?, ?)",
+            (user, order, balance, now, order),
         )
         db.execute(
             "INSERT INTO notifications (channel, notification_id, order_no, provider_trade_no, kind, "
-            "amount_minor, currency, verified, outcome, detail, raw_headers, raw_body, delivery_count, "
+            "amount_minor, currency, verified, outcome, detail, anomaly, source, raw_headers, raw_body, "
+            "delivery_count, "
             "first_seen_at, last_seen_at) VALUES ('bench', ?, ?, ?, 'paid', 1000, 'CNY', TRUE, "
-            "'credited', NULL, '{}', x'7b7d', 1, ?, ?) "
+            "'credited', NULL, FALSE, 'notify', '{}', x'7b7d', 1, ?, ?) "
             "ON CONFLICT (channel, notification_id) DO UPDATE SET "
             "delivery_count = notifications.delivery_count + 1, last_seen_at = excluded.last_seen_at, "
             "outcome = CASE WHEN notifications.outcome = 'credited' THEN notifications.outcome "
