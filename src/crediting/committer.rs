@@ -315,6 +315,10 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
                 }
                 fail(&mut applies, &error);
                 fail(&mut aside, &error);
+                // The counts wait for the database too.
+                later = counts;
+                let over = later.len().saturating_sub(LATER_CAPACITY);
+                later.drain(..over);
             }
         }
         telemetry::record_batch(total, started.elapsed().as_secs_f64());
