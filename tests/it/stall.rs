@@ -8,7 +8,9 @@ use chrono::Utc;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
 
-use crate::common::{count, create_order, spawn_app, standard_webhooks_payment, Backend, TestDb};
+use crate::common::{
+    count, create_order, spawn_app, standard_webhooks_payment, Backend, TestApp, TestDb,
+};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -50,6 +52,18 @@ fn signed(order_no: &str, minor: i64, id: &str) -> (Vec<(String, String)>, Strin
     standard_webhooks_payment(SECRET, order_no, minor, id)
 }
 
+/// Delivers the signed payment of 1.00 for `order`; returns the status and how long it took.
+fn deliver(client: &reqwest::blocking::Client, app: &TestApp, order: &str) -> (u16, Duration) {
+    let (headers, body) = signed(order, 100, &format!("msg-{order}"));
+    let mut req = client.post(app.url("/notify/gateway"));
+    for (k, v) in &headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let started = Instant::now();
+    let status = req.body(body).send().unwrap().status().as_u16();
+    (status, started.elapsed())
+}
+
 #[test]
 fn a_table_locked_for_twenty_seconds_gets_retries_within_ten_seconds_and_credits_once_after_postgresql(
 ) {
@@ -78,16 +92,7 @@ fn locked_for_twenty_seconds(db: TestDb) {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
-    let send = |order: &str| {
-        let (headers, body) = signed(order, 100, &format!("msg-{order}"));
-        let mut req = client.post(app.url("/notify/gateway"));
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let started = Instant::now();
-        let status = req.body(body).send().unwrap().status().as_u16();
-        (status, started.elapsed())
-    };
+    let send = |order: &str| deliver(&client, &app, order);
     // Four waves of the same four notifications while the lock is held, 5 s apart.
     let mut during: Vec<(u16, Duration)> = Vec::new();
     for wave in 0..4u64 {
@@ -166,16 +171,7 @@ fn repeat_from_memory(db: TestDb) {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let send = |order: &str| {
-        let (headers, body) = signed(order, 100, &format!("msg-{order}"));
-        let mut req = client.post(app.url("/notify/gateway"));
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let started = Instant::now();
-        let status = req.body(body).send().unwrap().status().as_u16();
-        (status, started.elapsed())
-    };
+    let send = |order: &str| deliver(&client, &app, order);
     let acked = |status: u16| (200..300).contains(&status);
     assert!(acked(send(&first).0), "the first delivery is credited");
     let holder = lock_tables(&db, &["accounts", "orders", "notifications"]);

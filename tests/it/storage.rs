@@ -44,6 +44,22 @@ fn pool_with(db: &TestDb, pool_toml: &str) -> Pool {
     pool
 }
 
+/// `n` pending Alipay orders of 1.00, each of its own user `{prefix}-{i}`.
+fn orders_of(conn: &mut db::DbConnection, prefix: &str, n: usize) -> Vec<OrderNo> {
+    (0..n)
+        .map(|i| {
+            create_order(
+                conn,
+                &format!("{prefix}-{i}"),
+                "alipay",
+                "1.00",
+                "CNY",
+                None,
+            )
+        })
+        .collect()
+}
+
 /// A connection of another process, holding `sql`'s row locks in an open transaction.
 fn frozen_peer(db: &TestDb, sql: &str) -> PgConnection {
     let mut peer = PgConnection::establish(&db.url).unwrap();
@@ -247,18 +263,7 @@ fn delivery_counts_never_wait_for_a_held_row_on(db: TestDb) {
         "max_size = 4\nlock_timeout_secs = 5\nstatement_timeout_secs = 30\n",
     );
     let mut conn = pool.get().unwrap();
-    let orders: Vec<OrderNo> = (0..10)
-        .map(|i| {
-            create_order(
-                &mut conn,
-                &format!("u-count-{i}"),
-                "alipay",
-                "1.00",
-                "CNY",
-                None,
-            )
-        })
-        .collect();
+    let orders = orders_of(&mut conn, "u-count", 10);
     let jobs: Vec<ApplyJob> = orders
         .iter()
         .enumerate()
@@ -343,18 +348,7 @@ fn a_full_sqlite_database_credits_nothing_and_the_same_connection_credits_once_t
     let db = TestDb::new(Backend::Sqlite);
     let pool = db.pool(2);
     let mut conn = pool.get().unwrap();
-    let orders: Vec<OrderNo> = (0..20)
-        .map(|i| {
-            create_order(
-                &mut conn,
-                &format!("u-full-{i}"),
-                "alipay",
-                "1.00",
-                "CNY",
-                None,
-            )
-        })
-        .collect();
+    let orders = orders_of(&mut conn, "u-full", 20);
     // Bodies that need pages of their own, so that every notification needs room.
     let jobs: Vec<ApplyJob> = orders
         .iter()
