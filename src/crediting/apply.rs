@@ -102,17 +102,31 @@ pub fn apply_in(
     evidence: Evidence<'_>,
     now: NaiveDateTime,
 ) -> Result<(Applied, Durability), CreditError> {
+    apply_found_in(conn, notification, evidence, now, None)
+}
+
+/// [`apply_in`], given what [`read::find_for_batch`] read for this notification in this
+/// transaction, when nothing written since has touched its order, trade or inbox row.
+pub fn apply_found_in(
+    conn: &mut DbConnection,
+    notification: &Notification,
+    evidence: Evidence<'_>,
+    now: NaiveDateTime,
+    read_already: Option<read::Found>,
+) -> Result<(Applied, Durability), CreditError> {
     let resolved = order_of_trade(conn, notification)?;
     let n = resolved.as_ref().unwrap_or(notification);
-    let found = match &n.order_no {
-        Some(order_no) => read::find_for_notification(
+    let found = match (&n.order_no, read_already) {
+        // A notification that named its order was read as it is.
+        (Some(_), Some(found)) if resolved.is_none() => found,
+        (Some(order_no), _) => read::find_for_notification(
             conn,
             order_no,
             &n.channel,
             &n.notification_id,
             n.provider_trade_no.as_deref(),
         )?,
-        None => read::Found::default(),
+        (None, _) => read::Found::default(),
     };
     // The commonest repeat costs this one read: a paid order never leaves `paid`, so once it is
     // paid by this very trade and the delivery has its inbox row, only the count is left.

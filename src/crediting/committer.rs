@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use super::apply::{self, Applied, Durability};
 use super::error::{CreditError, Failure};
+use super::read;
 use super::settled::{Fingerprint, Settled, SETTLED_CAPACITY};
 use crate::books::inbox::{self, Evidence, Source};
 use crate::db::{self, DbConnection, Pool, Retry};
@@ -589,6 +590,13 @@ fn apply_batch_in(
         .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
         .collect();
     store::lock_for_credits(conn, &order_nos)?;
+    // Where each statement is a round trip (not SQLite), the batch's orders and inbox rows are
+    // read by two statements instead of one per notification.
+    let mut read_already = if savepoints {
+        vec![None; applies.len()]
+    } else {
+        read_batch(conn, applies, failed)?
+    };
     for (i, (job, failed)) in applies.iter().zip(failed).enumerate() {
         if let Some(error) = failed {
             results.push(Err(error.clone()));
@@ -598,7 +606,8 @@ fn apply_batch_in(
         let applied = if savepoints {
             conn.transaction(|conn| apply::apply_in(conn, &job.notification, evidence, job.now))
         } else {
-            apply::apply_in(conn, &job.notification, evidence, job.now)
+            let found = read_already[i].take();
+            apply::apply_found_in(conn, &job.notification, evidence, job.now, found)
         };
         match applied {
             Ok((applied, durability)) => {
@@ -624,6 +633,41 @@ fn apply_batch_in(
         db::commit_without_waiting_for_flush(conn)?;
     }
     Ok((results, held))
+}
+
+/// What [`read::find_for_batch`] reads for the notifications of a batch that may use it (see
+/// [`read::read_up_front`]), in one go; `None` for the others, which read for themselves when their
+/// turn comes.
+fn read_batch(
+    conn: &mut DbConnection,
+    applies: &[ApplyJob],
+    failed: &[Option<Failure>],
+) -> Result<Vec<Option<read::Found>>, DieselError> {
+    let batch = applies
+        .iter()
+        .zip(failed)
+        .map(|(job, failed)| failed.is_none().then_some(&job.notification));
+    let mut keys = Vec::new();
+    let mut at = Vec::new();
+    for (i, (job, up_front)) in applies.iter().zip(read::read_up_front(batch)).enumerate() {
+        let n = &job.notification;
+        if let (true, Some(order_no)) = (up_front, &n.order_no) {
+            keys.push(read::Key {
+                order_no,
+                channel: &n.channel,
+                notification_id: &n.notification_id,
+                trade_no: n.provider_trade_no.as_deref(),
+            });
+            at.push(i);
+        }
+    }
+    let mut found = vec![None; applies.len()];
+    if keys.len() > 1 {
+        for (i, f) in at.into_iter().zip(read::find_for_batch(conn, &keys)?) {
+            found[i] = Some(f);
+        }
+    }
+    Ok(found)
 }
 
 /// Adds the counted deliveries to their inbox rows: one statement for all the rows counted the

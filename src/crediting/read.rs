@@ -1,5 +1,6 @@
 //! The crediting transaction's one read: the order a notification names, any other order its
-//! trade already paid, and the delivery's inbox row, in one statement before anything is written.
+//! trade already paid, and the delivery's inbox row, in one statement before anything is written;
+//! or, for a batch, in two statements for all its notifications that may be read up front.
 
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
@@ -9,9 +10,10 @@ use crate::books::orders::{Order, OrderRow};
 use crate::db::schema::{notifications, orders};
 use crate::db::DbConnection;
 use crate::domain::ids::{ChannelName, OrderNo};
+use crate::domain::notification::Notification;
 
 /// What one statement reads for a notification before anything is written.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Found {
     /// The order the notification names.
     pub order: Option<Order>,
@@ -61,6 +63,101 @@ pub fn find_for_notification(
     Ok(found)
 }
 
+/// What a notification is read by: [`find_for_notification`]'s arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a> {
+    pub order_no: &'a OrderNo,
+    pub channel: &'a ChannelName,
+    pub notification_id: &'a str,
+    pub trade_no: Option<&'a str>,
+}
+
+/// What [`find_for_notification`] finds for each of `keys`, in order, read by two statements for
+/// all of them: the orders named or paid by the trades, then the inbox rows. Where a statement is
+/// a round trip to the server, a batch reads this way once instead of once per notification.
+///
+/// The caller must not pass two keys that share an order, a trade or a notification: each is
+/// read as it stands before any of them is applied.
+pub fn find_for_batch(
+    conn: &mut DbConnection,
+    keys: &[Key<'_>],
+) -> Result<Vec<Found>, DieselError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let order_nos: Vec<&str> = keys.iter().map(|k| k.order_no.as_str()).collect();
+    let mut channels: Vec<&str> = keys.iter().map(|k| k.channel.as_str()).collect();
+    channels.sort_unstable();
+    channels.dedup();
+    let trades: Vec<&str> = keys.iter().filter_map(|k| k.trade_no).collect();
+    let ids: Vec<&str> = keys.iter().map(|k| k.notification_id).collect();
+    // On PostgreSQL each list is one array parameter (`= ANY($1)`), so the statement's text is the
+    // same for any batch and stays prepared; elsewhere it is an `IN` list.
+    macro_rules! load {
+        ($conn:expr) => {{
+            let named = orders::order_no.eq_any(&order_nos);
+            let query = orders::table.select(OrderRow::as_select());
+            let rows: Vec<OrderRow> = if trades.is_empty() {
+                query.filter(named).load($conn)?
+            } else {
+                let paid = orders::channel
+                    .eq_any(&channels)
+                    .and(orders::provider_trade_no.eq_any(&trades));
+                query.filter(named.or(paid)).load($conn)?
+            };
+            let inbox: Vec<(String, String, i64, i64)> = notifications::table
+                .filter(notifications::notification_id.eq_any(&ids))
+                .filter(notifications::channel.eq_any(&channels))
+                .select((
+                    notifications::channel,
+                    notifications::notification_id,
+                    notifications::id,
+                    notifications::delivery_count,
+                ))
+                .load($conn)?;
+            (rows, inbox)
+        }};
+    }
+    let (rows, inbox) = match conn {
+        DbConnection::Postgresql(pg) => load!(pg),
+        conn => load!(conn),
+    };
+    let orders = rows
+        .into_iter()
+        .map(Order::try_from)
+        .collect::<Result<Vec<Order>, _>>()?;
+    Ok(keys
+        .iter()
+        .map(|key| {
+            let order = orders.iter().find(|o| &o.order_no == key.order_no).cloned();
+            let trade_paid = key.trade_no.and_then(|trade| {
+                orders
+                    .iter()
+                    .find(|o| {
+                        &o.order_no != key.order_no
+                            && &o.channel == key.channel
+                            && o.provider_trade_no.as_deref() == Some(trade)
+                    })
+                    .map(|o| o.order_no.clone())
+            });
+            // As the one statement of `find_for_notification` joins the inbox row to the orders
+            // it found, a notification that found no order has no delivery either.
+            let delivery = inbox
+                .iter()
+                .find(|(channel, id, ..)| {
+                    channel == key.channel.as_str() && id == key.notification_id
+                })
+                .filter(|_| order.is_some() || trade_paid.is_some())
+                .map(|&(_, _, id, delivery_count)| InboxRow { id, delivery_count });
+            Found {
+                order,
+                trade_paid,
+                delivery,
+            }
+        })
+        .collect())
+}
+
 /// The order of `channel` that the provider trade `trade_no` paid, if any: how a refund or
 /// dispute that names only its trade (Stripe's Charge and Dispute) finds its order. A paid
 /// order's trade never changes, so this needs no lock.
@@ -76,4 +173,95 @@ pub fn order_paid_by_trade(
         .first(conn)
         .optional()?;
     Ok(found.and_then(|no| OrderNo::parse(&no).ok()))
+}
+
+/// Which notifications of a batch (`None`: one that will not run) may be read before any of them
+/// is applied. Not one whose order, trade or inbox row an earlier one in the batch shares: that
+/// one may have changed them by then. Nor, after a notification that names no order (a refund
+/// resolved through its trade when applied, to an order unknown until then), any later one.
+/// A read gone stale would not credit twice (every write is a compare-and-set) but would fail
+/// the batch and run it again.
+pub fn read_up_front<'a>(batch: impl Iterator<Item = Option<&'a Notification>>) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    let mut unnamed = false;
+    batch
+        .map(|n| {
+            let Some(n) = n else { return false };
+            let Some(order_no) = &n.order_no else {
+                unnamed = true;
+                return false;
+            };
+            let channel = n.channel.as_str();
+            let trade = n.provider_trade_no.as_deref().unwrap_or_default();
+            let touches = [
+                ("order", "", order_no.as_str()),
+                ("trade", channel, trade),
+                ("inbox", channel, n.notification_id.as_str()),
+            ];
+            let mut first = !unnamed;
+            for touch in touches.into_iter().filter(|t| !t.2.is_empty()) {
+                first &= seen.insert(touch);
+            }
+            first
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{ChannelName, OrderNo};
+    use crate::domain::notification::NotificationKind;
+
+    fn paid(order: Option<&str>, trade: &str, id: &str) -> Notification {
+        Notification {
+            channel: ChannelName::parse("alipay").unwrap(),
+            notification_id: id.to_owned(),
+            order_no: order.map(|o| OrderNo::parse(o).unwrap()),
+            provider_trade_no: Some(trade.to_owned()),
+            amount: None,
+            currency: None,
+            kind: NotificationKind::Paid,
+            merchant_mismatch: None,
+        }
+    }
+
+    fn up_front(batch: &[Option<Notification>]) -> Vec<bool> {
+        read_up_front(batch.iter().map(Option::as_ref))
+    }
+
+    #[test]
+    fn only_the_first_to_touch_an_order_trade_or_inbox_row_is_read_up_front() {
+        let a = paid(Some("A"), "TA", "n-a");
+        let b = paid(Some("B"), "TB", "n-b");
+        let again = |n: &Notification, f: fn(&mut Notification)| {
+            let mut n = n.clone();
+            f(&mut n);
+            Some(n)
+        };
+        let batch = [
+            Some(a.clone()),
+            Some(b.clone()),
+            again(&a, |n| n.notification_id = "n-a2".into()),
+            again(&b, |n| n.order_no = OrderNo::parse("C").ok()),
+            again(&a, |n| {
+                n.order_no = OrderNo::parse("D").ok();
+                n.provider_trade_no = Some("TD".into());
+            }),
+            Some(paid(Some("E"), "TE", "n-e")),
+        ];
+        assert_eq!(up_front(&batch), [true, true, false, false, false, true]);
+        // One that will not run touches nothing.
+        assert_eq!(up_front(&[None, Some(a.clone())]), [false, true]);
+    }
+
+    #[test]
+    fn nothing_after_a_notification_without_its_order_is_read_up_front() {
+        let batch = [
+            Some(paid(None, "TX", "n-x")),
+            Some(paid(Some("A"), "TA", "n-a")),
+            Some(paid(Some("B"), "TB", "n-b")),
+        ];
+        assert_eq!(up_front(&batch), [false, false, false]);
+    }
 }

@@ -106,14 +106,22 @@ impl DatabaseUrl {
     }
 
     /// How many writer threads commit in parallel when `[commit] writers` leaves it to the
-    /// backend: SQLite has one writer anyway; on PostgreSQL four let round trips overlap, leaving
-    /// a connection of the pool for the API and the probes.
+    /// backend: SQLite has one writer anyway. On PostgreSQL and MySQL, one per core, between two
+    /// and four, leaving a connection of the pool for the API and the probes: two lanes let one
+    /// batch gather while the other commits, and more than the cores only split the same load into
+    /// smaller batches, each paying for its own statements and commit (`bench/RESULTS.md`).
     pub fn default_writers(&self, pool_size: u32) -> usize {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        self.default_writers_for(pool_size, cores)
+    }
+
+    fn default_writers_for(&self, pool_size: u32, cores: usize) -> usize {
         match self {
             DatabaseUrl::Sqlite(_) => 1,
-            DatabaseUrl::Postgresql(_) | DatabaseUrl::Mysql(_) => {
-                (pool_size as usize).saturating_sub(1).clamp(1, 4)
-            }
+            DatabaseUrl::Postgresql(_) | DatabaseUrl::Mysql(_) => cores
+                .clamp(2, 4)
+                .min((pool_size as usize).saturating_sub(1))
+                .max(1),
         }
     }
 
@@ -131,21 +139,10 @@ impl DatabaseUrl {
                     url.path()
                 ),
                 // libpq also takes URLs a URL parser refuses: several hosts, a local socket.
-                Err(_) => redacted_by_hand(url),
+                Err(_) => session_url::redacted_by_hand(url),
             },
         }
     }
-}
-
-/// [`DatabaseUrl::redacted`] for a URL that does not parse: the scheme, whatever follows the
-/// last `@` (the hosts) up to the query, and nothing of the user or password.
-fn redacted_by_hand(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "a database URL that does not parse".to_owned();
-    };
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let hosts_and_path = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
-    format!("{scheme}://{hosts_and_path}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -714,6 +711,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writers_follow_the_cores_between_two_and_four_and_leave_a_connection_free() {
+        let pg = DatabaseUrl::parse("postgres://db/payhook").unwrap();
+        let lite = DatabaseUrl::parse("sqlite://payhook.db").unwrap();
+        let cases = [
+            (1, 10, 2),
+            (2, 10, 2),
+            (3, 10, 3),
+            (8, 10, 4),
+            (8, 3, 2),
+            (8, 1, 1),
+        ];
+        for (cores, pool, writers) in cases {
+            assert_eq!(
+                pg.default_writers_for(pool, cores),
+                writers,
+                "{cores} cores, pool {pool}"
+            );
+            assert_eq!(lite.default_writers_for(pool, cores), 1);
+        }
+    }
 
     #[test]
     fn redacted_urls_show_scheme_host_port_and_database_only() {

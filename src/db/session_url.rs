@@ -1,4 +1,4 @@
-//! The URL payhook opens PostgreSQL sessions with.
+//! The URL payhook opens PostgreSQL sessions with, and what of a URL may be logged.
 
 /// libpq's TCP keepalives, unless the URL sets its own: a peer that vanished (a network black
 /// hole, a host that died) is noticed in about a minute rather than never.
@@ -42,4 +42,14 @@ pub(super) fn postgresql_session_url(url: &str) -> String {
         extended.push_str(fragment);
     }
     extended
+}
+/// [`DatabaseUrl::redacted`] for a URL that does not parse: the scheme, whatever follows the
+/// last `@` (the hosts) up to the query, and nothing of the user or password.
+pub(super) fn redacted_by_hand(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "a database URL that does not parse".to_owned();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let hosts_and_path = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+    format!("{scheme}://{hosts_and_path}")
 }

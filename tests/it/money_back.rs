@@ -404,6 +404,53 @@ fn a_refund_that_names_only_its_trade_finds_the_order_that_trade_paid(db: TestDb
     assert_books_balance(&pool);
 }
 
+/// A refund that names only its trade is resolved to its order when its turn comes, so what a
+/// batch could read up front about that order would be stale for every notification after it:
+/// those read for themselves (on PostgreSQL and MySQL, where a batch reads up front), and the
+/// order's compare-and-set on its version stands behind that.
+fn a_batch_reads_an_order_again_after_a_refund_by_trade_changed_it(db: TestDb) {
+    let pool = db.pool(2);
+    let order_no = paid_order(&pool, "r12", "10.00");
+    let other = create_order(
+        &mut pool.get().unwrap(),
+        "r13",
+        "alipay",
+        "10.00",
+        "CNY",
+        None,
+    );
+    let paid = pay_order(
+        &mut pool.get().unwrap(),
+        "alipay",
+        other.as_str(),
+        "T2",
+        1000,
+        "CNY",
+    );
+    assert_eq!(paid, "credited");
+    let mut by_trade = refunds_up_to(&order_no, "evt_a", 250);
+    by_trade.order_no = None;
+    let mut of_other = refunds_up_to(&other, "n-other", 100);
+    of_other.provider_trade_no = Some("T2".to_owned());
+    let job = |n: &Notification| ApplyJob::new(n.clone(), "{}".to_owned(), "x".into(), now());
+    // The committer puts notifications without an order first; so does this batch.
+    let batch = [
+        job(&by_trade),
+        job(&of_other),
+        job(&refunds_up_to(&order_no, "n-b", 400)),
+    ];
+    let results: Vec<Outcome> = commit_batch(&mut pool.get().unwrap(), &batch, &[])
+        .into_iter()
+        .map(|r| r.expect("applied").outcome)
+        .collect();
+    assert_eq!(results, [Outcome::Refunded; 3]);
+    // 2.50 by the trade, then up to 4.00 by the order: 1.50 more, not 4.00.
+    assert_eq!(balance(&pool, "r12"), 600);
+    assert_eq!(order(&pool, &order_no).refunded.get(), 400);
+    assert_eq!(balance(&pool, "r13"), 900);
+    assert_books_balance(&pool);
+}
+
 fn refunds_that_contradict_what_is_booked_or_move_nothing_are_for_a_human(db: TestDb) {
     let pool = db.pool(2);
     let order_no = paid_order(&pool, "r11", "10.00");
@@ -525,6 +572,7 @@ fn one_batch_pays_and_refunds_an_order_and_books_each_refund_once(db: TestDb) {
 
 on_every_backend!(
     one_batch_pays_and_refunds_an_order_and_books_each_refund_once,
+    a_batch_reads_an_order_again_after_a_refund_by_trade_changed_it,
     refunds_by_id_leave_the_balance_once_each_and_the_order_keeps_what_went_back,
     cumulative_refunds_move_the_difference_and_a_passed_total_moves_nothing,
     a_refund_of_a_spent_credit_leaves_a_debt_that_is_kept_for_a_human,
