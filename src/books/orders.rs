@@ -52,7 +52,7 @@ impl OrderStatus {
 }
 
 /// An order as stored.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = orders)]
 pub struct OrderRow {
     order_no: String,

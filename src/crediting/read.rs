@@ -11,6 +11,7 @@ use crate::db::schema::{notifications, orders};
 use crate::db::DbConnection;
 use crate::domain::ids::{ChannelName, OrderNo};
 use crate::domain::notification::Notification;
+use crate::store;
 
 /// What one statement reads for a notification before anything is written.
 #[derive(Debug, Default, Clone)]
@@ -91,37 +92,7 @@ pub fn find_for_batch(
     channels.dedup();
     let trades: Vec<&str> = keys.iter().filter_map(|k| k.trade_no).collect();
     let ids: Vec<&str> = keys.iter().map(|k| k.notification_id).collect();
-    // On PostgreSQL each list is one array parameter (`= ANY($1)`), so the statement's text is the
-    // same for any batch and stays prepared; elsewhere it is an `IN` list.
-    macro_rules! load {
-        ($conn:expr) => {{
-            let named = orders::order_no.eq_any(&order_nos);
-            let query = orders::table.select(OrderRow::as_select());
-            let rows: Vec<OrderRow> = if trades.is_empty() {
-                query.filter(named).load($conn)?
-            } else {
-                let paid = orders::channel
-                    .eq_any(&channels)
-                    .and(orders::provider_trade_no.eq_any(&trades));
-                query.filter(named.or(paid)).load($conn)?
-            };
-            let inbox: Vec<(String, String, i64, i64)> = notifications::table
-                .filter(notifications::notification_id.eq_any(&ids))
-                .filter(notifications::channel.eq_any(&channels))
-                .select((
-                    notifications::channel,
-                    notifications::notification_id,
-                    notifications::id,
-                    notifications::delivery_count,
-                ))
-                .load($conn)?;
-            (rows, inbox)
-        }};
-    }
-    let (rows, inbox) = match conn {
-        DbConnection::Postgresql(pg) => load!(pg),
-        conn => load!(conn),
-    };
+    let (rows, inbox) = store::read_for_batch(conn, &order_nos, &channels, &trades, &ids)?;
     let orders = rows
         .into_iter()
         .map(Order::try_from)
@@ -144,11 +115,14 @@ pub fn find_for_batch(
             // it found, a notification that found no order has no delivery either.
             let delivery = inbox
                 .iter()
-                .find(|(channel, id, ..)| {
-                    channel == key.channel.as_str() && id == key.notification_id
+                .find(|d| {
+                    d.channel == key.channel.as_str() && d.notification_id == key.notification_id
                 })
                 .filter(|_| order.is_some() || trade_paid.is_some())
-                .map(|&(_, _, id, delivery_count)| InboxRow { id, delivery_count });
+                .map(|d| InboxRow {
+                    id: d.id,
+                    delivery_count: d.delivery_count,
+                });
             Found {
                 order,
                 trade_paid,

@@ -11,6 +11,7 @@
 //! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing;
 //!   [`lock_account`]: one account's row, before a debit reads and changes it;
 //!   [`lock_due_orders`]: pending orders due to be asked about, skipping those others hold.
+//! - [`read_for_batch`]: the orders and inbox rows of a batch's notifications, read up front.
 //! - [`savepoints_are_cheap`]: what a batch may afford.
 //! - [`Hurried`] and [`hurry`]: short lock waits, for work that follows a lock timeout.
 
@@ -24,6 +25,7 @@ use crate::domain::ids::OrderNo;
 use crate::domain::notification::Notification;
 
 mod balance;
+mod batch_read;
 mod delivery;
 mod hurried;
 mod mysql;
@@ -31,6 +33,7 @@ mod postgres;
 pub mod statement;
 
 pub use balance::{change_balance, lock_account};
+pub use batch_read::{read_for_batch, Delivered};
 pub use delivery::{Credit, CreditWrite, Verdict};
 pub use hurried::{hurry, Hurried, HURRIED_LOCK_WAIT};
 
