@@ -558,9 +558,16 @@ where
         // that wait short (the server disarms it before committing): a commit that takes long is
         // answered "retry" by the committer's own deadline, and finishes when the standby
         // answers or the connection is cut.
+        //
+        // The crediting statements find every row by its key, so each keeps one plan for the
+        // session: left to choose, PostgreSQL planned the batch's row locks (`= ANY` over the
+        // batch's orders) afresh every time, about a sixth of the server's time per batch. Servers
+        // without the setting (before PostgreSQL 12) are left as they are.
         DbConnection::Postgresql(inner) => AnsiTransactionManager::begin_transaction_sql(
             inner,
-            "BEGIN; SET LOCAL synchronous_commit = on",
+            "BEGIN; SET LOCAL synchronous_commit = on; \
+             SELECT set_config('plan_cache_mode', 'force_generic_plan', true) \
+             WHERE current_setting('plan_cache_mode', true) IS NOT NULL",
         )?,
         DbConnection::Mysql(inner) => {
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN")?

@@ -207,6 +207,28 @@ fn crediting_sessions_wait_for_the_flush_whatever_the_database_default() {
     assert_eq!(inside.unwrap(), "on");
 }
 
+#[test]
+fn crediting_statements_keep_one_plan_in_their_transactions_only() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = pool_with(&db, "max_size = 2\n");
+    let mut conn = pool.get().unwrap();
+    let inside = db::write_transaction(&mut conn, |conn| {
+        let DbConnection::Postgresql(pg) = conn else {
+            unreachable!()
+        };
+        Ok::<_, diesel::result::Error>(setting(pg, "plan_cache_mode"))
+    });
+    assert_eq!(inside.unwrap(), "force_generic_plan");
+    let DbConnection::Postgresql(pg) = &mut *conn else {
+        unreachable!()
+    };
+    assert_eq!(
+        setting(pg, "plan_cache_mode"),
+        "auto",
+        "other statements of the session plan as the server chooses"
+    );
+}
+
 fn setting(conn: &mut PgConnection, name: &str) -> String {
     use diesel::sql_types::Text;
     use diesel::RunQueryDsl;
