@@ -102,6 +102,16 @@ impl OrderRow {
     pub fn order_no(&self) -> &str {
         &self.order_no
     }
+
+    /// The channel as stored.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The provider trade that paid the order, as stored.
+    pub fn provider_trade_no(&self) -> Option<&str> {
+        self.provider_trade_no.as_deref()
+    }
 }
 
 impl TryFrom<OrderRow> for Order {

@@ -40,3 +40,4 @@ pub use crate::domain::outcome::{Answer, Outcome};
 pub use apply::{apply_alone, apply_alone_in, apply_in, Applied, Claim, Durability};
 pub use committer::{commit_batch, ApplyJob, Committer, CountJob};
 pub use error::{CreditError, Failure};
+pub use read::{find_for_batch, find_for_notification, Found, Key};

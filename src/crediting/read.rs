@@ -14,7 +14,7 @@ use crate::domain::notification::Notification;
 use crate::store;
 
 /// What one statement reads for a notification before anything is written.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Found {
     /// The order the notification names.
     pub order: Option<Order>,
@@ -93,23 +93,24 @@ pub fn find_for_batch(
     let trades: Vec<&str> = keys.iter().filter_map(|k| k.trade_no).collect();
     let ids: Vec<&str> = keys.iter().map(|k| k.notification_id).collect();
     let (rows, inbox) = store::read_for_batch(conn, &order_nos, &channels, &trades, &ids)?;
-    let orders = rows
-        .into_iter()
-        .map(Order::try_from)
-        .collect::<Result<Vec<Order>, _>>()?;
-    Ok(keys
-        .iter()
+    // Only the rows a key needs are parsed, as `find_for_notification` does: a row that does not
+    // parse fails the batch only if one of its notifications is about it.
+    keys.iter()
         .map(|key| {
-            let order = orders.iter().find(|o| &o.order_no == key.order_no).cloned();
+            let order = rows
+                .iter()
+                .find(|row| row.order_no() == key.order_no.as_str())
+                .cloned()
+                .map(Order::try_from)
+                .transpose()?;
             let trade_paid = key.trade_no.and_then(|trade| {
-                orders
-                    .iter()
-                    .find(|o| {
-                        &o.order_no != key.order_no
-                            && &o.channel == key.channel
-                            && o.provider_trade_no.as_deref() == Some(trade)
+                rows.iter()
+                    .find(|row| {
+                        row.order_no() != key.order_no.as_str()
+                            && row.channel() == key.channel.as_str()
+                            && row.provider_trade_no() == Some(trade)
                     })
-                    .map(|o| o.order_no.clone())
+                    .and_then(|row| OrderNo::parse(row.order_no()).ok())
             });
             // As the one statement of `find_for_notification` joins the inbox row to the orders
             // it found, a notification that found no order has no delivery either.
@@ -123,13 +124,13 @@ pub fn find_for_batch(
                     id: d.id,
                     delivery_count: d.delivery_count,
                 });
-            Found {
+            Ok(Found {
                 order,
                 trade_paid,
                 delivery,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The order of `channel` that the provider trade `trade_no` paid, if any: how a refund or
@@ -151,8 +152,8 @@ pub fn order_paid_by_trade(
 
 /// Which notifications of a batch (`None`: one that will not run) may be read before any of them
 /// is applied. Not one whose order, trade or inbox row an earlier one in the batch shares: that
-/// one may have changed them by then. Nor, after a notification that names no order (a refund
-/// resolved through its trade when applied, to an order unknown until then), any later one.
+/// one may have changed them by then. Nor, after a refund or dispute that names only its trade
+/// (resolved to its order when applied, an order unknown until then), any later one.
 /// A read gone stale would not credit twice (every write is a compare-and-set) but would fail
 /// the batch and run it again.
 pub fn read_up_front<'a>(batch: impl Iterator<Item = Option<&'a Notification>>) -> Vec<bool> {
@@ -162,7 +163,8 @@ pub fn read_up_front<'a>(batch: impl Iterator<Item = Option<&'a Notification>>) 
         .map(|n| {
             let Some(n) = n else { return false };
             let Some(order_no) = &n.order_no else {
-                unnamed = true;
+                // Money going back that names only its trade finds its order when applied.
+                unnamed |= n.kind.is_money_back() && n.provider_trade_no.is_some();
                 return false;
             };
             let channel = n.channel.as_str();
@@ -185,7 +187,8 @@ pub fn read_up_front<'a>(batch: impl Iterator<Item = Option<&'a Notification>>) 
 mod tests {
     use super::*;
     use crate::domain::ids::{ChannelName, OrderNo};
-    use crate::domain::notification::NotificationKind;
+    use crate::domain::money::AmountMinor;
+    use crate::domain::notification::{NotificationKind, Refund};
 
     fn paid(order: Option<&str>, trade: &str, id: &str) -> Notification {
         Notification {
@@ -230,12 +233,23 @@ mod tests {
     }
 
     #[test]
-    fn nothing_after_a_notification_without_its_order_is_read_up_front() {
+    fn nothing_after_a_refund_that_names_only_its_trade_is_read_up_front() {
+        let mut by_trade = paid(None, "TX", "n-x");
+        by_trade.kind = NotificationKind::Refund(Refund::UpTo {
+            total: AmountMinor::new(100).unwrap(),
+            refund_id: None,
+        });
         let batch = [
-            Some(paid(None, "TX", "n-x")),
+            Some(by_trade),
             Some(paid(Some("A"), "TA", "n-a")),
             Some(paid(Some("B"), "TB", "n-b")),
         ];
         assert_eq!(up_front(&batch), [false, false, false]);
+        // A payment that names no order is only refused: it changes no order.
+        let batch = [
+            Some(paid(None, "TX", "n-x")),
+            Some(paid(Some("A"), "TA", "n-a")),
+        ];
+        assert_eq!(up_front(&batch), [false, true]);
     }
 }

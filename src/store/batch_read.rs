@@ -26,11 +26,12 @@ pub struct Delivered {
 /// The orders named in `order_nos` or paid by one of `trades` in one of `channels`, and the inbox
 /// rows of `ids` in `channels`.
 ///
-/// On PostgreSQL each list is one array parameter, in statements planned each time for the batch
-/// at hand: a prepared statement keeps its plan for the session, and one chosen while a table
-/// was small (a new deployment's first flood, before autovacuum has analyzed it) would keep
-/// `= ANY($1)` a sequential scan as the table grows. Elsewhere an `IN` list makes a statement of
-/// its own for each length, prepared each time.
+/// On PostgreSQL each list is one array parameter, in unprepared statements planned anew for
+/// every batch, from the tables as they are then: a prepared statement keeps its plan for the
+/// session, and one chosen while the inbox was small (a new deployment's first flood, before
+/// autovacuum has analyzed it) kept `= ANY($1)` a sequential scan as it grew by thousands of rows
+/// a second. Elsewhere an `IN` list makes a statement of its own for each length, prepared each
+/// time.
 pub fn read_for_batch(
     conn: &mut DbConnection,
     order_nos: &[&str],

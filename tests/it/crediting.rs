@@ -763,7 +763,71 @@ fn thirty_two_threads_paying_different_orders_of_one_user_add_up(db: TestDb) {
     assert_books_balance(&pool);
 }
 
+/// What a batch reads up front for each notification is what it would read alone: an order, the
+/// other order its trade already paid, an inbox row only beside an order, channels kept apart.
+fn a_batch_read_finds_what_each_notification_would_find_alone(db: TestDb) {
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let a = create_order(&mut conn, "k1", "alipay", "1.00", "CNY", None);
+    let b = create_order(&mut conn, "k2", "alipay", "2.00", "CNY", None);
+    let in_wxpay = create_order(&mut conn, "k3", "wxpay", "3.00", "CNY", None);
+    assert_eq!(
+        run(&pool, &paid(&a, "TA", 100, "CNY")).outcome,
+        Outcome::Credited
+    );
+    let unknown = OrderNo::parse("no-such-order").unwrap();
+    assert_eq!(
+        run(&pool, &paid(&unknown, "TU", 100, "CNY")).outcome,
+        Outcome::UnknownOrder
+    );
+    let alipay = ChannelName::parse("alipay").unwrap();
+    let wxpay = ChannelName::parse("wxpay").unwrap();
+    let key = |order_no, channel, notification_id, trade_no| payhook::crediting::Key {
+        order_no,
+        channel,
+        notification_id,
+        trade_no,
+    };
+    let keys = [
+        // A repeat of a's payment: its order and its inbox row.
+        key(&a, &alipay, "n-TA", Some("TA")),
+        // b paid by the trade that paid a: a is the order that trade paid.
+        key(&b, &alipay, "n-b", Some("TA")),
+        // The same trade in another channel paid nothing there.
+        key(&in_wxpay, &wxpay, "n-TA", Some("TA")),
+        // An unknown order whose notification has an inbox row: no order, so no delivery.
+        key(&unknown, &alipay, "n-TU", Some("TU")),
+        key(&b, &alipay, "n-none", None),
+    ];
+    let together = payhook::crediting::find_for_batch(&mut conn, &keys).unwrap();
+    let alone: Vec<payhook::crediting::Found> = keys
+        .iter()
+        .map(|k| {
+            payhook::crediting::find_for_notification(
+                &mut conn,
+                k.order_no,
+                k.channel,
+                k.notification_id,
+                k.trade_no,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(together, alone);
+    assert!(together[0].order.is_some() && together[0].delivery.is_some());
+    assert_eq!(together[1].trade_paid.as_ref(), Some(&a));
+    assert_eq!(
+        (together[2].trade_paid.as_ref(), together[2].delivery),
+        (None, None)
+    );
+    assert_eq!(
+        (together[3].order.as_ref(), together[3].delivery),
+        (None, None)
+    );
+}
+
 on_every_backend!(
+    a_batch_read_finds_what_each_notification_would_find_alone,
     identifiers_that_differ_only_in_case_are_different_orders,
     a_payment_that_names_no_trade_never_credits_nor_passes_as_a_repeat,
     a_paid_notification_credits_the_order_once,
