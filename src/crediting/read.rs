@@ -77,8 +77,8 @@ pub struct Key<'a> {
 /// all of them: the orders named or paid by the trades, then the inbox rows. Where a statement is
 /// a round trip to the server, a batch reads this way once instead of once per notification.
 ///
-/// The caller must not pass two keys that share an order, a trade or a notification: each is
-/// read as it stands before any of them is applied.
+/// Each is read as it stands now: a caller that then applies them in turn gives it only keys
+/// whose order, trade and notification no earlier one shares ([`read_up_front`]).
 pub fn find_for_batch(
     conn: &mut DbConnection,
     keys: &[Key<'_>],
