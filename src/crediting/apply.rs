@@ -8,7 +8,7 @@ use super::decision::Decision;
 use super::error::CreditError;
 use super::give_back;
 use super::read;
-use crate::books::inbox::{self, Evidence};
+use crate::books::inbox::{self, Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderStatus};
 use crate::db::{self, DbConnection};
 use crate::domain::ids::{ChannelName, OrderNo};
@@ -130,23 +130,19 @@ pub fn apply_found_in(
     };
     // The commonest repeat costs this one read: a paid order never leaves `paid`, so once it is
     // paid by this very trade and the delivery has its inbox row, only the count is left.
-    if let (Some(order), Some(delivery)) = (&found.order, found.delivery) {
-        if Claim::of(n).is_some_and(|claim| claim.is_paid_in(order)) {
-            let applied = Applied {
-                outcome: Outcome::AlreadyPaid,
-                anomaly: false,
-                detail: None,
-                inbox_id: delivery.id,
-                delivery_count: delivery.delivery_count + 1,
-                balance_after: None,
-            };
-            return Ok((
-                applied,
-                Durability::CountOnly {
-                    inbox_id: delivery.id,
-                },
-            ));
-        }
+    if let (true, Some(delivery)) = (repeats_a_credit(n, &found), found.delivery) {
+        let applied = Applied {
+            outcome: Outcome::AlreadyPaid,
+            anomaly: false,
+            detail: None,
+            inbox_id: delivery.id,
+            delivery_count: delivery.delivery_count + 1,
+            balance_after: None,
+        };
+        let durability = Durability::CountOnly {
+            inbox_id: delivery.id,
+        };
+        return Ok((applied, durability));
     }
     let mut decision = decide(conn, n, evidence, found.order, found.trade_paid, now)?;
     let recorded = match decision.recorded.take() {
@@ -169,6 +165,42 @@ pub fn apply_found_in(
         balance_after: decision.balance_after,
     };
     Ok((applied, Durability::Flush))
+}
+
+/// Whether `n`, as `found` read it, repeats a committed credit whose delivery has its inbox row:
+/// applying it writes nothing but one more delivery count.
+pub fn repeats_a_credit(n: &Notification, found: &read::Found) -> bool {
+    match (&found.order, found.delivery) {
+        (Some(order), Some(_)) => Claim::of(n).is_some_and(|claim| claim.is_paid_in(order)),
+        _ => false,
+    }
+}
+
+/// Whether `n`, as `found` read it, is the first payment of its pending order: one that applying
+/// would credit with [`store::pay_and_credit`], and that a batch may therefore write together with
+/// others ([`store::pay_and_credit_together`]). The same checks as `decide` and `pay` make.
+pub fn is_first_payment(n: &Notification, found: &read::Found) -> bool {
+    let (Some(claim), Some(order)) = (Claim::of(n), &found.order) else {
+        return false;
+    };
+    order.status == OrderStatus::Pending
+        && found.trade_paid.is_none()
+        && &order.order_no == claim.order_no
+        && &order.channel == claim.channel
+        && order.amount == claim.amount
+        && order.currency == claim.currency
+}
+
+/// What a first payment that was credited comes to: the result [`apply_in`] gives for it.
+pub fn credited(balance_after: i64, delivery: InboxRow) -> Applied {
+    Applied {
+        outcome: Outcome::Credited,
+        anomaly: false,
+        detail: None,
+        inbox_id: delivery.id,
+        delivery_count: delivery.delivery_count,
+        balance_after: Some(balance_after),
+    }
 }
 
 /// A refund or dispute that names only its trade (Stripe's Charge and Dispute objects carry no

@@ -24,18 +24,17 @@
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
-use diesel::connection::Connection;
 use diesel::result::Error as DieselError;
 use tokio::sync::{mpsc, oneshot};
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::apply::{self, Applied, Durability};
+use super::apply::{self, Applied};
+use super::batch::{apply_batch_in, count_all, BatchError};
+pub use super::batch::{ApplyJob, CountJob};
 use super::error::{CreditError, Failure};
-use super::read;
 use super::settled::{Fingerprint, Settled, SETTLED_CAPACITY};
-use crate::books::inbox::{self, Evidence, Source};
+use crate::books::inbox::{Evidence, Source};
 use crate::db::{self, DbConnection, Pool, Retry};
 use crate::domain::notification::Notification;
 use crate::store;
@@ -54,53 +53,6 @@ enum Job {
     Apply(Box<ApplyJob>),
     /// One more delivery of a notification whose credit is committed: nobody waits for it.
     Count(CountJob),
-}
-
-/// A notification waiting for the writer, with everything it must store.
-pub struct ApplyJob {
-    pub notification: Notification,
-    pub headers_json: String,
-    pub body: bytes::Bytes,
-    pub source: Source,
-    pub now: NaiveDateTime,
-    /// What the settled memory knows it by ([`Fingerprint::of`]), taken once, off the writer.
-    fingerprint: Option<Fingerprint>,
-    reply: Option<oneshot::Sender<Result<Applied, Failure>>>,
-}
-
-impl ApplyJob {
-    /// A job for a notification, whose result only [`commit_batch`]'s return value carries.
-    pub fn new(
-        notification: Notification,
-        headers_json: String,
-        body: bytes::Bytes,
-        now: NaiveDateTime,
-    ) -> ApplyJob {
-        ApplyJob {
-            notification,
-            headers_json,
-            body,
-            source: Source::Notify,
-            now,
-            fingerprint: None,
-            reply: None,
-        }
-    }
-
-    fn evidence(&self) -> Evidence<'_> {
-        Evidence {
-            headers_json: &self.headers_json,
-            body: &self.body,
-            source: self.source,
-        }
-    }
-}
-
-/// One more delivery to count on an inbox row.
-#[derive(Debug, Clone)]
-pub struct CountJob {
-    pub inbox_id: i64,
-    pub now: NaiveDateTime,
 }
 
 impl Job {
@@ -547,157 +499,4 @@ fn one_by_one(
             None => apply(conn, &job.notification, job.evidence(), job.now).map_err(Arc::new),
         })
         .collect()
-}
-
-/// What a batch's transaction did: one result per notification, and the delivery counts it left
-/// for later because their rows were held.
-type BatchDone = (Vec<Result<Applied, Failure>>, Vec<CountJob>);
-
-/// Why a batch's transaction failed, and which notification failed it, if one did.
-struct BatchError {
-    at: Option<usize>,
-    error: CreditError,
-}
-
-impl From<DieselError> for BatchError {
-    fn from(error: DieselError) -> BatchError {
-        BatchError {
-            at: None,
-            error: error.into(),
-        }
-    }
-}
-
-/// Applies every notification inside the open transaction (except those that `failed` before),
-/// then writes the delivery counts.
-fn apply_batch_in(
-    conn: &mut DbConnection,
-    applies: &[ApplyJob],
-    failed: &[Option<Failure>],
-    counts: &[CountJob],
-) -> Result<BatchDone, BatchError> {
-    let mut results = Vec::with_capacity(applies.len());
-    let mut flush = false;
-    let mut repeats = Vec::new();
-    // SQLite runs in-process, so a savepoint per notification is nearly free. On PostgreSQL it
-    // is two more round trips per notification; there a failing notification aborts the
-    // transaction instead, and [`commit_batch`] runs the batch again without it.
-    let savepoints = store::savepoints_are_cheap(conn);
-    let order_nos: Vec<&str> = applies
-        .iter()
-        .zip(failed)
-        .filter(|(_, failed)| failed.is_none())
-        .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
-        .collect();
-    store::lock_for_credits(conn, &order_nos)?;
-    // Where each statement is a round trip (not SQLite), the batch's orders and inbox rows are
-    // read by two statements instead of one per notification.
-    let mut read_already = if savepoints {
-        vec![None; applies.len()]
-    } else {
-        read_batch(conn, applies, failed)?
-    };
-    for (i, (job, failed)) in applies.iter().zip(failed).enumerate() {
-        if let Some(error) = failed {
-            results.push(Err(error.clone()));
-            continue;
-        }
-        let evidence = job.evidence();
-        let applied = if savepoints {
-            conn.transaction(|conn| apply::apply_in(conn, &job.notification, evidence, job.now))
-        } else {
-            let found = read_already[i].take();
-            apply::apply_found_in(conn, &job.notification, evidence, job.now, found)
-        };
-        match applied {
-            Ok((applied, durability)) => {
-                match durability {
-                    Durability::Flush => flush = true,
-                    Durability::CountOnly { inbox_id } => repeats.push(CountJob {
-                        inbox_id,
-                        now: job.now,
-                    }),
-                }
-                results.push(Ok(applied));
-            }
-            // A conflict is about timing, not this notification: the whole batch runs again.
-            // Without savepoints any error has aborted the transaction.
-            Err(error) if error.is_transient() || !savepoints => {
-                return Err(BatchError { at: Some(i), error })
-            }
-            Err(e) => results.push(Err(Arc::new(e))),
-        }
-    }
-    let held = count_all(conn, counts.iter().chain(&repeats))?;
-    if !flush {
-        db::commit_without_waiting_for_flush(conn)?;
-    }
-    Ok((results, held))
-}
-
-/// What [`read::find_for_batch`] reads for the notifications of a batch that may use it (see
-/// [`read::read_up_front`]), in one go; `None` for the others, which read for themselves when their
-/// turn comes.
-fn read_batch(
-    conn: &mut DbConnection,
-    applies: &[ApplyJob],
-    failed: &[Option<Failure>],
-) -> Result<Vec<Option<read::Found>>, DieselError> {
-    let batch = applies
-        .iter()
-        .zip(failed)
-        .map(|(job, failed)| failed.is_none().then_some(&job.notification));
-    let mut keys = Vec::new();
-    let mut at = Vec::new();
-    for (i, (job, up_front)) in applies.iter().zip(read::read_up_front(batch)).enumerate() {
-        let n = &job.notification;
-        if let (true, Some(order_no)) = (up_front, &n.order_no) {
-            keys.push(read::Key {
-                order_no,
-                channel: &n.channel,
-                notification_id: &n.notification_id,
-                trade_no: n.provider_trade_no.as_deref(),
-            });
-            at.push(i);
-        }
-    }
-    let mut found = vec![None; applies.len()];
-    if keys.len() > 1 {
-        for (i, f) in at.into_iter().zip(read::find_for_batch(conn, &keys)?) {
-            found[i] = Some(f);
-        }
-    }
-    Ok(found)
-}
-
-/// Adds the counted deliveries to their inbox rows: one statement for all the rows counted the
-/// same number of times (usually once each). Returns the counts it left for later: those of rows
-/// another transaction holds (see [`store::lock_inbox_rows`]), which are not waited for.
-fn count_all<'a>(
-    conn: &mut DbConnection,
-    counts: impl Iterator<Item = &'a CountJob> + Clone,
-) -> Result<Vec<CountJob>, DieselError> {
-    let Some(now) = counts.clone().map(|job| job.now).max() else {
-        return Ok(Vec::new());
-    };
-    let mut per_row: BTreeMap<i64, i64> = BTreeMap::new();
-    for job in counts.clone() {
-        *per_row.entry(job.inbox_id).or_default() += 1;
-    }
-    let rows: Vec<i64> = per_row.keys().copied().collect();
-    let locked: std::collections::HashSet<i64> =
-        store::lock_inbox_rows(conn, &rows)?.into_iter().collect();
-    let mut per_increment: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for (inbox_id, increment) in per_row {
-        if locked.contains(&inbox_id) {
-            per_increment.entry(increment).or_default().push(inbox_id);
-        }
-    }
-    for (increment, rows) in per_increment {
-        inbox::count_deliveries(conn, &rows, increment, now)?;
-    }
-    Ok(counts
-        .filter(|job| !locked.contains(&job.inbox_id))
-        .cloned()
-        .collect())
 }

@@ -29,6 +29,7 @@
 //!   lose money.
 
 pub mod apply;
+mod batch;
 pub mod committer;
 mod decision;
 mod error;

@@ -36,6 +36,15 @@ pub struct Credit {
     pub delivery: Option<InboxRow>,
 }
 
+/// A first payment of a pending order, to be written with others by
+/// [`pay_and_credit_together`](super::pay_and_credit_together).
+#[derive(Debug, Clone, Copy)]
+pub struct FirstPayment<'a> {
+    pub notification: &'a Notification,
+    pub evidence: Evidence<'a>,
+    pub now: NaiveDateTime,
+}
+
 /// Records one delivery in one statement, where `INSERT ... ON CONFLICT ... RETURNING` exists
 /// (SQLite and PostgreSQL):
 /// inserts its row, or (same channel and provider id) counts one more delivery on the row it has.
@@ -131,26 +140,36 @@ pub struct Verdict<'a> {
     pub anomaly: bool,
 }
 
+/// [`on_repeat_delivery`]'s SQL, without its `RETURNING`: for statements that return more.
+macro_rules! on_repeat_delivery_sql {
+    () => {
+        concat!(
+            " ON CONFLICT (channel, notification_id) DO UPDATE SET \
+             delivery_count = notifications.delivery_count + 1, \
+             last_seen_at = excluded.last_seen_at, \
+             order_no = COALESCE(notifications.order_no, excluded.order_no), \
+             outcome = CASE WHEN notifications.outcome IN ",
+            $crate::store::delivery::moved_money_sql!(),
+            " THEN notifications.outcome ELSE excluded.outcome END, \
+             detail = CASE WHEN notifications.outcome IN ",
+            $crate::store::delivery::moved_money_sql!(),
+            " THEN notifications.detail ELSE excluded.detail END, \
+             anomaly = CASE WHEN notifications.resolution IS NOT NULL OR notifications.outcome IN ",
+            $crate::store::delivery::moved_money_sql!(),
+            " THEN notifications.anomaly ELSE excluded.anomaly END",
+        )
+    };
+}
+pub(super) use on_repeat_delivery_sql;
+
 /// What a repeated delivery does to the row its notification has: counts itself, takes the new
 /// outcome unless the row's outcome moved money, and files the row under the order once one is
 /// known (a refund that names only its trade finds its order when that trade has paid it).
 /// Returns the row's id and delivery count.
 pub(super) fn on_repeat_delivery<ST>(statement: Statement<'_, ST>) -> Statement<'_, ST> {
     statement.sql(concat!(
-        " ON CONFLICT (channel, notification_id) DO UPDATE SET \
-         delivery_count = notifications.delivery_count + 1, \
-         last_seen_at = excluded.last_seen_at, \
-         order_no = COALESCE(notifications.order_no, excluded.order_no), \
-         outcome = CASE WHEN notifications.outcome IN ",
-        moved_money_sql!(),
-        " THEN notifications.outcome ELSE excluded.outcome END, \
-         detail = CASE WHEN notifications.outcome IN ",
-        moved_money_sql!(),
-        " THEN notifications.detail ELSE excluded.detail END, \
-         anomaly = CASE WHEN notifications.resolution IS NOT NULL OR notifications.outcome IN ",
-        moved_money_sql!(),
-        " THEN notifications.anomaly ELSE excluded.anomaly END \
-         RETURNING id, delivery_count",
+        on_repeat_delivery_sql!(),
+        " RETURNING id, delivery_count"
     ))
 }
 

@@ -5,7 +5,8 @@
 //! transactions) matches on the backend.
 //!
 //! - [`pay_and_credit`]: the compare-and-set from pending to paid, and for its winner the balance
-//!   increment and the ledger row.
+//!   increment and the ledger row; [`pay_and_credit_together`]: the same for many first payments
+//!   in one statement.
 //! - [`record_delivery`]: one delivery of a verified notification into the inbox.
 //! - [`change_balance`]: a balance moved in SQL, within bounds.
 //! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing;
@@ -34,7 +35,7 @@ pub mod statement;
 
 pub use balance::{change_balance, lock_account};
 pub use batch_read::{read_for_batch, Delivered};
-pub use delivery::{Credit, CreditWrite, Verdict};
+pub use delivery::{Credit, CreditWrite, FirstPayment, Verdict};
 pub use hurried::{hurry, Hurried, HURRIED_LOCK_WAIT};
 
 /// The compare-and-set `UPDATE orders SET status = paid ... WHERE order_no = ? AND status =
@@ -56,6 +57,20 @@ pub fn pay_and_credit(
         DbConnection::Sqlite(_) | DbConnection::Mysql(_) => {
             delivery::pay_then_credit(conn, order, n, now)
         }
+    }
+}
+
+/// [`pay_and_credit`] for many first payments of pending orders at once, in one statement, where
+/// the backend writes them that way (PostgreSQL); `None` elsewhere, where the caller writes them
+/// one by one. One result per payment, in order. The payments must name distinct orders, trades
+/// and notifications, and their orders must be locked already ([`lock_for_credits`]).
+pub fn pay_and_credit_together(
+    conn: &mut DbConnection,
+    payments: &[FirstPayment<'_>],
+) -> Result<Option<Vec<CreditWrite>>, DieselError> {
+    match conn {
+        DbConnection::Postgresql(pg) => postgres::pay_and_credit_together(pg, payments).map(Some),
+        DbConnection::Sqlite(_) | DbConnection::Mysql(_) => Ok(None),
     }
 }
 
@@ -144,6 +159,12 @@ pub fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> Result<Vec<i64>,
         DbConnection::Mysql(my) => mysql::lock_inbox_rows(my, ids),
         DbConnection::Sqlite(_) => Ok(ids.to_vec()),
     }
+}
+
+/// Whether [`pay_and_credit_together`] writes many first payments in one statement here
+/// (PostgreSQL), so that a batch gains by holding them back to write them together.
+pub fn pays_together(conn: &DbConnection) -> bool {
+    matches!(conn, DbConnection::Postgresql(_))
 }
 
 /// Whether a savepoint per notification is cheap: SQLite runs in-process, while on PostgreSQL

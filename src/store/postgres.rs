@@ -1,14 +1,18 @@
 //! PostgreSQL's SQL: one round trip where SQLite takes several statements, and row locks taken in
 //! one order.
 
+use std::collections::HashSet;
+
 use chrono::NaiveDateTime;
-use diesel::pg::PgConnection;
+use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
-use diesel::sql_types::{BigInt, Nullable};
+use diesel::sql_types::{Array, BigInt, Binary, Bool, Nullable, Text, Timestamp};
 
 use super::delivery::{
-    delivery_values, on_repeat_delivery, Credit, CreditWrite, Verdict, INSERT_DELIVERY,
+    delivery_values, on_repeat_delivery, on_repeat_delivery_sql, Credit, CreditWrite, FirstPayment,
+    Verdict, INSERT_DELIVERY,
 };
 use super::statement::Statement;
 use crate::books::accounts::LedgerKind;
@@ -121,3 +125,199 @@ pub(super) fn lock_inbox_rows(pg: &mut PgConnection, ids: &[i64]) -> QueryResult
         .skip_locked()
         .load::<i64>(pg)
 }
+
+/// The first payments of pending orders, each with its compare-and-set, credit, ledger row and
+/// inbox record as [`pay_and_credit`] writes them, in one statement for all of them: the arrays
+/// of their values, unnested. Per account, the credits are summed into one update and each ledger
+/// row's `balance_after` is the running balance in the batch's order, so the ledger reads as if
+/// they had been written one by one. Returns one result per payment, in order.
+///
+/// The payments name distinct orders, trades and inbox rows: of two about the same order one
+/// would be reported credited by the other's credit, so such a batch is refused whole.
+pub(super) fn pay_and_credit_together(
+    pg: &mut PgConnection,
+    payments: &[FirstPayment<'_>],
+) -> Result<Vec<CreditWrite>, DieselError> {
+    let mut together = Together::default();
+    let mut distinct = HashSet::new();
+    for p in payments {
+        let n = p.notification;
+        let channel = n.channel.as_str();
+        let order_no = n.order_no.as_ref().map(|o| o.as_str());
+        let trade_no = n.provider_trade_no.as_deref();
+        let keys = [
+            ("order", "", order_no),
+            ("trade", channel, trade_no),
+            ("inbox", channel, Some(n.notification_id.as_str())),
+        ];
+        if !keys
+            .into_iter()
+            .all(|key| key.2.is_none() || distinct.insert(key))
+        {
+            return Err(DieselError::QueryBuilderError(
+                "payments credited together must name distinct orders, trades and notifications"
+                    .into(),
+            ));
+        }
+        together.channels.push(channel);
+        together.ids.push(&n.notification_id);
+        together.order_nos.push(order_no);
+        together.trade_nos.push(trade_no);
+        together.kinds.push(n.kind.as_str());
+        together.amounts.push(n.amount.map(|a| a.get()));
+        together.currencies.push(n.currency.map(|c| c.code()));
+        together.sources.push(p.evidence.source.as_str());
+        together.headers.push(p.evidence.headers_json);
+        together.bodies.push(p.evidence.body);
+        together.seen.push(p.now);
+    }
+    let rows: Vec<TogetherRow> = together.load(pg)?;
+    if rows.len() != payments.len() || rows.iter().zip(1..).any(|(row, ord)| row.0 != ord) {
+        return Err(DieselError::DeserializationError(
+            format!(
+                "credited {} payments together and read back {} results",
+                payments.len(),
+                rows.len()
+            )
+            .into(),
+        ));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(_, paid, balance_after, id, delivery_count)| {
+            match (paid, balance_after, id.zip(delivery_count)) {
+                (false, _, _) => CreditWrite::NotPending,
+                (true, Some(balance_after), Some((id, delivery_count))) => {
+                    CreditWrite::Credited(Credit {
+                        balance_after,
+                        delivery: Some(InboxRow { id, delivery_count }),
+                    })
+                }
+                _ => CreditWrite::NotCredited,
+            }
+        })
+        .collect())
+}
+
+/// [`pay_and_credit_together`]'s statement: one array per column of the payments' values. Its
+/// text never changes, so diesel keeps it prepared.
+#[derive(Default)]
+struct Together<'a> {
+    channels: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    order_nos: Vec<Option<&'a str>>,
+    trade_nos: Vec<Option<&'a str>>,
+    kinds: Vec<&'a str>,
+    amounts: Vec<Option<i64>>,
+    currencies: Vec<Option<&'static str>>,
+    sources: Vec<&'static str>,
+    headers: Vec<&'a str>,
+    bodies: Vec<&'a [u8]>,
+    seen: Vec<NaiveDateTime>,
+}
+
+impl QueryFragment<Pg> for Together<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH input AS (SELECT * FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(&self.channels)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.order_nos)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.trade_nos)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.kinds)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.amounts)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.currencies)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.sources)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.headers)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Binary>, _>(&self.bodies)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamp>, _>(&self.seen)?;
+        out.push_sql(
+            ") WITH ORDINALITY AS i (channel, notification_id, order_no, provider_trade_no, kind, \
+                 amount_minor, currency, source, raw_headers, raw_body, seen_at, ord)), \
+             paid AS (UPDATE orders AS o SET status = ",
+        );
+        out.push_bind_param::<Text, _>(OrderStatus::Paid.as_str())?;
+        out.push_sql(
+            ", provider_trade_no = i.provider_trade_no, version = o.version + 1, \
+                 paid_at = i.seen_at \
+             FROM input AS i WHERE o.order_no = i.order_no AND o.status = ",
+        );
+        out.push_bind_param::<Text, _>(OrderStatus::Pending.as_str())?;
+        out.push_sql(
+            " RETURNING o.order_no, o.user_id, o.currency, o.amount_minor, i.ord, i.seen_at), \
+             per_account AS (SELECT user_id, currency, sum(amount_minor) AS total, \
+                 max(seen_at) AS seen_at FROM paid GROUP BY user_id, currency), \
+             credited AS (UPDATE accounts AS a SET balance_minor = a.balance_minor + p.total, \
+                 version = a.version + 1, updated_at = p.seen_at \
+             FROM per_account AS p WHERE a.user_id = p.user_id AND a.currency = p.currency \
+                 AND a.balance_minor <= 9223372036854775807 - p.total \
+             RETURNING a.user_id, a.currency, a.balance_minor - p.total AS balance_before), \
+             booked AS (INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, \
+                 balance_after, created_at, entry_key) \
+             SELECT p.user_id, p.currency, p.order_no, ",
+        );
+        out.push_bind_param::<Text, _>(LedgerKind::Credit.as_str())?;
+        out.push_sql(
+            ", p.amount_minor, c.balance_before + sum(p.amount_minor) OVER (PARTITION BY \
+                 p.user_id, p.currency ORDER BY p.ord), p.seen_at, p.order_no \
+             FROM paid AS p JOIN credited AS c ON c.user_id = p.user_id \
+                 AND c.currency = p.currency \
+             ORDER BY p.ord RETURNING order_no, balance_after), \
+             recorded AS (",
+        );
+        out.push_sql(INSERT_DELIVERY);
+        out.push_sql(
+            "SELECT i.channel, i.notification_id, i.order_no, i.provider_trade_no, i.kind, \
+                 i.amount_minor, i.currency, TRUE, ",
+        );
+        out.push_bind_param::<Text, _>(Outcome::Credited.as_str())?;
+        out.push_sql(
+            ", NULL, FALSE, i.source, i.raw_headers, i.raw_body, 1, i.seen_at, i.seen_at \
+             FROM input AS i JOIN booked AS b ON b.order_no = i.order_no ORDER BY i.ord",
+        );
+        out.push_sql(on_repeat_delivery_sql!());
+        out.push_sql(
+            " RETURNING channel, notification_id, id, delivery_count) \
+             SELECT i.ord, p.order_no IS NOT NULL, b.balance_after, r.id, r.delivery_count \
+             FROM input AS i LEFT JOIN paid AS p ON p.order_no = i.order_no \
+             LEFT JOIN booked AS b ON b.order_no = i.order_no \
+             LEFT JOIN recorded AS r ON r.channel = i.channel \
+                 AND r.notification_id = i.notification_id \
+             ORDER BY i.ord",
+        );
+        Ok(())
+    }
+}
+
+/// A row of [`Together`]: the payment's place (from 1), whether its order was pending, the balance
+/// after its credit, its inbox row's id and delivery count.
+type TogetherRow = (i64, bool, Option<i64>, Option<i64>, Option<i64>);
+
+/// [`Together`]'s id in diesel's statement cache: its SQL is the same for every batch.
+struct TogetherId;
+
+impl QueryId for Together<'_> {
+    type QueryId = TogetherId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for Together<'_> {
+    type SqlType = (
+        BigInt,
+        Bool,
+        Nullable<BigInt>,
+        Nullable<BigInt>,
+        Nullable<BigInt>,
+    );
+}
+
+impl RunQueryDsl<PgConnection> for Together<'_> {}

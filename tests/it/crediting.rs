@@ -568,6 +568,52 @@ fn a_conflict_that_persists_leaves_the_rest_of_the_batch_credited(db: TestDb) {
     assert_eq!(status(&pool, &stuck), OrderStatus::Pending);
 }
 
+/// First payments written in one statement must name distinct orders, trades and notifications:
+/// two about one order would both be reported credited by its one credit, so such a call is
+/// refused whole and writes nothing; distinct ones are each credited.
+#[test]
+fn postgresql_pays_together_only_payments_that_share_nothing() {
+    use payhook::store::{self, CreditWrite, FirstPayment};
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let a = create_order(&mut conn, "d1", "alipay", "1.00", "CNY", None);
+    let b = create_order(&mut conn, "d1", "alipay", "2.00", "CNY", None);
+    let first = paid(&a, "TA", 100, "CNY");
+    let pay = |notification| FirstPayment {
+        notification,
+        evidence: EVIDENCE,
+        now: now(),
+    };
+    let mut same_order = first.clone();
+    same_order.notification_id = "n-again".into();
+    let mut same_trade = paid(&b, "TA", 200, "CNY");
+    same_trade.notification_id = "n-b".into();
+    let mut same_id = paid(&b, "TB", 200, "CNY");
+    same_id.notification_id = first.notification_id.clone();
+    for shares in [&same_order, &same_trade, &same_id] {
+        let refused = store::pay_and_credit_together(&mut conn, &[pay(&first), pay(shares)]);
+        assert!(refused.is_err(), "{refused:?}");
+    }
+    assert_eq!(
+        (balance(&pool, "d1"), status(&pool, &a)),
+        (0, OrderStatus::Pending)
+    );
+    let writes =
+        store::pay_and_credit_together(&mut conn, &[pay(&first), pay(&paid(&b, "TB", 200, "CNY"))])
+            .unwrap()
+            .expect("PostgreSQL pays together");
+    let balances: Vec<i64> = writes
+        .iter()
+        .map(|write| match write {
+            CreditWrite::Credited(credit) => credit.balance_after,
+            other => panic!("not credited: {other:?}"),
+        })
+        .collect();
+    assert_eq!(balances, [100, 300]);
+    assert_books_balance(&pool);
+}
+
 /// The crediting statements are parsed and planned once per connection, not once per
 /// notification: after several credits on one connection, each is one prepared statement.
 #[test]

@@ -451,6 +451,95 @@ fn a_batch_reads_an_order_again_after_a_refund_by_trade_changed_it(db: TestDb) {
     assert_books_balance(&pool);
 }
 
+/// First payments that a batch writes together (on PostgreSQL, in one statement) book as one by
+/// one would: in the batch's order, each ledger row with its running balance, around a refund of
+/// the same account between them, and each delivery with its own inbox row.
+fn first_payments_of_a_batch_book_in_its_order_around_a_refund(db: TestDb) {
+    let pool = db.pool(2);
+    let earlier = paid_order(&pool, "w1", "10.00");
+    let mut conn = pool.get().unwrap();
+    let a = create_order(&mut conn, "w1", "alipay", "5.00", "CNY", None);
+    let other = create_order(&mut conn, "w2", "alipay", "7.00", "CNY", None);
+    let b = create_order(&mut conn, "w1", "alipay", "3.00", "CNY", None);
+    let c = create_order(&mut conn, "w1", "alipay", "2.00", "CNY", None);
+    let pay = |order: &OrderNo, trade: &str, amount: i64| {
+        let mut n = about(order, &format!("n-{trade}"), trade, NotificationKind::Paid);
+        n.amount = Some(minor(amount));
+        n
+    };
+    let job = |n: &Notification| ApplyJob::new(n.clone(), "{}".to_owned(), "x".into(), now());
+    let batch = [
+        job(&pay(&a, "TA", 500)),
+        job(&pay(&other, "TO", 700)),
+        job(&pay(&b, "TB", 300)),
+        job(&refund(&earlier, "n-r", "R1", 1000)),
+        job(&pay(&a, "TA", 500)),
+        job(&pay(&c, "TC", 200)),
+        job(&pay(&other, "TO2", 700)),
+    ];
+    let results: Vec<Outcome> = commit_batch(&mut conn, &batch, &[])
+        .into_iter()
+        .map(|r| r.expect("applied").outcome)
+        .collect();
+    use Outcome::*;
+    assert_eq!(
+        results,
+        [
+            Credited,
+            Credited,
+            Credited,
+            Refunded,
+            AlreadyPaid,
+            Credited,
+            PaidByOtherTrade
+        ]
+    );
+    let ledger: Vec<String> = {
+        use diesel::prelude::*;
+        use payhook::db::schema::ledger::dsl::*;
+        ledger
+            .filter(user_id.eq("w1"))
+            .order(id)
+            .select((order_no, amount_minor, balance_after))
+            .load::<(Option<String>, i64, i64)>(&mut conn)
+            .unwrap()
+            .into_iter()
+            .map(|(o, amount, after)| {
+                let name = [(&earlier, "earlier"), (&a, "a"), (&b, "b"), (&c, "c")]
+                    .into_iter()
+                    .find(|(no, _)| Some(no.as_str()) == o.as_deref())
+                    .map_or("?", |(_, name)| name);
+                format!("{name} {amount:+} = {after}")
+            })
+            .collect()
+    };
+    assert_eq!(
+        ledger,
+        [
+            "earlier +1000 = 1000",
+            "a +500 = 1500",
+            "b +300 = 1800",
+            "earlier -1000 = 800",
+            "c +200 = 1000"
+        ]
+    );
+    assert_eq!((balance(&pool, "w1"), balance(&pool, "w2")), (1000, 700));
+    let inbox = |notification: &str| {
+        count(
+            &pool,
+            &format!(
+                "SELECT delivery_count * 10 + CASE WHEN outcome = 'credited' THEN 1 ELSE 0 END AS n \
+                 FROM notifications WHERE notification_id = '{notification}'"
+            ),
+        )
+    };
+    // Credited, delivered twice; credited once each; delivered once, not credited.
+    assert_eq!(inbox("n-TA"), 21);
+    assert_eq!((inbox("n-TO"), inbox("n-TB"), inbox("n-TC")), (11, 11, 11));
+    assert_eq!(inbox("n-TO2"), 10);
+    assert_books_balance(&pool);
+}
+
 fn refunds_that_contradict_what_is_booked_or_move_nothing_are_for_a_human(db: TestDb) {
     let pool = db.pool(2);
     let order_no = paid_order(&pool, "r11", "10.00");
@@ -572,6 +661,7 @@ fn one_batch_pays_and_refunds_an_order_and_books_each_refund_once(db: TestDb) {
 
 on_every_backend!(
     one_batch_pays_and_refunds_an_order_and_books_each_refund_once,
+    first_payments_of_a_batch_book_in_its_order_around_a_refund,
     a_batch_reads_an_order_again_after_a_refund_by_trade_changed_it,
     refunds_by_id_leave_the_balance_once_each_and_the_order_keeps_what_went_back,
     cumulative_refunds_move_the_difference_and_a_passed_total_moves_nothing,

@@ -1,0 +1,321 @@
+//! What one batch's transaction does: lock, read up front, apply each notification in order
+//! (first payments together, where the backend writes them in one statement), count the
+//! deliveries. [`super::committer`] opens, retries and commits it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::NaiveDateTime;
+use diesel::connection::Connection;
+use diesel::result::Error as DieselError;
+use tokio::sync::oneshot;
+
+use super::apply::{self, Applied, Durability};
+use super::error::{CreditError, Failure};
+use super::read;
+use super::settled::Fingerprint;
+use crate::books::inbox::{self, Evidence, Source};
+use crate::db::{self, DbConnection, Retry};
+use crate::domain::notification::Notification;
+use crate::store::{self, Credit, CreditWrite};
+
+/// A notification waiting for the writer, with everything it must store.
+pub struct ApplyJob {
+    pub notification: Notification,
+    pub headers_json: String,
+    pub body: bytes::Bytes,
+    pub source: Source,
+    pub now: NaiveDateTime,
+    /// What the settled memory knows it by ([`Fingerprint::of`]), taken once, off the writer.
+    pub(super) fingerprint: Option<Fingerprint>,
+    pub(super) reply: Option<oneshot::Sender<Result<Applied, Failure>>>,
+}
+
+impl ApplyJob {
+    /// A job for a notification, whose result only [`commit_batch`](super::commit_batch)'s return value carries.
+    pub fn new(
+        notification: Notification,
+        headers_json: String,
+        body: bytes::Bytes,
+        now: NaiveDateTime,
+    ) -> ApplyJob {
+        ApplyJob {
+            notification,
+            headers_json,
+            body,
+            source: Source::Notify,
+            now,
+            fingerprint: None,
+            reply: None,
+        }
+    }
+
+    pub(super) fn evidence(&self) -> Evidence<'_> {
+        Evidence {
+            headers_json: &self.headers_json,
+            body: &self.body,
+            source: self.source,
+        }
+    }
+}
+
+/// One more delivery to count on an inbox row.
+#[derive(Debug, Clone)]
+pub struct CountJob {
+    pub inbox_id: i64,
+    pub now: NaiveDateTime,
+}
+
+/// What a batch's transaction did: one result per notification, and the delivery counts it left
+/// for later because their rows were held.
+pub(super) type BatchDone = (Vec<Result<Applied, Failure>>, Vec<CountJob>);
+
+/// Why a batch's transaction failed, and which notification failed it, if one did.
+pub(super) struct BatchError {
+    pub(super) at: Option<usize>,
+    pub(super) error: CreditError,
+}
+
+impl From<DieselError> for BatchError {
+    fn from(error: DieselError) -> BatchError {
+        BatchError {
+            at: None,
+            error: error.into(),
+        }
+    }
+}
+
+/// Applies every notification inside the open transaction (except those that `failed` before),
+/// then writes the delivery counts.
+///
+/// Where the backend writes many first payments in one statement (PostgreSQL), the first payments
+/// read up front are held back and written together just before the next notification that may
+/// write something else, and at the end: the order in which notifications change orders and
+/// accounts stays the batch's order. A repeat, which writes only its count, does not hold them up.
+pub(super) fn apply_batch_in(
+    conn: &mut DbConnection,
+    applies: &[ApplyJob],
+    failed: &[Option<Failure>],
+    counts: &[CountJob],
+) -> Result<BatchDone, BatchError> {
+    let mut done = Done {
+        results: vec![None; applies.len()],
+        flush: false,
+        repeats: Vec::new(),
+    };
+    // SQLite runs in-process, so a savepoint per notification is nearly free. On PostgreSQL it
+    // is two more round trips per notification; there a failing notification aborts the
+    // transaction instead, and [`commit_batch`](super::commit_batch) runs the batch again without it.
+    let savepoints = store::savepoints_are_cheap(conn);
+    let order_nos: Vec<&str> = applies
+        .iter()
+        .zip(failed)
+        .filter(|(_, failed)| failed.is_none())
+        .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
+        .collect();
+    store::lock_for_credits(conn, &order_nos)?;
+    // Where each statement is a round trip (not SQLite), the batch's orders and inbox rows are
+    // read by two statements instead of one per notification.
+    let mut read_already = if savepoints {
+        vec![None; applies.len()]
+    } else {
+        read_batch(conn, applies, failed)?
+    };
+    let together = store::pays_together(conn);
+    let mut first_payments = Vec::new();
+    for (i, (job, failed)) in applies.iter().zip(failed).enumerate() {
+        if let Some(error) = failed {
+            done.results[i] = Some(Err(error.clone()));
+            continue;
+        }
+        let n = &job.notification;
+        let found = read_already[i].take();
+        if together {
+            match &found {
+                Some(f) if apply::is_first_payment(n, f) => {
+                    first_payments.push((i, f.clone()));
+                    continue;
+                }
+                Some(f) if apply::repeats_a_credit(n, f) => {}
+                _ => pay_together(conn, applies, &mut first_payments, &mut done)?,
+            }
+        }
+        let evidence = job.evidence();
+        let applied = if savepoints {
+            conn.transaction(|conn| apply::apply_in(conn, n, evidence, job.now))
+        } else {
+            apply::apply_found_in(conn, n, evidence, job.now, found)
+        };
+        done.record(i, job, applied, savepoints)?;
+    }
+    pay_together(conn, applies, &mut first_payments, &mut done)?;
+    let held = count_all(conn, counts.iter().chain(&done.repeats))?;
+    if !done.flush {
+        db::commit_without_waiting_for_flush(conn)?;
+    }
+    let results = done.results.into_iter().flatten().collect();
+    Ok((results, held))
+}
+
+/// What a batch has applied so far.
+struct Done {
+    /// One per notification, filled in as each is applied.
+    results: Vec<Option<Result<Applied, Failure>>>,
+    /// Whether the commit must wait for the disk.
+    flush: bool,
+    /// The delivery counts of repeats, to add before the commit.
+    repeats: Vec<CountJob>,
+}
+
+impl Done {
+    fn record(
+        &mut self,
+        i: usize,
+        job: &ApplyJob,
+        applied: Result<(Applied, Durability), CreditError>,
+        savepoints: bool,
+    ) -> Result<(), BatchError> {
+        self.results[i] = Some(match applied {
+            Ok((applied, durability)) => {
+                match durability {
+                    Durability::Flush => self.flush = true,
+                    Durability::CountOnly { inbox_id } => self.repeats.push(CountJob {
+                        inbox_id,
+                        now: job.now,
+                    }),
+                }
+                Ok(applied)
+            }
+            // A conflict is about timing, not this notification: the whole batch runs again.
+            // Without savepoints any error has aborted the transaction.
+            Err(error) if error.is_transient() || !savepoints => {
+                return Err(BatchError { at: Some(i), error })
+            }
+            Err(e) => Err(Arc::new(e)),
+        });
+        Ok(())
+    }
+}
+
+/// Writes the first payments held back so far ([`apply::is_first_payment`], as read up front):
+/// in one statement when there are two or more, as any notification is applied when there is one.
+/// A payment whose order the statement found no longer pending is applied on its own, reading
+/// what is there now; one whose account could not be credited fails the batch, as it would
+/// alone.
+fn pay_together(
+    conn: &mut DbConnection,
+    applies: &[ApplyJob],
+    first_payments: &mut Vec<(usize, read::Found)>,
+    done: &mut Done,
+) -> Result<(), BatchError> {
+    let held = std::mem::take(first_payments);
+    let writes = match held.as_slice() {
+        [] => return Ok(()),
+        [_] => None,
+        _ => {
+            let payments: Vec<store::FirstPayment<'_>> = held
+                .iter()
+                .map(|(i, _)| store::FirstPayment {
+                    notification: &applies[*i].notification,
+                    evidence: applies[*i].evidence(),
+                    now: applies[*i].now,
+                })
+                .collect();
+            store::pay_and_credit_together(conn, &payments)?
+        }
+    };
+    let Some(writes) = writes else {
+        for (i, found) in held {
+            let job = &applies[i];
+            let n = &job.notification;
+            let applied = apply::apply_found_in(conn, n, job.evidence(), job.now, Some(found));
+            done.record(i, job, applied, false)?;
+        }
+        return Ok(());
+    };
+    for ((i, found), write) in held.into_iter().zip(writes) {
+        let job = &applies[i];
+        let applied = match write {
+            CreditWrite::Credited(Credit {
+                balance_after,
+                delivery: Some(delivery),
+            }) => Ok((apply::credited(balance_after, delivery), Durability::Flush)),
+            CreditWrite::NotPending => {
+                apply::apply_found_in(conn, &job.notification, job.evidence(), job.now, None)
+            }
+            CreditWrite::Credited(_) | CreditWrite::NotCredited => Err(match &found.order {
+                Some(order) => CreditError::not_credited(order),
+                None => CreditError::Database(DieselError::NotFound),
+            }),
+        };
+        done.record(i, job, applied, false)?;
+    }
+    Ok(())
+}
+
+/// What [`read::find_for_batch`] reads for the notifications of a batch that may use it (see
+/// [`read::read_up_front`]), in one go; `None` for the others, which read for themselves when their
+/// turn comes.
+fn read_batch(
+    conn: &mut DbConnection,
+    applies: &[ApplyJob],
+    failed: &[Option<Failure>],
+) -> Result<Vec<Option<read::Found>>, DieselError> {
+    let batch = applies
+        .iter()
+        .zip(failed)
+        .map(|(job, failed)| failed.is_none().then_some(&job.notification));
+    let mut keys = Vec::new();
+    let mut at = Vec::new();
+    for (i, (job, up_front)) in applies.iter().zip(read::read_up_front(batch)).enumerate() {
+        let n = &job.notification;
+        if let (true, Some(order_no)) = (up_front, &n.order_no) {
+            keys.push(read::Key {
+                order_no,
+                channel: &n.channel,
+                notification_id: &n.notification_id,
+                trade_no: n.provider_trade_no.as_deref(),
+            });
+            at.push(i);
+        }
+    }
+    let mut found = vec![None; applies.len()];
+    if keys.len() > 1 {
+        for (i, f) in at.into_iter().zip(read::find_for_batch(conn, &keys)?) {
+            found[i] = Some(f);
+        }
+    }
+    Ok(found)
+}
+
+/// Adds the counted deliveries to their inbox rows: one statement for all the rows counted the
+/// same number of times (usually once each). Returns the counts it left for later: those of rows
+/// another transaction holds (see [`store::lock_inbox_rows`]), which are not waited for.
+pub(super) fn count_all<'a>(
+    conn: &mut DbConnection,
+    counts: impl Iterator<Item = &'a CountJob> + Clone,
+) -> Result<Vec<CountJob>, DieselError> {
+    let Some(now) = counts.clone().map(|job| job.now).max() else {
+        return Ok(Vec::new());
+    };
+    let mut per_row: BTreeMap<i64, i64> = BTreeMap::new();
+    for job in counts.clone() {
+        *per_row.entry(job.inbox_id).or_default() += 1;
+    }
+    let rows: Vec<i64> = per_row.keys().copied().collect();
+    let locked: std::collections::HashSet<i64> =
+        store::lock_inbox_rows(conn, &rows)?.into_iter().collect();
+    let mut per_increment: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (inbox_id, increment) in per_row {
+        if locked.contains(&inbox_id) {
+            per_increment.entry(increment).or_default().push(inbox_id);
+        }
+    }
+    for (increment, rows) in per_increment {
+        inbox::count_deliveries(conn, &rows, increment, now)?;
+    }
+    Ok(counts
+        .filter(|job| !locked.contains(&job.inbox_id))
+        .cloned()
+        .collect())
+}
