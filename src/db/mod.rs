@@ -562,10 +562,12 @@ where
         // The crediting statements find every row by its key, so each keeps one plan for the
         // session: left to choose, PostgreSQL planned the batch's row locks (`= ANY` over the
         // batch's orders) afresh every time, about a sixth of the server's time per batch. Servers
-        // without the setting (before PostgreSQL 12) are left as they are.
+        // without the setting (before PostgreSQL 12) are left as they are. A plan kept while the
+        // tables were nearly empty (a new deployment's first batches) would read them whole
+        // until they are analyzed again; with sequential scans off, it uses their keys.
         DbConnection::Postgresql(inner) => AnsiTransactionManager::begin_transaction_sql(
             inner,
-            "BEGIN; SET LOCAL synchronous_commit = on; \
+            "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL enable_seqscan = off; \
              SELECT set_config('plan_cache_mode', 'force_generic_plan', true) \
              WHERE current_setting('plan_cache_mode', true) IS NOT NULL",
         )?,

@@ -614,6 +614,69 @@ fn postgresql_pays_together_only_payments_that_share_nothing() {
     assert_books_balance(&pool);
 }
 
+/// A new deployment's first batches plan the crediting statements while the tables are nearly
+/// empty, and each connection keeps those plans while the tables grow, until they are analyzed
+/// again: those plans still find rows by their keys, never by reading whole tables.
+#[test]
+fn postgresql_batches_planned_on_empty_tables_never_scan_them_whole() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = db.pool(2);
+    let mut conn = pool.get().unwrap();
+    let mut orders = Vec::new();
+    for user in ["g1", "g2", "g3", "g4"] {
+        orders.push(create_order(&mut conn, user, "alipay", "1.00", "CNY", None));
+    }
+    let batch = |pays: &[(&OrderNo, &str)]| {
+        let jobs: Vec<ApplyJob> = pays
+            .iter()
+            .map(|(order, trade)| job(&paid(order, trade, 100, "CNY")))
+            .collect();
+        outcomes(&commit_batch(&mut pool.get().unwrap(), &jobs, &[]))
+    };
+    let credited = |n| vec![Ok(Outcome::Credited); n];
+    drop(conn);
+    assert_eq!(
+        batch(&[(&orders[0], "G1"), (&orders[1], "G2")]),
+        credited(2)
+    );
+    // Thousands of rows arrive before the tables are analyzed again.
+    exec(
+        &pool,
+        "INSERT INTO accounts SELECT 'grown' || i, 'CNY', 0, 0, now(), now() \
+             FROM generate_series(1, 20000) i; \
+         INSERT INTO orders (order_no, user_id, channel, amount_minor, currency, status, version, \
+             created_at) SELECT 'grown' || i, 'grown' || i, 'alipay', 100, 'CNY', 'pending', 0, \
+             now() FROM generate_series(1, 20000) i; \
+         INSERT INTO notifications (channel, notification_id, kind, verified, outcome, \
+             raw_headers, raw_body, first_seen_at, last_seen_at) SELECT 'alipay', 'grown' || i, \
+             'paid', TRUE, 'unknown_order', '{}', '', now(), now() \
+             FROM generate_series(1, 20000) i",
+    );
+    let seq_scans = || {
+        // Each of the pool's connections reports what it has read so far.
+        let mut both = [pool.get().unwrap(), pool.get().unwrap()];
+        for conn in &mut both {
+            diesel::connection::SimpleConnection::batch_execute(
+                &mut **conn,
+                "SELECT pg_stat_force_next_flush()",
+            )
+            .unwrap();
+        }
+        drop(both);
+        count(
+            &pool,
+            "SELECT CAST(SUM(seq_scan) AS BIGINT) AS n FROM pg_stat_user_tables \
+             WHERE relname IN ('accounts', 'orders', 'notifications', 'ledger')",
+        )
+    };
+    let before = seq_scans();
+    assert_eq!(
+        batch(&[(&orders[2], "G3"), (&orders[3], "G4")]),
+        credited(2)
+    );
+    assert_eq!(seq_scans() - before, 0, "a table was read whole");
+}
+
 /// The crediting statements are parsed and planned once per connection, not once per
 /// notification: after several credits on one connection, each is one prepared statement.
 #[test]
