@@ -2,7 +2,7 @@
 //! (first payments together, where the backend writes them in one statement), count the
 //! deliveries. [`super::committer`] opens, retries and commits it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::NaiveDateTime;
@@ -153,7 +153,11 @@ pub(super) fn apply_batch_in(
     if !done.flush {
         db::commit_without_waiting_for_flush(conn)?;
     }
-    let results = done.results.into_iter().flatten().collect();
+    let results = done
+        .results
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|| Err(Arc::new(CreditError::Unapplied))))
+        .collect();
     Ok((results, held))
 }
 
@@ -200,8 +204,9 @@ impl Done {
 /// Writes the first payments held back so far ([`apply::is_first_payment`], as read up front):
 /// in one statement when there are two or more, as any notification is applied when there is one.
 /// A payment whose order the statement found no longer pending is applied on its own, reading
-/// what is there now; one whose account could not be credited fails the batch, as it would
-/// alone.
+/// what is there now. One whose account could not take the credit fails the batch: the batch runs
+/// again without it when it was its account's only credit here, as it would alone; otherwise
+/// each notification of the batch is applied alone, so that the one to blame is found.
 fn pay_together(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
@@ -233,6 +238,14 @@ fn pay_together(
         }
         return Ok(());
     };
+    let account = |found: &read::Found| {
+        let order = found.order.as_ref();
+        order.map(|o| (o.user_id.clone(), o.currency))
+    };
+    let mut per_account: HashMap<_, usize> = HashMap::new();
+    for (_, found) in &held {
+        *per_account.entry(account(found)).or_default() += 1;
+    }
     for ((i, found), write) in held.into_iter().zip(writes) {
         let job = &applies[i];
         let applied = match write {
@@ -243,10 +256,20 @@ fn pay_together(
             CreditWrite::NotPending => {
                 apply::apply_found_in(conn, &job.notification, job.evidence(), job.now, None)
             }
-            CreditWrite::Credited(_) | CreditWrite::NotCredited => Err(match &found.order {
-                Some(order) => CreditError::not_credited(order),
-                None => CreditError::Database(DieselError::NotFound),
-            }),
+            CreditWrite::Credited(_) | CreditWrite::NotCredited => {
+                let error = match &found.order {
+                    Some(order) => CreditError::not_credited(order),
+                    None => CreditError::Database(DieselError::NotFound),
+                };
+                // The account's bound was checked against the sum of its credits held here: this
+                // one is to blame only if it is the account's only one. Otherwise an earlier one
+                // may have fitted alone, so every notification is applied alone instead.
+                let alone = per_account.get(&account(&found)) == Some(&1);
+                return Err(BatchError {
+                    at: alone.then_some(i),
+                    error,
+                });
+            }
         };
         done.record(i, job, applied, false)?;
     }

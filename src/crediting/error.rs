@@ -33,6 +33,9 @@ pub enum CreditError {
     Changed(OrderNo),
     #[error("internal error: a batch panicked")]
     Panicked,
+    /// A batch came to its commit without a result for it: a bug, answered "retry".
+    #[error("internal error: its batch did not apply it")]
+    Unapplied,
     /// Its caller stopped waiting (and answered "retry") before the writer came to it.
     #[error("not tried: its caller had stopped waiting")]
     Abandoned,

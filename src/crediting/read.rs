@@ -87,12 +87,15 @@ pub fn find_for_batch(
         return Ok(Vec::new());
     }
     let order_nos: Vec<&str> = keys.iter().map(|k| k.order_no.as_str()).collect();
-    let mut channels: Vec<&str> = keys.iter().map(|k| k.channel.as_str()).collect();
-    channels.sort_unstable();
-    channels.dedup();
-    let trades: Vec<&str> = keys.iter().filter_map(|k| k.trade_no).collect();
-    let ids: Vec<&str> = keys.iter().map(|k| k.notification_id).collect();
-    let (rows, inbox) = store::read_for_batch(conn, &order_nos, &channels, &trades, &ids)?;
+    let trades: Vec<(&str, &str)> = keys
+        .iter()
+        .filter_map(|k| Some((k.channel.as_str(), k.trade_no?)))
+        .collect();
+    let deliveries: Vec<(&str, &str)> = keys
+        .iter()
+        .map(|k| (k.channel.as_str(), k.notification_id))
+        .collect();
+    let (rows, inbox) = store::read_for_batch(conn, &order_nos, &trades, &deliveries)?;
     // Only the rows a key needs are parsed, as `find_for_notification` does: a row that does not
     // parse fails the batch only if one of its notifications is about it.
     keys.iter()

@@ -23,37 +23,47 @@ pub struct Delivered {
     pub delivery_count: i64,
 }
 
-/// The orders named in `order_nos` or paid by one of `trades` in one of `channels`, and the inbox
-/// rows of `ids` in `channels`.
+/// The orders named in `order_nos` or paid by one of `trades` (channel, trade), and the inbox rows
+/// of `deliveries` (channel, notification id).
 ///
-/// On PostgreSQL each list is one array parameter, in unprepared statements planned anew for
-/// every batch, from the tables as they are then: a prepared statement keeps its plan for the
-/// session, and one chosen while the inbox was small (a new deployment's first flood, before
-/// autovacuum has analyzed it) kept `= ANY($1)` a sequential scan as it grew by thousands of rows
-/// a second. Elsewhere an `IN` list makes a statement of its own for each length, prepared each
-/// time.
+/// On PostgreSQL each list is an array parameter, the pairs unnested and joined to their tables,
+/// so that every row is found by its key whatever plan the statement gets: in the committer's
+/// transactions that is a generic plan (`plan_cache_mode`), made anew for each batch, and one made
+/// from never-analyzed tables (a new deployment's first flood) read every inbox row of a channel
+/// when the pairs were two `= ANY` lists. Elsewhere `IN` lists make a statement of their own for
+/// each length, prepared each time.
 pub fn read_for_batch(
     conn: &mut DbConnection,
     order_nos: &[&str],
-    channels: &[&str],
-    trades: &[&str],
-    ids: &[&str],
+    trades: &[(&str, &str)],
+    deliveries: &[(&str, &str)],
 ) -> Result<(Vec<OrderRow>, Vec<Delivered>), DieselError> {
+    let unzip = |pairs: &[(&str, &str)]| -> (Vec<String>, Vec<String>) {
+        pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .unzip()
+    };
+    let (trade_channels, trade_nos) = unzip(trades);
+    let (channels, ids) = unzip(deliveries);
     if let DbConnection::Postgresql(pg) = conn {
         let rows = diesel::sql_query(
-            "SELECT * FROM orders WHERE order_no = ANY($1) \
-             OR (channel = ANY($2) AND provider_trade_no = ANY($3))",
+            "SELECT o.* FROM orders AS o WHERE o.order_no = ANY($1) \
+             UNION ALL SELECT o.* FROM unnest($2, $3) AS k (channel, trade_no) \
+             JOIN orders AS o ON o.channel = k.channel AND o.provider_trade_no = k.trade_no",
         )
         .bind::<Array<Text>, _>(order_nos)
-        .bind::<Array<Text>, _>(channels)
-        .bind::<Array<Text>, _>(trades)
+        .bind::<Array<Text>, _>(&trade_channels)
+        .bind::<Array<Text>, _>(&trade_nos)
         .load::<OrderRow>(pg)?;
         let inbox = diesel::sql_query(
-            "SELECT channel, notification_id, id, delivery_count FROM notifications \
-             WHERE channel = ANY($1) AND notification_id = ANY($2)",
+            "SELECT n.channel, n.notification_id, n.id, n.delivery_count \
+             FROM unnest($1, $2) AS k (channel, notification_id) \
+             JOIN notifications AS n ON n.channel = k.channel \
+                 AND n.notification_id = k.notification_id",
         )
-        .bind::<Array<Text>, _>(channels)
-        .bind::<Array<Text>, _>(ids)
+        .bind::<Array<Text>, _>(&channels)
+        .bind::<Array<Text>, _>(&ids)
         .load::<Delivered>(pg)?;
         return Ok((rows, inbox));
     }
@@ -62,14 +72,15 @@ pub fn read_for_batch(
     let rows: Vec<OrderRow> = if trades.is_empty() {
         query.filter(named).load(conn)?
     } else {
+        // Every channel with every trade: a superset of the pairs, which the caller matches.
         let paid = orders::channel
-            .eq_any(channels)
-            .and(orders::provider_trade_no.eq_any(trades));
+            .eq_any(&trade_channels)
+            .and(orders::provider_trade_no.eq_any(&trade_nos));
         query.filter(named.or(paid)).load(conn)?
     };
     let inbox = notifications::table
-        .filter(notifications::notification_id.eq_any(ids))
-        .filter(notifications::channel.eq_any(channels))
+        .filter(notifications::notification_id.eq_any(&ids))
+        .filter(notifications::channel.eq_any(&channels))
         .select((
             notifications::channel,
             notifications::notification_id,

@@ -477,10 +477,31 @@ fn first_payments_of_a_batch_book_in_its_order_around_a_refund(db: TestDb) {
         job(&pay(&c, "TC", 200)),
         job(&pay(&other, "TO2", 700)),
     ];
-    let results: Vec<Outcome> = commit_batch(&mut conn, &batch, &[])
+    let applied: Vec<Applied> = commit_batch(&mut conn, &batch, &[])
         .into_iter()
-        .map(|r| r.expect("applied").outcome)
+        .map(|r| r.expect("applied"))
         .collect();
+    // Each credit is answered with its own balance and inbox row.
+    let credited = [0, 1, 2, 5].map(|i| {
+        let inbox_id = count(
+            &pool,
+            &format!(
+                "SELECT id AS n FROM notifications WHERE notification_id = '{}'",
+                batch[i].notification.notification_id
+            ),
+        );
+        (applied[i].balance_after, applied[i].inbox_id == inbox_id)
+    });
+    assert_eq!(
+        credited,
+        [
+            (Some(1500), true),
+            (Some(700), true),
+            (Some(1800), true),
+            (Some(1000), true)
+        ]
+    );
+    let results: Vec<Outcome> = applied.iter().map(|a| a.outcome).collect();
     use Outcome::*;
     assert_eq!(
         results,
