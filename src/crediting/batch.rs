@@ -107,21 +107,25 @@ pub(super) fn apply_batch_in(
     // is two more round trips per notification; there a failing notification aborts the
     // transaction instead, and [`commit_batch`](super::commit_batch) runs the batch again without it.
     let savepoints = store::savepoints_are_cheap(conn);
-    let order_nos: Vec<&str> = applies
-        .iter()
-        .zip(failed)
-        .filter(|(_, failed)| failed.is_none())
-        .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
-        .collect();
-    store::lock_for_credits(conn, &order_nos)?;
-    // Where each statement is a round trip (not SQLite), the batch's orders and inbox rows are
-    // read by two statements instead of one per notification.
-    let mut read_already = if savepoints {
-        vec![None; applies.len()]
-    } else {
-        read_batch(conn, applies, failed)?
-    };
     let together = store::pays_together(conn);
+    let mut read_already = if together {
+        read_then_lock(conn, applies, failed)?
+    } else {
+        let order_nos: Vec<&str> = applies
+            .iter()
+            .zip(failed)
+            .filter(|(_, failed)| failed.is_none())
+            .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
+            .collect();
+        store::lock_for_credits(conn, &order_nos)?;
+        // Where each statement is a round trip (MySQL), the batch's orders and inbox rows are
+        // read by two statements instead of one per notification.
+        if savepoints {
+            vec![None; applies.len()]
+        } else {
+            read_batch(conn, applies, failed)?
+        }
+    };
     let mut first_payments = Vec::new();
     for (i, (job, failed)) in applies.iter().zip(failed).enumerate() {
         if let Some(error) = failed {
@@ -274,6 +278,33 @@ fn pay_together(
         done.record(i, job, applied, false)?;
     }
     Ok(())
+}
+
+/// Where every statement sees the latest commits (PostgreSQL's READ COMMITTED), the batch's
+/// reads come first, and only then its row locks, on the orders and accounts of the notifications
+/// that may write: a repeat of a committed credit writes only its count, and a paid order never
+/// leaves `paid`, so it is answered from the read alone and locks nothing. A first payment keeps
+/// its read too: its compare-and-set finds out if the order was paid since. Every other
+/// notification reads again, under its locks, when its turn comes.
+fn read_then_lock(
+    conn: &mut DbConnection,
+    applies: &[ApplyJob],
+    failed: &[Option<Failure>],
+) -> Result<Vec<Option<read::Found>>, BatchError> {
+    let mut read_already = read_batch(conn, applies, failed)?;
+    let mut order_nos = Vec::new();
+    for ((job, failed), found) in applies.iter().zip(failed).zip(&mut read_already) {
+        let n = &job.notification;
+        match found {
+            _ if failed.is_some() => continue,
+            Some(f) if apply::repeats_a_credit(n, f) => continue,
+            Some(f) if apply::is_first_payment(n, f) => {}
+            _ => *found = None,
+        }
+        order_nos.extend(n.order_no.as_ref().map(|o| o.as_str()));
+    }
+    store::lock_for_credits(conn, &order_nos)?;
+    Ok(read_already)
 }
 
 /// What [`read::find_for_batch`] reads for the notifications of a batch that may use it (see

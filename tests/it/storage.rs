@@ -143,6 +143,52 @@ fn a_row_locked_by_a_frozen_peer_holds_up_only_its_own_order_on(db: TestDb) {
     );
 }
 
+/// On PostgreSQL a repeat of a committed credit takes no row lock: repeats of payments whose orders
+/// and accounts a frozen peer holds are answered at once, from the batch's read.
+#[test]
+fn repeats_are_answered_while_a_frozen_peer_holds_their_orders() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = pool_with(
+        &db,
+        "max_size = 4\nlock_timeout_secs = 1\nstatement_timeout_secs = 30\n",
+    );
+    let mut conn = pool.get().unwrap();
+    let orders = orders_of(&mut conn, "u-held", 2);
+    let payments = [paid(&orders[0], "T-held-0"), paid(&orders[1], "T-held-1")];
+    let jobs: Vec<ApplyJob> = payments.iter().map(job).collect();
+    let first: Vec<_> = commit_batch(&mut conn, &jobs, &[])
+        .into_iter()
+        .map(|r| r.map(|a| a.outcome).ok())
+        .collect();
+    assert_eq!(first, [Some(Outcome::Credited); 2]);
+    drop(conn);
+    let _peer = frozen_peer(
+        &db,
+        &format!(
+            "SELECT 1 FROM orders JOIN accounts USING (user_id, currency) \
+             WHERE order_no IN ('{}', '{}') FOR UPDATE",
+            orders[0], orders[1]
+        ),
+    );
+    let writer = pool.clone();
+    let results = within(Duration::from_secs(60), move || {
+        commit_batch(&mut writer.get().unwrap(), &jobs, &[])
+    })
+    .expect("the repeats waited for the peer");
+    let again: Vec<_> = results
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map(|a| (a.outcome, a.delivery_count))
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    assert_eq!(
+        again,
+        [Ok((Outcome::AlreadyPaid, 2)), Ok((Outcome::AlreadyPaid, 2))]
+    );
+}
+
 #[test]
 fn a_frozen_payhook_session_loses_its_locks() {
     for backend in [Backend::Postgresql, Backend::Mysql] {
