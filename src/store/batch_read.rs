@@ -2,9 +2,11 @@
 //! `crediting::read::find_for_batch`): the orders they name or their trades paid, and their
 //! inbox rows.
 
+use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
-use diesel::sql_types::{Array, BigInt, Text};
+use diesel::sql_types::{Array, BigInt, Text, Untyped};
 
 use crate::books::orders::OrderRow;
 use crate::db::schema::{notifications, orders};
@@ -27,11 +29,11 @@ pub struct Delivered {
 /// of `deliveries` (channel, notification id).
 ///
 /// On PostgreSQL each list is an array parameter, the pairs unnested and joined to their tables,
-/// so that every row is found by its key whatever plan the statement gets: in the committer's
-/// transactions that is a generic plan (`plan_cache_mode`), made anew for each batch, and one made
-/// from never-analyzed tables (a new deployment's first flood) read every inbox row of a channel
-/// when the pairs were two `= ANY` lists. Elsewhere `IN` lists make a statement of their own for
-/// each length, prepared each time.
+/// in two statements prepared once per connection. Every row is found by its key whatever plan
+/// they keep: in payhook's write transactions that is a generic plan (`plan_cache_mode`), with
+/// sequential scans off, and one made from never-analyzed tables (a new deployment's first flood)
+/// read every inbox row of a channel when the pairs were two `= ANY` lists. Elsewhere `IN` lists
+/// make a statement of their own for each length, prepared each time.
 pub fn read_for_batch(
     conn: &mut DbConnection,
     order_nos: &[&str],
@@ -47,23 +49,26 @@ pub fn read_for_batch(
     let (trade_channels, trade_nos) = unzip(trades);
     let (channels, ids) = unzip(deliveries);
     if let DbConnection::Postgresql(pg) = conn {
-        let rows = diesel::sql_query(
-            "SELECT o.* FROM orders AS o WHERE o.order_no = ANY($1) \
-             UNION ALL SELECT o.* FROM unnest($2, $3) AS k (channel, trade_no) \
-             JOIN orders AS o ON o.channel = k.channel AND o.provider_trade_no = k.trade_no",
-        )
-        .bind::<Array<Text>, _>(order_nos)
-        .bind::<Array<Text>, _>(&trade_channels)
-        .bind::<Array<Text>, _>(&trade_nos)
+        let rows = ByKeys {
+            sql: &[
+                "SELECT o.* FROM orders AS o WHERE o.order_no = ANY(",
+                ") UNION ALL SELECT o.* FROM unnest(",
+                ", ",
+                ") AS k (channel, trade_no) JOIN orders AS o \
+                 ON o.channel = k.channel AND o.provider_trade_no = k.trade_no",
+            ],
+            arrays: [order_nos.to_vec(), strs(&trade_channels), strs(&trade_nos)],
+        }
         .load::<OrderRow>(pg)?;
-        let inbox = diesel::sql_query(
-            "SELECT n.channel, n.notification_id, n.id, n.delivery_count \
-             FROM unnest($1, $2) AS k (channel, notification_id) \
-             JOIN notifications AS n ON n.channel = k.channel \
-                 AND n.notification_id = k.notification_id",
-        )
-        .bind::<Array<Text>, _>(&channels)
-        .bind::<Array<Text>, _>(&ids)
+        let inbox = ByKeys {
+            sql: &[
+                "SELECT n.channel, n.notification_id, n.id, n.delivery_count FROM unnest(",
+                ", ",
+                ") AS k (channel, notification_id) JOIN notifications AS n \
+                 ON n.channel = k.channel AND n.notification_id = k.notification_id",
+            ],
+            arrays: [strs(&channels), strs(&ids)],
+        }
         .load::<Delivered>(pg)?;
         return Ok((rows, inbox));
     }
@@ -90,3 +95,39 @@ pub fn read_for_batch(
         .load(conn)?;
     Ok((rows, inbox))
 }
+
+fn strs(values: &[String]) -> Vec<&str> {
+    values.iter().map(String::as_str).collect()
+}
+
+/// A read of fixed text with a text array bound between each two of its pieces, its rows read by
+/// column name. Unlike `diesel::sql_query`, diesel keeps it prepared: its statement cache keys it
+/// by its text, which is the same for every batch.
+struct ByKeys<'a, const N: usize> {
+    sql: &'static [&'static str],
+    arrays: [Vec<&'a str>; N],
+}
+
+impl<const N: usize> QueryFragment<Pg> for ByKeys<'_, N> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        for (i, sql) in self.sql.iter().enumerate() {
+            out.push_sql(sql);
+            if let Some(array) = self.arrays.get(i) {
+                out.push_bind_param::<Array<Text>, _>(array)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<const N: usize> QueryId for ByKeys<'_, N> {
+    type QueryId = ();
+    // No static id: the cache keys the statement by its text.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<const N: usize> Query for ByKeys<'_, N> {
+    type SqlType = Untyped;
+}
+
+impl<const N: usize> RunQueryDsl<PgConnection> for ByKeys<'_, N> {}

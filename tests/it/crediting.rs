@@ -759,6 +759,15 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
         let n = paid(&order, &format!("PREPX{i}"), 99, "CNY");
         let applied = apply_alone(&mut conn, &n, EVIDENCE, now()).unwrap();
         assert_eq!(applied.outcome, Outcome::Mismatch);
+        // A batch's reads and its first payments' one statement.
+        let batch: Vec<ApplyJob> = (0..3)
+            .map(|j| {
+                let order = create_order(&mut conn, "prep", "alipay", "1.00", "CNY", None);
+                job(&paid(&order, &format!("PREPB{i}-{j}"), 100, "CNY"))
+            })
+            .collect();
+        let results = outcomes(&commit_batch(&mut conn, &batch, &[]));
+        assert_eq!(results, vec![Ok(Outcome::Credited); 3]);
     }
     use diesel::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
@@ -769,7 +778,14 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
     let prepared: Vec<Prepared> = diesel::sql_query("SELECT statement FROM pg_prepared_statements")
         .load(&mut *conn)
         .unwrap();
-    for start in ["WITH paid AS", "INSERT INTO notifications"] {
+    let statements = [
+        "WITH paid AS",
+        "INSERT INTO notifications",
+        "WITH input AS",
+        "SELECT o.* FROM orders",
+        "SELECT n.channel",
+    ];
+    for start in statements {
         let n = prepared
             .iter()
             .filter(|p| p.statement.trim_start().starts_with(start))
