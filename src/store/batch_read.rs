@@ -28,12 +28,14 @@ pub struct Delivered {
 /// The orders named in `order_nos` or paid by one of `trades` (channel, trade), and the inbox rows
 /// of `deliveries` (channel, notification id).
 ///
-/// On PostgreSQL each list is an array parameter, the pairs unnested and joined to their tables,
-/// in two statements prepared once per connection. Every row is found by its key whatever plan
-/// they keep: in payhook's write transactions that is a generic plan (`plan_cache_mode`), with
-/// sequential scans off, and one made from never-analyzed tables (a new deployment's first flood)
-/// read every inbox row of a channel when the pairs were two `= ANY` lists. Elsewhere `IN` lists
-/// make a statement of their own for each length, prepared each time.
+/// On PostgreSQL each list is an array parameter, in two statements prepared once per connection;
+/// each pair is looked up on its own, in a `LATERAL` subquery whose `LIMIT 1` (the pairs are
+/// unique keys) keeps it from being merged into a join. So every row is found by its key whatever
+/// plan they keep, and in payhook's write transactions that is a generic plan
+/// (`plan_cache_mode`) made for the tables as they were at the first batch: planned while the
+/// inbox was empty, two `= ANY` lists read every inbox row of a channel, and a join of the pairs
+/// every inbox row, on every batch. Elsewhere `IN` lists make a statement of their own for each
+/// length, prepared each time.
 pub fn read_for_batch(
     conn: &mut DbConnection,
     order_nos: &[&str],
@@ -52,10 +54,10 @@ pub fn read_for_batch(
         let rows = ByKeys {
             sql: &[
                 "SELECT o.* FROM orders AS o WHERE o.order_no = ANY(",
-                ") UNION ALL SELECT o.* FROM unnest(",
+                ") UNION ALL SELECT t.* FROM unnest(",
                 ", ",
-                ") AS k (channel, trade_no) JOIN orders AS o \
-                 ON o.channel = k.channel AND o.provider_trade_no = k.trade_no",
+                ") AS k (channel, trade_no) CROSS JOIN LATERAL (SELECT * FROM orders AS o \
+                 WHERE o.channel = k.channel AND o.provider_trade_no = k.trade_no LIMIT 1) AS t",
             ],
             arrays: [order_nos.to_vec(), strs(&trade_channels), strs(&trade_nos)],
         }
@@ -64,8 +66,10 @@ pub fn read_for_batch(
             sql: &[
                 "SELECT n.channel, n.notification_id, n.id, n.delivery_count FROM unnest(",
                 ", ",
-                ") AS k (channel, notification_id) JOIN notifications AS n \
-                 ON n.channel = k.channel AND n.notification_id = k.notification_id",
+                ") AS k (channel, notification_id) CROSS JOIN LATERAL (SELECT channel, \
+                 notification_id, id, delivery_count FROM notifications AS n \
+                 WHERE n.channel = k.channel AND n.notification_id = k.notification_id \
+                 LIMIT 1) AS n",
             ],
             arrays: [strs(&channels), strs(&ids)],
         }
