@@ -2,11 +2,11 @@
 //! `crediting::read::find_for_batch`): the orders they name or their trades paid, and their
 //! inbox rows.
 
-use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
-use diesel::sql_types::{Array, BigInt, Text, Untyped};
+use diesel::sql_types::{BigInt, Text};
+
+use super::postgres::{strs, ByKeys};
 
 use crate::books::orders::OrderRow;
 use crate::db::schema::{notifications, orders};
@@ -99,39 +99,3 @@ pub fn read_for_batch(
         .load(conn)?;
     Ok((rows, inbox))
 }
-
-fn strs(values: &[String]) -> Vec<&str> {
-    values.iter().map(String::as_str).collect()
-}
-
-/// A read of fixed text with a text array bound between each two of its pieces, its rows read by
-/// column name. Unlike `diesel::sql_query`, diesel keeps it prepared: its statement cache keys it
-/// by its text, which is the same for every batch.
-struct ByKeys<'a, const N: usize> {
-    sql: &'static [&'static str],
-    arrays: [Vec<&'a str>; N],
-}
-
-impl<const N: usize> QueryFragment<Pg> for ByKeys<'_, N> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        for (i, sql) in self.sql.iter().enumerate() {
-            out.push_sql(sql);
-            if let Some(array) = self.arrays.get(i) {
-                out.push_bind_param::<Array<Text>, _>(array)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<const N: usize> QueryId for ByKeys<'_, N> {
-    type QueryId = ();
-    // No static id: the cache keys the statement by its text.
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<const N: usize> Query for ByKeys<'_, N> {
-    type SqlType = Untyped;
-}
-
-impl<const N: usize> RunQueryDsl<PgConnection> for ByKeys<'_, N> {}
