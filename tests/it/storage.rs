@@ -189,6 +189,55 @@ fn repeats_are_answered_while_a_frozen_peer_holds_their_orders() {
     );
 }
 
+/// On PostgreSQL the row locks are taken in key order of the accounts, whatever order the orders
+/// come in: with the second account held by a peer, the first is already locked while the
+/// statement waits, so two writers never hold one each while waiting for the other's.
+#[test]
+fn row_locks_are_taken_in_key_order_whatever_the_order_of_the_orders() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = pool_with(
+        &db,
+        "max_size = 4\nlock_timeout_secs = 5\nstatement_timeout_secs = 30\n",
+    );
+    let mut conn = pool.get().unwrap();
+    let first = create_order(&mut conn, "k-1", "alipay", "1.00", "CNY", None);
+    let second = create_order(&mut conn, "k-2", "alipay", "1.00", "CNY", None);
+    drop(conn);
+    let peer = frozen_peer(
+        &db,
+        "SELECT 1 FROM accounts WHERE user_id = 'k-2' FOR UPDATE",
+    );
+    let writer = pool.clone();
+    let (second_no, first_no) = (second.to_string(), first.to_string());
+    let locking = std::thread::spawn(move || {
+        let mut conn = writer.get().unwrap();
+        db::write_transaction(&mut conn, |conn| {
+            payhook::store::lock_for_credits(conn, &[&second_no, &first_no])
+        })
+    });
+    // While it waits for k-2, k-1 (first in key order) is held by it already.
+    let mut probe = PgConnection::establish(&db.url).unwrap();
+    let mut held = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(50));
+        held = probe
+            .batch_execute(
+                "BEGIN; SELECT 1 FROM accounts WHERE user_id = 'k-1' FOR UPDATE NOWAIT; ROLLBACK",
+            )
+            .is_err();
+        if held {
+            break;
+        }
+        probe.batch_execute("ROLLBACK").ok();
+    }
+    drop(peer);
+    assert!(locking.join().unwrap().is_ok());
+    assert!(
+        held,
+        "k-1 was not locked before the statement waited for k-2"
+    );
+}
+
 #[test]
 fn a_frozen_payhook_session_loses_its_locks() {
     for backend in [Backend::Postgresql, Backend::Mysql] {
