@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{BigInt, Text};
 
-use super::postgres::{strs, ByKeys};
+use super::postgres::ByKeys;
 
 use crate::books::orders::OrderRow;
 use crate::db::schema::{notifications, orders};
@@ -42,14 +42,8 @@ pub fn read_for_batch(
     trades: &[(&str, &str)],
     deliveries: &[(&str, &str)],
 ) -> Result<(Vec<OrderRow>, Vec<Delivered>), DieselError> {
-    let unzip = |pairs: &[(&str, &str)]| -> (Vec<String>, Vec<String>) {
-        pairs
-            .iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .unzip()
-    };
-    let (trade_channels, trade_nos) = unzip(trades);
-    let (channels, ids) = unzip(deliveries);
+    let (trade_channels, trade_nos): (Vec<&str>, Vec<&str>) = trades.iter().copied().unzip();
+    let (channels, ids): (Vec<&str>, Vec<&str>) = deliveries.iter().copied().unzip();
     if let DbConnection::Postgresql(pg) = conn {
         let rows = ByKeys {
             sql: &[
@@ -59,7 +53,11 @@ pub fn read_for_batch(
                 ") AS k (channel, trade_no) CROSS JOIN LATERAL (SELECT * FROM orders AS o \
                  WHERE o.channel = k.channel AND o.provider_trade_no = k.trade_no LIMIT 1) AS t",
             ],
-            arrays: [order_nos.to_vec(), strs(&trade_channels), strs(&trade_nos)],
+            arrays: [
+                order_nos.to_vec(),
+                trade_channels.clone(),
+                trade_nos.clone(),
+            ],
         }
         .load::<OrderRow>(pg)?;
         let inbox = ByKeys {
@@ -71,7 +69,7 @@ pub fn read_for_batch(
                  WHERE n.channel = k.channel AND n.notification_id = k.notification_id \
                  LIMIT 1) AS n",
             ],
-            arrays: [strs(&channels), strs(&ids)],
+            arrays: [channels.clone(), ids.clone()],
         }
         .load::<Delivered>(pg)?;
         return Ok((rows, inbox));

@@ -336,10 +336,6 @@ impl Query for Together<'_> {
 
 impl RunQueryDsl<PgConnection> for Together<'_> {}
 
-pub(super) fn strs(values: &[String]) -> Vec<&str> {
-    values.iter().map(String::as_str).collect()
-}
-
 /// A read of fixed text with a text array bound between each two of its pieces, its rows read by
 /// column name. Unlike `diesel::sql_query`, diesel keeps it prepared: its statement cache keys it
 /// by its text, which is the same for every batch.
