@@ -47,21 +47,6 @@ pub struct InboxRow {
 
 pub const REJECTED: &str = "rejected";
 
-/// Adds `increment` deliveries to each of the inbox rows `ids`, in one statement.
-pub fn count_deliveries(
-    conn: &mut DbConnection,
-    ids: &[i64],
-    increment: i64,
-    now: NaiveDateTime,
-) -> Result<usize, DieselError> {
-    diesel::update(notifications::table.filter(notifications::id.eq_any(ids)))
-        .set((
-            notifications::delivery_count.eq(notifications::delivery_count + increment),
-            notifications::last_seen_at.eq(now),
-        ))
-        .execute(conn)
-}
-
 /// Most of a rejected request's body that is kept. Anyone can send rejected requests, so each
 /// keeps enough to see what was sent, not the whole body.
 pub const REJECTED_BODY_BYTES: usize = 4096;

@@ -336,27 +336,6 @@ pub fn close_pending(
     Ok(changed == 1)
 }
 
-/// `UPDATE orders SET status = paid ... WHERE order_no = ? AND status = pending`: true when this
-/// transaction changed the row. A paid order never leaves `paid`.
-pub fn mark_paid(
-    conn: &mut DbConnection,
-    order_no: &OrderNo,
-    trade_no: Option<&str>,
-    now: NaiveDateTime,
-) -> Result<bool, DieselError> {
-    let changed = diesel::update(orders::table)
-        .filter(orders::order_no.eq(order_no.as_str()))
-        .filter(orders::status.eq(OrderStatus::Pending.as_str()))
-        .set((
-            orders::status.eq(OrderStatus::Paid.as_str()),
-            orders::provider_trade_no.eq(trade_no),
-            orders::version.eq(orders::version + 1),
-            orders::paid_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(changed == 1)
-}
-
 /// The compare-and-set of money going back:
 /// `UPDATE orders SET refunded_minor = ?, disputed_minor = ?, status = ? ... WHERE order_no = ?
 /// AND version = ?`, from the order as this transaction read it. True when this call changed the

@@ -8,7 +8,7 @@ use super::decision::Decision;
 use super::error::CreditError;
 use super::give_back;
 use super::read;
-use crate::books::inbox::{self, Evidence, InboxRow};
+use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::{self, Order, OrderStatus};
 use crate::db::{self, DbConnection};
 use crate::domain::ids::{ChannelName, OrderNo};
@@ -76,7 +76,7 @@ pub fn apply_alone_in(
     }
     let (applied, durability) = apply_in(conn, notification, evidence, now)?;
     if let Durability::CountOnly { inbox_id } = durability {
-        inbox::count_deliveries(conn, &[inbox_id], 1, now)?;
+        store::count_deliveries(conn, &[inbox_id], 1, now)?;
         db::commit_without_waiting_for_flush(conn)?;
     }
     Ok(applied)

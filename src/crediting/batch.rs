@@ -14,7 +14,7 @@ use super::apply::{self, Applied, Durability};
 use super::error::{CreditError, Failure};
 use super::read;
 use super::settled::Fingerprint;
-use crate::books::inbox::{self, Evidence, Source};
+use crate::books::inbox::{Evidence, Source};
 use crate::db::{self, DbConnection, Retry};
 use crate::domain::notification::Notification;
 use crate::store::{self, Credit, CreditWrite};
@@ -366,7 +366,7 @@ pub(super) fn count_all<'a>(
         }
     }
     for (increment, rows) in per_increment {
-        inbox::count_deliveries(conn, &rows, increment, now)?;
+        store::count_deliveries(conn, &rows, increment, now)?;
     }
     Ok(counts
         .filter(|job| !locked.contains(&job.inbox_id))

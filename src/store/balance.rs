@@ -4,6 +4,9 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
+use diesel::sql_types::BigInt;
+
+use super::statement::Statement;
 
 use crate::db::schema::accounts;
 use crate::db::DbConnection;
@@ -22,37 +25,39 @@ pub fn change_balance(
     floor: i64,
     now: NaiveDateTime,
 ) -> Result<Option<i64>, DieselError> {
-    let account = accounts::table.find((user_id, currency.code()));
     // `balance + delta` stays within `floor..=i64::MAX`, written so that the bound itself
     // cannot overflow (SQLite would turn an overflow into a float).
     let Some(lowest) = floor.checked_sub(delta.min(0)) else {
         return Ok(None);
     };
-    let within = accounts::balance_minor
-        .le(i64::MAX - delta.max(0))
-        .and(accounts::balance_minor.ge(lowest));
-    let change = diesel::update(account.filter(within)).set((
-        accounts::balance_minor.eq(accounts::balance_minor + delta),
-        accounts::version.eq(accounts::version + 1),
-        accounts::updated_at.eq(now),
-    ));
-    match conn {
-        DbConnection::Postgresql(pg) => change
-            .returning(accounts::balance_minor)
-            .get_result(pg)
-            .optional(),
-        DbConnection::Sqlite(lite) => change
-            .returning(accounts::balance_minor)
-            .get_result(lite)
-            .optional(),
-        DbConnection::Mysql(my) => {
-            if change.execute(my)? != 1 {
-                return Ok(None);
-            }
-            // The row is locked by the update above: this reads the balance it wrote.
-            account.select(accounts::balance_minor).first(my).map(Some)
+    // A `Statement`, because diesel prepares its own `UPDATE`s anew on every call.
+    let change = Statement::<BigInt>::new("UPDATE accounts SET balance_minor = balance_minor + ")
+        .bigint(delta)
+        .sql(", version = version + 1, updated_at = ")
+        .timestamp(now)
+        .sql(" WHERE user_id = ")
+        .text(user_id)
+        .sql(" AND currency = ")
+        .text(currency.code())
+        .sql(" AND balance_minor <= ")
+        .bigint(i64::MAX - delta.max(0))
+        .sql(" AND balance_minor >= ")
+        .bigint(lowest);
+    if matches!(conn, DbConnection::Mysql(_)) {
+        if change.execute(conn)? != 1 {
+            return Ok(None);
         }
+        // The row is locked by the update above: this reads the balance it wrote.
+        return accounts::table
+            .find((user_id, currency.code()))
+            .select(accounts::balance_minor)
+            .first(conn)
+            .map(Some);
     }
+    change
+        .sql(" RETURNING balance_minor")
+        .get_result(conn)
+        .optional()
 }
 
 /// Locks the (user, currency) account row until the transaction ends, so that two debits of one

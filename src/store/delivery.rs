@@ -11,7 +11,7 @@ use super::balance::change_balance;
 use super::statement::Statement;
 use crate::books::accounts::{self, LedgerKind, NewEntry};
 use crate::books::inbox::{Evidence, InboxRow};
-use crate::books::orders::{self, Order};
+use crate::books::orders::{Order, OrderStatus};
 use crate::db::DbConnection;
 use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
@@ -75,7 +75,7 @@ pub(super) fn pay_then_credit(
     now: NaiveDateTime,
 ) -> Result<CreditWrite, DieselError> {
     let trade_no = n.provider_trade_no.as_deref();
-    if !orders::mark_paid(conn, &order.order_no, trade_no, now)? {
+    if !mark_paid(conn, order.order_no.as_str(), trade_no, now)? {
         return Ok(CreditWrite::NotPending);
     }
     let user = order.user_id.as_str();
@@ -89,6 +89,60 @@ pub(super) fn pay_then_credit(
         balance_after,
         delivery: None,
     }))
+}
+
+/// `UPDATE orders SET status = paid ... WHERE order_no = ? AND status = pending`: true when this
+/// transaction changed the row. A paid order never leaves `paid`. A [`Statement`], because diesel
+/// prepares its own `UPDATE`s anew on every call.
+fn mark_paid(
+    conn: &mut DbConnection,
+    order_no: &str,
+    trade_no: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<bool, DieselError> {
+    let changed = Statement::<()>::new("UPDATE orders SET status = ")
+        .text(OrderStatus::Paid.as_str())
+        .sql(", provider_trade_no = ")
+        .nullable_text(trade_no)
+        .sql(", version = version + 1, paid_at = ")
+        .timestamp(now)
+        .sql(" WHERE order_no = ")
+        .text(order_no)
+        .sql(" AND status = ")
+        .text(OrderStatus::Pending.as_str())
+        .execute(conn)?;
+    Ok(changed == 1)
+}
+
+/// How many inbox rows one statement counts on SQLite and MySQL: an `IN` list of this length,
+/// padded by repeating its last id, so that the statement's text is always the same and diesel
+/// keeps it prepared.
+const COUNTED_AT_ONCE: usize = 16;
+
+/// [`count_deliveries`](super::count_deliveries) on SQLite and MySQL, [`COUNTED_AT_ONCE`] rows a
+/// statement.
+pub(super) fn count_deliveries(
+    conn: &mut DbConnection,
+    ids: &[i64],
+    increment: i64,
+    now: NaiveDateTime,
+) -> Result<usize, DieselError> {
+    let mut changed = 0;
+    for chunk in ids.chunks(COUNTED_AT_ONCE) {
+        let mut statement =
+            Statement::<()>::new("UPDATE notifications SET delivery_count = delivery_count + ")
+                .bigint(increment)
+                .sql(", last_seen_at = ")
+                .timestamp(now)
+                .sql(" WHERE id IN (");
+        let last = chunk[chunk.len() - 1];
+        for i in 0..COUNTED_AT_ONCE {
+            let id = chunk.get(i).copied().unwrap_or(last);
+            statement = statement.sql(if i == 0 { "" } else { ", " }).bigint(id);
+        }
+        changed += statement.sql(")").execute(conn)?;
+    }
+    Ok(changed)
 }
 
 /// The ledger row of a credit, where it is not part of one statement with the credit itself

@@ -161,6 +161,20 @@ pub fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> Result<Vec<i64>,
     }
 }
 
+/// Adds `increment` deliveries to each of the inbox rows `ids` (distinct), and sets when they were
+/// last seen: one statement on PostgreSQL, one per 16 rows elsewhere. Returns the rows changed.
+pub fn count_deliveries(
+    conn: &mut DbConnection,
+    ids: &[i64],
+    increment: i64,
+    now: NaiveDateTime,
+) -> Result<usize, DieselError> {
+    match conn {
+        DbConnection::Postgresql(pg) => postgres::count_deliveries(pg, ids, increment, now),
+        _ => delivery::count_deliveries(conn, ids, increment, now),
+    }
+}
+
 /// Whether [`pay_and_credit_together`] writes many first payments in one statement here
 /// (PostgreSQL), so that a batch gains by holding them back to write them together.
 pub fn pays_together(conn: &DbConnection) -> bool {

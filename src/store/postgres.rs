@@ -135,6 +135,54 @@ pub(super) fn lock_inbox_rows(pg: &mut PgConnection, ids: &[i64]) -> QueryResult
         .load::<i64>(pg)
 }
 
+/// [`count_deliveries`](super::count_deliveries): one `UPDATE ... WHERE id = ANY($3)`, kept
+/// prepared (diesel prepares its own `UPDATE`s anew on every call).
+pub(super) fn count_deliveries(
+    pg: &mut PgConnection,
+    ids: &[i64],
+    increment: i64,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    CountDeliveries {
+        ids,
+        increment,
+        now,
+    }
+    .execute(pg)
+}
+
+struct CountDeliveries<'a> {
+    ids: &'a [i64],
+    increment: i64,
+    now: NaiveDateTime,
+}
+
+impl QueryFragment<Pg> for CountDeliveries<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("UPDATE notifications SET delivery_count = delivery_count + ");
+        out.push_bind_param::<BigInt, _>(&self.increment)?;
+        out.push_sql(", last_seen_at = ");
+        out.push_bind_param::<Timestamp, _>(&self.now)?;
+        out.push_sql(" WHERE id = ANY(");
+        out.push_bind_param::<Array<BigInt>, _>(&self.ids)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// The one text [`CountDeliveries`] has, as a type the statement cache can key it by.
+struct CountDeliveriesId;
+
+impl QueryId for CountDeliveries<'_> {
+    type QueryId = CountDeliveriesId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl RunQueryDsl<PgConnection> for CountDeliveries<'_> {}
+
 /// The first payments of pending orders, each with its compare-and-set, credit, ledger row and
 /// inbox record as [`pay_and_credit`] writes them, in one statement for all of them: the arrays
 /// of their values, unnested. Per account, the credits are summed into one update and each ledger

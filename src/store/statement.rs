@@ -19,6 +19,7 @@ enum Piece<'a> {
     Sql(&'static str),
     Text(&'a str),
     NullableText(Option<&'a str>),
+    BigInt(i64),
     NullableBigInt(Option<i64>),
     Binary(&'a [u8]),
     Bool(bool),
@@ -54,6 +55,11 @@ impl<'a, ST> Statement<'a, ST> {
         self
     }
 
+    pub fn bigint(mut self, value: i64) -> Self {
+        self.pieces.push(Piece::BigInt(value));
+        self
+    }
+
     pub fn nullable_bigint(mut self, value: Option<i64>) -> Self {
         self.pieces.push(Piece::NullableBigInt(value));
         self
@@ -82,6 +88,7 @@ impl<ST> QueryFragment<MultiBackend> for Statement<'_, ST> {
                 Piece::Sql(sql) => out.push_sql(sql),
                 Piece::Text(v) => out.push_bind_param::<Text, _>(v)?,
                 Piece::NullableText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Piece::BigInt(v) => out.push_bind_param::<BigInt, _>(v)?,
                 Piece::NullableBigInt(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
                 Piece::Binary(v) => out.push_bind_param::<Binary, _>(v)?,
                 Piece::Bool(v) => out.push_bind_param::<Bool, _>(v)?,
