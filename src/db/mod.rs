@@ -515,16 +515,15 @@ static SQLITE_WRITERS: std::sync::LazyLock<
 
 /// The writer lock of the database `conn` is open on, found by the file SQLite names for it.
 fn sqlite_writer(conn: &mut SqliteConnection) -> Result<Arc<std::sync::Mutex<()>>, DieselError> {
-    use diesel::RunQueryDsl;
-    #[derive(diesel::QueryableByName)]
-    struct Main {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        file: String,
-    }
-    let main: Main = diesel::sql_query("SELECT file FROM pragma_database_list WHERE name = 'main'")
+    use diesel::prelude::*;
+    use schema::pragma_database_list as list;
+    // A query of diesel's own, which its statement cache keeps prepared; `sql_query` is not.
+    let main: String = list::table
+        .filter(list::name.eq("main"))
+        .select(list::file)
         .get_result(conn)?;
     let mut writers = SQLITE_WRITERS.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(writers.entry(PathBuf::from(main.file)).or_default().clone())
+    Ok(writers.entry(PathBuf::from(main)).or_default().clone())
 }
 
 /// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite, a plain `BEGIN` on PostgreSQL.

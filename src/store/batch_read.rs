@@ -4,12 +4,12 @@
 
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{BigInt, Text, Untyped};
 
 use super::postgres::ByKeys;
+use super::statement::Statement;
 
 use crate::books::orders::OrderRow;
-use crate::db::schema::{notifications, orders};
 use crate::db::DbConnection;
 
 /// A notification's inbox row, by its channel and id.
@@ -34,8 +34,8 @@ pub struct Delivered {
 /// plan they keep, and in payhook's write transactions that is a generic plan
 /// (`plan_cache_mode`) made for the tables as they were at the first batch: planned while the
 /// inbox was empty, two `= ANY` lists read every inbox row of a channel, and a join of the pairs
-/// every inbox row, on every batch. Elsewhere `IN` lists make a statement of their own for each
-/// length, prepared each time.
+/// every inbox row, on every batch. Elsewhere the lists are `IN` lists, padded to a few lengths so
+/// that their statements stay prepared too.
 pub fn read_for_batch(
     conn: &mut DbConnection,
     order_nos: &[&str],
@@ -74,26 +74,28 @@ pub fn read_for_batch(
         .load::<Delivered>(pg)?;
         return Ok((rows, inbox));
     }
-    let named = orders::order_no.eq_any(order_nos);
-    let query = orders::table.select(OrderRow::as_select());
+    let orders =
+        Statement::<Untyped>::new("SELECT * FROM orders WHERE order_no IN (").text_list(order_nos);
     let rows: Vec<OrderRow> = if trades.is_empty() {
-        query.filter(named).load(conn)?
+        orders.sql(")").load(conn)?
     } else {
         // Every channel with every trade: a superset of the pairs, which the caller matches.
-        let paid = orders::channel
-            .eq_any(&trade_channels)
-            .and(orders::provider_trade_no.eq_any(&trade_nos));
-        query.filter(named.or(paid)).load(conn)?
+        orders
+            .sql(") OR (channel IN (")
+            .text_list(&trade_channels)
+            .sql(") AND provider_trade_no IN (")
+            .text_list(&trade_nos)
+            .sql("))")
+            .load(conn)?
     };
-    let inbox = notifications::table
-        .filter(notifications::notification_id.eq_any(&ids))
-        .filter(notifications::channel.eq_any(&channels))
-        .select((
-            notifications::channel,
-            notifications::notification_id,
-            notifications::id,
-            notifications::delivery_count,
-        ))
-        .load(conn)?;
+    let inbox = Statement::<(Text, Text, BigInt, BigInt)>::new(
+        "SELECT channel, notification_id, id, delivery_count FROM notifications \
+         WHERE notification_id IN (",
+    )
+    .text_list(&ids)
+    .sql(") AND channel IN (")
+    .text_list(&channels)
+    .sql(")")
+    .load(conn)?;
     Ok((rows, inbox))
 }

@@ -114,35 +114,25 @@ fn mark_paid(
     Ok(changed == 1)
 }
 
-/// How many inbox rows one statement counts on SQLite and MySQL: an `IN` list of this length,
-/// padded by repeating its last id, so that the statement's text is always the same and diesel
-/// keeps it prepared.
-const COUNTED_AT_ONCE: usize = 16;
-
-/// [`count_deliveries`](super::count_deliveries) on SQLite and MySQL, [`COUNTED_AT_ONCE`] rows a
-/// statement.
+/// [`count_deliveries`](super::count_deliveries) on SQLite and MySQL: one statement, its `IN`
+/// list padded so that it stays prepared.
 pub(super) fn count_deliveries(
     conn: &mut DbConnection,
     ids: &[i64],
     increment: i64,
     now: NaiveDateTime,
 ) -> Result<usize, DieselError> {
-    let mut changed = 0;
-    for chunk in ids.chunks(COUNTED_AT_ONCE) {
-        let mut statement =
-            Statement::<()>::new("UPDATE notifications SET delivery_count = delivery_count + ")
-                .bigint(increment)
-                .sql(", last_seen_at = ")
-                .timestamp(now)
-                .sql(" WHERE id IN (");
-        let last = chunk[chunk.len() - 1];
-        for i in 0..COUNTED_AT_ONCE {
-            let id = chunk.get(i).copied().unwrap_or(last);
-            statement = statement.sql(if i == 0 { "" } else { ", " }).bigint(id);
-        }
-        changed += statement.sql(")").execute(conn)?;
+    if ids.is_empty() {
+        return Ok(0);
     }
-    Ok(changed)
+    Statement::<()>::new("UPDATE notifications SET delivery_count = delivery_count + ")
+        .bigint(increment)
+        .sql(", last_seen_at = ")
+        .timestamp(now)
+        .sql(" WHERE id IN (")
+        .bigint_list(ids)
+        .sql(")")
+        .execute(conn)
 }
 
 /// The ledger row of a credit, where it is not part of one statement with the credit itself

@@ -110,7 +110,7 @@ pub fn order_as_committed(
 pub fn lock_for_credits(conn: &mut DbConnection, order_nos: &[&str]) -> Result<(), DieselError> {
     match conn {
         DbConnection::Postgresql(pg) => postgres::lock_for_credits(pg, order_nos),
-        DbConnection::Mysql(my) => mysql::lock_for_credits(my, order_nos),
+        DbConnection::Mysql(_) => mysql::lock_for_credits(conn, order_nos),
         DbConnection::Sqlite(_) => Ok(()),
     }
 }
@@ -156,13 +156,13 @@ pub fn lock_due_orders(
 pub fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> Result<Vec<i64>, DieselError> {
     match conn {
         DbConnection::Postgresql(pg) => postgres::lock_inbox_rows(pg, ids),
-        DbConnection::Mysql(my) => mysql::lock_inbox_rows(my, ids),
+        DbConnection::Mysql(_) => mysql::lock_inbox_rows(conn, ids),
         DbConnection::Sqlite(_) => Ok(ids.to_vec()),
     }
 }
 
 /// Adds `increment` deliveries to each of the inbox rows `ids` (distinct), and sets when they were
-/// last seen: one statement on PostgreSQL, one per 16 rows elsewhere. Returns the rows changed.
+/// last seen, in one statement. Returns the rows changed.
 pub fn count_deliveries(
     conn: &mut DbConnection,
     ids: &[i64],

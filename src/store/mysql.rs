@@ -9,12 +9,13 @@ use chrono::NaiveDateTime;
 use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
+use diesel::sql_types::{BigInt, Text};
 
 use super::delivery::{delivery_values, moved_money_sql, Verdict, INSERT_DELIVERY};
 use super::statement::Statement;
 use crate::books::inbox::{Evidence, InboxRow};
 use crate::books::orders::{Order, OrderRow};
-use crate::db::schema::{accounts, notifications, orders as orders_table};
+use crate::db::schema::{notifications, orders as orders_table};
 use crate::db::DbConnection;
 use crate::domain::ids::OrderNo;
 use crate::domain::notification::Notification;
@@ -71,38 +72,33 @@ pub(super) fn order_as_committed(
 /// The orders, then the accounts they may credit, each locked in primary-key order. InnoDB locks
 /// rows as its plan reads them, not after a sort, so each table gets a statement of its own that
 /// reads its primary key in order.
-pub(super) fn lock_for_credits(my: &mut MysqlConnection, order_nos: &[&str]) -> QueryResult<()> {
+pub(super) fn lock_for_credits(conn: &mut DbConnection, order_nos: &[&str]) -> QueryResult<()> {
     if order_nos.is_empty() {
         return Ok(());
     }
-    let users: Vec<String> = orders_table::table
-        .filter(orders_table::order_no.eq_any(order_nos))
-        .order(orders_table::order_no)
-        .select(orders_table::user_id)
-        .for_update()
-        .load(my)?;
+    let users: Vec<String> =
+        Statement::<Text>::new("SELECT user_id FROM orders WHERE order_no IN (")
+            .text_list(order_nos)
+            .sql(") ORDER BY order_no FOR UPDATE")
+            .load(conn)?;
     if users.is_empty() {
         return Ok(());
     }
-    accounts::table
-        .filter(accounts::user_id.eq_any(&users))
-        .order((accounts::user_id, accounts::currency))
-        .select(accounts::user_id)
-        .for_update()
-        .load::<String>(my)?;
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    Statement::<Text>::new("SELECT user_id FROM accounts WHERE user_id IN (")
+        .text_list(&users)
+        .sql(") ORDER BY user_id, currency FOR UPDATE")
+        .load::<String>(conn)?;
     Ok(())
 }
 
 /// The inbox rows no other transaction holds, in id order, locked (`SKIP LOCKED`).
-pub(super) fn lock_inbox_rows(my: &mut MysqlConnection, ids: &[i64]) -> QueryResult<Vec<i64>> {
+pub(super) fn lock_inbox_rows(conn: &mut DbConnection, ids: &[i64]) -> QueryResult<Vec<i64>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    notifications::table
-        .filter(notifications::id.eq_any(ids))
-        .order(notifications::id)
-        .select(notifications::id)
-        .for_update()
-        .skip_locked()
-        .load::<i64>(my)
+    Statement::<BigInt>::new("SELECT id FROM notifications WHERE id IN (")
+        .bigint_list(ids)
+        .sql(") ORDER BY id FOR UPDATE SKIP LOCKED")
+        .load(conn)
 }

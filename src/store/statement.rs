@@ -4,6 +4,8 @@
 //! every call (and SQLite prepare it). A [`Statement`] is the same text with its bind values in
 //! place, built from static pieces, so each statement's text is the same on every call and
 //! diesel's statement cache keeps it prepared. Placeholders are the backend's own (`$1` or `?`).
+//! Where diesel would write `IN (...)` lists of any length, each prepared anew, a statement's lists
+//! are padded to a few lengths instead.
 
 use std::marker::PhantomData;
 
@@ -57,6 +59,38 @@ impl<'a, ST> Statement<'a, ST> {
 
     pub fn bigint(mut self, value: i64) -> Self {
         self.pieces.push(Piece::BigInt(value));
+        self
+    }
+
+    /// The values of an `IN (...)` list, padded to the next power of two by repeating the last
+    /// one (which changes nothing in an `IN` list), so that the statement has one of a few texts
+    /// and each stays prepared; `NULL`, which matches nothing, for none.
+    pub fn text_list(mut self, values: &[&'a str]) -> Self {
+        let Some(&last) = values.last() else {
+            return self.sql("NULL");
+        };
+        for i in 0..values.len().next_power_of_two() {
+            if i > 0 {
+                self.pieces.push(Piece::Sql(", "));
+            }
+            self.pieces
+                .push(Piece::Text(values.get(i).copied().unwrap_or(last)));
+        }
+        self
+    }
+
+    /// [`text_list`](Self::text_list) for integers.
+    pub fn bigint_list(mut self, values: &[i64]) -> Self {
+        let Some(&last) = values.last() else {
+            return self.sql("NULL");
+        };
+        for i in 0..values.len().next_power_of_two() {
+            if i > 0 {
+                self.pieces.push(Piece::Sql(", "));
+            }
+            self.pieces
+                .push(Piece::BigInt(values.get(i).copied().unwrap_or(last)));
+        }
         self
     }
 
