@@ -13,7 +13,6 @@
 //! - Migrations are embedded per backend and run by [`migrate`].
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -30,10 +29,12 @@ use crate::config::PoolSettings;
 mod replication;
 pub mod schema;
 mod session_url;
+mod sqlite_writer;
 
 use replication::confirm_replicated;
 pub use replication::is_unreplicated;
 use session_url::postgresql_session_url;
+use sqlite_writer::sqlite_writer;
 
 /// A connection to whichever backend the URL names.
 #[derive(diesel::MultiConnection)]
@@ -507,24 +508,6 @@ fn run_migrations<B: diesel::backend::Backend>(
 
 /// The advisory lock key that serialises migrations across instances ("payhook" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0070_6179_686f_6f6b;
-
-/// One writer lock per SQLite database file this process opens.
-static SQLITE_WRITERS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>,
-> = std::sync::LazyLock::new(Default::default);
-
-/// The writer lock of the database `conn` is open on, found by the file SQLite names for it.
-fn sqlite_writer(conn: &mut SqliteConnection) -> Result<Arc<std::sync::Mutex<()>>, DieselError> {
-    use diesel::prelude::*;
-    use schema::pragma_database_list as list;
-    // A query of diesel's own, which its statement cache keeps prepared; `sql_query` is not.
-    let main: String = list::table
-        .filter(list::name.eq("main"))
-        .select(list::file)
-        .get_result(conn)?;
-    let mut writers = SQLITE_WRITERS.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(writers.entry(PathBuf::from(main)).or_default().clone())
-}
 
 /// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite, a plain `BEGIN` on PostgreSQL.
 /// Commits when `f` succeeds and rolls back when it fails.

@@ -95,12 +95,3 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(accounts, orders, ledger, notifications);
-
-diesel::table! {
-    /// SQLite's `pragma_database_list`, read as a table: the file of each database a connection
-    /// has open (`main` is its own).
-    pragma_database_list (name) {
-        name -> Text,
-        file -> Text,
-    }
-}
