@@ -84,7 +84,9 @@ pub(super) fn lock_for_credits(conn: &mut DbConnection, order_nos: &[&str]) -> Q
     if users.is_empty() {
         return Ok(());
     }
-    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    let mut users: Vec<&str> = users.iter().map(String::as_str).collect();
+    users.sort_unstable();
+    users.dedup();
     Statement::<Text>::new("SELECT user_id FROM accounts WHERE user_id IN (")
         .text_list(&users)
         .sql(") ORDER BY user_id, currency FOR UPDATE")

@@ -64,7 +64,8 @@ impl<'a, ST> Statement<'a, ST> {
 
     /// The values of an `IN (...)` list, padded to the next power of two by repeating the last
     /// one (which changes nothing in an `IN` list), so that the statement has one of a few texts
-    /// and each stays prepared; `NULL`, which matches nothing, for none.
+    /// and each stays prepared; `NULL`, which matches nothing, for none. For `IN` only: padding
+    /// and `NULL` would change what `NOT IN` means.
     pub fn text_list(mut self, values: &[&'a str]) -> Self {
         let Some(&last) = values.last() else {
             return self.sql("NULL");

@@ -570,9 +570,9 @@ fn an_account_near_its_bound_takes_the_credits_that_fit_in_the_batch_s_order(db:
 
 /// Every statement that crediting runs (the reads, the row locks, the compare-and-set and the
 /// balance where they are statements of their own, the inbox, the delivery counts of repeats) is
-/// prepared once and found in the statement cache afterwards. diesel prepares anew on every call
-/// its own `UPDATE`s (on SQLite a sixth of the writer's time) and, outside PostgreSQL, every
-/// statement with an `IN` list.
+/// prepared once and found in the statement cache afterwards, and lists padded to one length
+/// share a statement. diesel prepares anew on every call its own `UPDATE`s (on SQLite a sixth of
+/// the writer's time) and, outside PostgreSQL, every statement with an `IN` list.
 fn the_statements_of_crediting_stay_prepared(db: TestDb) {
     use diesel::connection::{Connection, InstrumentationEvent};
     use std::collections::BTreeMap;
@@ -598,8 +598,23 @@ fn the_statements_of_crediting_stay_prepared(db: TestDb) {
             entry.1 += 1;
         }
     });
+    let cached = |statements: &Mutex<BTreeMap<String, (usize, usize)>>| -> usize {
+        statements
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(_, cached)| cached)
+            .sum()
+    };
     let mut credited = Vec::new();
-    for i in 0..4 {
+    let mut cached_after_threes = 0;
+    // Batches of three first payments and counts of up to three rows, then of four: lists that
+    // are padded alike, so the fours prepare nothing the threes did not.
+    for i in 0..6 {
+        let size = if i < 3 { 3 } else { 4 };
+        if i == 3 {
+            cached_after_threes = cached(&statements);
+        }
         let order = create_order(&mut conn, "prep", "alipay", "1.00", "CNY", None);
         let n = paid(&order, &format!("UP{i}"), 100, "CNY");
         let alone = apply_alone(&mut conn, &n, EVIDENCE, now()).unwrap();
@@ -607,23 +622,29 @@ fn the_statements_of_crediting_stay_prepared(db: TestDb) {
         let repeat = apply_alone(&mut conn, &n, EVIDENCE, now()).unwrap();
         assert_eq!(repeat.outcome, Outcome::AlreadyPaid);
         credited.push(alone.inbox_id);
-        // Batches of 3 and 4, whose lists are padded alike, and repeats of 1 to 4 rows.
         let counts: Vec<CountJob> = credited
             .iter()
+            .rev()
+            .take(size)
             .map(|&inbox_id| CountJob {
                 inbox_id,
                 now: now(),
             })
             .collect();
-        let batch: Vec<ApplyJob> = (0..3 + i % 2)
+        let batch: Vec<ApplyJob> = (0..size)
             .map(|j| {
                 let order = create_order(&mut conn, "prep", "alipay", "1.00", "CNY", None);
                 job(&paid(&order, &format!("UPB{i}-{j}"), 100, "CNY"))
             })
             .collect();
         let results = commit_batch(&mut conn, &batch, &counts);
-        assert_eq!(outcomes(&results), vec![Ok(Outcome::Credited); batch.len()]);
+        assert_eq!(outcomes(&results), vec![Ok(Outcome::Credited); size]);
     }
+    assert_eq!(
+        cached(&statements),
+        cached_after_threes,
+        "batches of four prepared statements that batches of three did not: {statements:?}"
+    );
     let statements = statements.lock().unwrap();
     // Transaction control is sent as text, with nothing to prepare.
     let control = [
