@@ -66,22 +66,16 @@ impl<'a, ST> Statement<'a, ST> {
     /// one (which changes nothing in an `IN` list), so that the statement has one of a few texts
     /// and each stays prepared; `NULL`, which matches nothing, for none. For `IN` only: padding
     /// and `NULL` would change what `NOT IN` means.
-    pub fn text_list(mut self, values: &[&'a str]) -> Self {
-        let Some(&last) = values.last() else {
-            return self.sql("NULL");
-        };
-        for i in 0..values.len().next_power_of_two() {
-            if i > 0 {
-                self.pieces.push(Piece::Sql(", "));
-            }
-            self.pieces
-                .push(Piece::Text(values.get(i).copied().unwrap_or(last)));
-        }
-        self
+    pub fn text_list(self, values: &[&'a str]) -> Self {
+        self.list(values, Piece::Text)
     }
 
     /// [`text_list`](Self::text_list) for integers.
-    pub fn bigint_list(mut self, values: &[i64]) -> Self {
+    pub fn bigint_list(self, values: &[i64]) -> Self {
+        self.list(values, Piece::BigInt)
+    }
+
+    fn list<T: Copy>(mut self, values: &[T], piece: impl Fn(T) -> Piece<'a>) -> Self {
         let Some(&last) = values.last() else {
             return self.sql("NULL");
         };
@@ -90,7 +84,7 @@ impl<'a, ST> Statement<'a, ST> {
                 self.pieces.push(Piece::Sql(", "));
             }
             self.pieces
-                .push(Piece::BigInt(values.get(i).copied().unwrap_or(last)));
+                .push(piece(values.get(i).copied().unwrap_or(last)));
         }
         self
     }
