@@ -118,13 +118,11 @@ pub(super) fn apply_batch_in(
             .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
             .collect();
         store::lock_for_credits(conn, &order_nos)?;
-        // Where each statement is a round trip (MySQL), the batch's orders and inbox rows are
-        // read by two statements instead of one per notification.
-        if savepoints {
-            vec![None; applies.len()]
-        } else {
-            read_batch(conn, applies, failed)?
-        }
+        // The batch's orders and inbox rows are read by two statements instead of one per
+        // notification: on MySQL each statement is a round trip, and on SQLite, where the
+        // writer does all of the database's work, each costs more to bind and run than the rows
+        // it reads.
+        read_batch(conn, applies, failed)?
     };
     let mut first_payments = Vec::new();
     for (i, (job, failed)) in applies.iter().zip(failed).enumerate() {
@@ -146,7 +144,7 @@ pub(super) fn apply_batch_in(
         }
         let evidence = job.evidence();
         let applied = if savepoints {
-            conn.transaction(|conn| apply::apply_in(conn, n, evidence, job.now))
+            conn.transaction(|conn| apply::apply_found_in(conn, n, evidence, job.now, found))
         } else {
             apply::apply_found_in(conn, n, evidence, job.now, found)
         };

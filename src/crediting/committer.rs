@@ -24,6 +24,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
+use diesel::r2d2::R2D2Connection;
 use diesel::result::Error as DieselError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -186,9 +187,13 @@ impl Committer {
 /// behind the first delivery (a provider's burst, a thousand copies at once) are answered from
 /// memory when their turn comes, their deliveries counted, instead of each taking a place in a
 /// transaction.
+///
+/// A writer keeps its connection from one batch to the next while they come close together (see
+/// [`KEEP_CONNECTION_FOR`]).
 fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled: &Settled) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut held = Held::default();
+    let mut kept: Option<(db::PooledConnection, Instant)> = None;
     // Delivery counts whose rows another transaction held: written by a coming batch.
     let mut later: Vec<CountJob> = Vec::new();
     while let Some(first) = receiver.blocking_recv() {
@@ -227,14 +232,35 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
         }
         let started = Instant::now();
         let total = applies.len() + aside.len() + counts.len();
-        match pool.get() {
+        // A connection kept too long goes back first: the pool may have no other to give.
+        let kept_conn = kept
+            .take()
+            .filter(|(_, used)| used.elapsed() < KEEP_CONNECTION_FOR);
+        let unchecked = kept_conn.is_some();
+        match kept_conn.map_or_else(|| pool.get(), |(conn, _)| Ok(conn)) {
             Ok(mut conn) => {
                 // A bug that panics fails this batch (answered retry), not the writer. The
                 // batch's callers are answered as soon as it commits, before those held aside
                 // take their turns.
+                let mut went_through = false;
                 let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let results =
+                    let mut results =
                         commit_batch_counting_later(&mut conn, &applies, &counts, &mut later);
+                    went_through = results.iter().all(Result::is_ok);
+                    // A kept connection that the server has ended since (a restart, a failover)
+                    // fails what the pool's check would have caught: the batch runs once more on
+                    // a checked connection. Whatever the first run committed, its compare-and-set
+                    // finds done.
+                    if unchecked && !went_through && conn.ping().is_err() {
+                        if let Ok(checked) = pool.get() {
+                            log::info!("writer: its connection had ended; the batch runs again");
+                            conn = checked;
+                            results = commit_batch_counting_later(
+                                &mut conn, &applies, &counts, &mut later,
+                            );
+                            went_through = results.iter().all(Result::is_ok);
+                        }
+                    }
                     if later.len() > LATER_CAPACITY {
                         log::debug!(
                             "{} delivery counts not written: their rows stay held",
@@ -256,6 +282,8 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
                     let error = Arc::new(CreditError::Panicked);
                     fail(&mut applies, &error);
                     fail(&mut aside, &error);
+                } else if went_through {
+                    kept = Some((conn, Instant::now()));
                 }
             }
             Err(e) => {
@@ -307,6 +335,12 @@ fn fail(jobs: &mut Vec<ApplyJob>, error: &Failure) {
         }
     }
 }
+
+/// How long after its last batch a writer uses its connection again as it is. The pool pings a
+/// connection as it leaves (`pool.test_on_checkout`), a round trip that a writer busy with batch
+/// after batch would pay for each. After a batch in which anything failed, or this long unused,
+/// the connection goes back to the pool, and the next batch takes one that the pool has checked.
+const KEEP_CONNECTION_FOR: Duration = Duration::from_secs(1);
 
 /// Most delivery counts a writer keeps for later while their rows are held; beyond it the oldest
 /// are dropped (a count is bookkeeping, never money).

@@ -26,6 +26,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::config::PoolSettings;
 
+mod pg_begin;
 mod replication;
 pub mod schema;
 mod session_url;
@@ -312,7 +313,9 @@ impl CustomizeConnection<DbConnection, r2d2::Error> for SessionSettings {
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;"
             )),
-            DbConnection::Postgresql(conn) => conn.batch_execute(&self.postgresql()),
+            DbConnection::Postgresql(conn) => conn
+                .batch_execute(&self.postgresql())
+                .and_then(|()| pg_begin::note_server(conn)),
             // InnoDB's row-lock wait and the metadata-lock wait (a table locked whole, an ALTER),
             // the counterparts of `lock_timeout`; on MariaDB (which alone reads the `/*M!`
             // comment) `idle_transaction_timeout`, the counterpart of
@@ -509,7 +512,8 @@ fn run_migrations<B: diesel::backend::Backend>(
 /// The advisory lock key that serialises migrations across instances ("payhook" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0070_6179_686f_6f6b;
 
-/// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite, a plain `BEGIN` on PostgreSQL.
+/// Runs `f` in a write transaction: `BEGIN IMMEDIATE` on SQLite; on PostgreSQL a `BEGIN` with
+/// its settings (see `pg_begin`).
 /// Commits when `f` succeeds and rolls back when it fails.
 ///
 /// Success means committed: if `f` left a transaction of its own open, the commit only closed
@@ -534,25 +538,10 @@ where
         DbConnection::Sqlite(inner) => {
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?
         }
-        // Every write waits for its flush, whatever the role, the server or a pooler that hands
-        // this transaction another session says; in the same round trip as the BEGIN. With a
-        // synchronous standby the COMMIT also waits for it, and `statement_timeout` does not cut
-        // that wait short (the server disarms it before committing): a commit that takes long is
-        // answered "retry" by the committer's own deadline, and finishes when the standby
-        // answers or the connection is cut.
-        //
-        // The crediting statements find every row by its key, so each keeps one plan for the
-        // session: left to choose, PostgreSQL planned the batch's row locks (`= ANY` over the
-        // batch's orders) afresh every time, about a sixth of the server's time per batch. Servers
-        // without the setting (before PostgreSQL 12) are left as they are. A plan kept while the
-        // tables were nearly empty (a new deployment's first batches) would read them whole
-        // until they are analyzed again; with sequential scans off, it uses their keys.
-        DbConnection::Postgresql(inner) => AnsiTransactionManager::begin_transaction_sql(
-            inner,
-            "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL enable_seqscan = off; \
-             SELECT set_config('plan_cache_mode', 'force_generic_plan', true) \
-             WHERE current_setting('plan_cache_mode', true) IS NOT NULL",
-        )?,
+        // Every write waits for its flush, and keeps its plans: see `pg_begin`.
+        DbConnection::Postgresql(inner) => {
+            AnsiTransactionManager::begin_transaction_sql(inner, pg_begin::begin_sql())?
+        }
         DbConnection::Mysql(inner) => {
             AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN")?
         }

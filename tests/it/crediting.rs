@@ -675,6 +675,41 @@ fn the_statements_of_crediting_stay_prepared(db: TestDb) {
     }
 }
 
+/// A batch of first payments reads its orders with one statement however many notifications it
+/// holds (and its inbox rows with another), on every backend: on SQLite, where one writer does all
+/// of the database's work, a read per notification was a sixth of that writer's time.
+fn a_batch_reads_its_orders_up_front_in_one_statement(db: TestDb) {
+    use diesel::connection::{Connection, InstrumentationEvent};
+    use std::sync::Mutex;
+
+    let pool = db.pool(1);
+    let mut conn = pool.get().unwrap();
+    let batch: Vec<ApplyJob> = (0..5)
+        .map(|j| {
+            let order = create_order(&mut conn, "reads", "alipay", "1.00", "CNY", None);
+            job(&paid(&order, &format!("RD{j}"), 100, "CNY"))
+        })
+        .collect();
+    let reads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&reads);
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { query, .. } = event {
+            let sql = query.to_string().to_lowercase();
+            // Row locks read their rows too; they are not the reads counted here.
+            if sql.trim_start().starts_with("select")
+                && sql.contains("orders")
+                && !sql.contains("for update")
+            {
+                seen.lock().unwrap().push(sql);
+            }
+        }
+    });
+    let results = commit_batch(&mut conn, &batch, &[]);
+    assert_eq!(outcomes(&results), vec![Ok(Outcome::Credited); 5]);
+    let reads = reads.lock().unwrap();
+    assert_eq!(reads.len(), 1, "{reads:#?}");
+}
+
 /// A batch's repeats of many notifications count each delivery once on its own row, however the
 /// rows are split between statements.
 fn repeats_of_many_notifications_count_each_delivery_once(db: TestDb) {
@@ -1186,6 +1221,7 @@ on_every_backend!(
     a_notification_that_fails_in_a_batch_fails_alone,
     an_account_near_its_bound_takes_the_credits_that_fit_in_the_batch_s_order,
     the_statements_of_crediting_stay_prepared,
+    a_batch_reads_its_orders_up_front_in_one_statement,
     repeats_of_many_notifications_count_each_delivery_once,
     a_conflict_that_persists_leaves_the_rest_of_the_batch_credited,
     thirty_two_threads_applying_one_paid_notification_credit_once,

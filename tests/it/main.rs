@@ -25,3 +25,4 @@ mod schema;
 mod stall;
 mod storage;
 mod verify;
+mod writer;

@@ -311,15 +311,24 @@ fn crediting_statements_keep_one_plan_in_their_transactions_only() {
         let DbConnection::Postgresql(pg) = conn else {
             unreachable!()
         };
-        Ok::<_, diesel::result::Error>(setting(pg, "plan_cache_mode"))
+        Ok::<_, diesel::result::Error>((
+            setting(pg, "plan_cache_mode"),
+            setting(pg, "enable_seqscan"),
+        ))
     });
-    assert_eq!(inside.unwrap(), "force_generic_plan");
+    assert_eq!(
+        inside.unwrap(),
+        ("force_generic_plan".to_owned(), "off".to_owned())
+    );
     let DbConnection::Postgresql(pg) = &mut *conn else {
         unreachable!()
     };
     assert_eq!(
-        setting(pg, "plan_cache_mode"),
-        "auto",
+        (
+            setting(pg, "plan_cache_mode"),
+            setting(pg, "enable_seqscan")
+        ),
+        ("auto".to_owned(), "on".to_owned()),
         "other statements of the session plan as the server chooses"
     );
 }

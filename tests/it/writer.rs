@@ -1,0 +1,184 @@
+//! A writer's connection, against real databases: a writer busy with batch after batch keeps its
+//! connection instead of checking one out of the pool (a ping) for each batch, and a kept
+//! connection that the server has ended since costs no batch its credit.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::connection::{Connection, InstrumentationEvent, SimpleConnection};
+use diesel::r2d2::{self, CustomizeConnection};
+use diesel::PgConnection;
+use payhook::books::inbox::Source;
+use payhook::config::Settings;
+use payhook::crediting::{Committer, Outcome};
+use payhook::db::{self, DatabaseUrl, DbConnection, Manager, Pool, SessionSettings};
+use payhook::domain::ids::{ChannelName, OrderNo};
+use payhook::domain::money::{AmountMinor, Currency};
+use payhook::domain::notification::{Notification, NotificationKind};
+
+use crate::common::{count, create_order, now, Backend, TestDb};
+
+/// payhook's own session settings, and a count of the pool's checks (`SELECT 1`) on every
+/// connection.
+#[derive(Debug)]
+struct CountingPings {
+    settings: SessionSettings,
+    pings: Arc<AtomicUsize>,
+}
+
+impl CustomizeConnection<DbConnection, r2d2::Error> for CountingPings {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
+        self.settings.on_acquire(conn)?;
+        let pings = Arc::clone(&self.pings);
+        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::StartQuery { query, .. } = event {
+                let sql = query.to_string();
+                if sql.split(" -- binds:").next().map(str::trim) == Some("SELECT 1") {
+                    pings.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// A pool built as payhook builds it (checked on checkout), whose pings are counted.
+fn counted_pool(db: &TestDb) -> (Pool, Arc<AtomicUsize>) {
+    let settings = Settings::from_toml("[pool]\nmax_size = 3\n").unwrap();
+    let pings = Arc::new(AtomicUsize::new(0));
+    let manager = Manager::new(DatabaseUrl::parse(&db.url).unwrap()).unwrap();
+    let pool = r2d2::Pool::builder()
+        .max_size(3)
+        .test_on_check_out(true)
+        .connection_customizer(Box::new(CountingPings {
+            settings: SessionSettings::new(&settings.pool),
+            pings: Arc::clone(&pings),
+        }))
+        .build(manager)
+        .unwrap();
+    db::migrate(&mut pool.get().unwrap()).unwrap();
+    (pool, pings)
+}
+
+fn paid(order_no: &OrderNo, trade_no: &str) -> Notification {
+    Notification {
+        channel: ChannelName::parse("alipay").unwrap(),
+        notification_id: format!("n-{trade_no}"),
+        order_no: Some(order_no.clone()),
+        provider_trade_no: Some(trade_no.to_owned()),
+        amount: Some(AmountMinor::new(100).unwrap()),
+        currency: Some(Currency::parse("CNY").unwrap()),
+        kind: NotificationKind::Paid,
+        merchant_mismatch: None,
+    }
+}
+
+/// Submits `n` to `committer` and waits for its commit.
+fn submit(committer: &Committer, n: Notification) -> Outcome {
+    let applied = actix_web::rt::System::new().block_on(committer.submit(
+        n,
+        "{}".to_owned(),
+        "raw body".into(),
+        Source::Notify,
+        now(),
+    ));
+    applied.expect("committed").outcome
+}
+
+/// Batches one after another, each waited for, as a writer meets them when callers come one at a
+/// time: the pool checks the writer's connection once, not once per batch.
+fn a_busy_writer_keeps_its_connection_between_batches(db: TestDb) {
+    let (pool, pings) = counted_pool(&db);
+    let orders: Vec<OrderNo> = {
+        let mut conn = pool.get().unwrap();
+        (0..6)
+            .map(|i| {
+                create_order(
+                    &mut conn,
+                    &format!("kept-{i}"),
+                    "alipay",
+                    "1.00",
+                    "CNY",
+                    None,
+                )
+            })
+            .collect()
+    };
+    let committer = Committer::start(pool.clone(), 1, 64, Duration::from_secs(30)).unwrap();
+    pings.store(0, Ordering::Relaxed);
+    for (i, order) in orders.iter().enumerate() {
+        assert_eq!(
+            submit(&committer, paid(order, &format!("K{i}"))),
+            Outcome::Credited
+        );
+    }
+    assert_eq!(
+        pings.load(Ordering::Relaxed),
+        1,
+        "one check for six batches"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) AS n FROM ledger WHERE user_id LIKE 'kept-%'"
+        ),
+        6
+    );
+}
+
+crate::on_every_backend!(a_busy_writer_keeps_its_connection_between_batches);
+
+/// The server ends the writer's kept connection between two batches (a restart, a failover, an
+/// operator's `pg_terminate_backend`): the next notification is still credited, not answered
+/// "retry", as it was when every batch checked its connection out of the pool.
+#[test]
+fn a_kept_connection_the_server_ended_costs_no_batch_its_credit() {
+    let db = TestDb::new(Backend::Postgresql);
+    let (pool, _) = counted_pool(&db);
+    let (first, second) = {
+        let mut conn = pool.get().unwrap();
+        (
+            create_order(&mut conn, "ended-1", "alipay", "1.00", "CNY", None),
+            create_order(&mut conn, "ended-2", "alipay", "1.00", "CNY", None),
+        )
+    };
+    let committer = Committer::start(pool.clone(), 1, 64, Duration::from_secs(30)).unwrap();
+    assert_eq!(submit(&committer, paid(&first, "E1")), Outcome::Credited);
+
+    let mut admin = PgConnection::establish(&db.url).unwrap();
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+    let mut others = || {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .get_result::<N>(&mut admin)
+        .unwrap()
+        .n
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while others() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    assert_eq!(submit(&committer, paid(&second, "E2")), Outcome::Credited);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) AS n FROM ledger WHERE user_id IN ('ended-1', 'ended-2')"
+        ),
+        2
+    );
+}
