@@ -114,8 +114,19 @@ impl Journey {
             .unwrap_or_else(|e| panic!("{selector} not found: {e}"))
     }
 
+    /// The text of `selector` once it is there. An element found on a page that is replaced
+    /// before its text is read (a redirect landing) is looked up again on the new one.
     async fn text(&self, selector: &str) -> String {
-        self.css(selector).await.text().await.expect("text")
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.css(selector).await.text().await {
+                Ok(text) => return text,
+                Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{selector}: no text: {e}"),
+            }
+        }
     }
 
     async fn script(&self, js: &str) -> Value {

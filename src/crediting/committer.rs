@@ -85,8 +85,8 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts `writers` writer threads, each with its own queue and, per batch, its own
-    /// connection. A notification goes to the writer its order number hashes to, so every
+    /// Starts `writers` writer threads, each with its own queue and its own connection while it
+    /// is busy (see [`KEEP_CONNECTION_FOR`]). A notification goes to the writer its order number hashes to, so every
     /// delivery of one order meets the same writer and writers do not wait on each other's row
     /// locks. `max_batch` bounds how many notifications share a transaction; `timeout` bounds how
     /// long a caller waits for its commit before it answers "retry".
@@ -194,9 +194,15 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
     let mut batch = Vec::with_capacity(max_batch);
     let mut held = Held::default();
     let mut kept: Option<(db::PooledConnection, Instant)> = None;
+    // What waits for the next job while a connection is kept, so that it goes back on time.
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| log::warn!("writer: connections go back after each batch: {e}"))
+        .ok();
     // Delivery counts whose rows another transaction held: written by a coming batch.
     let mut later: Vec<CountJob> = Vec::new();
-    while let Some(first) = receiver.blocking_recv() {
+    while let Some(first) = next_job(waiter.as_ref(), &mut receiver, &mut kept) {
         batch.push(first);
         while batch.len() < max_batch {
             match receiver.try_recv() {
@@ -238,53 +244,16 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
             .filter(|(_, used)| used.elapsed() < KEEP_CONNECTION_FOR);
         let unchecked = kept_conn.is_some();
         match kept_conn.map_or_else(|| pool.get(), |(conn, _)| Ok(conn)) {
-            Ok(mut conn) => {
-                // A bug that panics fails this batch (answered retry), not the writer. The
-                // batch's callers are answered as soon as it commits, before those held aside
-                // take their turns.
-                let mut went_through = false;
-                let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut results =
-                        commit_batch_counting_later(&mut conn, &applies, &counts, &mut later);
-                    went_through = results.iter().all(Result::is_ok);
-                    // A kept connection that the server has ended since (a restart, a failover)
-                    // fails what the pool's check would have caught: the batch runs once more on
-                    // a checked connection. Whatever the first run committed, its compare-and-set
-                    // finds done.
-                    if unchecked && !went_through && conn.ping().is_err() {
-                        if let Ok(checked) = pool.get() {
-                            log::info!("writer: its connection had ended; the batch runs again");
-                            conn = checked;
-                            results = commit_batch_counting_later(
-                                &mut conn, &applies, &counts, &mut later,
-                            );
-                            went_through = results.iter().all(Result::is_ok);
-                        }
-                    }
-                    if later.len() > LATER_CAPACITY {
-                        log::debug!(
-                            "{} delivery counts not written: their rows stay held",
-                            later.len() - LATER_CAPACITY
-                        );
-                        later.drain(..later.len() - LATER_CAPACITY);
-                    }
-                    answer(&mut applies, results, settled, &mut held, now);
-                    if !aside.is_empty() {
-                        let tried = vec![None; aside.len()];
-                        let mut hurried = store::Hurried::new(&mut conn);
-                        let results =
-                            one_by_one(hurried.conn(), &aside, tried, apply::apply_hurried);
-                        answer(&mut aside, results, settled, &mut held, now);
-                    }
-                }));
-                if finished.is_err() {
-                    log::error!("writer: a batch of {total} panicked");
-                    let error = Arc::new(CreditError::Panicked);
-                    fail(&mut applies, &error);
-                    fail(&mut aside, &error);
-                } else if went_through {
-                    kept = Some((conn, Instant::now()));
-                }
+            Ok(conn) => {
+                let batch = Batch {
+                    applies: &mut applies,
+                    aside: &mut aside,
+                    counts: &counts,
+                };
+                kept = commit_and_answer(
+                    &pool, conn, unchecked, batch, &mut later, settled, &mut held, now,
+                )
+                .map(|conn| (conn, Instant::now()));
             }
             Err(e) => {
                 // The database is unreachable: what is queued would fail the same way now.
@@ -304,6 +273,129 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
         }
         telemetry::record_batch(total, started.elapsed().as_secs_f64());
     }
+}
+
+/// The next job, waiting for it if none is queued. A kept connection goes back to the pool once
+/// it has been unused for [`KEEP_CONNECTION_FOR`], while the wait goes on.
+fn next_job(
+    waiter: Option<&tokio::runtime::Runtime>,
+    receiver: &mut mpsc::Receiver<Job>,
+    kept: &mut Option<(db::PooledConnection, Instant)>,
+) -> Option<Job> {
+    if let Ok(job) = receiver.try_recv() {
+        return Some(job);
+    }
+    if let (Some(waiter), Some((_, used))) = (waiter, kept.as_ref()) {
+        let left = KEEP_CONNECTION_FOR.saturating_sub(used.elapsed());
+        // The timer belongs to the waiter's runtime: it is made inside it.
+        let wait = async { tokio::time::timeout(left, receiver.recv()).await };
+        if let Ok(job) = waiter.block_on(wait) {
+            return job;
+        }
+    }
+    *kept = None;
+    receiver.blocking_recv()
+}
+
+/// One batch's work, sorted out: what to apply, what to apply after it with short lock waits,
+/// and the delivery counts.
+struct Batch<'a> {
+    applies: &'a mut Vec<ApplyJob>,
+    aside: &'a mut Vec<ApplyJob>,
+    counts: &'a [CountJob],
+}
+
+/// Commits `batch` on `conn` and answers its callers; returns the connection when it may be kept
+/// for the next batch: when every notification of a batch that had some went through, and
+/// nothing was set aside.
+///
+/// A kept connection (`unchecked`: not pinged by the pool) that the server has ended since (a
+/// restart, a failover) fails its batch where the pool's check would have caught it: the batch
+/// runs once more on a checked connection. A connection that broke mid-commit may have committed;
+/// the second run then finds its credits done (its compare-and-set), answers them as repeats and
+/// counts their deliveries once more: bookkeeping, never money.
+#[allow(clippy::too_many_arguments)]
+fn commit_and_answer(
+    pool: &Pool,
+    mut conn: db::PooledConnection,
+    unchecked: bool,
+    batch: Batch<'_>,
+    later: &mut Vec<CountJob>,
+    settled: &Settled,
+    held: &mut Held,
+    now: Instant,
+) -> Option<db::PooledConnection> {
+    let Batch {
+        applies,
+        aside,
+        counts,
+    } = batch;
+    let total = applies.len() + aside.len() + counts.len();
+    let keepable = !applies.is_empty() && aside.is_empty();
+    // A bug that panics fails this batch (answered retry), not the writer.
+    let attempt = |conn: &mut db::PooledConnection, later: &mut Vec<CountJob>| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            commit_batch_counting_later(conn, applies, counts, later)
+        }))
+    };
+    let all_ok = |results: &[Result<Applied, Failure>]| results.iter().all(Result::is_ok);
+    let later_before = later.len();
+    let mut results = attempt(&mut conn, later);
+    if unchecked && matches!(&results, Ok(r) if !all_ok(r)) && conn.ping().is_err() {
+        // The dead connection goes first: the pool may have no other to give.
+        drop(conn);
+        match pool.get() {
+            Ok(checked) => {
+                log::info!("writer: its connection had ended; the batch runs again");
+                conn = checked;
+                later.truncate(later_before);
+                results = attempt(&mut conn, later);
+            }
+            Err(e) => {
+                if let Ok(results) = results {
+                    answer(applies, results, settled, held, now);
+                }
+                let error = Arc::new(CreditError::Pool(e));
+                fail(applies, &error);
+                fail(aside, &error);
+                return None;
+            }
+        }
+    }
+    let results = match results {
+        Ok(results) => results,
+        Err(_) => {
+            log::error!("writer: a batch of {total} panicked");
+            let error = Arc::new(CreditError::Panicked);
+            fail(applies, &error);
+            fail(aside, &error);
+            return None;
+        }
+    };
+    let went_through = keepable && all_ok(&results);
+    if later.len() > LATER_CAPACITY {
+        log::debug!(
+            "{} delivery counts not written: their rows stay held",
+            later.len() - LATER_CAPACITY
+        );
+        later.drain(..later.len() - LATER_CAPACITY);
+    }
+    // The batch's callers are answered as soon as it commits, before those held aside take
+    // their turns.
+    answer(applies, results, settled, held, now);
+    if !aside.is_empty() {
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let tried = vec![None; aside.len()];
+            let mut hurried = store::Hurried::new(&mut conn);
+            let results = one_by_one(hurried.conn(), aside, tried, apply::apply_hurried);
+            answer(aside, results, settled, held, now);
+        }));
+        if finished.is_err() {
+            log::error!("writer: {} notifications held aside panicked", aside.len());
+            fail(aside, &Arc::new(CreditError::Panicked));
+        }
+    }
+    went_through.then_some(conn)
 }
 
 /// Answers the callers of `jobs` with `results`, in order, once what they wrote is committed:
@@ -338,8 +430,10 @@ fn fail(jobs: &mut Vec<ApplyJob>, error: &Failure) {
 
 /// How long after its last batch a writer uses its connection again as it is. The pool pings a
 /// connection as it leaves (`pool.test_on_checkout`), a round trip that a writer busy with batch
-/// after batch would pay for each. After a batch in which anything failed, or this long unused,
-/// the connection goes back to the pool, and the next batch takes one that the pool has checked.
+/// after batch would pay for each. After a batch in which anything failed (or that had only
+/// delivery counts, or notifications set aside), and once it has waited this long for the next
+/// batch, the connection goes back to the pool, and the next batch takes one that the pool has
+/// checked.
 const KEEP_CONNECTION_FOR: Duration = Duration::from_secs(1);
 
 /// Most delivery counts a writer keeps for later while their rows are held; beyond it the oldest

@@ -313,9 +313,9 @@ impl CustomizeConnection<DbConnection, r2d2::Error> for SessionSettings {
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;"
             )),
-            DbConnection::Postgresql(conn) => conn
-                .batch_execute(&self.postgresql())
-                .and_then(|()| pg_begin::note_server(conn)),
+            DbConnection::Postgresql(conn) => conn.batch_execute(&self.postgresql()).map(|()| {
+                pg_begin::note_server(conn);
+            }),
             // InnoDB's row-lock wait and the metadata-lock wait (a table locked whole, an ALTER),
             // the counterparts of `lock_timeout`; on MariaDB (which alone reads the `/*M!`
             // comment) `idle_transaction_timeout`, the counterpart of

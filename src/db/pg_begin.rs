@@ -46,18 +46,18 @@ pub(super) fn begin_sql() -> &'static str {
 }
 
 /// Asks a new connection's server whether it has `plan_cache_mode`; called before the connection
-/// is used.
-pub(super) fn note_server(pg: &mut PgConnection) -> Result<(), DieselError> {
+/// is used. A server that cannot say is taken to lack it: the question costs a connection
+/// nothing but a query.
+pub(super) fn note_server(pg: &mut PgConnection) {
     #[derive(QueryableByName)]
     struct Setting {
         #[diesel(sql_type = Bool)]
         present: bool,
     }
-    let setting: Setting =
+    let asked: Result<Setting, DieselError> =
         diesel::sql_query("SELECT current_setting('plan_cache_mode', true) IS NOT NULL AS present")
-            .get_result(pg)?;
-    if !setting.present {
+            .get_result(pg);
+    if !matches!(asked, Ok(Setting { present: true })) {
         PLAN_CACHE_MODE_MISSING.store(true, Ordering::Relaxed);
     }
-    Ok(())
 }
