@@ -310,8 +310,10 @@ struct Batch<'a> {
 /// nothing was set aside.
 ///
 /// A kept connection (`unchecked`: not pinged by the pool) that the server has ended since (a
-/// restart, a failover) fails its batch where the pool's check would have caught it: the batch
-/// runs once more on a checked connection. A connection that broke mid-commit may have committed;
+/// restart, a failover) fails its batch where the pool's check would have caught it: a batch with
+/// notifications to apply runs once more on a checked connection. (One with only delivery counts,
+/// or notifications set aside, is not run again: the counts are lost, bookkeeping, and those set
+/// aside are answered "retry".) A connection that broke mid-commit may have committed;
 /// the second run then finds its credits done (its compare-and-set), answers them as repeats and
 /// counts their deliveries once more: bookkeeping, never money.
 #[allow(clippy::too_many_arguments)]
@@ -358,6 +360,9 @@ fn commit_and_answer(
                 let error = Arc::new(CreditError::Pool(e));
                 fail(applies, &error);
                 fail(aside, &error);
+                // The counts wait for the database, as when no connection is there at all.
+                later.truncate(later_before);
+                later.extend(counts.iter().cloned());
                 return None;
             }
         }
@@ -372,7 +377,7 @@ fn commit_and_answer(
             return None;
         }
     };
-    let went_through = keepable && all_ok(&results);
+    let went_through = keepable && all_ok(&results) && !conn.is_broken();
     if later.len() > LATER_CAPACITY {
         log::debug!(
             "{} delivery counts not written: their rows stay held",
@@ -431,7 +436,7 @@ fn fail(jobs: &mut Vec<ApplyJob>, error: &Failure) {
 /// How long after its last batch a writer uses its connection again as it is. The pool pings a
 /// connection as it leaves (`pool.test_on_checkout`), a round trip that a writer busy with batch
 /// after batch would pay for each. After a batch in which anything failed (or that had only
-/// delivery counts, or notifications set aside), and once it has waited this long for the next
+/// delivery counts, or notifications set aside), or once it has waited this long for the next
 /// batch, the connection goes back to the pool, and the next batch takes one that the pool has
 /// checked.
 const KEEP_CONNECTION_FOR: Duration = Duration::from_secs(1);

@@ -14,7 +14,8 @@
 //!
 //! The settings are `SET LOCAL`s, which the server parses and runs without planning. Servers
 //! without `plan_cache_mode` (before PostgreSQL 12) are left as they are: once this process has
-//! met one, every transaction sets it through a query that asks first, planned each time.
+//! met one (or one that could not say), every transaction sets it through a query that asks
+//! first, planned each time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -23,9 +24,9 @@ use diesel::result::Error as DieselError;
 use diesel::sql_types::Bool;
 use diesel::{QueryableByName, RunQueryDsl};
 
-/// Whether a server this process connected to lacks `plan_cache_mode`. Set by [`note_server`]
-/// before such a connection runs a transaction, and never unset: one `BEGIN` for all connections,
-/// right on every server.
+/// Whether a server this process connected to lacks `plan_cache_mode`, or could not say. Set by
+/// [`note_server`] before such a connection runs a transaction, and never unset: one `BEGIN` for
+/// all connections, right on every server.
 static PLAN_CACHE_MODE_MISSING: AtomicBool = AtomicBool::new(false);
 
 const BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL enable_seqscan = off; \
@@ -57,7 +58,14 @@ pub(super) fn note_server(pg: &mut PgConnection) {
     let asked: Result<Setting, DieselError> =
         diesel::sql_query("SELECT current_setting('plan_cache_mode', true) IS NOT NULL AS present")
             .get_result(pg);
-    if !matches!(asked, Ok(Setting { present: true })) {
-        PLAN_CACHE_MODE_MISSING.store(true, Ordering::Relaxed);
+    match asked {
+        Ok(Setting { present: true }) => {}
+        Ok(Setting { present: false }) => PLAN_CACHE_MODE_MISSING.store(true, Ordering::Relaxed),
+        Err(e) => {
+            log::warn!(
+                "could not ask the server for plan_cache_mode ({e}); write transactions ask it each time"
+            );
+            PLAN_CACHE_MODE_MISSING.store(true, Ordering::Relaxed);
+        }
     }
 }
