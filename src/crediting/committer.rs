@@ -86,9 +86,9 @@ pub struct Committer {
 
 impl Committer {
     /// Starts `writers` writer threads, each with its own queue and its own connection while it
-    /// is busy (see [`KEEP_CONNECTION_FOR`]). A notification goes to the writer its order number hashes to, so every
-    /// delivery of one order meets the same writer and writers do not wait on each other's row
-    /// locks. `max_batch` bounds how many notifications share a transaction; `timeout` bounds how
+    /// is busy (see [`KEEP_CONNECTION_FOR`]). A notification goes to the writer its order number
+    /// hashes to, so every delivery of one order meets the same writer and writers do not wait
+    /// on each other's row locks. `max_batch` bounds how many notifications share a transaction; `timeout` bounds how
     /// long a caller waits for its commit before it answers "retry".
     pub fn start(
         pool: Pool,
@@ -306,15 +306,15 @@ struct Batch<'a> {
 }
 
 /// Commits `batch` on `conn` and answers its callers; returns the connection when it may be kept
-/// for the next batch: when every notification of a batch that had some went through, and
-/// nothing was set aside.
+/// for the next batch: when every notification of a batch that had some went through, nothing
+/// was set aside, and diesel does not count the connection broken.
 ///
 /// A kept connection (`unchecked`: not pinged by the pool) that the server has ended since (a
 /// restart, a failover) fails its batch where the pool's check would have caught it: a batch with
 /// notifications to apply runs once more on a checked connection. (One with only delivery counts,
 /// or notifications set aside, is not run again: the counts are lost, bookkeeping, and those set
-/// aside are answered "retry".) A connection that broke mid-commit may have committed;
-/// the second run then finds its credits done (its compare-and-set), answers them as repeats and
+/// aside are answered "retry".) A connection that broke mid-commit may have committed; the
+/// second run then finds its credits done (its compare-and-set), answers them as repeats and
 /// counts their deliveries once more: bookkeeping, never money.
 #[allow(clippy::too_many_arguments)]
 fn commit_and_answer(
