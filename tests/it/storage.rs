@@ -17,7 +17,8 @@ use payhook::domain::ids::{ChannelName, OrderNo};
 use payhook::domain::money::{AmountMinor, Currency};
 use payhook::domain::notification::{Notification, NotificationKind};
 
-fn paid(order_no: &OrderNo, trade_no: &str) -> Notification {
+/// A paid Alipay notification of 1.00 CNY for `order_no`, its id derived from `trade_no`.
+pub(crate) fn paid(order_no: &OrderNo, trade_no: &str) -> Notification {
     Notification {
         channel: ChannelName::parse("alipay").unwrap(),
         notification_id: format!("n-{trade_no}"),

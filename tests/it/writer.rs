@@ -13,11 +13,11 @@ use payhook::books::inbox::Source;
 use payhook::config::Settings;
 use payhook::crediting::{Committer, Outcome};
 use payhook::db::{self, DatabaseUrl, DbConnection, Manager, Pool, SessionSettings};
-use payhook::domain::ids::{ChannelName, OrderNo};
-use payhook::domain::money::{AmountMinor, Currency};
-use payhook::domain::notification::{Notification, NotificationKind};
+use payhook::domain::ids::OrderNo;
+use payhook::domain::notification::Notification;
 
 use crate::common::{count, create_order, now, Backend, TestDb};
+use crate::storage::paid;
 
 /// payhook's own session settings, and a count of the pool's checks (`SELECT 1`) on every
 /// connection.
@@ -59,19 +59,6 @@ fn counted_pool(db: &TestDb) -> (Pool, Arc<AtomicUsize>) {
         .unwrap();
     db::migrate(&mut pool.get().unwrap()).unwrap();
     (pool, pings)
-}
-
-fn paid(order_no: &OrderNo, trade_no: &str) -> Notification {
-    Notification {
-        channel: ChannelName::parse("alipay").unwrap(),
-        notification_id: format!("n-{trade_no}"),
-        order_no: Some(order_no.clone()),
-        provider_trade_no: Some(trade_no.to_owned()),
-        amount: Some(AmountMinor::new(100).unwrap()),
-        currency: Some(Currency::parse("CNY").unwrap()),
-        kind: NotificationKind::Paid,
-        merchant_mismatch: None,
-    }
 }
 
 /// Submits `n` to `committer` and waits for its commit.
