@@ -676,8 +676,8 @@ fn the_statements_of_crediting_stay_prepared(db: TestDb) {
 }
 
 /// A batch of first payments reads its orders with one statement however many notifications it
-/// holds (and its inbox rows with another), on every backend: on SQLite, where one writer does all
-/// of the database's work, a read per notification was a sixth of that writer's time.
+/// holds, on every backend: on SQLite, where one writer does all of the database's work, a read
+/// per notification was a sixth of that writer's time.
 fn a_batch_reads_its_orders_up_front_in_one_statement(db: TestDb) {
     use diesel::connection::{Connection, InstrumentationEvent};
     use std::sync::Mutex;
