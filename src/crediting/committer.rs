@@ -200,14 +200,18 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
         .build()
         .map_err(|e| log::warn!("writer: connections go back after each batch: {e}"))
         .ok();
-    // Delivery counts whose rows another transaction held: written by a coming batch.
+    // Delivery counts whose rows another transaction held: written by the next batch, or alone
+    // once the writer has been idle for [`LATER_AFTER`].
     let mut later: Vec<CountJob> = Vec::new();
-    while let Some(first) = next_job(waiter.as_ref(), &mut receiver, &mut kept) {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    while let Some(first) = next_job(waiter.as_ref(), &mut receiver, &mut kept, !later.is_empty()) {
+        // No job: the wait for one ended with counts left for later, now tried alone.
+        if let Some(first) = first {
+            batch.push(first);
+            while batch.len() < max_batch {
+                match receiver.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
         }
         // Lock rows in one order, so that two instances' batches do not deadlock on each other.
@@ -275,26 +279,40 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
     }
 }
 
-/// The next job, waiting for it if none is queued. A kept connection goes back to the pool once
-/// it has been unused for [`KEEP_CONNECTION_FOR`], while the wait goes on.
+/// The next job, waiting for it if none is queued; `None` once the queue has closed.
+///
+/// A kept connection goes back to the pool once it has been unused for [`KEEP_CONNECTION_FOR`],
+/// while the wait goes on. With delivery counts left for later (`counts_wait`), the wait ends
+/// after [`LATER_AFTER`] with no job (`Some(None)`), so that they are written even when no more
+/// notifications come.
 fn next_job(
     waiter: Option<&tokio::runtime::Runtime>,
     receiver: &mut mpsc::Receiver<Job>,
     kept: &mut Option<(db::PooledConnection, Instant)>,
-) -> Option<Job> {
+    counts_wait: bool,
+) -> Option<Option<Job>> {
     if let Ok(job) = receiver.try_recv() {
-        return Some(job);
+        return Some(Some(job));
     }
-    if let (Some(waiter), Some((_, used))) = (waiter, kept.as_ref()) {
-        let left = KEEP_CONNECTION_FOR.saturating_sub(used.elapsed());
+    let keep_for = kept
+        .as_ref()
+        .map(|(_, used)| KEEP_CONNECTION_FOR.saturating_sub(used.elapsed()));
+    let wait = match (keep_for, counts_wait) {
+        (Some(keep_for), true) => Some(keep_for.min(LATER_AFTER)),
+        (keep_for, true) => keep_for.or(Some(LATER_AFTER)),
+        (keep_for, false) => keep_for,
+    };
+    if let (Some(waiter), Some(wait)) = (waiter, wait) {
         // The timer belongs to the waiter's runtime: it is made inside it.
-        let wait = async { tokio::time::timeout(left, receiver.recv()).await };
-        if let Ok(job) = waiter.block_on(wait) {
-            return job;
+        let next = async { tokio::time::timeout(wait, receiver.recv()).await };
+        match waiter.block_on(next) {
+            Ok(job) => return job.map(Some),
+            Err(_) if counts_wait => return Some(None),
+            Err(_) => {}
         }
     }
     *kept = None;
-    receiver.blocking_recv()
+    receiver.blocking_recv().map(Some)
 }
 
 /// One batch's work, sorted out: what to apply, what to apply after it with short lock waits,
@@ -441,6 +459,9 @@ fn fail(jobs: &mut Vec<ApplyJob>, error: &Failure) {
 /// checked.
 const KEEP_CONNECTION_FOR: Duration = Duration::from_secs(1);
 
+/// How long an idle writer waits before it tries the delivery counts left for later again.
+const LATER_AFTER: Duration = Duration::from_millis(200);
+
 /// Most delivery counts a writer keeps for later while their rows are held; beyond it the oldest
 /// are dropped (a count is bookkeeping, never money).
 const LATER_CAPACITY: usize = 4096;
@@ -526,7 +547,7 @@ pub fn commit_batch(
 }
 
 /// [`commit_batch`], adding to `later` the delivery counts whose rows another transaction held,
-/// for a coming batch to write.
+/// for the writer to try again (see [`LATER_AFTER`]).
 fn commit_batch_counting_later(
     conn: &mut DbConnection,
     applies: &[ApplyJob],

@@ -69,13 +69,13 @@ fn frozen_peer(db: &TestDb, sql: &str) -> PgConnection {
 }
 
 /// The same on either networked backend; dropped, it lets go.
-enum Peer {
+pub(crate) enum Peer {
     Postgresql(PgConnection),
     Mysql(diesel::MysqlConnection),
 }
 
 impl Peer {
-    fn batch_execute(&mut self, sql: &str) -> diesel::QueryResult<()> {
+    pub(crate) fn batch_execute(&mut self, sql: &str) -> diesel::QueryResult<()> {
         match self {
             Peer::Postgresql(c) => c.batch_execute(sql),
             Peer::Mysql(c) => c.batch_execute(sql),
@@ -83,7 +83,7 @@ impl Peer {
     }
 }
 
-fn frozen_peer_on(db: &TestDb, sql: &str) -> Peer {
+pub(crate) fn frozen_peer_on(db: &TestDb, sql: &str) -> Peer {
     match db.backend {
         Backend::Mysql => {
             let mut peer = diesel::MysqlConnection::establish(&db.url).unwrap();

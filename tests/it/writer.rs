@@ -1,6 +1,7 @@
 //! A writer's connection, against real databases: a writer busy with batch after batch keeps its
 //! connection instead of checking one out of the pool (a ping) for each batch, and a kept
-//! connection that the server has ended since costs no batch its credit.
+//! connection that the server has ended since costs no batch its credit. Delivery counts whose
+//! rows were held are written once they are free, even when nothing else comes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,8 +17,8 @@ use payhook::db::{self, DatabaseUrl, DbConnection, Manager, Pool, SessionSetting
 use payhook::domain::ids::OrderNo;
 use payhook::domain::notification::Notification;
 
-use crate::common::{count, create_order, now, Backend, TestDb};
-use crate::storage::paid;
+use crate::common::{count, create_order, now, settled_count, Backend, TestDb};
+use crate::storage::{frozen_peer_on, paid};
 
 /// payhook's own session settings, and a count of the pool's checks (`SELECT 1`) on every
 /// connection.
@@ -176,4 +177,42 @@ fn a_kept_connection_the_server_ended_costs_no_batch_its_credit() {
         ),
         2
     );
+}
+
+/// A repeat's delivery count meets its inbox row held by another session and is left for later;
+/// the session lets go and nothing else arrives: the writer writes the count all the same.
+#[test]
+fn a_count_left_for_later_is_written_when_nothing_else_comes() {
+    for backend in [Backend::Postgresql, Backend::Mysql] {
+        a_count_left_for_later_is_written_when_nothing_else_comes_on(TestDb::new(backend));
+    }
+}
+
+fn a_count_left_for_later_is_written_when_nothing_else_comes_on(db: TestDb) {
+    let (pool, _) = counted_pool(&db);
+    let order = {
+        let mut conn = pool.get().unwrap();
+        create_order(&mut conn, "later-1", "alipay", "1.00", "CNY", None)
+    };
+    let committer = Committer::start(pool.clone(), 1, 64, Duration::from_secs(30)).unwrap();
+    let notification = paid(&order, "L1");
+    assert_eq!(submit(&committer, notification.clone()), Outcome::Credited);
+    let deliveries = "SELECT delivery_count AS n FROM notifications WHERE notification_id = 'n-L1'";
+
+    let mut peer = frozen_peer_on(
+        &db,
+        "SELECT 1 FROM notifications WHERE notification_id = 'n-L1' FOR UPDATE",
+    );
+    for _ in 0..2 {
+        submit(&committer, notification.clone());
+    }
+    // The repeats were answered; their counts could not be written while the row was held.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&pool, deliveries),
+        1,
+        "a count went through a held row"
+    );
+    peer.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(settled_count(&pool, deliveries, 3), 3);
 }
