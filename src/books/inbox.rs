@@ -170,7 +170,7 @@ pub fn prune_rejected(
 const REJECTED_KEY_PREFIX: &str = "unverified:";
 
 fn rejected_key(body: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body);
     format!("{REJECTED_KEY_PREFIX}{}", hex::encode(digest.as_ref()))
 }
 

@@ -51,16 +51,19 @@ impl Session {
 }
 
 /// 256 random bits, hex-encoded.
-fn random_token() -> Result<String, ring::error::Unspecified> {
-    use ring::rand::SecureRandom;
+fn random_token() -> Result<String, aws_lc_rs::error::Unspecified> {
+    use aws_lc_rs::rand::SecureRandom;
     let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut bytes)?;
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes)?;
     Ok(hex::encode(bytes))
 }
 
 /// What a session is stored under.
 fn digest(id: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, id.as_bytes()))
+    hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        id.as_bytes(),
+    ))
 }
 
 /// The session the request's cookie names, if it exists and has not expired.
@@ -165,7 +168,8 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>, body: web::Byte
     let given = fields.get("token").trim();
     // Digests of equal length are compared, so that not even the token's length shows in the time
     // a refusal takes.
-    let sha256 = |text: &str| ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let sha256 =
+        |text: &str| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     let same = sha256(expected.expose())
         .as_ref()
         .ct_eq(sha256(given).as_ref());

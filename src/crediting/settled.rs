@@ -23,7 +23,7 @@ impl Fingerprint {
     /// `None` for notifications that settle nothing: only payments ([`Claim`]) and money going
     /// back, addressed to us, are answered from memory.
     pub fn of(n: &Notification) -> Option<Fingerprint> {
-        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let mut field = |value: &str| {
             hash.update(&(value.len() as u64).to_le_bytes());
             hash.update(value.as_bytes());

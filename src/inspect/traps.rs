@@ -175,9 +175,9 @@ impl<'a> Experiment<'a> {
     fn pairs(&self) -> Vec<Pair<'a>> {
         alipay::raw_pairs(self.request.body)
             .map(|(key, raw)| Pair {
-                key: alipay::form_decode(key),
+                key: alipay::form_decode(key).into_owned(),
                 raw,
-                value: alipay::form_decode(raw),
+                value: alipay::form_decode(raw).into_owned(),
             })
             .collect()
     }
@@ -194,9 +194,9 @@ impl<'a> Experiment<'a> {
             body.extend_from_slice(raw_key);
             body.push(b'=');
             let pair = Pair {
-                key: alipay::form_decode(raw_key),
+                key: alipay::form_decode(raw_key).into_owned(),
                 raw,
-                value: alipay::form_decode(raw),
+                value: alipay::form_decode(raw).into_owned(),
             };
             match change(&pair) {
                 Some(value) => {
@@ -349,7 +349,7 @@ fn decoded_twice(experiment: &Experiment<'_>) -> Vec<Trap> {
     // Encoded once more on the way: one more decode gives what Alipay signed.
     let encoded_twice = keys_where(&|pair| has_escape(&pair.value));
     let fixed = experiment.fields_that_fix(&encoded_twice, |pair| {
-        Some(alipay::form_decode(&pair.value))
+        Some(alipay::form_decode(&pair.value).into_owned())
     });
     if !fixed.is_empty() {
         return vec![Trap::new(

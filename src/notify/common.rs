@@ -5,10 +5,11 @@
 //! Rejection messages end up in logs, so they name the field that failed and show untrusted
 //! values only through [`shown`]; they never carry a key, a secret or a signature.
 
+use aws_lc_rs::hmac;
+use aws_lc_rs::signature::{self, ParsedPublicKey};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use ring::{hmac, signature};
 use serde::de::DeserializeOwned;
 use spki::der::asn1::UintRef;
 use spki::der::{self, Decode, Encode, Reader, SliceReader};
@@ -23,15 +24,29 @@ use crate::domain::money::{AmountMinor, Currency};
 /// `rsaEncryption` (PKCS #1): every provider here signs with RSA.
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
-/// The modulus sizes ring verifies with; a key outside them would fail every notification.
+/// The modulus sizes verified with; a key outside them would fail every notification.
 const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
 
 /// Most signatures one request may offer: room for a key rotation, and a bound on the HMAC work
 /// a single request can ask for.
 const MAX_SIGNATURES: usize = 8;
 
-/// An RSA public key in the form ring takes: PKCS #1 `RSAPublicKey` DER.
-pub(crate) struct RsaPublicKey(Vec<u8>);
+/// The hash a PKCS #1 v1.5 signature is made over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RsaHash {
+    Sha256,
+    /// Alipay's legacy `RSA` sign type.
+    Sha1,
+}
+
+/// An RSA public key, parsed once for each hash it verifies with: parsing (the modulus's
+/// Montgomery constants) costs about a third of a verification.
+pub(crate) struct RsaPublicKey {
+    /// PKCS #1 `RSAPublicKey` DER.
+    pkcs1: Vec<u8>,
+    sha256: ParsedPublicKey,
+    sha1: ParsedPublicKey,
+}
 
 impl RsaPublicKey {
     /// Reads a key given as PEM (`PUBLIC KEY`, `RSA PUBLIC KEY` or `CERTIFICATE`), or as bare
@@ -56,25 +71,30 @@ impl RsaPublicKey {
                 RSA_BITS.end()
             ));
         }
-        Ok(RsaPublicKey(pkcs1))
+        let parse = |algorithm: &'static signature::RsaParameters| {
+            ParsedPublicKey::new(algorithm, &pkcs1)
+                .map_err(|e| format!("not a usable RSA public key: {e}"))
+        };
+        Ok(RsaPublicKey {
+            sha256: parse(&signature::RSA_PKCS1_2048_8192_SHA256)?,
+            sha1: parse(&signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY)?,
+            pkcs1,
+        })
     }
 
     /// Whether this is the public half of `pair`: how a channel keyed with the wrong half of a
     /// pair is told apart.
     pub fn is_public_half_of(&self, pair: &RsaSigner) -> bool {
-        self.0 == pair.public_key_der()
+        self.pkcs1 == pair.public_key_der()
     }
 
-    /// Whether `signature` is this key's PKCS #1 v1.5 signature of `message`.
-    pub fn verifies(
-        &self,
-        algorithm: &'static signature::RsaParameters,
-        message: &[u8],
-        signature: &[u8],
-    ) -> bool {
-        signature::UnparsedPublicKey::new(algorithm, &self.0)
-            .verify(message, signature)
-            .is_ok()
+    /// Whether `signature` is this key's PKCS #1 v1.5 signature of `message` over `hash`.
+    pub fn verifies(&self, hash: RsaHash, message: &[u8], signature: &[u8]) -> bool {
+        let key = match hash {
+            RsaHash::Sha256 => &self.sha256,
+            RsaHash::Sha1 => &self.sha1,
+        };
+        key.verify_sig(message, signature).is_ok()
     }
 }
 
@@ -317,20 +337,20 @@ ZgDSOvuCZCwx9P1P5C1Z8+gMZQs5+qBTEOlz8u8aJF9Gvc3oSunrr3e3yRO3A7S3
             .lines()
             .filter(|line| !line.starts_with("-----"))
             .collect();
-        let expected = RsaPublicKey::from_text(&spki_pem).unwrap().0;
+        let expected = RsaPublicKey::from_text(&spki_pem).unwrap().pkcs1;
         for form in [
             spki_base64.as_str(),
             testing::WECHAT_TEST_CERTIFICATE,
             WECHAT_TEST_PKCS1,
         ] {
-            assert_eq!(RsaPublicKey::from_text(form).unwrap().0, expected);
+            assert_eq!(RsaPublicKey::from_text(form).unwrap().pkcs1, expected);
         }
         let certificate_base64: String = testing::WECHAT_TEST_CERTIFICATE
             .lines()
             .filter(|line| !line.starts_with("-----"))
             .collect();
         assert_eq!(
-            RsaPublicKey::from_text(&certificate_base64).unwrap().0,
+            RsaPublicKey::from_text(&certificate_base64).unwrap().pkcs1,
             expected
         );
     }

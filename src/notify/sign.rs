@@ -8,10 +8,10 @@
 //! with the channel's configured keys and nothing else. [`super::signer::Signer`] picks a
 //! channel's.
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
 use base64::Engine;
 use chrono::{DateTime, FixedOffset, Utc};
-use ring::rand::SystemRandom;
-use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 
 use crate::config::Secret;
 use crate::domain::ids::OrderNo;
@@ -71,7 +71,7 @@ pub enum KeyError {
     #[error("PEM {0:?} is not an RSA private key")]
     NotRsaPrivateKey(String),
     #[error("not a usable RSA private key: {0}")]
-    Unusable(ring::error::KeyRejected),
+    Unusable(aws_lc_rs::error::KeyRejected),
     #[error("neither PEM nor base64 DER")]
     NotPemOrBase64,
 }
@@ -144,13 +144,13 @@ impl RsaSigner {
 
     /// The public half, as PKCS #1 `RSAPublicKey` DER.
     pub fn public_key_der(&self) -> &[u8] {
-        self.0.public().as_ref()
+        self.0.public_key().as_ref()
     }
 
     /// SHA256withRSA, PKCS #1 v1.5: Alipay's `RSA2` and WeChat Pay v3's scheme.
     pub fn sign_sha256(&self, message: &[u8]) -> Vec<u8> {
-        let mut signature = vec![0; self.0.public().modulus_len()];
-        // PKCS #1 v1.5 is deterministic; ring asks for a generator all the same.
+        let mut signature = vec![0; self.0.public_modulus_len()];
+        // PKCS #1 v1.5 is deterministic; the API asks for a generator all the same.
         self.0
             .sign(
                 &RSA_PKCS1_SHA256,

@@ -352,7 +352,7 @@ fn rejected_requests_keep_the_newest_per_channel_and_leave_credits_alone(db: Tes
     };
     let garbage = |i: usize| format!("{{\"garbage\":{i}}}");
     let key = |body: &str| {
-        let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes());
         format!("unverified:{}", hex::encode(digest.as_ref()))
     };
     #[derive(diesel::QueryableByName)]

@@ -770,7 +770,7 @@ fn a_rejected_request_keeps_its_digest_cut_headers_and_the_first_4_kib(db: TestD
     let rows = rejected_rows(&app);
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
-    let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
     assert_eq!(
         row.notification_id,
         format!("unverified:{}", hex::encode(digest.as_ref()))

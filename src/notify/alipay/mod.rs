@@ -4,11 +4,12 @@
 //! before anything is verified; nothing in it is trusted until the signature holds. Alipay
 //! resends until the answer body is exactly `success`.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use percent_encoding::percent_decode;
-use ring::signature::{self, RsaParameters};
 
-use super::common::{self, shown, RsaPublicKey};
+use super::common::{self, shown, RsaHash, RsaPublicKey};
 use super::examine::{Examination, KeyCheck};
 use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use super::sign::RsaSigner;
@@ -49,7 +50,7 @@ impl Alipay {
     }
 
     /// The hash the channel signs with and the form's decoded `sign`.
-    fn signature_of(&self, form: &Form) -> Result<(&'static RsaParameters, Vec<u8>), Rejection> {
+    fn signature_of(&self, form: &Form) -> Result<(RsaHash, Vec<u8>), Rejection> {
         let algorithm = self.sign_algorithm(form.text("sign_type")?)?;
         let sign = form
             .text("sign")?
@@ -57,13 +58,8 @@ impl Alipay {
         Ok((algorithm, common::signature_from_base64(sign)?))
     }
 
-    fn check_key(
-        &self,
-        algorithm: &'static RsaParameters,
-        content: &[u8],
-        signature: &[u8],
-    ) -> Result<(), Rejection> {
-        if self.public_key.verifies(algorithm, content, signature) {
+    fn check_key(&self, hash: RsaHash, content: &[u8], signature: &[u8]) -> Result<(), Rejection> {
+        if self.public_key.verifies(hash, content, signature) {
             Ok(())
         } else {
             Err(Rejection::Signature(
@@ -210,7 +206,7 @@ trait TradeFields {
     fn text(&self, key: &str) -> Result<Option<&str>, Rejection>;
 }
 
-impl TradeFields for Form {
+impl TradeFields for Form<'_> {
     fn text(&self, key: &str) -> Result<Option<&str>, Rejection> {
         Form::text(self, key)
     }
@@ -310,7 +306,7 @@ pub fn looks_like_notification(body: &str) -> bool {
 impl Alipay {
     /// The hash is the channel's: `sign_type` is left out of what Alipay signs, so a request
     /// that names another scheme is refused rather than obeyed. Some notifications omit it.
-    fn sign_algorithm(&self, sign_type: Option<&str>) -> Result<&'static RsaParameters, Rejection> {
+    fn sign_algorithm(&self, sign_type: Option<&str>) -> Result<RsaHash, Rejection> {
         if let Some(named) = sign_type.filter(|named| *named != self.sign_type.as_str()) {
             return Err(Rejection::Signature(format!(
                 "sign_type {} is not this channel's {}",
@@ -319,8 +315,8 @@ impl Alipay {
             )));
         }
         Ok(match self.sign_type {
-            AlipaySignType::Rsa2 => &signature::RSA_PKCS1_2048_8192_SHA256,
-            AlipaySignType::Rsa => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+            AlipaySignType::Rsa2 => RsaHash::Sha256,
+            AlipaySignType::Rsa => RsaHash::Sha1,
         })
     }
 }
@@ -365,20 +361,25 @@ fn kind<F: TradeFields + ?Sized>(
 /// `gbk` notification verifies over its GBK bytes as sent. `form_urlencoded` would decode to
 /// UTF-8 lossily, hiding malformed input and losing those bytes, so the pairs are split here and
 /// only the percent-decoding is left to `percent_encoding`.
-struct Form {
-    params: Vec<(Vec<u8>, Vec<u8>)>,
+///
+/// A key or value with nothing to decode borrows the body, as most of Alipay's do.
+struct Form<'a> {
+    params: Vec<Param<'a>>,
 }
 
-impl Form {
-    fn parse(body: &[u8]) -> Result<Form, Rejection> {
+/// A decoded key and value.
+type Param<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
+impl<'a> Form<'a> {
+    fn parse(body: &'a [u8]) -> Result<Form<'a>, Rejection> {
         let form = Form::split(body)?;
         form.check_charset()?;
         Ok(form)
     }
 
     /// The form's parameters, decoded once and sorted; its charset is left unchecked.
-    fn split(body: &[u8]) -> Result<Form, Rejection> {
-        let mut params: Vec<(Vec<u8>, Vec<u8>)> = raw_pairs(body)
+    fn split(body: &'a [u8]) -> Result<Form<'a>, Rejection> {
+        let mut params: Vec<Param<'a>> = raw_pairs(body)
             .map(|(key, value)| (form_decode(key), form_decode(value)))
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
@@ -419,9 +420,9 @@ impl Form {
     fn get(&self, key: &str) -> Option<&[u8]> {
         let index = self
             .params
-            .binary_search_by(|(k, _)| k.as_slice().cmp(key.as_bytes()))
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key.as_bytes()))
             .ok()?;
-        self.params.get(index).map(|(_, value)| value.as_slice())
+        self.params.get(index).map(|(_, value)| value.as_ref())
     }
 
     fn text(&self, key: &str) -> Result<Option<&str>, Rejection> {
@@ -457,7 +458,10 @@ fn sorted_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         .filter(|(key, value)| keep(key, value))
         .collect();
     signed.sort_by_key(|(key, _)| *key);
-    let mut content = Vec::new();
+    let length = signed
+        .iter()
+        .map(|(key, value)| key.len() + value.len() + 2);
+    let mut content = Vec::with_capacity(length.sum());
     for (key, value) in signed {
         if !content.is_empty() {
             content.push(b'&');
@@ -480,13 +484,20 @@ pub fn raw_pairs(body: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         })
 }
 
-/// Form decoding: `+` is a space, then percent-escapes are bytes.
-pub fn form_decode(encoded: &[u8]) -> Vec<u8> {
+/// Form decoding: `+` is a space, then percent-escapes are bytes. Borrows `encoded` when it has
+/// neither.
+pub fn form_decode(encoded: &[u8]) -> Cow<'_, [u8]> {
+    if !encoded.contains(&b'+') {
+        if !encoded.contains(&b'%') {
+            return Cow::Borrowed(encoded);
+        }
+        return percent_decode(encoded).into();
+    }
     let spaced: Vec<u8> = encoded
         .iter()
         .map(|&b| if b == b'+' { b' ' } else { b })
         .collect();
-    percent_decode(&spaced).collect()
+    Cow::Owned(percent_decode(&spaced).collect())
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 //! "transaction_id"}}` with amounts in minor units, and `payment.refunded` adds `refund_id`, its
 //! `amount` being the refund's.
 
+use aws_lc_rs::hmac;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use ring::hmac;
 use serde::Deserialize;
 use serde_json::json;
 

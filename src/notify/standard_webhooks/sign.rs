@@ -1,10 +1,10 @@
 //! Signing as a Standard Webhooks sender does, for `payhook fixtures` and tests: our payment and
 //! refund payloads, signed over the same content the verifier checks.
 
+use aws_lc_rs::hmac;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use ring::hmac;
 use serde_json::json;
 
 use super::{signed_content, signing_key};

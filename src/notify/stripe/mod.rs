@@ -4,8 +4,8 @@
 //! `Refund`, `Chargeback` and `ChargebackReversal`. Every other event is recorded as `Other` with
 //! what can be read from it, so an event type we do not act on is never retried for days.
 
+use aws_lc_rs::hmac;
 use chrono::{DateTime, Utc};
-use ring::hmac;
 use serde::Deserialize;
 use serde_json::json;
 

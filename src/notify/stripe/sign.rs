@@ -1,8 +1,8 @@
 //! Signing as Stripe does, for `payhook fixtures` and tests: a completed checkout session or a
 //! refunded charge, signed over the same payload the verifier checks.
 
+use aws_lc_rs::hmac;
 use chrono::{DateTime, Utc};
-use ring::hmac;
 use serde_json::json;
 
 use super::{signed_payload, signing_key};

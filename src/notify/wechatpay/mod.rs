@@ -6,15 +6,14 @@
 
 use std::collections::BTreeMap;
 
+use aws_lc_rs::aead;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use ring::aead;
-use ring::signature::RSA_PKCS1_2048_8192_SHA256;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::common::{self, shown, signed_header, RsaPublicKey};
+use super::common::{self, shown, signed_header, RsaHash, RsaPublicKey};
 use super::examine::{Examination, Freshness, KeyCheck};
 use super::provider::{Provider, RawRequest, Rejection, Reply, RetryReason};
 use crate::config::WechatPayConfig;
@@ -317,7 +316,7 @@ impl<'a> SignatureHeaders<'a> {
 }
 
 fn check_key(key: &RsaPublicKey, message: &[u8], signature: &[u8]) -> Result<(), Rejection> {
-    if key.verifies(&RSA_PKCS1_2048_8192_SHA256, message, signature) {
+    if key.verifies(RsaHash::Sha256, message, signature) {
         Ok(())
     } else {
         Err(Rejection::Signature(

@@ -1,10 +1,10 @@
 //! Signing as WeChat Pay does, for `payhook fixtures` and tests: a transaction or a refund
 //! encrypted under the APIv3 key, in an envelope signed over the same message the verifier checks.
 
+use aws_lc_rs::aead;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
-use ring::aead;
 use serde_json::json;
 
 use super::{signed_message, RESOURCE_ALGORITHM, SIGNATURE_TYPE};

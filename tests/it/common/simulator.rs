@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, RsaKeyPair};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{NaiveDateTime, Utc};
-use ring::rand::SystemRandom;
-use ring::signature::{self, RsaKeyPair};
 use serde_json::{json, Value};
 use spki::der::Decode;
 
@@ -169,7 +169,7 @@ fn public_key(text: &str) -> Vec<u8> {
 }
 
 fn sign(key: &RsaKeyPair, message: &[u8]) -> String {
-    let mut signature = vec![0; key.public().modulus_len()];
+    let mut signature = vec![0; key.public_modulus_len()];
     key.sign(
         &signature::RSA_PKCS1_SHA256,
         &SystemRandom::new(),
