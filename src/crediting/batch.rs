@@ -118,7 +118,7 @@ pub(super) fn apply_batch_in(
             .filter_map(|(job, _)| job.notification.order_no.as_ref().map(|o| o.as_str()))
             .collect();
         store::lock_for_credits(conn, &order_nos)?;
-        // The batch's orders and inbox rows are read by two statements instead of one per
+        // The batch's orders and inbox rows are read together instead of once per
         // notification: on MySQL each statement is a round trip, and on SQLite, where the
         // writer does all of the database's work, a read per notification was a sixth of it.
         read_batch(conn, applies, failed)?

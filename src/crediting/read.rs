@@ -1,6 +1,7 @@
 //! The crediting transaction's one read: the order a notification names, any other order its
 //! trade already paid, and the delivery's inbox row, in one statement before anything is written;
-//! or, for a batch, in two statements for all its notifications that may be read up front.
+//! or, for a batch, for all its notifications that may be read up front at once (one statement
+//! on PostgreSQL, two elsewhere).
 
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
@@ -73,10 +74,11 @@ pub struct Key<'a> {
     pub trade_no: Option<&'a str>,
 }
 
-/// What [`find_for_notification`] finds for each of `keys`, in order, read by two statements for
-/// all of them: the orders named or paid by the trades, then the inbox rows. A batch reads this
-/// way once instead of once per notification: a statement is a round trip to a server, and on
-/// SQLite one more statement to bind and run on the one writer.
+/// What [`find_for_notification`] finds for each of `keys`, in order, read for all of them at
+/// once: the orders named or paid by the trades, and the inbox rows (one statement on
+/// PostgreSQL, two elsewhere). A batch reads this way once instead of once per notification: a
+/// statement is a round trip to a server, and on SQLite one more statement to bind and run on the
+/// one writer.
 ///
 /// Each is read as it stands now: a caller that then applies them in turn gives it only keys
 /// whose order, trade and notification no earlier one shares ([`read_up_front`]).
@@ -88,9 +90,9 @@ pub fn find_for_batch(
         return Ok(Vec::new());
     }
     let order_nos: Vec<&str> = keys.iter().map(|k| k.order_no.as_str()).collect();
-    let trades: Vec<(&str, &str)> = keys
+    let trades: Vec<(&str, &str, &str)> = keys
         .iter()
-        .filter_map(|k| Some((k.channel.as_str(), k.trade_no?)))
+        .filter_map(|k| Some((k.channel.as_str(), k.trade_no?, k.notification_id)))
         .collect();
     let deliveries: Vec<(&str, &str)> = keys
         .iter()
