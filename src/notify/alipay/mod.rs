@@ -379,9 +379,9 @@ impl<'a> Form<'a> {
 
     /// The form's parameters, decoded once and sorted; its charset is left unchecked.
     fn split(body: &'a [u8]) -> Result<Form<'a>, Rejection> {
-        let mut params: Vec<Param<'a>> = raw_pairs(body)
-            .map(|(key, value)| (form_decode(key), form_decode(value)))
-            .collect();
+        let mut params: Vec<Param<'a>> =
+            Vec::with_capacity(body.iter().filter(|&&b| b == b'&').count() + 1);
+        params.extend(raw_pairs(body).map(|(key, value)| (form_decode(key), form_decode(value))));
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let repeated = params.windows(2).find_map(|pair| match pair {
             [a, b] if a.0 == b.0 => Some(String::from_utf8_lossy(&a.0)),
