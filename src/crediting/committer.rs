@@ -201,11 +201,17 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
         .map_err(|e| log::warn!("writer: connections go back after each batch: {e}"))
         .ok();
     // Delivery counts whose rows another transaction held: written by the next batch, or alone
-    // once the writer has been idle for [`LATER_AFTER`].
+    // once the writer has been idle for `retry_after` (see [`LATER_AFTER`]).
     let mut later: Vec<CountJob> = Vec::new();
-    while let Some(first) = next_job(waiter.as_ref(), &mut receiver, &mut kept, !later.is_empty()) {
-        // No job: the wait for one ended with counts left for later, now tried alone.
-        if let Some(first) = first {
+    let mut retry_after = LATER_AFTER;
+    loop {
+        let retry = (!later.is_empty()).then_some(retry_after);
+        let Some(next) = next_job(waiter.as_ref(), &mut receiver, &mut kept, retry) else {
+            break;
+        };
+        // `RetryLater`: no job came, and the counts left for later are tried alone.
+        let retrying = matches!(next, Next::RetryLater);
+        if let Next::Job(first) = next {
             batch.push(first);
             while batch.len() < max_batch {
                 match receiver.try_recv() {
@@ -276,43 +282,56 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
             }
         }
         telemetry::record_batch(total, started.elapsed().as_secs_f64());
+        // Rows held still after a try alone are tried less often, up to [`LATER_AFTER_MAX`].
+        retry_after = match (later.is_empty(), retrying) {
+            (true, _) => LATER_AFTER,
+            (false, true) => (retry_after * 2).min(LATER_AFTER_MAX),
+            (false, false) => retry_after,
+        };
     }
+}
+
+/// What a writer's wait for work ends with.
+enum Next {
+    /// A job, with whatever is queued behind it to come.
+    Job(Job),
+    /// No job came in time, and delivery counts left for later are to be tried again.
+    RetryLater,
 }
 
 /// The next job, waiting for it if none is queued; `None` once the queue has closed.
 ///
 /// A kept connection goes back to the pool once it has been unused for [`KEEP_CONNECTION_FOR`],
-/// while the wait goes on. With delivery counts left for later (`counts_wait`), the wait ends
-/// after [`LATER_AFTER`] with no job (`Some(None)`), so that they are written even when no more
+/// while the wait goes on. With delivery counts left for later, `retry` bounds the wait: once it
+/// is over with no job, [`Next::RetryLater`], so that they are written even when no more
 /// notifications come.
 fn next_job(
     waiter: Option<&tokio::runtime::Runtime>,
     receiver: &mut mpsc::Receiver<Job>,
     kept: &mut Option<(db::PooledConnection, Instant)>,
-    counts_wait: bool,
-) -> Option<Option<Job>> {
+    retry: Option<Duration>,
+) -> Option<Next> {
     if let Ok(job) = receiver.try_recv() {
-        return Some(Some(job));
+        return Some(Next::Job(job));
     }
     let keep_for = kept
         .as_ref()
         .map(|(_, used)| KEEP_CONNECTION_FOR.saturating_sub(used.elapsed()));
-    let wait = match (keep_for, counts_wait) {
-        (Some(keep_for), true) => Some(keep_for.min(LATER_AFTER)),
-        (keep_for, true) => keep_for.or(Some(LATER_AFTER)),
-        (keep_for, false) => keep_for,
+    let wait = match (keep_for, retry) {
+        (Some(keep_for), Some(retry)) => Some(keep_for.min(retry)),
+        (keep_for, retry) => keep_for.or(retry),
     };
     if let (Some(waiter), Some(wait)) = (waiter, wait) {
         // The timer belongs to the waiter's runtime: it is made inside it.
         let next = async { tokio::time::timeout(wait, receiver.recv()).await };
         match waiter.block_on(next) {
-            Ok(job) => return job.map(Some),
-            Err(_) if counts_wait => return Some(None),
+            Ok(job) => return job.map(Next::Job),
+            Err(_) if retry.is_some() => return Some(Next::RetryLater),
             Err(_) => {}
         }
     }
     *kept = None;
-    receiver.blocking_recv().map(Some)
+    receiver.blocking_recv().map(Next::Job)
 }
 
 /// One batch's work, sorted out: what to apply, what to apply after it with short lock waits,
@@ -459,8 +478,12 @@ fn fail(jobs: &mut Vec<ApplyJob>, error: &Failure) {
 /// checked.
 const KEEP_CONNECTION_FOR: Duration = Duration::from_secs(1);
 
-/// How long an idle writer waits before it tries the delivery counts left for later again.
+/// How long an idle writer waits before it tries the delivery counts left for later again; twice
+/// as long after each try that finds their rows still held, up to [`LATER_AFTER_MAX`].
 const LATER_AFTER: Duration = Duration::from_millis(200);
+
+/// The longest an idle writer waits to try held delivery counts again.
+const LATER_AFTER_MAX: Duration = Duration::from_secs(5);
 
 /// Most delivery counts a writer keeps for later while their rows are held; beyond it the oldest
 /// are dropped (a count is bookkeeping, never money).

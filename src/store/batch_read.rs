@@ -60,6 +60,8 @@ pub fn read_for_batch(
     trades: &[(&str, &str, &str)],
     deliveries: &[(&str, &str)],
 ) -> Result<(Vec<OrderRow>, Vec<Delivered>), DieselError> {
+    // One statement pairs each order number with its inbox key.
+    debug_assert_eq!(order_nos.len(), deliveries.len());
     let (channels, ids): (Vec<&str>, Vec<&str>) = deliveries.iter().copied().unzip();
     let trade_channels: Vec<&str> = trades.iter().map(|t| t.0).collect();
     let trade_nos: Vec<&str> = trades.iter().map(|t| t.1).collect();

@@ -691,38 +691,40 @@ fn a_batch_reads_its_orders_up_front_in_one_statement(db: TestDb) {
             job(&paid(&order, &format!("RD{j}"), 100, "CNY"))
         })
         .collect();
-    let reads: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Every read of orders in the batch, and the reads of orders or inbox rows before its first
+    // write (after it, MySQL, which has no `RETURNING`, reads back each inbox row it inserts).
+    let reads: Arc<Mutex<(Vec<String>, Vec<String>)>> = Arc::default();
     let seen = Arc::clone(&reads);
     let mut wrote = false;
     conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
         if let InstrumentationEvent::StartQuery { query, .. } = event {
             let sql = query.to_string().to_lowercase();
             let sql = sql.trim_start();
-            // Only the reads before the first write: MySQL, which has no `RETURNING`, reads
-            // back each inbox row it inserts.
             wrote |= ["insert", "update", "with", "delete"]
                 .iter()
                 .any(|write| sql.starts_with(write));
             // Row locks read their rows too; they are not the reads counted here.
-            if !wrote
-                && sql.starts_with("select")
-                && (sql.contains("orders") || sql.contains("notifications"))
-                && !sql.contains("for update")
-            {
-                seen.lock().unwrap().push(sql.to_owned());
+            if !sql.starts_with("select") || sql.contains("for update") {
+                return;
+            }
+            let mut seen = seen.lock().unwrap();
+            if sql.contains("orders") {
+                seen.0.push(sql.to_owned());
+            }
+            if !wrote && (sql.contains("orders") || sql.contains("notifications")) {
+                seen.1.push(sql.to_owned());
             }
         }
     });
     let results = commit_batch(&mut conn, &batch, &[]);
     assert_eq!(outcomes(&results), vec![Ok(Outcome::Credited); 5]);
-    let reads = reads.lock().unwrap();
-    let of_orders = reads.iter().filter(|sql| sql.contains("orders")).count();
-    assert_eq!(of_orders, 1, "{reads:#?}");
+    let (of_orders, up_front) = &*reads.lock().unwrap();
+    assert_eq!(of_orders.len(), 1, "{of_orders:#?}");
     let expected = match db.backend {
         Backend::Postgresql => 1,
         _ => 2,
     };
-    assert_eq!(reads.len(), expected, "{reads:#?}");
+    assert_eq!(up_front.len(), expected, "{up_front:#?}");
 }
 
 /// A batch's repeats of many notifications count each delivery once on its own row, however the
@@ -1173,6 +1175,11 @@ fn a_batch_read_finds_what_each_notification_would_find_alone(db: TestDb) {
         run(&pool, &paid(&unknown, "TU", 100, "CNY")).outcome,
         Outcome::UnknownOrder
     );
+    // An unknown order named by a notification of its own whose trade paid a.
+    let unknown_too = OrderNo::parse("no-such-order-either").unwrap();
+    let mut again = paid(&unknown_too, "TA", 100, "CNY");
+    again.notification_id = "n-TA-again".to_owned();
+    run(&pool, &again);
     let alipay = ChannelName::parse("alipay").unwrap();
     let wxpay = ChannelName::parse("wxpay").unwrap();
     let key = |order_no, channel, notification_id, trade_no| payhook::crediting::Key {
@@ -1191,6 +1198,9 @@ fn a_batch_read_finds_what_each_notification_would_find_alone(db: TestDb) {
         // An unknown order whose notification has an inbox row: no order, so no delivery.
         key(&unknown, &alipay, "n-TU", Some("TU")),
         key(&b, &alipay, "n-none", None),
+        // An unknown order whose trade paid another order, and whose notification has an inbox
+        // row: found by the trade, so with its delivery.
+        key(&unknown_too, &alipay, "n-TA-again", Some("TA")),
     ];
     let together = payhook::crediting::find_for_batch(&mut conn, &keys).unwrap();
     let alone: Vec<payhook::crediting::Found> = keys
@@ -1217,6 +1227,9 @@ fn a_batch_read_finds_what_each_notification_would_find_alone(db: TestDb) {
         (together[3].order.as_ref(), together[3].delivery),
         (None, None)
     );
+    assert_eq!(together[5].trade_paid.as_ref(), Some(&a));
+    assert!(together[5].order.is_none() && together[5].delivery.is_some());
+    assert_ne!(together[5].delivery, together[0].delivery);
 }
 
 on_every_backend!(
