@@ -39,21 +39,20 @@ pub(crate) enum RsaHash {
     Sha1,
 }
 
-/// An RSA public key, parsed once for each hash it verifies with: parsing (the modulus's
+/// An RSA public key, parsed once for the hash it verifies with: parsing (the modulus's
 /// Montgomery constants) costs about a third of a verification.
 pub(crate) struct RsaPublicKey {
     /// PKCS #1 `RSAPublicKey` DER.
     pkcs1: Vec<u8>,
-    sha256: ParsedPublicKey,
-    sha1: ParsedPublicKey,
+    parsed: ParsedPublicKey,
 }
 
 impl RsaPublicKey {
     /// Reads a key given as PEM (`PUBLIC KEY`, `RSA PUBLIC KEY` or `CERTIFICATE`), or as bare
     /// base64 DER of a SubjectPublicKeyInfo or certificate (the form Alipay's console shows).
     ///
-    /// Errors describe the key's shape, never its content.
-    pub fn from_text(text: &str) -> Result<Self, String> {
+    /// Its signatures are made over `hash`. Errors describe the key's shape, never its content.
+    pub fn from_text(text: &str, hash: RsaHash) -> Result<Self, String> {
         let text = text.trim();
         if text.is_empty() {
             return Err("key is empty".to_owned());
@@ -71,15 +70,13 @@ impl RsaPublicKey {
                 RSA_BITS.end()
             ));
         }
-        let parse = |algorithm: &'static signature::RsaParameters| {
-            ParsedPublicKey::new(algorithm, &pkcs1)
-                .map_err(|e| format!("not a usable RSA public key: {e}"))
+        let algorithm = match hash {
+            RsaHash::Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+            RsaHash::Sha1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
         };
-        Ok(RsaPublicKey {
-            sha256: parse(&signature::RSA_PKCS1_2048_8192_SHA256)?,
-            sha1: parse(&signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY)?,
-            pkcs1,
-        })
+        let parsed = ParsedPublicKey::new(algorithm, &pkcs1)
+            .map_err(|e| format!("not a usable RSA public key: {e}"))?;
+        Ok(RsaPublicKey { pkcs1, parsed })
     }
 
     /// Whether this is the public half of `pair`: how a channel keyed with the wrong half of a
@@ -88,13 +85,9 @@ impl RsaPublicKey {
         self.pkcs1 == pair.public_key_der()
     }
 
-    /// Whether `signature` is this key's PKCS #1 v1.5 signature of `message` over `hash`.
-    pub fn verifies(&self, hash: RsaHash, message: &[u8], signature: &[u8]) -> bool {
-        let key = match hash {
-            RsaHash::Sha256 => &self.sha256,
-            RsaHash::Sha1 => &self.sha1,
-        };
-        key.verify_sig(message, signature).is_ok()
+    /// Whether `signature` is this key's PKCS #1 v1.5 signature of `message`.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.parsed.verify_sig(message, signature).is_ok()
     }
 }
 
@@ -337,20 +330,29 @@ ZgDSOvuCZCwx9P1P5C1Z8+gMZQs5+qBTEOlz8u8aJF9Gvc3oSunrr3e3yRO3A7S3
             .lines()
             .filter(|line| !line.starts_with("-----"))
             .collect();
-        let expected = RsaPublicKey::from_text(&spki_pem).unwrap().pkcs1;
+        let expected = RsaPublicKey::from_text(&spki_pem, RsaHash::Sha256)
+            .unwrap()
+            .pkcs1;
         for form in [
             spki_base64.as_str(),
             testing::WECHAT_TEST_CERTIFICATE,
             WECHAT_TEST_PKCS1,
         ] {
-            assert_eq!(RsaPublicKey::from_text(form).unwrap().pkcs1, expected);
+            assert_eq!(
+                RsaPublicKey::from_text(form, RsaHash::Sha256)
+                    .unwrap()
+                    .pkcs1,
+                expected
+            );
         }
         let certificate_base64: String = testing::WECHAT_TEST_CERTIFICATE
             .lines()
             .filter(|line| !line.starts_with("-----"))
             .collect();
         assert_eq!(
-            RsaPublicKey::from_text(&certificate_base64).unwrap().pkcs1,
+            RsaPublicKey::from_text(&certificate_base64, RsaHash::Sha256)
+                .unwrap()
+                .pkcs1,
             expected
         );
     }
@@ -367,7 +369,9 @@ ZgDSOvuCZCwx9P1P5C1Z8+gMZQs5+qBTEOlz8u8aJF9Gvc3oSunrr3e3yRO3A7S3
             (private_key.as_str(), "private key"),
         ];
         for (text, reason) in cases {
-            let error = RsaPublicKey::from_text(text).err().expect(reason);
+            let error = RsaPublicKey::from_text(text, RsaHash::Sha256)
+                .err()
+                .expect(reason);
             assert!(
                 error.contains(reason),
                 "{error:?} should mention {reason:?}"

@@ -33,7 +33,11 @@ pub struct Alipay {
 
 impl Alipay {
     pub fn new(cfg: &AlipayConfig) -> Result<Self, String> {
-        let public_key = RsaPublicKey::from_text(cfg.alipay_public_key.expose())
+        let hash = match cfg.sign_type {
+            AlipaySignType::Rsa2 => RsaHash::Sha256,
+            AlipaySignType::Rsa => RsaHash::Sha1,
+        };
+        let public_key = RsaPublicKey::from_text(cfg.alipay_public_key.expose(), hash)
             .map_err(|e| format!("alipay_public_key: {e}"))?;
         Ok(Alipay {
             app_id: cfg.app_id.clone(),
@@ -45,21 +49,21 @@ impl Alipay {
     }
 
     fn check_signature(&self, form: &Form) -> Result<(), Rejection> {
-        let (algorithm, signature) = self.signature_of(form)?;
-        self.check_key(algorithm, &signed_content(&form.params), &signature)
+        let signature = self.signature_of(form)?;
+        self.check_key(&signed_content(&form.params), &signature)
     }
 
-    /// The hash the channel signs with and the form's decoded `sign`.
-    fn signature_of(&self, form: &Form) -> Result<(RsaHash, Vec<u8>), Rejection> {
-        let algorithm = self.sign_algorithm(form.text("sign_type")?)?;
+    /// The form's decoded `sign`, once its `sign_type` is the channel's.
+    fn signature_of(&self, form: &Form) -> Result<Vec<u8>, Rejection> {
+        self.check_sign_type(form.text("sign_type")?)?;
         let sign = form
             .text("sign")?
             .ok_or_else(|| Rejection::Signature("no sign parameter".to_owned()))?;
-        Ok((algorithm, common::signature_from_base64(sign)?))
+        common::signature_from_base64(sign)
     }
 
-    fn check_key(&self, hash: RsaHash, content: &[u8], signature: &[u8]) -> Result<(), Rejection> {
-        if self.public_key.verifies(hash, content, signature) {
+    fn check_key(&self, content: &[u8], signature: &[u8]) -> Result<(), Rejection> {
+        if self.public_key.verifies(content, signature) {
             Ok(())
         } else {
             Err(Rejection::Signature(
@@ -78,8 +82,8 @@ impl Alipay {
         };
         let content = signed_content(&form.params);
         let (keys, problem) = match self.signature_of(&form) {
-            Ok((algorithm, signature)) => {
-                let result = self.check_key(algorithm, &content, &signature);
+            Ok(signature) => {
+                let result = self.check_key(&content, &signature);
                 (vec![KeyCheck::new(KEY_NAME, result)], None)
             }
             Err(problem) => (Vec::new(), Some(problem)),
@@ -163,9 +167,8 @@ impl Alipay {
     /// Checks Alipay's `sign` over `content`: the exact bytes of a gateway answer's response
     /// object as sent, never a re-encoding of it.
     pub fn check_answer_signature(&self, content: &[u8], sign: &str) -> Result<(), Rejection> {
-        let algorithm = self.sign_algorithm(None)?;
         let signature = common::signature_from_base64(sign)?;
-        if self.public_key.verifies(algorithm, content, &signature) {
+        if self.public_key.verifies(content, &signature) {
             Ok(())
         } else {
             Err(Rejection::Signature(
@@ -304,20 +307,18 @@ pub fn looks_like_notification(body: &str) -> bool {
 }
 
 impl Alipay {
-    /// The hash is the channel's: `sign_type` is left out of what Alipay signs, so a request
-    /// that names another scheme is refused rather than obeyed. Some notifications omit it.
-    fn sign_algorithm(&self, sign_type: Option<&str>) -> Result<RsaHash, Rejection> {
-        if let Some(named) = sign_type.filter(|named| *named != self.sign_type.as_str()) {
-            return Err(Rejection::Signature(format!(
+    /// The hash is the channel's (its key is parsed for it): `sign_type` is left out of what
+    /// Alipay signs, so a request that names another scheme is refused rather than obeyed. Some
+    /// notifications omit it.
+    fn check_sign_type(&self, sign_type: Option<&str>) -> Result<(), Rejection> {
+        match sign_type.filter(|named| *named != self.sign_type.as_str()) {
+            Some(named) => Err(Rejection::Signature(format!(
                 "sign_type {} is not this channel's {}",
                 shown(named),
                 self.sign_type.as_str()
-            )));
+            ))),
+            None => Ok(()),
         }
-        Ok(match self.sign_type {
-            AlipaySignType::Rsa2 => RsaHash::Sha256,
-            AlipaySignType::Rsa => RsaHash::Sha1,
-        })
     }
 }
 

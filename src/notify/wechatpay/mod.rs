@@ -62,7 +62,7 @@ impl WechatPay {
             .public_keys
             .iter()
             .map(|(serial, key)| {
-                RsaPublicKey::from_text(key.expose())
+                RsaPublicKey::from_text(key.expose(), RsaHash::Sha256)
                     .map(|key| (serial.clone(), key))
                     .map_err(|e| format!("public_keys.{serial}: {e}"))
             })
@@ -316,7 +316,7 @@ impl<'a> SignatureHeaders<'a> {
 }
 
 fn check_key(key: &RsaPublicKey, message: &[u8], signature: &[u8]) -> Result<(), Rejection> {
-    if key.verifies(RsaHash::Sha256, message, signature) {
+    if key.verifies(message, signature) {
         Ok(())
     } else {
         Err(Rejection::Signature(
