@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::NaiveDateTime;
-use diesel::connection::Connection;
 use diesel::result::Error as DieselError;
 use tokio::sync::oneshot;
 
@@ -15,7 +14,7 @@ use super::error::{CreditError, Failure};
 use super::read;
 use super::settled::Fingerprint;
 use crate::books::inbox::{Evidence, Source};
-use crate::db::{self, DbConnection, Retry};
+use crate::db::{self, DbConnection};
 use crate::domain::notification::Notification;
 use crate::store::{self, Credit, CreditWrite};
 
@@ -103,10 +102,10 @@ pub(super) fn apply_batch_in(
         flush: false,
         repeats: Vec::new(),
     };
-    // SQLite runs in-process, so a savepoint per notification is nearly free. On PostgreSQL it
-    // is two more round trips per notification; there a failing notification aborts the
-    // transaction instead, and [`commit_batch`](super::commit_batch) runs the batch again without it.
-    let savepoints = store::savepoints_are_cheap(conn);
+    // No savepoint per notification: a failing notification fails the batch, and
+    // [`commit_batch`](super::commit_batch) runs it again without that one. A savepoint costs two
+    // round trips on PostgreSQL and MySQL, and on SQLite it copied each page a notification
+    // touched once more, a fifth of the writer's work.
     let together = store::pays_together(conn);
     let mut read_already = if together {
         read_then_lock(conn, applies, failed)?
@@ -141,13 +140,8 @@ pub(super) fn apply_batch_in(
                 _ => pay_together(conn, applies, &mut first_payments, &mut done)?,
             }
         }
-        let evidence = job.evidence();
-        let applied = if savepoints {
-            conn.transaction(|conn| apply::apply_found_in(conn, n, evidence, job.now, found))
-        } else {
-            apply::apply_found_in(conn, n, evidence, job.now, found)
-        };
-        done.record(i, job, applied, savepoints)?;
+        let applied = apply::apply_found_in(conn, n, job.evidence(), job.now, found);
+        done.record(i, job, applied)?;
     }
     pay_together(conn, applies, &mut first_payments, &mut done)?;
     let held = count_all(conn, counts.iter().chain(&done.repeats))?;
@@ -178,26 +172,19 @@ impl Done {
         i: usize,
         job: &ApplyJob,
         applied: Result<(Applied, Durability), CreditError>,
-        savepoints: bool,
     ) -> Result<(), BatchError> {
-        self.results[i] = Some(match applied {
-            Ok((applied, durability)) => {
-                match durability {
-                    Durability::Flush => self.flush = true,
-                    Durability::CountOnly { inbox_id } => self.repeats.push(CountJob {
-                        inbox_id,
-                        now: job.now,
-                    }),
-                }
-                Ok(applied)
-            }
-            // A conflict is about timing, not this notification: the whole batch runs again.
-            // Without savepoints any error has aborted the transaction.
-            Err(error) if error.is_transient() || !savepoints => {
-                return Err(BatchError { at: Some(i), error })
-            }
-            Err(e) => Err(Arc::new(e)),
-        });
+        // Any error fails the batch, whose transaction may hold part of this notification's
+        // writes: a conflict is about timing and the batch runs again whole; otherwise it runs
+        // again without this notification.
+        let (applied, durability) = applied.map_err(|error| BatchError { at: Some(i), error })?;
+        match durability {
+            Durability::Flush => self.flush = true,
+            Durability::CountOnly { inbox_id } => self.repeats.push(CountJob {
+                inbox_id,
+                now: job.now,
+            }),
+        }
+        self.results[i] = Some(Ok(applied));
         Ok(())
     }
 }
@@ -235,7 +222,7 @@ fn pay_together(
             let job = &applies[i];
             let n = &job.notification;
             let applied = apply::apply_found_in(conn, n, job.evidence(), job.now, Some(found));
-            done.record(i, job, applied, false)?;
+            done.record(i, job, applied)?;
         }
         return Ok(());
     };
@@ -272,7 +259,7 @@ fn pay_together(
                 });
             }
         };
-        done.record(i, job, applied, false)?;
+        done.record(i, job, applied)?;
     }
     Ok(())
 }

@@ -9,10 +9,10 @@
 //!
 //! - No answer leaves before the commit that holds its notification. When a batch's commit fails,
 //!   its notifications are applied again one transaction each, and each is answered for its own.
-//! - One notification's failure is its own. On SQLite each notification runs under its own
-//!   savepoint, which is rolled back and the rest of the batch commits without it. On PostgreSQL,
-//!   where a savepoint costs two round trips per notification, the failure aborts the
-//!   transaction; the batch runs again without that notification, which is answered "retry".
+//! - One notification's failure is its own. It fails the batch's transaction, which is rolled
+//!   back; the batch runs again without that notification, which is answered "retry". (A savepoint
+//!   per notification would cost two round trips on PostgreSQL and MySQL, and on SQLite a copy
+//!   of every page it touches.)
 //! - A transient conflict (deadlock, serialization failure, a racing insert) rolls the whole batch
 //!   back and runs it again from the start, a bounded number of times; if it persists, each
 //!   notification is applied in a transaction of its own.

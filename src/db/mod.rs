@@ -311,7 +311,8 @@ impl CustomizeConnection<DbConnection, r2d2::Error> for SessionSettings {
                 "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};
                  PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
-                 PRAGMA foreign_keys = ON;"
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA temp_store = MEMORY;"
             )),
             DbConnection::Postgresql(conn) => conn.batch_execute(&self.postgresql()).map(|()| {
                 pg_begin::note_server(conn);

@@ -13,7 +13,6 @@
 //!   [`lock_account`]: one account's row, before a debit reads and changes it;
 //!   [`lock_due_orders`]: pending orders due to be asked about, skipping those others hold.
 //! - [`read_for_batch`]: the orders and inbox rows of a batch's notifications, read up front.
-//! - [`savepoints_are_cheap`]: what a batch may afford.
 //! - [`Hurried`] and [`hurry`]: short lock waits, for work that follows a lock timeout.
 
 use chrono::NaiveDateTime;
@@ -179,11 +178,4 @@ pub fn count_deliveries(
 /// (PostgreSQL), so that a batch gains by holding them back to write them together.
 pub fn pays_together(conn: &DbConnection) -> bool {
     matches!(conn, DbConnection::Postgresql(_))
-}
-
-/// Whether a savepoint per notification is cheap: SQLite runs in-process, while on PostgreSQL
-/// and MySQL each costs two round trips, so a batch there lets a failure fail it and runs it
-/// again without that notification.
-pub fn savepoints_are_cheap(conn: &DbConnection) -> bool {
-    matches!(conn, DbConnection::Sqlite(_))
 }

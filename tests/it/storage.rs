@@ -303,6 +303,34 @@ fn crediting_sessions_wait_for_the_flush_whatever_the_database_default() {
     assert_eq!(inside.unwrap(), "on");
 }
 
+/// An SQLite session waits for the disk at each commit and keeps its statement journals (what a
+/// statement that fails halfway rolls back) in memory, not in a temporary file each batch.
+#[test]
+fn sqlite_sessions_commit_durably_and_journal_statements_in_memory() {
+    use diesel::sql_types::BigInt;
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = BigInt)]
+        value: i64,
+    }
+    let db = TestDb::new(Backend::Sqlite);
+    let pool = pool_with(&db, "max_size = 2\n");
+    let mut conn = pool.get().unwrap();
+    let DbConnection::Sqlite(lite) = &mut *conn else {
+        unreachable!()
+    };
+    let mut pragma = |name: &str| {
+        diesel::sql_query(format!("SELECT {name} AS value FROM pragma_{name}()"))
+            .get_result::<Setting>(lite)
+            .unwrap()
+            .value
+    };
+    assert_eq!(pragma("synchronous"), 2, "FULL");
+    assert_eq!(pragma("temp_store"), 2, "MEMORY");
+    assert_eq!(pragma("foreign_keys"), 1);
+}
+
 #[test]
 fn crediting_statements_keep_one_plan_in_their_transactions_only() {
     let db = TestDb::new(Backend::Postgresql);
