@@ -87,10 +87,11 @@ impl From<DieselError> for BatchError {
 /// Applies every notification inside the open transaction (except those that `failed` before),
 /// then writes the delivery counts.
 ///
-/// Where the backend writes many first payments in one statement (PostgreSQL), the first payments
-/// read up front are held back and written together just before the next notification that may
-/// write something else, and at the end: the order in which notifications change orders and
-/// accounts stays the batch's order. A repeat, which writes only its count, does not hold them up.
+/// Where the backend writes many first payments at once (PostgreSQL in one statement, SQLite in
+/// one per table), the first payments read up front are held back and written together just
+/// before the next notification that may write something else, and at the end: the order in
+/// which notifications change orders and accounts stays the batch's order. A repeat, which writes
+/// only its count, does not hold them up.
 pub(super) fn apply_batch_in(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
@@ -107,7 +108,7 @@ pub(super) fn apply_batch_in(
     // round trips on PostgreSQL and MySQL, and on SQLite it copied each page a notification
     // touched once more, a fifth of the writer's work.
     let together = store::pays_together(conn);
-    let mut read_already = if together {
+    let mut read_already = if store::reads_then_locks(conn) {
         read_then_lock(conn, applies, failed)?
     } else {
         let order_nos: Vec<&str> = applies

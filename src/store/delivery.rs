@@ -45,6 +45,31 @@ pub struct FirstPayment<'a> {
     pub now: NaiveDateTime,
 }
 
+/// Refuses payments to be credited together that share an order, a trade or an inbox row: of two
+/// about the same order one would be reported credited by the other's credit.
+pub(super) fn distinct_payments(payments: &[FirstPayment<'_>]) -> Result<(), DieselError> {
+    let mut distinct = std::collections::HashSet::new();
+    for p in payments {
+        let n = p.notification;
+        let channel = n.channel.as_str();
+        let keys = [
+            ("order", "", n.order_no.as_ref().map(|o| o.as_str())),
+            ("trade", channel, n.provider_trade_no.as_deref()),
+            ("inbox", channel, Some(n.notification_id.as_str())),
+        ];
+        if !keys
+            .into_iter()
+            .all(|key| key.2.is_none() || distinct.insert(key))
+        {
+            return Err(DieselError::QueryBuilderError(
+                "payments credited together must name distinct orders, trades and notifications"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Records one delivery in one statement, where `INSERT ... ON CONFLICT ... RETURNING` exists
 /// (SQLite and PostgreSQL):
 /// inserts its row, or (same channel and provider id) counts one more delivery on the row it has.

@@ -1,12 +1,12 @@
 //! Every backend's SQL. Code above this module is written once against [`DbConnection`]; where
 //! the backends need different SQL, the difference is one function here that dispatches to
-//! `postgres.rs` or `mysql.rs`; SQLite's SQL is what the backends share (`delivery.rs`,
-//! `balance.rs`). Nothing outside this module (and [`crate::db`], which opens, migrates and runs
-//! transactions) matches on the backend.
+//! `postgres.rs`, `mysql.rs` or `sqlite.rs`; what SQLite shares with the others is in
+//! `delivery.rs` and `balance.rs`. Nothing outside this module (and [`crate::db`], which opens,
+//! migrates and runs transactions) matches on the backend.
 //!
 //! - [`pay_and_credit`]: the compare-and-set from pending to paid, and for its winner the balance
 //!   increment and the ledger row; [`pay_and_credit_together`]: the same for many first payments
-//!   in one statement.
+//!   at once (`sqlite.rs` for SQLite's).
 //! - [`record_delivery`]: one delivery of a verified notification into the inbox.
 //! - [`change_balance`]: a balance moved in SQL, within bounds.
 //! - [`lock_for_credits`] and [`lock_inbox_rows`]: row locks taken in one order, before writing;
@@ -30,6 +30,7 @@ mod delivery;
 mod hurried;
 mod mysql;
 mod postgres;
+mod sqlite;
 pub mod statement;
 
 pub use balance::{change_balance, lock_account};
@@ -59,17 +60,19 @@ pub fn pay_and_credit(
     }
 }
 
-/// [`pay_and_credit`] for many first payments of pending orders at once, in one statement, where
-/// the backend writes them that way (PostgreSQL); `None` elsewhere, where the caller writes them
-/// one by one. One result per payment, in order. The payments must name distinct orders, trades
-/// and notifications, and their orders must be locked already ([`lock_for_credits`]).
+/// [`pay_and_credit`] for many first payments of pending orders at once, where the backend writes
+/// them that way: in one statement on PostgreSQL, in four on SQLite (one per table); `None` on
+/// MySQL, where the caller writes them one by one. One result per payment, in order. The payments
+/// must name distinct orders, trades and notifications, and their orders must be locked already
+/// ([`lock_for_credits`]).
 pub fn pay_and_credit_together(
     conn: &mut DbConnection,
     payments: &[FirstPayment<'_>],
 ) -> Result<Option<Vec<CreditWrite>>, DieselError> {
     match conn {
         DbConnection::Postgresql(pg) => postgres::pay_and_credit_together(pg, payments).map(Some),
-        DbConnection::Sqlite(_) | DbConnection::Mysql(_) => Ok(None),
+        DbConnection::Sqlite(_) => sqlite::pay_and_credit_together(conn, payments).map(Some),
+        DbConnection::Mysql(_) => Ok(None),
     }
 }
 
@@ -174,8 +177,15 @@ pub fn count_deliveries(
     }
 }
 
-/// Whether [`pay_and_credit_together`] writes many first payments in one statement here
-/// (PostgreSQL), so that a batch gains by holding them back to write them together.
+/// Whether [`pay_and_credit_together`] writes many first payments at once here (PostgreSQL and
+/// SQLite), so that a batch gains by holding them back to write them together.
 pub fn pays_together(conn: &DbConnection) -> bool {
+    !matches!(conn, DbConnection::Mysql(_))
+}
+
+/// Whether each statement sees the latest commits, so that a batch reads first and locks after,
+/// only what may write (PostgreSQL's READ COMMITTED). Under InnoDB's REPEATABLE READ a batch
+/// locks first; on SQLite, whose writer holds the database, nothing is locked.
+pub fn reads_then_locks(conn: &DbConnection) -> bool {
     matches!(conn, DbConnection::Postgresql(_))
 }

@@ -1,8 +1,5 @@
 //! PostgreSQL's SQL: one round trip where SQLite takes several statements, and row locks taken in
 //! one order.
-
-use std::collections::HashSet;
-
 use chrono::NaiveDateTime;
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
@@ -11,8 +8,8 @@ use diesel::result::Error as DieselError;
 use diesel::sql_types::{Array, BigInt, Binary, Bool, Nullable, Text, Timestamp, Untyped};
 
 use super::delivery::{
-    delivery_values, on_repeat_delivery, on_repeat_delivery_sql, Credit, CreditWrite, FirstPayment,
-    Verdict, INSERT_DELIVERY,
+    delivery_values, distinct_payments, on_repeat_delivery, on_repeat_delivery_sql, Credit,
+    CreditWrite, FirstPayment, Verdict, INSERT_DELIVERY,
 };
 use super::statement::Statement;
 use crate::books::accounts::LedgerKind;
@@ -195,27 +192,13 @@ pub(super) fn pay_and_credit_together(
     pg: &mut PgConnection,
     payments: &[FirstPayment<'_>],
 ) -> Result<Vec<CreditWrite>, DieselError> {
+    distinct_payments(payments)?;
     let mut together = Together::default();
-    let mut distinct = HashSet::new();
     for p in payments {
         let n = p.notification;
         let channel = n.channel.as_str();
         let order_no = n.order_no.as_ref().map(|o| o.as_str());
         let trade_no = n.provider_trade_no.as_deref();
-        let keys = [
-            ("order", "", order_no),
-            ("trade", channel, trade_no),
-            ("inbox", channel, Some(n.notification_id.as_str())),
-        ];
-        if !keys
-            .into_iter()
-            .all(|key| key.2.is_none() || distinct.insert(key))
-        {
-            return Err(DieselError::QueryBuilderError(
-                "payments credited together must name distinct orders, trades and notifications"
-                    .into(),
-            ));
-        }
         together.channels.push(channel);
         together.ids.push(&n.notification_id);
         together.order_nos.push(order_no);

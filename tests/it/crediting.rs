@@ -572,7 +572,10 @@ fn an_account_near_its_bound_takes_the_credits_that_fit_in_the_batch_s_order(db:
 /// balance where they are statements of their own, the inbox, the delivery counts of repeats) is
 /// prepared once and found in the statement cache afterwards, and lists padded to one length
 /// share a statement. diesel prepares anew on every call its own `UPDATE`s (on SQLite a sixth of
-/// the writer's time) and, outside PostgreSQL, every statement with an `IN` list.
+/// the writer's time) and, outside PostgreSQL, every statement with an `IN` list. SQLite's
+/// inserts of a batch's ledger and inbox rows cannot be padded: they write in runs of
+/// power-of-two lengths, so a batch of four prepares the run of four that batches of three (a
+/// run of two and one of one) did not, and nothing else.
 fn the_statements_of_crediting_stay_prepared(db: TestDb) {
     use diesel::connection::{Connection, InstrumentationEvent};
     use std::collections::BTreeMap;
@@ -598,22 +601,14 @@ fn the_statements_of_crediting_stay_prepared(db: TestDb) {
             entry.1 += 1;
         }
     });
-    let cached = |statements: &Mutex<BTreeMap<String, (usize, usize)>>| -> usize {
-        statements
-            .lock()
-            .unwrap()
-            .values()
-            .map(|(_, cached)| cached)
-            .sum()
-    };
     let mut credited = Vec::new();
-    let mut cached_after_threes = 0;
+    let mut after_threes = BTreeMap::new();
     // Batches of three first payments and counts of up to three rows, then of four: lists that
-    // are padded alike, so the fours prepare nothing the threes did not.
+    // are padded alike, so the fours prepare nothing the threes did not (but SQLite's runs).
     for i in 0..6 {
         let size = if i < 3 { 3 } else { 4 };
         if i == 3 {
-            cached_after_threes = cached(&statements);
+            after_threes = statements.lock().unwrap().clone();
         }
         let order = create_order(&mut conn, "prep", "alipay", "1.00", "CNY", None);
         let n = paid(&order, &format!("UP{i}"), 100, "CNY");
@@ -640,12 +635,24 @@ fn the_statements_of_crediting_stay_prepared(db: TestDb) {
         let results = commit_batch(&mut conn, &batch, &counts);
         assert_eq!(outcomes(&results), vec![Ok(Outcome::Credited); size]);
     }
-    assert_eq!(
-        cached(&statements),
-        cached_after_threes,
-        "batches of four prepared statements that batches of three did not: {statements:?}"
-    );
     let statements = statements.lock().unwrap();
+    let prepared_by_fours: Vec<&String> = statements
+        .iter()
+        .filter(|(sql, (_, cached))| {
+            *cached > after_threes.get(*sql).map_or(0, |(_, cached)| *cached)
+        })
+        .map(|(sql, _)| sql)
+        .collect();
+    let runs_of_four = |sql: &str| {
+        matches!(db.backend, Backend::Sqlite)
+            && (sql.starts_with("INSERT INTO ledger")
+                || sql.starts_with("INSERT INTO notifications"))
+            && sql.matches("), (").count() == 3
+    };
+    assert!(
+        prepared_by_fours.iter().all(|sql| runs_of_four(sql)),
+        "batches of four prepared statements that batches of three did not: {prepared_by_fours:?}"
+    );
     // Transaction control is sent as text, with nothing to prepare.
     let control = [
         "BEGIN",
@@ -679,7 +686,10 @@ fn the_statements_of_crediting_stay_prepared(db: TestDb) {
 /// holds, on every backend: on SQLite, where one writer does all of the database's work, a read
 /// per notification was a sixth of that writer's time. On PostgreSQL that statement reads the
 /// inbox rows too, and elsewhere one more does. Nor does it open a savepoint per notification:
-/// on SQLite that copied every page each one touched once more.
+/// on SQLite that copied every page each one touched once more. It writes them together too,
+/// where the backend can: on PostgreSQL in one statement, on SQLite in one per table (the inserts
+/// in runs of power-of-two lengths, five rows in a run of four and one of one); MySQL, without
+/// `RETURNING`, writes one by one.
 fn a_batch_reads_its_orders_up_front_in_one_statement(db: TestDb) {
     use diesel::connection::{Connection, InstrumentationEvent};
     use std::sync::Mutex;
@@ -699,19 +709,29 @@ fn a_batch_reads_its_orders_up_front_in_one_statement(db: TestDb) {
         of_orders: Vec<String>,
         up_front: Vec<String>,
         savepoints: Vec<String>,
+        orders_written: usize,
+        ledger_written: usize,
     }
     let reads: Arc<Mutex<Seen>> = Arc::default();
     let seen = Arc::clone(&reads);
     let mut wrote = false;
     conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
         if let InstrumentationEvent::StartQuery { query, .. } = event {
-            let sql = query.to_string().to_lowercase();
+            let sql = query.to_string().to_lowercase().replace(['"', '`'], "");
             let sql = sql.trim_start();
             wrote |= ["insert", "update", "with", "delete"]
                 .iter()
                 .any(|write| sql.starts_with(write));
             if sql.starts_with("savepoint") {
                 seen.lock().unwrap().savepoints.push(sql.to_owned());
+            }
+            if sql.starts_with("update orders")
+                || sql.starts_with("with") && sql.contains("update orders")
+            {
+                seen.lock().unwrap().orders_written += 1;
+            }
+            if sql.contains("insert into ledger") {
+                seen.lock().unwrap().ledger_written += 1;
             }
             // Row locks read their rows too; they are not the reads counted here.
             if !sql.starts_with("select") || sql.contains("for update") {
@@ -732,8 +752,20 @@ fn a_batch_reads_its_orders_up_front_in_one_statement(db: TestDb) {
         of_orders,
         up_front,
         savepoints,
+        orders_written,
+        ledger_written,
     } = &*reads.lock().unwrap();
     assert_eq!(savepoints.len(), 0, "{savepoints:#?}");
+    let (orders, ledger) = match db.backend {
+        Backend::Postgresql => (1, 1),
+        Backend::Sqlite => (1, 2),
+        Backend::Mysql => (5, 5),
+    };
+    assert_eq!(
+        (*orders_written, *ledger_written),
+        (orders, ledger),
+        "statements writing orders and the ledger"
+    );
     assert_eq!(of_orders.len(), 1, "{of_orders:#?}");
     let expected = match db.backend {
         Backend::Postgresql => 1,
@@ -821,10 +853,12 @@ fn a_conflict_that_persists_leaves_the_rest_of_the_batch_credited(db: TestDb) {
 /// First payments written in one statement must name distinct orders, trades and notifications:
 /// two about one order would both be reported credited by its one credit, so such a call is
 /// refused whole and writes nothing; distinct ones are each credited.
-#[test]
-fn postgresql_pays_together_only_payments_that_share_nothing() {
+/// Where a backend credits first payments together (PostgreSQL in one statement, SQLite in one
+/// per table), it refuses payments that share an order, a trade or an inbox row, and each result
+/// is its own payment's: its balance after, its inbox row. A long batch is written in several
+/// lists (SQLite's hold at most 32 payments) and still reads as if credited one by one.
+fn payments_credited_together_share_nothing_and_each_gets_its_own_result(db: TestDb) {
     use payhook::store::{self, CreditWrite, FirstPayment};
-    let db = TestDb::new(Backend::Postgresql);
     let pool = db.pool(2);
     let mut conn = pool.get().unwrap();
     let a = create_order(&mut conn, "d1", "alipay", "1.00", "CNY", None);
@@ -835,6 +869,11 @@ fn postgresql_pays_together_only_payments_that_share_nothing() {
         evidence: EVIDENCE,
         now: now(),
     };
+    if matches!(db.backend, Backend::Mysql) {
+        let alone = store::pay_and_credit_together(&mut conn, &[pay(&first)]).unwrap();
+        assert!(alone.is_none(), "MySQL writes payments one by one");
+        return;
+    }
     let mut same_order = first.clone();
     same_order.notification_id = "n-again".into();
     let mut same_trade = paid(&b, "TA", 200, "CNY");
@@ -864,7 +903,7 @@ fn postgresql_pays_together_only_payments_that_share_nothing() {
     let payments: Vec<FirstPayment> = payments.iter().map(pay).collect();
     let writes = store::pay_and_credit_together(&mut conn, &payments)
         .unwrap()
-        .expect("PostgreSQL pays together");
+        .expect("this backend pays together");
     // Each result is its own payment's: its balance after, its inbox row.
     let inbox_id = |id: &str| {
         count(
@@ -899,6 +938,51 @@ fn postgresql_pays_together_only_payments_that_share_nothing() {
     );
     assert_eq!(status(&pool, &settled), OrderStatus::Paid);
     assert_eq!((balance(&pool, "d1"), balance(&pool, "d2")), (300, 500));
+
+    // 45 payments to three accounts: more than one list, and runs of every length.
+    let orders: Vec<(String, OrderNo, i64)> = (0..45)
+        .map(|i| {
+            let user = format!("m{}", i % 3);
+            let minor = i64::from(i) + 1;
+            let amount = format!("{}.{:02}", minor / 100, minor % 100);
+            let order = create_order(&mut conn, &user, "alipay", &amount, "CNY", None);
+            (user, order, minor)
+        })
+        .collect();
+    let notifications: Vec<Notification> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, (_, order, minor))| paid(order, &format!("TM{i}"), *minor, "CNY"))
+        .collect();
+    let payments: Vec<FirstPayment> = notifications.iter().map(pay).collect();
+    let writes = store::pay_and_credit_together(&mut conn, &payments)
+        .unwrap()
+        .expect("this backend pays together");
+    let mut running = std::collections::HashMap::new();
+    for (i, ((user, order, minor), write)) in orders.iter().zip(&writes).enumerate() {
+        let balance = running.entry(user.as_str()).or_insert(0);
+        *balance += minor;
+        let CreditWrite::Credited(credit) = write else {
+            panic!("payment {i} was not credited: {write:?}");
+        };
+        assert_eq!(credit.balance_after, *balance, "payment {i}");
+        assert_eq!(
+            credit.delivery.unwrap().id,
+            inbox_id(&format!("n-TM{i}")),
+            "payment {i}"
+        );
+        let booked = count(
+            &pool,
+            &format!(
+                "SELECT balance_after AS n FROM ledger WHERE order_no = '{}'",
+                order.as_str()
+            ),
+        );
+        assert_eq!(booked, *balance, "payment {i}");
+    }
+    for (user, total) in running {
+        assert_eq!(balance(&pool, user), total, "{user}");
+    }
     assert_books_balance(&pool);
 }
 
@@ -1264,6 +1348,7 @@ on_every_backend!(
     an_account_near_its_bound_takes_the_credits_that_fit_in_the_batch_s_order,
     the_statements_of_crediting_stay_prepared,
     a_batch_reads_its_orders_up_front_in_one_statement,
+    payments_credited_together_share_nothing_and_each_gets_its_own_result,
     repeats_of_many_notifications_count_each_delivery_once,
     a_conflict_that_persists_leaves_the_rest_of_the_batch_credited,
     thirty_two_threads_applying_one_paid_notification_credit_once,
