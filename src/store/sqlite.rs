@@ -272,7 +272,12 @@ fn book_credits(conn: &mut DbConnection, run: &[Booked<'_, '_>]) -> Result<(), D
             .nullable_text(order_no)
             .sql(")");
     }
-    statement.execute(conn)?;
+    let booked = statement.execute(conn)?;
+    if booked != run.len() {
+        return Err(DieselError::DeserializationError(
+            format!("booked {booked} ledger rows for {} credits", run.len()).into(),
+        ));
+    }
     Ok(())
 }
 
