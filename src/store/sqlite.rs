@@ -19,7 +19,7 @@ use super::delivery::{
     delivery_values, distinct_payments, on_repeat_delivery_sql, Credit, CreditWrite, FirstPayment,
     Verdict, INSERT_DELIVERY,
 };
-use super::statement::Statement;
+use super::statement::{padded, Statement};
 use crate::books::accounts::LedgerKind;
 use crate::books::inbox::InboxRow;
 use crate::books::orders::OrderStatus;
@@ -45,7 +45,8 @@ pub(super) fn pay_and_credit_together(
     // Per account, in the order the batch first credits it: the sum of its credits, and the time
     // of the last one.
     let mut accounts: Vec<Account<'_>> = Vec::new();
-    let mut account_of: Vec<Option<usize>> = Vec::with_capacity(payments.len());
+    // Per payment, the order it paid and that order's account.
+    let mut account_of: Vec<Option<(&Paid, usize)>> = Vec::with_capacity(payments.len());
     for p in payments {
         let order_no = p.notification.order_no.as_ref().map(|o| o.as_str());
         let Some(order) = order_no.and_then(|o| paid.get(o)) else {
@@ -72,7 +73,7 @@ pub(super) fn pay_and_credit_together(
             .total
             .and_then(|t| t.checked_add(order.amount_minor));
         account.last = account.last.max(p.now);
-        account_of.push(Some(at));
+        account_of.push(Some((order, at)));
     }
     let mut balance_before = credit_accounts(conn, &accounts)?;
 
@@ -80,26 +81,18 @@ pub(super) fn pay_and_credit_together(
     // whose order was pending and whose account took the credits.
     let mut writes = Vec::with_capacity(payments.len());
     let mut booked = Vec::new();
-    for (p, at) in payments.iter().zip(&account_of) {
-        let order_no = p.notification.order_no.as_ref().map(|o| o.as_str());
-        let write = match (order_no.and_then(|o| paid.get(o)), at) {
-            (Some(order), Some(at)) => match balance_before.get_mut(at) {
-                Some(balance) => {
-                    *balance += order.amount_minor;
-                    booked.push((p, order, *balance));
-                    Some(*balance)
-                }
-                None => None,
-            },
-            _ => None,
-        };
+    for (p, of) in payments.iter().zip(&account_of) {
+        let write = of.and_then(|(order, at)| {
+            let balance = balance_before.get_mut(&at)?;
+            *balance += order.amount_minor;
+            booked.push((p, order, *balance));
+            Some(*balance)
+        });
         writes.push(write);
-    }
-    for run in runs(&booked) {
-        book_credits(conn, run)?;
     }
     let mut recorded = HashMap::new();
     for run in runs(&booked) {
+        book_credits(conn, run)?;
         recorded.extend(record_deliveries(conn, run)?);
     }
 
@@ -107,8 +100,8 @@ pub(super) fn pay_and_credit_together(
         .iter()
         .zip(&account_of)
         .zip(writes)
-        .map(|((p, at), write)| {
-            if at.is_none() {
+        .map(|((p, of), write)| {
+            if of.is_none() {
                 return Ok(CreditWrite::NotPending);
             }
             let Some(balance_after) = write else {
@@ -332,14 +325,6 @@ fn record_deliveries<'a>(
         .collect()
 }
 
-/// `items`, then its last item again up to the next power of two.
-fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
-    let last = items.last();
-    items
-        .iter()
-        .chain(std::iter::repeat_n(last, items.len().next_power_of_two() - items.len()).flatten())
-}
-
 /// `items` in runs of power-of-two lengths, the longest first, none longer than [`CHUNK`]:
 /// 23 items are runs of 16, 4, 2 and 1.
 fn runs<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
@@ -371,14 +356,5 @@ mod tests {
         assert_eq!(lengths(23), [16, 4, 2, 1]);
         assert_eq!(lengths(32), [32]);
         assert_eq!(lengths(70), [32, 32, 4, 2]);
-    }
-
-    #[test]
-    fn a_padded_list_repeats_its_last_item_to_a_power_of_two() {
-        let padded = |items: &[u8]| padded(items).copied().collect::<Vec<_>>();
-        assert_eq!(padded(&[]), Vec::<u8>::new());
-        assert_eq!(padded(&[7]), [7]);
-        assert_eq!(padded(&[1, 2, 3]), [1, 2, 3, 3]);
-        assert_eq!(padded(&[1, 2, 3, 4, 5]), [1, 2, 3, 4, 5, 5, 5, 5]);
     }
 }

@@ -76,15 +76,14 @@ impl<'a, ST> Statement<'a, ST> {
     }
 
     fn list<T: Copy>(mut self, values: &[T], piece: impl Fn(T) -> Piece<'a>) -> Self {
-        let Some(&last) = values.last() else {
+        if values.is_empty() {
             return self.sql("NULL");
-        };
-        for i in 0..values.len().next_power_of_two() {
+        }
+        for (i, &value) in padded(values).enumerate() {
             if i > 0 {
                 self.pieces.push(Piece::Sql(", "));
             }
-            self.pieces
-                .push(piece(values.get(i).copied().unwrap_or(last)));
+            self.pieces.push(piece(value));
         }
         self
     }
@@ -139,3 +138,26 @@ impl<ST: 'static> Query for Statement<'_, ST> {
 }
 
 impl<ST> RunQueryDsl<DbConnection> for Statement<'_, ST> {}
+
+/// `items`, then its last item again up to the next power of two: a list that gives a statement
+/// one of a few texts, where repeating a value changes nothing.
+pub(super) fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
+    let last = items.last();
+    items
+        .iter()
+        .chain(std::iter::repeat_n(last, items.len().next_power_of_two() - items.len()).flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded;
+
+    #[test]
+    fn a_padded_list_repeats_its_last_item_to_a_power_of_two() {
+        let padded = |items: &[u8]| padded(items).copied().collect::<Vec<_>>();
+        assert_eq!(padded(&[]), Vec::<u8>::new());
+        assert_eq!(padded(&[7]), [7]);
+        assert_eq!(padded(&[1, 2, 3]), [1, 2, 3, 3]);
+        assert_eq!(padded(&[1, 2, 3, 4, 5]), [1, 2, 3, 4, 5, 5, 5, 5]);
+    }
+}
