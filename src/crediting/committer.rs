@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDateTime;
 use diesel::r2d2::R2D2Connection;
 use diesel::result::Error as DieselError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::apply::{self, Applied};
 use super::batch::{apply_batch_in, count_all, BatchError};
@@ -79,17 +79,19 @@ pub enum CommitError {
 /// The handle that request handlers hold; the writer threads stop when the last one is dropped.
 #[derive(Clone)]
 pub struct Committer {
-    lanes: Vec<mpsc::Sender<Job>>,
+    queue: async_channel::Sender<Job>,
     timeout: Duration,
     settled: Arc<Settled>,
 }
 
 impl Committer {
-    /// Starts `writers` writer threads, each with its own queue and its own connection while it
-    /// is busy (see [`KEEP_CONNECTION_FOR`]). A notification goes to the writer its order number
-    /// hashes to, so every delivery of one order meets the same writer and writers do not wait
-    /// on each other's row locks. `max_batch` bounds how many notifications share a transaction; `timeout` bounds how
-    /// long a caller waits for its commit before it answers "retry".
+    /// Starts `writers` writer threads, each with its own connection while it is busy (see
+    /// [`KEEP_CONNECTION_FOR`]), all taking their batches from one queue: a writer that is free
+    /// takes whatever is queued, so no notification waits behind a busy writer while another is
+    /// idle (see ARCHITECTURE.md for what queues of their own cost). Two deliveries of one order
+    /// in two writers' batches meet on its row lock: the later one waits, then finds it paid.
+    /// `max_batch` bounds how many notifications share a transaction; `timeout` bounds how long a
+    /// caller waits for its commit before it answers "retry".
     pub fn start(
         pool: Pool,
         writers: usize,
@@ -97,29 +99,20 @@ impl Committer {
         timeout: Duration,
     ) -> std::io::Result<Committer> {
         let settled = Arc::new(Settled::new(SETTLED_CAPACITY));
-        let mut lanes = Vec::with_capacity(writers.max(1));
-        for lane in 0..writers.max(1) {
-            let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-            let pool = pool.clone();
-            let settled = settled.clone();
+        let held = Arc::new(Mutex::new(Held::default()));
+        let (queue, receiver) = async_channel::bounded(QUEUE_CAPACITY);
+        for writer in 0..writers.max(1) {
+            let (pool, receiver) = (pool.clone(), receiver.clone());
+            let (settled, held) = (settled.clone(), held.clone());
             std::thread::Builder::new()
-                .name(format!("payhook-writer-{lane}"))
-                .spawn(move || run(pool, receiver, max_batch.max(1), &settled))?;
-            lanes.push(queue);
+                .name(format!("payhook-writer-{writer}"))
+                .spawn(move || run(pool, receiver, max_batch.max(1), &settled, &held))?;
         }
         Ok(Committer {
-            lanes,
+            queue,
             timeout,
             settled,
         })
-    }
-
-    fn lane(&self, notification: &Notification) -> &mpsc::Sender<Job> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        notification.order_no.hash(&mut hasher);
-        // The modulo is below `lanes.len()`, which is a `usize`.
-        &self.lanes[(hasher.finish() % self.lanes.len() as u64) as usize]
     }
 
     /// Applies `notification` in the next batch and returns what it came to once that batch has
@@ -138,7 +131,7 @@ impl Committer {
     ) -> Result<Applied, CommitError> {
         let fingerprint = Fingerprint::of(&notification);
         if let Some(applied) = fingerprint.and_then(|f| self.settled.repeat(&f)) {
-            self.count_delivery(&notification, applied.inbox_id, now);
+            self.count_delivery(applied.inbox_id, now);
             return Ok(applied);
         }
         // The writer remembers what it commits (see [`run`]), by the fingerprint taken here.
@@ -152,7 +145,7 @@ impl Committer {
         let (reply, answer) = oneshot::channel();
         job.reply = Some(reply);
         let waited = async {
-            self.lane(&job.notification)
+            self.queue
                 .send(Job::Apply(Box::new(job)))
                 .await
                 .map_err(|_| CommitError::Stopped)?;
@@ -172,9 +165,8 @@ impl Committer {
     /// Counts one more delivery of a notification whose credit is committed in a coming batch,
     /// without waiting for it, not even for room in the queue. The count is bookkeeping: a crash,
     /// or a queue full of notifications, may lose it, never money.
-    fn count_delivery(&self, notification: &Notification, inbox_id: i64, now: NaiveDateTime) {
-        let lane = self.lane(notification);
-        if let Err(e) = lane.try_send(Job::Count(CountJob { inbox_id, now })) {
+    fn count_delivery(&self, inbox_id: i64, now: NaiveDateTime) {
+        if let Err(e) = self.queue.try_send(Job::Count(CountJob { inbox_id, now })) {
             log::debug!("a delivery count was not written: {e}");
         }
     }
@@ -190,9 +182,14 @@ impl Committer {
 ///
 /// A writer keeps its connection from one batch to the next while they come close together (see
 /// [`KEEP_CONNECTION_FOR`]).
-fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled: &Settled) {
+fn run(
+    pool: Pool,
+    receiver: async_channel::Receiver<Job>,
+    max_batch: usize,
+    settled: &Settled,
+    held: &Mutex<Held>,
+) {
     let mut batch = Vec::with_capacity(max_batch);
-    let mut held = Held::default();
     let mut kept: Option<(db::PooledConnection, Instant)> = None;
     // What waits for the next job while a connection is kept, so that it goes back on time.
     let waiter = tokio::runtime::Builder::new_current_thread()
@@ -206,7 +203,7 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
     let mut retry_after = LATER_AFTER;
     loop {
         let retry = (!later.is_empty()).then_some(retry_after);
-        let Some(next) = next_job(waiter.as_ref(), &mut receiver, &mut kept, retry) else {
+        let Some(next) = next_job(waiter.as_ref(), &receiver, &mut kept, retry) else {
             break;
         };
         // `RetryLater`: no job came, and the counts left for later are tried alone.
@@ -240,7 +237,7 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
                             let _ = reply.send(Ok(applied));
                         }
                     }
-                    None if held.holds(&job.notification, now) => aside.push(*job),
+                    None if lock(held).holds(&job.notification, now) => aside.push(*job),
                     None => applies.push(*job),
                 },
                 Job::Count(job) => counts.push(job),
@@ -261,7 +258,7 @@ fn run(pool: Pool, mut receiver: mpsc::Receiver<Job>, max_batch: usize, settled:
                     counts: &counts,
                 };
                 kept = commit_and_answer(
-                    &pool, conn, unchecked, batch, &mut later, settled, &mut held, now,
+                    &pool, conn, unchecked, batch, &mut later, settled, held, now,
                 )
                 .map(|conn| (conn, Instant::now()));
             }
@@ -307,7 +304,7 @@ enum Next {
 /// notifications come.
 fn next_job(
     waiter: Option<&tokio::runtime::Runtime>,
-    receiver: &mut mpsc::Receiver<Job>,
+    receiver: &async_channel::Receiver<Job>,
     kept: &mut Option<(db::PooledConnection, Instant)>,
     retry: Option<Duration>,
 ) -> Option<Next> {
@@ -325,13 +322,13 @@ fn next_job(
         // The timer belongs to the waiter's runtime: it is made inside it.
         let next = async { tokio::time::timeout(wait, receiver.recv()).await };
         match waiter.block_on(next) {
-            Ok(job) => return job.map(Next::Job),
+            Ok(job) => return job.ok().map(Next::Job),
             Err(_) if retry.is_some() => return Some(Next::RetryLater),
             Err(_) => {}
         }
     }
     *kept = None;
-    receiver.blocking_recv().map(Next::Job)
+    receiver.recv_blocking().ok().map(Next::Job)
 }
 
 /// One batch's work, sorted out: what to apply, what to apply after it with short lock waits,
@@ -361,7 +358,7 @@ fn commit_and_answer(
     batch: Batch<'_>,
     later: &mut Vec<CountJob>,
     settled: &Settled,
-    held: &mut Held,
+    held: &Mutex<Held>,
     now: Instant,
 ) -> Option<db::PooledConnection> {
     let Batch {
@@ -446,11 +443,11 @@ fn answer(
     jobs: &mut Vec<ApplyJob>,
     results: Vec<Result<Applied, Failure>>,
     settled: &Settled,
-    held: &mut Held,
+    held: &Mutex<Held>,
     now: Instant,
 ) {
     for (job, result) in jobs.drain(..).zip(results) {
-        held.learn(&job.notification, &result, now);
+        lock(held).learn(&job.notification, &result, now);
         if let (Ok(applied), Some(fingerprint)) = (&result, job.fingerprint) {
             settled.insert(fingerprint, applied);
         }
@@ -492,17 +489,24 @@ const LATER_CAPACITY: usize = 4096;
 /// How long an order whose rows a lock wait timed out on is kept out of batches.
 const HELD_FOR: Duration = Duration::from_secs(60);
 
-/// Most orders a writer remembers as held.
+/// Most orders the writers remember as held.
 const HELD_CAPACITY: usize = 4096;
 
-/// The orders whose rows a lock wait of this writer lately timed out on: held by a session that
+/// The orders whose rows a lock wait of the writers lately timed out on: held by a session that
 /// may be frozen (a stopped peer, a paused VM) until the server ends it. Each delivery of such an
 /// order is applied alone with a short lock wait, after its batch, so that a held row costs the
 /// batch's notifications nothing and its own delivery a short wait. A delivery that goes through
-/// forgets the order; so does time.
+/// forgets the order; so does time. The writers share it, as they share their queue.
 #[derive(Default)]
 struct Held {
     until: std::collections::HashMap<crate::domain::ids::OrderNo, Instant>,
+}
+
+/// The held orders, even after a writer panicked while holding them: what they record is a
+/// hint, never money.
+fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+    held.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Held {

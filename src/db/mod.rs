@@ -109,7 +109,7 @@ impl DatabaseUrl {
 
     /// How many writer threads commit in parallel when `[commit] writers` leaves it to the
     /// backend: SQLite has one writer anyway. On PostgreSQL and MySQL, one per core, between two
-    /// and four, leaving a connection of the pool for the API and the probes: two lanes let one
+    /// and four, leaving a connection of the pool for the API and the probes: two writers let one
     /// batch gather while the other commits, and more than the cores only split the same load into
     /// smaller batches, each paying for its own statements and commit (`bench/RESULTS.md`).
     pub fn default_writers(&self, pool_size: u32) -> usize {

@@ -64,7 +64,7 @@ pub fn pay_and_credit(
 /// them that way: in one statement on PostgreSQL, in four on SQLite (one per table); `None` on
 /// MySQL, where the caller writes them one by one. One result per payment, in order. The payments
 /// must name distinct orders, trades and notifications, and their orders must be locked already
-/// ([`lock_for_credits`]).
+/// ([`lock_for_credits`]), except where [`locks_together`].
 pub fn pay_and_credit_together(
     conn: &mut DbConnection,
     payments: &[FirstPayment<'_>],
@@ -181,6 +181,13 @@ pub fn count_deliveries(
 /// SQLite), so that a batch gains by holding them back to write them together.
 pub fn pays_together(conn: &DbConnection) -> bool {
     !matches!(conn, DbConnection::Mysql(_))
+}
+
+/// Whether [`pay_and_credit_together`] takes the locks of [`lock_for_credits`] on its payments'
+/// orders and accounts itself, in the same order, before it writes (PostgreSQL): a batch whose
+/// only writes are those payments has no need to lock them first.
+pub fn locks_together(conn: &DbConnection) -> bool {
+    matches!(conn, DbConnection::Postgresql(_))
 }
 
 /// Whether each statement sees the latest commits, so that a batch reads first and locks after,

@@ -102,21 +102,25 @@ pub(super) fn lock_for_credits(pg: &mut PgConnection, order_nos: &[&str]) -> Que
         return Ok(());
     }
     ByKeys {
-        sql: &[
-            "SELECT 1 FROM (SELECT o.user_id, o.currency, o.order_no FROM unnest(",
-            ") AS k (order_no) CROSS JOIN LATERAL (SELECT user_id, currency, order_no \
-             FROM orders AS o WHERE o.order_no = k.order_no LIMIT 1) AS o \
-             ORDER BY o.user_id, o.currency, o.order_no) AS w \
-             CROSS JOIN LATERAL (SELECT 1 FROM accounts AS a WHERE a.user_id = w.user_id \
-             AND a.currency = w.currency LIMIT 1 FOR UPDATE) AS la \
-             CROSS JOIN LATERAL (SELECT 1 FROM orders AS o WHERE o.order_no = w.order_no \
-             LIMIT 1 FOR UPDATE) AS lo",
-        ],
+        sql: &LOCK_FOR_CREDITS,
         arrays: [order_nos.to_vec()],
     }
     .execute(pg)?;
     Ok(())
 }
+
+/// [`lock_for_credits`]'s statement, before and after its array of order numbers; also the first
+/// part of [`Together`]'s.
+const LOCK_FOR_CREDITS: [&str; 2] = [
+    "SELECT 1 FROM (SELECT o.user_id, o.currency, o.order_no FROM unnest(",
+    ") AS k (order_no) CROSS JOIN LATERAL (SELECT user_id, currency, order_no \
+     FROM orders AS o WHERE o.order_no = k.order_no LIMIT 1) AS o \
+     ORDER BY o.user_id, o.currency, o.order_no) AS w \
+     CROSS JOIN LATERAL (SELECT 1 FROM accounts AS a WHERE a.user_id = w.user_id \
+     AND a.currency = w.currency LIMIT 1 FOR UPDATE) AS la \
+     CROSS JOIN LATERAL (SELECT 1 FROM orders AS o WHERE o.order_no = w.order_no \
+     LIMIT 1 FOR UPDATE) AS lo",
+];
 
 /// `SELECT ... ORDER BY id FOR UPDATE SKIP LOCKED`: the rows no other transaction holds, locked.
 pub(super) fn lock_inbox_rows(pg: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<i64>> {
@@ -185,6 +189,10 @@ impl RunQueryDsl<PgConnection> for CountDeliveries<'_> {}
 /// of their values, unnested. Per account, the credits are summed into one update and each ledger
 /// row's `balance_after` is the running balance in the batch's order, so the ledger reads as if
 /// they had been written one by one. Returns one result per payment, in order.
+///
+/// It first takes the row locks of [`lock_for_credits`] on the payments' orders and accounts, in
+/// the same order, so that a batch whose only writes are these payments need not take them in a
+/// round trip of its own.
 ///
 /// The payments name distinct orders, trades and inbox rows: of two about the same order one
 /// would be reported credited by the other's credit, so such a batch is refused whole.
@@ -258,7 +266,14 @@ struct Together<'a> {
 
 impl QueryFragment<Pg> for Together<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql("WITH input AS (SELECT * FROM unnest(");
+        // First the locks of `lock_for_credits`, in its order, before any row is written: every
+        // write below reads `input`, which waits for all of them. A row the transaction locked
+        // already costs a lookup here, not a second lock.
+        out.push_sql("WITH locked AS (");
+        out.push_sql(LOCK_FOR_CREDITS[0]);
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.order_nos)?;
+        out.push_sql(LOCK_FOR_CREDITS[1]);
+        out.push_sql("), input AS (SELECT * FROM unnest(");
         out.push_bind_param::<Array<Text>, _>(&self.channels)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Text>, _>(&self.ids)?;
@@ -282,7 +297,8 @@ impl QueryFragment<Pg> for Together<'_> {
         out.push_bind_param::<Array<Timestamp>, _>(&self.seen)?;
         out.push_sql(
             ") WITH ORDINALITY AS i (channel, notification_id, order_no, provider_trade_no, kind, \
-                 amount_minor, currency, source, raw_headers, raw_body, seen_at, ord)), \
+                 amount_minor, currency, source, raw_headers, raw_body, seen_at, ord) \
+                 WHERE (SELECT count(*) FROM locked) >= 0), \
              paid AS (UPDATE orders AS o SET status = ",
         );
         out.push_bind_param::<Text, _>(OrderStatus::Paid.as_str())?;

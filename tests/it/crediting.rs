@@ -7,7 +7,7 @@ use crate::common::{count, create_order, exec, now, pg_cluster, race, Backend, T
 use payhook::books::inbox::{self, Evidence};
 use payhook::books::orders::{self, OrderStatus};
 use payhook::crediting::{apply_alone, Answer, Outcome};
-use payhook::crediting::{commit_batch, ApplyJob, CountJob};
+use payhook::crediting::{commit_batch, Applied, ApplyJob, CountJob, Failure};
 use payhook::db::Pool;
 use payhook::domain::ids::{ChannelName, OrderNo};
 use payhook::domain::money::{AmountMinor, Currency};
@@ -32,7 +32,7 @@ fn paid(order_no: &OrderNo, trade_no: &str, minor: i64, currency: &str) -> Notif
     }
 }
 
-fn run(pool: &Pool, n: &Notification) -> payhook::crediting::Applied {
+fn run(pool: &Pool, n: &Notification) -> Applied {
     apply_alone(&mut pool.get().unwrap(), n, EVIDENCE, now()).expect("apply")
 }
 
@@ -712,6 +712,7 @@ fn a_batch_reads_its_orders_up_front_in_one_statement(db: TestDb) {
         of_orders: Vec<String>,
         up_front: Vec<String>,
         savepoints: Vec<String>,
+        locks: Vec<String>,
         orders_written: usize,
         ledger_written: usize,
     }
@@ -736,6 +737,9 @@ fn a_batch_reads_its_orders_up_front_in_one_statement(db: TestDb) {
             if sql.contains("insert into ledger") {
                 seen.lock().unwrap().ledger_written += 1;
             }
+            if sql.starts_with("select") && sql.contains("for update") {
+                seen.lock().unwrap().locks.push(sql.to_owned());
+            }
             // Row locks read their rows too; they are not the reads counted here.
             if !sql.starts_with("select") || sql.contains("for update") {
                 return;
@@ -755,10 +759,22 @@ fn a_batch_reads_its_orders_up_front_in_one_statement(db: TestDb) {
         of_orders,
         up_front,
         savepoints,
+        locks,
         orders_written,
         ledger_written,
     } = &*reads.lock().unwrap();
     assert_eq!(savepoints.len(), 0, "{savepoints:#?}");
+    // PostgreSQL's statement that writes first payments together takes their locks itself; MySQL
+    // locks orders, then accounts; SQLite's writer holds the whole database.
+    let expected = match db.backend {
+        Backend::Postgresql | Backend::Sqlite => 0,
+        Backend::Mysql => 2,
+    };
+    assert_eq!(
+        locks.len(),
+        expected,
+        "statements of their own that lock rows: {locks:#?}"
+    );
     let (orders, ledger) = match db.backend {
         Backend::Postgresql => (1, 1),
         Backend::Sqlite => (1, 2),
@@ -1090,7 +1106,7 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
     let statements = [
         "WITH paid AS",
         "INSERT INTO notifications",
-        "WITH input AS",
+        "WITH locked AS",
         "SELECT o.*, n.channel AS inbox_channel",
     ];
     for start in statements {
@@ -1146,6 +1162,93 @@ fn crossing_batches_on_mariadb_never_deadlock() {
     crossing_batches_never_deadlock(&db, 40, deadlocks);
 }
 
+/// Two instances that received the same two payments, in opposite orders, credit each once and
+/// wait for each other instead of deadlocking: the statement that writes them together locks
+/// their orders and accounts in key order before it writes any.
+#[test]
+fn crossing_batches_of_the_same_payments_on_postgresql_never_deadlock() {
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = db.pool(4);
+    let deadlocks = || {
+        count(
+            &pool,
+            "SELECT CAST(deadlocks AS BIGINT) AS n FROM pg_stat_database WHERE datname = current_database()",
+        )
+    };
+    let before = deadlocks();
+    let rounds = 20;
+    for round in 0..rounds {
+        let mut conn = pool.get().unwrap();
+        let (a, b) = (
+            create_order(
+                &mut conn,
+                "su",
+                "alipay",
+                "1.00",
+                "CNY",
+                Some(&format!("S{round}A")),
+            ),
+            create_order(
+                &mut conn,
+                "sv",
+                "alipay",
+                "1.00",
+                "CNY",
+                Some(&format!("S{round}B")),
+            ),
+        );
+        drop(conn);
+        let mut outcomes: Vec<Outcome> =
+            batches_at_once(&pool, [vec![a.clone(), b.clone()], vec![b, a]])
+                .into_iter()
+                .map(|result| result.unwrap().outcome)
+                .collect();
+        outcomes.sort_by_key(|o| o.as_str());
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::AlreadyPaid,
+                Outcome::AlreadyPaid,
+                Outcome::Credited,
+                Outcome::Credited
+            ],
+            "round {round}"
+        );
+    }
+    assert_eq!(balance(&pool, "su"), 100 * rounds);
+    assert_eq!(balance(&pool, "sv"), 100 * rounds);
+    assert_eq!(deadlocks() - before, 0, "the database detected deadlocks");
+    assert_books_balance(&pool);
+}
+
+/// Commits a batch of payments of 1.00 (trade `T-{order}`) for each list of orders, on threads of
+/// their own that start together; every result, batch after batch.
+fn batches_at_once<const N: usize>(
+    pool: &Pool,
+    batches: [Vec<OrderNo>; N],
+) -> Vec<Result<Applied, Failure>> {
+    let barrier = Arc::new(Barrier::new(N));
+    let handles: Vec<_> = batches
+        .into_iter()
+        .map(|orders| {
+            let (pool, barrier) = (pool.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let jobs: Vec<ApplyJob> = orders
+                    .iter()
+                    .map(|o| job(&paid(o, &format!("T-{o}"), 100, "CNY")))
+                    .collect();
+                let mut conn = pool.get().unwrap();
+                barrier.wait();
+                commit_batch(&mut conn, &jobs, &[])
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|handle| handle.join().unwrap())
+        .collect()
+}
+
 fn crossing_batches_never_deadlock(db: &TestDb, rounds: usize, deadlocks: impl Fn(&Pool) -> i64) {
     let pool = db.pool(4);
     let before = deadlocks(&pool);
@@ -1163,27 +1266,8 @@ fn crossing_batches_never_deadlock(db: &TestDb, rounds: usize, deadlocks: impl F
             order("xu", "D"),
         );
         drop(conn);
-        let batches = [vec![a, c], vec![b, d]];
-        let barrier = Arc::new(Barrier::new(2));
-        let handles: Vec<_> = batches
-            .into_iter()
-            .map(|orders| {
-                let (pool, barrier) = (pool.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    let jobs: Vec<ApplyJob> = orders
-                        .iter()
-                        .map(|o| job(&paid(o, &format!("T-{o}"), 100, "CNY")))
-                        .collect();
-                    let mut conn = pool.get().unwrap();
-                    barrier.wait();
-                    commit_batch(&mut conn, &jobs, &[])
-                })
-            })
-            .collect();
-        for handle in handles {
-            for result in handle.join().unwrap() {
-                assert_eq!(result.unwrap().outcome, Outcome::Credited);
-            }
+        for result in batches_at_once(&pool, [vec![a, c], vec![b, d]]) {
+            assert_eq!(result.unwrap().outcome, Outcome::Credited);
         }
     }
     let each = 200 * rounds as i64;

@@ -216,3 +216,76 @@ fn a_count_left_for_later_is_written_when_nothing_else_comes_on(db: TestDb) {
     peer.batch_execute("ROLLBACK").unwrap();
     assert_eq!(settled_count(&pool, deliveries, 3), 3);
 }
+
+/// One writer waits on a row a frozen peer holds; the notifications that come meanwhile, whatever
+/// their orders, are committed by the other writer before that wait ends: the writers share one
+/// queue, and a free writer takes what is queued.
+#[test]
+fn a_writer_held_up_by_a_frozen_peer_leaves_the_rest_to_the_other() {
+    let db = TestDb::new(Backend::Postgresql);
+    let settings = Settings::from_toml(
+        "[commit]\ntimeout_secs = 60\n\
+         [pool]\nmax_size = 4\nlock_timeout_secs = 8\nstatement_timeout_secs = 30\n",
+    )
+    .unwrap();
+    let pool = db::connect(&db.url, &settings.pool).unwrap();
+    db::migrate(&mut pool.get().unwrap()).unwrap();
+    let (stuck, free) = {
+        let mut conn = pool.get().unwrap();
+        let order = |conn: &mut DbConnection, user: &str| {
+            create_order(conn, user, "alipay", "1.00", "CNY", None)
+        };
+        let stuck = order(&mut conn, "shared-stuck");
+        let free: Vec<OrderNo> = (0..8)
+            .map(|i| order(&mut conn, &format!("shared-{i}")))
+            .collect();
+        (stuck, free)
+    };
+    let _peer = frozen_peer_on(
+        &db,
+        &format!("SELECT 1 FROM orders WHERE order_no = '{stuck}' FOR UPDATE"),
+    );
+    let committer = Committer::start(pool.clone(), 2, 64, Duration::from_secs(60)).unwrap();
+    let (done, held_up) = std::sync::mpsc::channel();
+    let writer = committer.clone();
+    std::thread::spawn(move || {
+        let applied = actix_web::rt::System::new().block_on(writer.submit(
+            paid(&stuck, "SH-stuck"),
+            "{}".to_owned(),
+            "raw body".into(),
+            Source::Notify,
+            now(),
+        ));
+        let _ = done.send(applied.map(|a| a.outcome).map_err(|e| e.to_string()));
+    });
+    let waiting = "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    assert_eq!(
+        settled_count(&pool, waiting, 1),
+        1,
+        "no writer waits on the peer"
+    );
+
+    let others: Vec<_> = free
+        .iter()
+        .enumerate()
+        .map(|(i, order)| {
+            let (committer, n) = (committer.clone(), paid(order, &format!("SH{i}")));
+            std::thread::spawn(move || submit(&committer, n))
+        })
+        .collect();
+    for other in others {
+        assert_eq!(other.join().unwrap(), Outcome::Credited);
+    }
+    assert!(
+        held_up.try_recv().is_err(),
+        "the held-up notification was answered before the others: they waited for its writer"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) AS n FROM ledger WHERE user_id LIKE 'shared-%'"
+        ),
+        8
+    );
+}
