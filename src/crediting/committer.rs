@@ -16,10 +16,11 @@
 //! - A transient conflict (deadlock, serialization failure, a racing insert) rolls the whole batch
 //!   back and runs it again from the start, a bounded number of times; if it persists, each
 //!   notification is applied in a transaction of its own.
-//! - Row locks are taken in one order. On PostgreSQL a batch first locks, in key order, every
-//!   account its orders may credit (and those orders); then it applies its notifications in order
-//!   of order number. Two writers, of this instance or another, wait for each other instead of
-//!   deadlocking. (On SQLite the database lock serialises writers anyway.)
+//! - Row locks are taken in one order. On PostgreSQL a batch locks, in key order, every account
+//!   its orders may credit (and those orders) before it writes: first, or in the statement that
+//!   writes its first payments when they are all it writes. Two writers, of this instance or
+//!   another, wait for each other instead of deadlocking. (On SQLite the database lock serialises
+//!   writers anyway.)
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,7 @@ use super::apply::{self, Applied};
 use super::batch::{apply_batch_in, count_all, BatchError};
 pub use super::batch::{ApplyJob, CountJob};
 use super::error::{CreditError, Failure};
+use super::held::{lock, Held};
 use super::settled::{Fingerprint, Settled, SETTLED_CAPACITY};
 use crate::books::inbox::{Evidence, Source};
 use crate::db::{self, DbConnection, Pool, Retry};
@@ -41,7 +43,7 @@ use crate::domain::notification::Notification;
 use crate::store;
 use crate::telemetry;
 
-/// How many notifications wait for the writer before new ones wait to be queued.
+/// How many notifications wait for the writers, per writer, before new ones wait to be queued.
 const QUEUE_CAPACITY: usize = 4096;
 
 /// How often a batch that met a transient conflict runs again whole before its notifications are
@@ -100,7 +102,7 @@ impl Committer {
     ) -> std::io::Result<Committer> {
         let settled = Arc::new(Settled::new(SETTLED_CAPACITY));
         let held = Arc::new(Mutex::new(Held::default()));
-        let (queue, receiver) = async_channel::bounded(QUEUE_CAPACITY);
+        let (queue, receiver) = async_channel::bounded(QUEUE_CAPACITY * writers.max(1));
         for writer in 0..writers.max(1) {
             let (pool, receiver) = (pool.clone(), receiver.clone());
             let (settled, held) = (settled.clone(), held.clone());
@@ -223,6 +225,10 @@ fn run(
         let mut aside = Vec::new();
         let mut counts = std::mem::take(&mut later);
         let now = Instant::now();
+        // The orders of this batch, claimed until it is answered: another writer sets aside a
+        // delivery of one of them, so that one order never holds up two writers.
+        let mut claimed = Vec::new();
+        let mut shared = lock(held);
         for job in batch.drain(..) {
             match job {
                 // A caller that timed out has answered "retry"; its provider will send again.
@@ -237,12 +243,13 @@ fn run(
                             let _ = reply.send(Ok(applied));
                         }
                     }
-                    None if lock(held).holds(&job.notification, now) => aside.push(*job),
+                    None if !shared.claim(&job.notification, now, &mut claimed) => aside.push(*job),
                     None => applies.push(*job),
                 },
                 Job::Count(job) => counts.push(job),
             }
         }
+        drop(shared);
         let started = Instant::now();
         let total = applies.len() + aside.len() + counts.len();
         // A connection kept too long goes back first: the pool may have no other to give.
@@ -278,6 +285,7 @@ fn run(
                 later.drain(..over);
             }
         }
+        lock(held).release(&claimed);
         telemetry::record_batch(total, started.elapsed().as_secs_f64());
         // Rows held still after a try alone are tried less often, up to [`LATER_AFTER_MAX`].
         retry_after = match (later.is_empty(), retrying) {
@@ -485,70 +493,6 @@ const LATER_AFTER_MAX: Duration = Duration::from_secs(5);
 /// Most delivery counts a writer keeps for later while their rows are held; beyond it the oldest
 /// are dropped (a count is bookkeeping, never money).
 const LATER_CAPACITY: usize = 4096;
-
-/// How long an order whose rows a lock wait timed out on is kept out of batches.
-const HELD_FOR: Duration = Duration::from_secs(60);
-
-/// Most orders the writers remember as held.
-const HELD_CAPACITY: usize = 4096;
-
-/// The orders whose rows a lock wait of the writers lately timed out on: held by a session that
-/// may be frozen (a stopped peer, a paused VM) until the server ends it. Each delivery of such an
-/// order is applied alone with a short lock wait, after its batch, so that a held row costs the
-/// batch's notifications nothing and its own delivery a short wait. A delivery that goes through
-/// forgets the order; so does time. The writers share it, as they share their queue.
-#[derive(Default)]
-struct Held {
-    until: std::collections::HashMap<crate::domain::ids::OrderNo, Instant>,
-}
-
-/// The held orders, even after a writer panicked while holding them: what they record is a
-/// hint, never money.
-fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
-    held.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Held {
-    fn holds(&mut self, notification: &Notification, now: Instant) -> bool {
-        let Some(order_no) = &notification.order_no else {
-            return false;
-        };
-        match self.until.get(order_no) {
-            Some(until) if *until > now => true,
-            Some(_) => {
-                self.until.remove(order_no);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn learn(
-        &mut self,
-        notification: &Notification,
-        result: &Result<Applied, Failure>,
-        now: Instant,
-    ) {
-        let Some(order_no) = &notification.order_no else {
-            return;
-        };
-        match result {
-            Err(error) if error.is_lock_timeout() => {
-                if self.until.len() >= HELD_CAPACITY {
-                    self.until.retain(|_, until| *until > now);
-                }
-                if self.until.len() < HELD_CAPACITY {
-                    self.until.insert(order_no.clone(), now + HELD_FOR);
-                }
-            }
-            Ok(_) => {
-                self.until.remove(order_no);
-            }
-            Err(_) => {}
-        }
-    }
-}
 
 /// Commits one batch: the notifications to apply and the delivery counts, in one transaction.
 /// Returns one result per notification, in order.

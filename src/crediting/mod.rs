@@ -34,6 +34,7 @@ pub mod committer;
 mod decision;
 mod error;
 mod give_back;
+mod held;
 mod read;
 pub mod settled;
 
