@@ -430,6 +430,21 @@ fn commit_and_answer(
     // The batch's callers are answered as soon as it commits, before those held aside take
     // their turns.
     answer(applies, results, settled, held, now);
+    // Those set aside because another writer had their order may have been settled by it since:
+    // repeats answered from memory, as when they are queued, their counts written later.
+    aside.retain_mut(|job| {
+        let Some(applied) = job.fingerprint.and_then(|f| settled.repeat(&f)) else {
+            return true;
+        };
+        later.push(CountJob {
+            inbox_id: applied.inbox_id,
+            now: job.now,
+        });
+        if let Some(reply) = job.reply.take() {
+            let _ = reply.send(Ok(applied));
+        }
+        false
+    });
     if !aside.is_empty() {
         let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let tried = vec![None; aside.len()];
