@@ -10,7 +10,7 @@ use crate::db::Retry;
 use crate::domain::notification::Notification;
 
 /// How long an order whose rows a lock wait timed out on is kept out of batches.
-pub(super) const HELD_FOR: Duration = Duration::from_secs(60);
+const HELD_FOR: Duration = Duration::from_secs(60);
 
 /// Most orders the writers remember as held.
 const HELD_CAPACITY: usize = 4096;
