@@ -228,7 +228,6 @@ fn run(
         // The orders of this batch, claimed until it is answered: another writer sets aside a
         // delivery of one of them, so that one order never holds up two writers.
         let mut claimed = Vec::new();
-        let mut shared = lock(held);
         for job in batch.drain(..) {
             match job {
                 // A caller that timed out has answered "retry"; its provider will send again.
@@ -243,13 +242,14 @@ fn run(
                             let _ = reply.send(Ok(applied));
                         }
                     }
-                    None if !shared.claim(&job.notification, now, &mut claimed) => aside.push(*job),
+                    None if !lock(held).claim(&job.notification, now, &mut claimed) => {
+                        aside.push(*job)
+                    }
                     None => applies.push(*job),
                 },
                 Job::Count(job) => counts.push(job),
             }
         }
-        drop(shared);
         let started = Instant::now();
         let total = applies.len() + aside.len() + counts.len();
         // A connection kept too long goes back first: the pool may have no other to give.
