@@ -121,7 +121,7 @@ pub(super) fn apply_batch_in(
         // The batch's orders and inbox rows are read together instead of once per
         // notification: on MySQL each statement is a round trip, and on SQLite, where the
         // writer does all of the database's work, a read per notification was a sixth of it.
-        read_batch(conn, applies, failed)?
+        read_batch(conn, applies, failed, 2)?
     };
     let mut first_payments = Vec::new();
     for (i, (job, failed)) in applies.iter().zip(failed).enumerate() {
@@ -276,7 +276,7 @@ fn read_then_lock(
     applies: &[ApplyJob],
     failed: &[Option<Failure>],
 ) -> Result<Vec<Option<read::Found>>, BatchError> {
-    let mut read_already = read_batch(conn, applies, failed)?;
+    let mut read_already = read_batch(conn, applies, failed, 1)?;
     let mut order_nos = Vec::new();
     let mut only_first_payments = true;
     for ((job, failed), found) in applies.iter().zip(failed).zip(&mut read_already) {
@@ -292,11 +292,11 @@ fn read_then_lock(
         }
         order_nos.extend(n.order_no.as_ref().map(|o| o.as_str()));
     }
-    // Two or more first payments and nothing else that writes: the one statement that writes them
-    // takes these locks first, a round trip fewer (one payment alone is written as any
-    // notification is, after its locks).
+    // First payments and nothing else that writes: the statement that writes them takes these
+    // locks first, a round trip fewer. A batch of one is the commonest at low concurrency: its
+    // read, its write and the commit are all its round trips.
     let locked_when_written = only_first_payments
-        && order_nos.len() > 1
+        && !order_nos.is_empty()
         && store::pays_together(conn)
         && store::locks_together(conn);
     if !locked_when_written {
@@ -306,12 +306,13 @@ fn read_then_lock(
 }
 
 /// What [`read::find_for_batch`] reads for the notifications of a batch that may use it (see
-/// [`read::read_up_front`]), in one go; `None` for the others, which read for themselves when their
-/// turn comes.
+/// [`read::read_up_front`]), in one go, when there are at least `least` of them; `None` for the
+/// others, which read for themselves when their turn comes.
 fn read_batch(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
     failed: &[Option<Failure>],
+    least: usize,
 ) -> Result<Vec<Option<read::Found>>, DieselError> {
     let batch = applies
         .iter()
@@ -332,7 +333,7 @@ fn read_batch(
         }
     }
     let mut found = vec![None; applies.len()];
-    if keys.len() > 1 {
+    if keys.len() >= least {
         for (i, f) in at.into_iter().zip(read::find_for_batch(conn, &keys)?) {
             found[i] = Some(f);
         }

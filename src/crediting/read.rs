@@ -86,8 +86,20 @@ pub fn find_for_batch(
     conn: &mut DbConnection,
     keys: &[Key<'_>],
 ) -> Result<Vec<Found>, DieselError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
+    match keys {
+        [] => return Ok(Vec::new()),
+        // One alone is read as any notification is, by the simpler statement.
+        [key] => {
+            let found = find_for_notification(
+                conn,
+                key.order_no,
+                key.channel,
+                key.notification_id,
+                key.trade_no,
+            )?;
+            return Ok(vec![found]);
+        }
+        _ => {}
     }
     let order_nos: Vec<&str> = keys.iter().map(|k| k.order_no.as_str()).collect();
     let trades: Vec<(&str, &str, &str)> = keys

@@ -183,9 +183,10 @@ pub fn pays_together(conn: &DbConnection) -> bool {
     !matches!(conn, DbConnection::Mysql(_))
 }
 
-/// Whether [`pay_and_credit_together`] takes the locks of [`lock_for_credits`] on its payments'
-/// orders and accounts itself, in the same order, before it writes (PostgreSQL): a batch whose
-/// only writes are those payments has no need to lock them first.
+/// Whether [`pay_and_credit_together`] and [`pay_and_credit`] take the locks of
+/// [`lock_for_credits`] on their payments' orders and accounts themselves, in the same order,
+/// before they write (PostgreSQL): a batch whose only writes are those payments has no need to
+/// lock them first.
 pub fn locks_together(conn: &DbConnection) -> bool {
     matches!(conn, DbConnection::Postgresql(_))
 }

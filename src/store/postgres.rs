@@ -21,7 +21,9 @@ use crate::domain::notification::Notification;
 use crate::domain::outcome::Outcome;
 
 /// The compare-and-set, the credit, the ledger row and the inbox record of the delivery, as one
-/// statement of data-modifying CTEs.
+/// statement of data-modifying CTEs. It first takes the row locks of [`lock_for_credits`] on the
+/// order's account and the order, so that a batch whose only write is this payment need not take
+/// them in a round trip of its own; a row the transaction locked already costs a lookup.
 ///
 /// It takes the multi-backend connection its statement is prepared for; the caller has checked
 /// that it is PostgreSQL.
@@ -33,25 +35,40 @@ pub(super) fn pay_and_credit(
     now: NaiveDateTime,
 ) -> Result<CreditWrite, DieselError> {
     type Row = (BigInt, Nullable<BigInt>, Nullable<BigInt>, Nullable<BigInt>);
-    let statement = Statement::<Row>::new("WITH paid AS (UPDATE orders SET status = ")
-        .text(OrderStatus::Paid.as_str())
-        .sql(", provider_trade_no = ")
-        .nullable_text(n.provider_trade_no.as_deref())
-        .sql(", version = version + 1, paid_at = ")
-        .timestamp(now)
-        .sql(" WHERE order_no = ")
-        .text(order.order_no.as_str())
-        .sql(" AND status = ")
-        .text(OrderStatus::Pending.as_str())
-        .sql(
-            " RETURNING order_no, user_id, currency, amount_minor), \
+    // First the locks of `lock_for_credits` on the order's account and the order, in its order,
+    // before any row is written: `paid` waits for them, and every other write waits for `paid`.
+    // The account is the one the order was read with; an order never changes hands.
+    let statement = Statement::<Row>::new(
+        "WITH locked AS (SELECT 1 FROM (SELECT 1 FROM accounts AS a WHERE a.user_id = ",
+    )
+    .text(order.user_id.as_str())
+    .sql(" AND a.currency = ")
+    .text(order.currency.code())
+    .sql(
+        " LIMIT 1 FOR UPDATE) AS la CROSS JOIN LATERAL (SELECT 1 FROM orders AS o \
+         WHERE o.order_no = ",
+    )
+    .text(order.order_no.as_str())
+    .sql(" LIMIT 1 FOR UPDATE) AS lo), paid AS (UPDATE orders SET status = ")
+    .text(OrderStatus::Paid.as_str())
+    .sql(", provider_trade_no = ")
+    .nullable_text(n.provider_trade_no.as_deref())
+    .sql(", version = version + 1, paid_at = ")
+    .timestamp(now)
+    .sql(" WHERE order_no = ")
+    .text(order.order_no.as_str())
+    .sql(" AND status = ")
+    .text(OrderStatus::Pending.as_str())
+    .sql(
+        " AND (SELECT count(*) FROM locked) >= 0 \
+             RETURNING order_no, user_id, currency, amount_minor), \
              credited AS ( \
              UPDATE accounts AS a SET balance_minor = a.balance_minor + paid.amount_minor, \
                  version = a.version + 1, updated_at = ",
-        )
-        .timestamp(now)
-        .sql(
-            " FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
+    )
+    .timestamp(now)
+    .sql(
+        " FROM paid WHERE a.user_id = paid.user_id AND a.currency = paid.currency \
                  AND a.balance_minor <= 9223372036854775807 - paid.amount_minor \
              RETURNING a.user_id, a.currency, a.balance_minor, paid.order_no, \
                  paid.amount_minor), \
@@ -59,13 +76,13 @@ pub(super) fn pay_and_credit(
              INSERT INTO ledger (user_id, currency, order_no, kind, amount_minor, \
                  balance_after, created_at, entry_key) \
              SELECT user_id, currency, order_no, ",
-        )
-        .text(LedgerKind::Credit.as_str())
-        .sql(", amount_minor, balance_minor, ")
-        .timestamp(now)
-        .sql(", order_no FROM credited RETURNING balance_after), recorded AS (")
-        .sql(INSERT_DELIVERY)
-        .sql("SELECT ");
+    )
+    .text(LedgerKind::Credit.as_str())
+    .sql(", amount_minor, balance_minor, ")
+    .timestamp(now)
+    .sql(", order_no FROM credited RETURNING balance_after), recorded AS (")
+    .sql(INSERT_DELIVERY)
+    .sql("SELECT ");
     let credited = Verdict {
         outcome: Outcome::Credited,
         detail: None,

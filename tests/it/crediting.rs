@@ -1104,9 +1104,10 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
         .load(&mut *conn)
         .unwrap();
     let statements = [
-        "WITH paid AS",
+        // One payment's statement, then many payments' (both lock first).
+        "WITH locked AS (SELECT 1 FROM (SELECT 1 FROM accounts",
         "INSERT INTO notifications",
-        "WITH locked AS",
+        "WITH locked AS (SELECT 1 FROM (SELECT o.user_id",
         "SELECT o.*, n.channel AS inbox_channel",
     ];
     for start in statements {
@@ -1123,13 +1124,15 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
 #[test]
 fn crossing_batches_on_postgresql_never_deadlock() {
     let db = TestDb::new(Backend::Postgresql);
-    let deadlocks = |pool: &Pool| {
-        count(
-            pool,
-            "SELECT CAST(deadlocks AS BIGINT) AS n FROM pg_stat_database WHERE datname = current_database()",
-        )
-    };
-    crossing_batches_never_deadlock(&db, 10, deadlocks);
+    crossing_batches_never_deadlock(&db, 10, pg_deadlocks);
+}
+
+/// The deadlocks PostgreSQL has detected in the pool's database.
+fn pg_deadlocks(pool: &Pool) -> i64 {
+    count(
+        pool,
+        "SELECT CAST(deadlocks AS BIGINT) AS n FROM pg_stat_database WHERE datname = current_database()",
+    )
 }
 
 /// The same on MariaDB, on a server of its own (the deadlock count is the server's), with enough
@@ -1170,47 +1173,83 @@ fn crossing_batches_on_mariadb_never_deadlock() {
 #[test]
 fn crossing_batches_of_the_same_payments_on_postgresql_never_deadlock() {
     let db = TestDb::new(Backend::Postgresql);
-    let pool = db.pool(4);
-    let deadlocks = || {
-        count(
-            &pool,
-            "SELECT CAST(deadlocks AS BIGINT) AS n FROM pg_stat_database WHERE datname = current_database()",
-        )
-    };
-    let before = deadlocks();
     let rounds = 50;
-    for round in 0..rounds {
-        let mut conn = pool.get().unwrap();
-        let mut order = |user: &str, letter: &str| {
-            let no = format!("S{round}{letter}");
-            create_order(&mut conn, user, "alipay", "1.00", "CNY", Some(&no))
-        };
-        let (a, b, m) = (order("su", "A"), order("sv", "B"), order("su", "M"));
-        drop(conn);
-        let pay = |o: &OrderNo| paid(o, &format!("T-{o}"), 100, "CNY");
-        let wrong = paid(&m, &format!("T-{m}"), 99, "CNY");
-        let mut outcomes: Vec<Outcome> = batches_at_once(
-            &pool,
-            [vec![pay(&a), pay(&b), wrong], vec![pay(&b), pay(&a)]],
-        )
-        .into_iter()
-        .map(|result| result.unwrap().outcome)
-        .collect();
-        outcomes.sort_by_key(|o| o.as_str());
-        let mut expected = [
+    let pool = batches_crossing_on_postgresql(
+        &db,
+        rounds,
+        [("su", "A"), ("sv", "B"), ("su", "M")],
+        |[a, b, m]| {
+            let wrong = paid(&m, &format!("T-{m}"), 99, "CNY");
+            [vec![pay(&a), pay(&b), wrong], vec![pay(&b), pay(&a)]]
+        },
+        [
             Outcome::AlreadyPaid,
             Outcome::AlreadyPaid,
             Outcome::Credited,
             Outcome::Credited,
             Outcome::Mismatch,
-        ];
-        expected.sort_by_key(|o| o.as_str());
-        assert_eq!(outcomes, expected, "round {round}");
-    }
+        ],
+    );
     assert_eq!(balance(&pool, "su"), 100 * rounds);
     assert_eq!(balance(&pool, "sv"), 100 * rounds);
-    assert_eq!(deadlocks() - before, 0, "the database detected deadlocks");
+}
+
+/// A batch of one payment locks its account before its order, as a batch of many does, though
+/// it takes those locks in the statement that writes it: written the other way round, it would
+/// hold the order another batch waits for while it waits for that batch's account.
+#[test]
+fn a_lone_payment_crossing_a_batch_of_its_account_on_postgresql_never_deadlocks() {
+    let db = TestDb::new(Backend::Postgresql);
+    let rounds = 50;
+    let pool = batches_crossing_on_postgresql(
+        &db,
+        rounds,
+        [("lu", "A"), ("lu", "B")],
+        |[a, b]| [vec![pay(&b)], vec![pay(&a), pay(&b)]],
+        [Outcome::AlreadyPaid, Outcome::Credited, Outcome::Credited],
+    );
+    assert_eq!(balance(&pool, "lu"), 200 * rounds);
+}
+
+/// A payment of 1.00 CNY of `order`, by the trade named after it.
+fn pay(order: &OrderNo) -> Notification {
+    paid(order, &format!("T-{order}"), 100, "CNY")
+}
+
+/// `rounds` times on PostgreSQL: makes the orders (user, letter) of `orders` and commits the
+/// batches `batches` makes of them at once, expecting the outcomes `expected` in any order. Then
+/// checks that the database detected no deadlock and that the books balance.
+fn batches_crossing_on_postgresql<const O: usize, const B: usize, const E: usize>(
+    db: &TestDb,
+    rounds: i64,
+    orders: [(&str, &str); O],
+    batches: impl Fn([OrderNo; O]) -> [Vec<Notification>; B],
+    mut expected: [Outcome; E],
+) -> Pool {
+    let pool = db.pool(4);
+    let before = pg_deadlocks(&pool);
+    expected.sort_by_key(|o| o.as_str());
+    for round in 0..rounds {
+        let mut conn = pool.get().unwrap();
+        let made = orders.map(|(user, letter)| {
+            let no = format!("X{round}{letter}");
+            create_order(&mut conn, user, "alipay", "1.00", "CNY", Some(&no))
+        });
+        drop(conn);
+        let mut outcomes: Vec<Outcome> = batches_at_once(&pool, batches(made))
+            .into_iter()
+            .map(|result| result.unwrap().outcome)
+            .collect();
+        outcomes.sort_by_key(|o| o.as_str());
+        assert_eq!(outcomes, expected, "round {round}");
+    }
+    assert_eq!(
+        pg_deadlocks(&pool) - before,
+        0,
+        "the database detected deadlocks"
+    );
     assert_books_balance(&pool);
+    pool
 }
 
 /// Commits each batch of notifications on a thread of its own, the threads starting together;
