@@ -273,8 +273,9 @@ fn run(
                 // The database is unreachable: what is queued would fail the same way now.
                 let error = Arc::new(CreditError::Pool(e));
                 while let Ok(job) = receiver.try_recv() {
-                    if let Job::Apply(job) = job {
-                        applies.push(*job);
+                    match job {
+                        Job::Apply(job) => applies.push(*job),
+                        Job::Count(job) => counts.push(job),
                     }
                 }
                 fail(&mut applies, &error);

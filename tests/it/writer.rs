@@ -1,7 +1,8 @@
 //! A writer's connection, against real databases: a writer busy with batch after batch keeps its
 //! connection instead of checking one out of the pool (a ping) for each batch, and a kept
 //! connection that the server has ended since costs no batch its credit. Delivery counts whose
-//! rows were held are written once they are free, even when nothing else comes.
+//! rows were held are written once they are free, even when nothing else comes, and so are those
+//! queued while no connection could be had.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -297,4 +298,54 @@ fn a_writer_held_up_by_a_frozen_peer_leaves_the_rest_to_the_other() {
         ),
         8
     );
+}
+
+/// While the database cannot be reached, the delivery counts queued behind the batch that found
+/// no connection wait for it with that batch's own, and are written once it can be reached.
+#[test]
+fn counts_queued_while_no_connection_can_be_had_are_written_later() {
+    let db = TestDb::new(Backend::Postgresql);
+    let settings =
+        Settings::from_toml("[pool]\nmax_size = 1\nconnection_timeout_secs = 1\n").unwrap();
+    let pool = db::connect(&db.url, &settings.pool).unwrap();
+    db::migrate(&mut pool.get().unwrap()).unwrap();
+    let (credited, waiting) = {
+        let mut conn = pool.get().unwrap();
+        let mut order = || create_order(&mut conn, "no-conn", "alipay", "1.00", "CNY", None);
+        (order(), order())
+    };
+    let committer = Committer::start(pool.clone(), 1, 64, Duration::from_secs(30)).unwrap();
+    let notification = paid(&credited, "NC1");
+    assert_eq!(submit(&committer, notification.clone()), Outcome::Credited);
+    // The writer gives its connection back after a second without work; then it is taken.
+    std::thread::sleep(Duration::from_millis(1500));
+    let taken = pool.get().unwrap();
+    std::thread::scope(|scope| {
+        let stuck = scope.spawn(|| {
+            actix_web::rt::System::new().block_on(committer.submit(
+                paid(&waiting, "NC2"),
+                "{}".to_owned(),
+                "raw body".into(),
+                Source::Notify,
+                now(),
+            ))
+        });
+        // The writer waits for a connection with that payment; three repeats are answered from
+        // memory meanwhile, their counts queued behind it.
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..3 {
+            assert_eq!(
+                submit(&committer, notification.clone()),
+                Outcome::AlreadyPaid
+            );
+        }
+        assert!(
+            stuck.join().unwrap().is_err(),
+            "credited with no connection"
+        );
+    });
+    drop(taken);
+    let deliveries =
+        "SELECT delivery_count AS n FROM notifications WHERE notification_id = 'n-NC1'";
+    assert_eq!(settled_count(&db.pool(1), deliveries, 4), 4);
 }
