@@ -15,7 +15,7 @@ use super::read;
 use super::settled::Fingerprint;
 use crate::books::inbox::{Evidence, Source};
 use crate::db::{self, DbConnection};
-use crate::domain::notification::Notification;
+use crate::domain::notification::{Notification, NotificationKind};
 use crate::store::{self, Credit, CreditWrite};
 
 /// A notification waiting for the writer, with everything it must store.
@@ -333,7 +333,13 @@ fn read_batch(
         }
     }
     let mut found = vec![None; applies.len()];
-    if keys.len() >= least {
+    // One alone is read up front only if it is a payment, which the read may answer (a repeat) or
+    // let write without locking first (a first payment); anything else reads again under its locks.
+    let lone_payment = || {
+        at.first()
+            .is_some_and(|&i| applies[i].notification.kind == NotificationKind::Paid)
+    };
+    if keys.len() >= least && (keys.len() > 1 || lone_payment()) {
         for (i, f) in at.into_iter().zip(read::find_for_batch(conn, &keys)?) {
             found[i] = Some(f);
         }

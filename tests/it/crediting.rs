@@ -1105,7 +1105,7 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
         .unwrap();
     let statements = [
         // One payment's statement, then many payments' (both lock first).
-        "WITH locked AS (SELECT 1 FROM (SELECT 1 FROM accounts",
+        "WITH locked AS (SELECT 1 FROM (SELECT a.user_id, a.currency FROM accounts",
         "INSERT INTO notifications",
         "WITH locked AS (SELECT 1 FROM (SELECT o.user_id",
         "SELECT o.*, n.channel AS inbox_channel",
@@ -1209,6 +1209,47 @@ fn a_lone_payment_crossing_a_batch_of_its_account_on_postgresql_never_deadlocks(
         [Outcome::AlreadyPaid, Outcome::Credited, Outcome::Credited],
     );
     assert_eq!(balance(&pool, "lu"), 200 * rounds);
+}
+
+/// On PostgreSQL a batch of one first payment is read, written and committed: the statement that
+/// writes it takes its row locks, so no statement of its own locks them first.
+#[test]
+fn a_lone_first_payment_on_postgresql_takes_no_statement_of_its_own_to_lock() {
+    use diesel::connection::{Connection, InstrumentationEvent};
+    use std::sync::Mutex;
+
+    let db = TestDb::new(Backend::Postgresql);
+    let pool = db.pool(1);
+    let mut conn = pool.get().unwrap();
+    let order = create_order(&mut conn, "lone", "alipay", "1.00", "CNY", None);
+    let statements: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&statements);
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { query, .. } = event {
+            let sql = query.to_string().to_lowercase().replace('"', "");
+            seen.lock().unwrap().push(sql.trim_start().to_owned());
+        }
+    });
+    let batch = [job(&paid(&order, "LONE1", 100, "CNY"))];
+    let results = commit_batch(&mut conn, &batch, &[]);
+    assert_eq!(outcomes(&results), vec![Ok(Outcome::Credited)]);
+    let statements = statements.lock().unwrap();
+    let kinds: Vec<&str> = statements
+        .iter()
+        .map(|sql| match sql {
+            s if s.starts_with("begin") => "begin",
+            s if s.starts_with("commit") => "commit",
+            s if s.starts_with("select") && s.contains("for update") => "lock",
+            s if s.starts_with("select") && s.contains("orders") => "read",
+            s if s.starts_with("with locked as") && s.contains("update orders") => "write",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["begin", "read", "write", "commit"],
+        "{statements:#?}"
+    );
 }
 
 /// A payment of 1.00 CNY of `order`, by the trade named after it.
