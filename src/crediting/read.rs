@@ -76,9 +76,9 @@ pub struct Key<'a> {
 
 /// What [`find_for_notification`] finds for each of `keys`, in order, read for all of them at
 /// once: the orders named or paid by the trades, and the inbox rows (one statement on
-/// PostgreSQL, two elsewhere; one key is read by `find_for_notification` itself). A batch reads this way once instead of once per notification: a
-/// statement is a round trip to a server, and on SQLite one more statement to bind and run on the
-/// one writer.
+/// PostgreSQL, two elsewhere; one key is read by `find_for_notification` itself). A batch reads
+/// this way once instead of once per notification: a statement is a round trip to a server, and
+/// on SQLite one more statement to bind and run on the one writer.
 ///
 /// Each is read as it stands now: a caller that then applies them in turn gives it only keys
 /// whose order, trade and notification no earlier one shares ([`read_up_front`]).
