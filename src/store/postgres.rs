@@ -37,9 +37,10 @@ pub(super) fn pay_and_credit(
     type Row = (BigInt, Nullable<BigInt>, Nullable<BigInt>, Nullable<BigInt>);
     // First the locks of `lock_for_credits` on the order's account and the order, in its order,
     // before any row is written: `paid` waits for them, and every other write waits for `paid`.
-    // The account is the one the order was read with; an order never changes hands.
+    // The account is the one the order was read with; an order never changes hands. The order's
+    // lookup refers to the account's row, as in `lock_for_credits`.
     let statement = Statement::<Row>::new(
-        "WITH locked AS (SELECT 1 FROM (SELECT 1 FROM accounts AS a WHERE a.user_id = ",
+        "WITH locked AS (SELECT 1 FROM (SELECT a.user_id FROM accounts AS a WHERE a.user_id = ",
     )
     .text(order.user_id.as_str())
     .sql(" AND a.currency = ")
@@ -49,7 +50,8 @@ pub(super) fn pay_and_credit(
          WHERE o.order_no = ",
     )
     .text(order.order_no.as_str())
-    .sql(" LIMIT 1 FOR UPDATE) AS lo), paid AS (UPDATE orders SET status = ")
+    .sql(" AND la.user_id IS NOT NULL LIMIT 1 FOR UPDATE) AS lo), ")
+    .sql("paid AS (UPDATE orders SET status = ")
     .text(OrderStatus::Paid.as_str())
     .sql(", provider_trade_no = ")
     .nullable_text(n.provider_trade_no.as_deref())
@@ -109,7 +111,9 @@ pub(super) fn pay_and_credit(
 
 /// `SELECT ... FOR UPDATE` over the accounts the orders may credit and the orders, in key order:
 /// the orders' keys are read first and sorted, then each account and order is locked in that
-/// order, one lookup by key each.
+/// order, one lookup by key each. Each order's lookup refers to its account's locked row (in a
+/// condition no index serves, so the order is still found by its key): no plan can lock the
+/// order before the account, whichever join order it would otherwise pick.
 ///
 /// Every row is reached by its key, in a `LATERAL` subquery, whatever plan the statement keeps
 /// for the session: as one join sorted for the locks, a plan made on tables analyzed while nearly
@@ -133,10 +137,10 @@ const LOCK_FOR_CREDITS: [&str; 2] = [
     ") AS k (order_no) CROSS JOIN LATERAL (SELECT user_id, currency, order_no \
      FROM orders AS o WHERE o.order_no = k.order_no LIMIT 1) AS o \
      ORDER BY o.user_id, o.currency, o.order_no) AS w \
-     CROSS JOIN LATERAL (SELECT 1 FROM accounts AS a WHERE a.user_id = w.user_id \
+     CROSS JOIN LATERAL (SELECT a.user_id FROM accounts AS a WHERE a.user_id = w.user_id \
      AND a.currency = w.currency LIMIT 1 FOR UPDATE) AS la \
      CROSS JOIN LATERAL (SELECT 1 FROM orders AS o WHERE o.order_no = w.order_no \
-     LIMIT 1 FOR UPDATE) AS lo",
+     AND la.user_id IS NOT NULL LIMIT 1 FOR UPDATE) AS lo",
 ];
 
 /// `SELECT ... ORDER BY id FOR UPDATE SKIP LOCKED`: the rows no other transaction holds, locked.

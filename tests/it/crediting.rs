@@ -1105,7 +1105,7 @@ fn postgresql_keeps_the_crediting_statements_prepared() {
         .unwrap();
     let statements = [
         // One payment's statement, then many payments' (both lock first).
-        "WITH locked AS (SELECT 1 FROM (SELECT 1 FROM accounts",
+        "WITH locked AS (SELECT 1 FROM (SELECT a.user_id FROM accounts",
         "INSERT INTO notifications",
         "WITH locked AS (SELECT 1 FROM (SELECT o.user_id",
         "SELECT o.*, n.channel AS inbox_channel",
