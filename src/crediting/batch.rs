@@ -121,7 +121,7 @@ pub(super) fn apply_batch_in(
         // The batch's orders and inbox rows are read together instead of once per
         // notification: on MySQL each statement is a round trip, and on SQLite, where the
         // writer does all of the database's work, a read per notification was a sixth of it.
-        read_batch(conn, applies, failed, 2)?
+        read_batch(conn, applies, failed, false)?
     };
     let mut first_payments = Vec::new();
     for (i, (job, failed)) in applies.iter().zip(failed).enumerate() {
@@ -276,7 +276,7 @@ fn read_then_lock(
     applies: &[ApplyJob],
     failed: &[Option<Failure>],
 ) -> Result<Vec<Option<read::Found>>, BatchError> {
-    let mut read_already = read_batch(conn, applies, failed, 1)?;
+    let mut read_already = read_batch(conn, applies, failed, true)?;
     let mut order_nos = Vec::new();
     let mut only_first_payments = true;
     for ((job, failed), found) in applies.iter().zip(failed).zip(&mut read_already) {
@@ -306,13 +306,14 @@ fn read_then_lock(
 }
 
 /// What [`read::find_for_batch`] reads for the notifications of a batch that may use it (see
-/// [`read::read_up_front`]), in one go, when there are at least `least` of them; `None` for the
-/// others, which read for themselves when their turn comes.
+/// [`read::read_up_front`]), in one go, when there are two or more of them, or (with
+/// `lone_payment_too`) one payment; `None` for the others, which read for themselves when their
+/// turn comes.
 fn read_batch(
     conn: &mut DbConnection,
     applies: &[ApplyJob],
     failed: &[Option<Failure>],
-    least: usize,
+    lone_payment_too: bool,
 ) -> Result<Vec<Option<read::Found>>, DieselError> {
     let batch = applies
         .iter()
@@ -339,7 +340,7 @@ fn read_batch(
         at.first()
             .is_some_and(|&i| applies[i].notification.kind == NotificationKind::Paid)
     };
-    if keys.len() >= least && (keys.len() > 1 || lone_payment()) {
+    if keys.len() > 1 || (lone_payment_too && keys.len() == 1 && lone_payment()) {
         for (i, f) in at.into_iter().zip(read::find_for_batch(conn, &keys)?) {
             found[i] = Some(f);
         }

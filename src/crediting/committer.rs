@@ -232,21 +232,16 @@ fn run(
             match job {
                 // A caller that timed out has answered "retry"; its provider will send again.
                 Job::Apply(job) if job.reply.as_ref().is_some_and(|r| r.is_closed()) => {}
-                Job::Apply(job) => match job.fingerprint.and_then(|f| settled.repeat(&f)) {
-                    Some(applied) => {
-                        counts.push(CountJob {
-                            inbox_id: applied.inbox_id,
-                            now: job.now,
-                        });
-                        if let Some(reply) = job.reply {
-                            let _ = reply.send(Ok(applied));
-                        }
+                Job::Apply(mut job) => {
+                    if answered_from_memory(&mut job, settled, &mut counts) {
+                        continue;
                     }
-                    None if !lock(held).claim(&job.notification, now, &mut claimed) => {
-                        aside.push(*job)
+                    if lock(held).claim(&job.notification, now, &mut claimed) {
+                        applies.push(*job);
+                    } else {
+                        aside.push(*job);
                     }
-                    None => applies.push(*job),
-                },
+                }
                 Job::Count(job) => counts.push(job),
             }
         }
@@ -433,19 +428,7 @@ fn commit_and_answer(
     answer(applies, results, settled, held, now);
     // Those set aside because another writer had their order may have been settled by it since:
     // repeats answered from memory, as when they are queued, their counts written later.
-    aside.retain_mut(|job| {
-        let Some(applied) = job.fingerprint.and_then(|f| settled.repeat(&f)) else {
-            return true;
-        };
-        later.push(CountJob {
-            inbox_id: applied.inbox_id,
-            now: job.now,
-        });
-        if let Some(reply) = job.reply.take() {
-            let _ = reply.send(Ok(applied));
-        }
-        false
-    });
+    aside.retain_mut(|job| !answered_from_memory(job, settled, later));
     if !aside.is_empty() {
         let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let tried = vec![None; aside.len()];
@@ -480,6 +463,22 @@ fn answer(
             let _ = reply.send(result);
         }
     }
+}
+
+/// Whether `job` repeats a credit the settled memory holds: if so its caller is answered from it
+/// and its delivery count added to `counts`, for the database to write later.
+fn answered_from_memory(job: &mut ApplyJob, settled: &Settled, counts: &mut Vec<CountJob>) -> bool {
+    let Some(applied) = job.fingerprint.and_then(|f| settled.repeat(&f)) else {
+        return false;
+    };
+    counts.push(CountJob {
+        inbox_id: applied.inbox_id,
+        now: job.now,
+    });
+    if let Some(reply) = job.reply.take() {
+        let _ = reply.send(Ok(applied));
+    }
+    true
 }
 
 /// Answers every caller of `jobs` with `error`.

@@ -1,12 +1,14 @@
 //! What the writers share besides their queue: the orders they keep out of their batches, because
 //! a lock wait on their rows timed out or another writer's batch holds them.
 
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::apply::Applied;
 use super::error::Failure;
 use crate::db::Retry;
+use crate::domain::ids::OrderNo;
 use crate::domain::notification::Notification;
 
 /// How long an order whose rows a lock wait timed out on is kept out of batches.
@@ -26,15 +28,14 @@ const HELD_CAPACITY: usize = 4096;
 /// waiting on a frozen session's lock, which would otherwise hold up a second writer as well.
 #[derive(Default)]
 pub(super) struct Held {
-    until: std::collections::HashMap<crate::domain::ids::OrderNo, Instant>,
-    in_flight: std::collections::HashSet<crate::domain::ids::OrderNo>,
+    until: HashMap<OrderNo, Instant>,
+    in_flight: HashSet<OrderNo>,
 }
 
 /// The held orders, even after a writer panicked while holding them: what they record is a
 /// hint, never money.
-pub(super) fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
-    held.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+pub(super) fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
+    held.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Held {
@@ -45,7 +46,7 @@ impl Held {
         &mut self,
         notification: &Notification,
         now: Instant,
-        claimed: &mut Vec<crate::domain::ids::OrderNo>,
+        claimed: &mut Vec<OrderNo>,
     ) -> bool {
         if self.holds(notification, now) {
             return false;
@@ -64,7 +65,7 @@ impl Held {
     }
 
     /// Lets go of the orders a batch claimed.
-    pub(super) fn release(&mut self, claimed: &[crate::domain::ids::OrderNo]) {
+    pub(super) fn release(&mut self, claimed: &[OrderNo]) {
         for order_no in claimed {
             self.in_flight.remove(order_no);
         }
