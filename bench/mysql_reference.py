@@ -17,6 +17,13 @@ import pymysql
 NOW = "2026-11-22 10:00:00"
 
 
+def trade_no(n: int) -> str:
+    """Order n's trade number. Multiplying by an odd constant modulo 2**32 maps 1..N to distinct
+    numbers in no order, so that each lands anywhere in the orders' trade index, as a provider's
+    ids do (and as payhook's fixtures' do)."""
+    return f"T{n * 2654435761 % 2**32}"
+
+
 def client(args):
     host, port, database, index, clients, seconds = args
     db = pymysql.connect(host=host, port=port, user="root", database=database, autocommit=False)
@@ -26,7 +33,7 @@ def client(args):
     n = index + 1
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        order, trade, nid, user = f"R{n}", f"T{n}", f"ref-{n}", f"u{n % 10000}"
+        order, trade, nid, user = f"R{n}", trade_no(n), f"ref-{n}", f"u{n % 10000}"
         started = time.perf_counter()
         cur.execute("BEGIN")
         cur.execute(

@@ -12,6 +12,13 @@ import sys
 import time
 
 
+def trade_no(n: int) -> str:
+    """Order n's trade number. Multiplying by an odd constant modulo 2**32 maps 1..N to distinct
+    numbers in no order, so that each lands anywhere in the orders' trade index, as a provider's
+    ids do (and as payhook's fixtures' do)."""
+    return f"T{n * 2654435761 % 2**32}"
+
+
 def main() -> None:
     path, seconds = sys.argv[1], float(sys.argv[2])
     db = sqlite3.connect(path, isolation_level=None)
@@ -25,7 +32,7 @@ def main() -> None:
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         n += 1
-        order, trade, nid, user = f"R{n}", f"T{n}", f"ref-{n}", f"u{n % 10000}"
+        order, trade, nid, user = f"R{n}", trade_no(n), f"ref-{n}", f"u{n % 10000}"
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
         db.execute(
