@@ -197,8 +197,8 @@ pub(crate) fn unique_hex() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-/// A fresh id in no order: 32 random hex digits, as most providers' trade ids fall, so that
-/// fixtures put them anywhere in an index, where real ones land.
+/// A fresh id in no order: 32 random hex digits. Providers' trade ids come in no order, so
+/// fixtures' ids land anywhere in an index, as real ones do.
 pub(crate) fn random_hex() -> String {
     format!("{:032x}", fastrand::u128(..))
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{signed_payload, signing_key};
 use crate::config::StripeConfig;
 use crate::notify::sign::{
-    self, unique_hex, Payment, RefundSpec, SignError, Signed, SignedPayment,
+    self, random_hex, unique_hex, Payment, RefundSpec, SignError, Signed, SignedPayment,
 };
 
 /// A Stripe endpoint's signing secret.
@@ -26,7 +26,7 @@ impl StripeSigner {
     /// The `checkout.session.completed` event that reports `payment` paid at `now`, with a fresh
     /// event, session and payment intent; the payment intent is the trade.
     pub fn paid(&self, payment: &Payment, now: DateTime<Utc>) -> SignedPayment {
-        let id = unique_hex();
+        let id = random_hex();
         let trade_no = format!("pi_{id}");
         let session = json!({
             "id": format!("cs_test_{id}"),
